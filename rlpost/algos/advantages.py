@@ -1,0 +1,74 @@
+"""Outcome-reward advantage estimators: GRPO (group/batch/no scaling), Dr.GRPO, RLOO.
+
+Every estimator returns per-token advantages [B,T] (a sequence advantage broadcast over its
+completion tokens and zeroed outside the mask) and a metrics dict.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlpost.algos.core import ADVANTAGES, AdvantageInput, group_stats
+
+
+@dataclass
+class GRPOAdvParams:
+    scale_rewards: str = "group"   # "group" | "batch" | "none": the std that divides (R - mean_group)
+    eps: float = 1e-4              # added to the std (TRL uses 1e-4)
+
+    def __post_init__(self):
+        if self.scale_rewards is False or self.scale_rewards is None:
+            self.scale_rewards = "none"
+        if self.scale_rewards is True:
+            self.scale_rewards = "group"
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(f"algo.scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
+
+
+def broadcast(seq_adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B] -> [B,T]: A_i on every completion token of i, 0 elsewhere."""
+    return seq_adv.to(mask.dtype)[:, None] * mask
+
+
+def _sequence_metrics(seq_adv: torch.Tensor, rewards: torch.Tensor, group_ids: torch.Tensor) -> dict:
+    _, std, _ = group_stats(rewards, group_ids)
+    return {"advantage/mean": seq_adv.mean().item(), "advantage/abs_mean": seq_adv.abs().mean().item(),
+            "reward/frac_zero_std": (std < 1e-8).float().mean().item()}
+
+
+@ADVANTAGES.register("grpo", params=GRPOAdvParams)
+def grpo(inp: AdvantageInput, params: GRPOAdvParams):
+    """GRPO (Shao et al. 2024):  A_i = (R_i - mean_{j in g(i)} R_j) / (std_scale + eps).
+
+    std_scale is the unbiased std of i's group (``scale_rewards=group``), of the whole batch
+    (``batch``, as in REINFORCE++/Lite PPO), or 1 with eps=0 (``none``, Dr.GRPO).
+    """
+    rewards = inp.rewards.to(torch.float64)
+    mean, std, _ = group_stats(rewards, inp.group_ids)
+    centered = rewards - mean
+    if params.scale_rewards == "group":
+        seq_adv = centered / (std + params.eps)
+    elif params.scale_rewards == "batch":
+        seq_adv = centered / (rewards.std() + params.eps)
+    else:
+        seq_adv = centered
+    return broadcast(seq_adv.float(), inp.response_mask), _sequence_metrics(seq_adv, rewards, inp.group_ids)
+
+
+@ADVANTAGES.register("dr_grpo")
+def dr_grpo(inp: AdvantageInput, params=None):
+    """Dr.GRPO (Liu et al. 2025):  A_i = R_i - mean_{j in g(i)} R_j  (no std division)."""
+    return grpo(inp, GRPOAdvParams(scale_rewards="none"))
+
+
+@ADVANTAGES.register("rloo")
+def rloo(inp: AdvantageInput, params=None):
+    """RLOO (Ahmadian et al. 2024):  A_i = R_i - (1/(G-1)) sum_{j != i} R_j = G/(G-1) (R_i - mean_g).
+
+    Groups of one get advantage 0.
+    """
+    rewards = inp.rewards.to(torch.float64)
+    mean, _, size = group_stats(rewards, inp.group_ids)
+    seq_adv = torch.where(size > 1, size / (size - 1).clamp(min=1) * (rewards - mean), torch.zeros_like(rewards))
+    return broadcast(seq_adv.float(), inp.response_mask), _sequence_metrics(seq_adv, rewards, inp.group_ids)

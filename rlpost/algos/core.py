@@ -1,0 +1,96 @@
+"""Registries, the typed inputs every algorithm function receives, and shared helpers."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rlpost.registry import Registry
+
+ADVANTAGES = Registry("advantage estimator")
+POLICY_LOSSES = Registry("policy loss")
+AGGREGATIONS = Registry("loss aggregation")
+KL_ESTIMATORS = Registry("KL estimator")
+
+
+@dataclass
+class AdvantageInput:
+    """What an advantage estimator may read. B = completions in the batch, T = padded length.
+
+    rewards:        [B] float, scalar outcome reward per completion
+    group_ids:      [B] long, completions sharing a prompt share an id (group size G)
+    response_mask:  [B,T] float, 1 for completion tokens that count in the loss
+    entropies:      [B,T] float or None, per-token entropy under the old policy (nats)
+    extra:          anything else a paper's estimator needs (e.g. per-token ``sum_p_sq``)
+    """
+    rewards: torch.Tensor
+    group_ids: torch.Tensor
+    response_mask: torch.Tensor
+    entropies: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossInput:
+    """What a policy loss may read. All tensors are [B,T] unless noted.
+
+    logprobs:       log pi_theta(o_t | .) of the sampled tokens, with grad
+    old_logprobs:   log pi_old, detached (equals logprobs.detach() when num_iterations == 1)
+    advantages:     per-token advantages
+    response_mask:  1 for tokens in the loss
+    entropies:      current per-token entropy (detached) or None
+    old_entropies:  per-token entropy under pi_old or None
+    extra:          anything else a paper's loss needs
+    """
+    logprobs: torch.Tensor
+    old_logprobs: torch.Tensor
+    advantages: torch.Tensor
+    response_mask: torch.Tensor
+    entropies: torch.Tensor | None = None
+    old_entropies: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_params(params_cls: type | None, shared: dict[str, Any] | None = None,
+                 overrides: dict[str, Any] | None = None, where: str = "algo"):
+    """Instantiate an entry's params dataclass.
+
+    ``shared`` holds the TRL-named knobs of the config section (epsilon, epsilon_high, scale_rewards...);
+    only those the dataclass declares are used. ``overrides`` is the component's own YAML node and must
+    name only declared fields (the error names ``where`` and the known fields).
+    """
+    if params_cls is None:
+        if overrides:
+            raise ValueError(f"{where} takes no parameters, got {sorted(overrides)}")
+        return None
+    names = {f.name for f in dataclasses.fields(params_cls)}
+    kwargs = {k: v for k, v in (shared or {}).items() if k in names}
+    for key, value in (overrides or {}).items():
+        if key not in names:
+            import difflib
+            close = difflib.get_close_matches(key, sorted(names), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown key {where}.{key}{hint} known: {', '.join(sorted(names))}")
+        kwargs[key] = value
+    return params_cls(**kwargs)
+
+
+def group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-element group mean, unbiased group std (0 for groups of one) and group size, all [B]."""
+    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    num_groups = counts.numel()
+    values = values.to(torch.float64)
+    sums = torch.zeros(num_groups, dtype=values.dtype).index_add_(0, inverse, values)
+    means = sums / counts
+    sq = torch.zeros(num_groups, dtype=values.dtype).index_add_(0, inverse, (values - means[inverse]) ** 2)
+    var = torch.where(counts > 1, sq / (counts - 1).clamp(min=1), torch.zeros_like(sq))
+    return means[inverse], var.sqrt()[inverse], counts[inverse].to(values.dtype)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    """sum(v*m)/max(sum(m), 1): 0 for an empty mask rather than NaN."""
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)

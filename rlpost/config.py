@@ -1,0 +1,446 @@
+"""Typed run configuration: YAML file + dotted CLI overrides -> validated dataclasses.
+
+    rlpost train configs/tiny/arith_grpo.yaml algo.loss=dapo rollout.num_generations=8
+
+Every field is documented once, here, by the comment on its line. TRL ``GRPOConfig`` names are used
+where the concept exists, and TRL's spelling is accepted anywhere as an alias (``ALIASES``), so a TRL user
+can write ``num_generations=8`` or ``beta=0.04`` at the top level. Unknown keys fail with the closest
+known key; wrong types name the key and the expected type. Components chosen by name
+(``algo.advantage``, ``algo.loss`` ...) take either a name or ``{name: ..., <its params>}``; their params are
+validated against the registered dataclass when the trainer builds them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, with the offending key in the message."""
+
+
+Component = Union[str, dict]  # a registered name, or {name: ..., **params}
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny:qwen2:arithmetic"  # HF hub id, local folder, or tiny:<qwen2|llama>:<task>[:seed]
+    dtype: str = "float32"                    # float32 | bfloat16 | float16 | auto
+    gradient_checkpointing: bool = False      # recompute activations in backward: less memory, ~30% slower
+    trust_remote_code: bool = False           # run code shipped with a hub checkpoint (off by default)
+    attn_implementation: str | None = None    # e.g. sdpa, eager, flash_attention_2
+    revision: str | None = None               # hub revision
+    model_init_kwargs: dict = field(default_factory=dict)  # extra from_pretrained kwargs
+
+
+@dataclass
+class DataConfig:
+    task: str | None = "arithmetic"           # synthetic task (rlpost.tasks) or None to use train_path
+    task_kwargs: dict = field(default_factory=dict)  # passed to the task's make_split (e.g. digits)
+    train_path: str | None = None             # local jsonl/json/parquet/csv file or dir, or a hub dataset id
+    eval_path: str | None = None              # held-out prompts; for tasks, the task's test split
+    train_split: str = "train"                # split name when loading a dataset id / folder
+    eval_split: str = "test"
+    num_train: int = 2000                     # rows drawn from a synthetic task's train split
+    num_eval: int = 128                       # held-out rows evaluated every trainer.eval_steps
+    prompt_column: str = "prompt"             # text prompt or a list of chat messages
+    answer_column: str | None = "answer"      # required column for the reward functions (None: none)
+    system_prompt: str | None = None          # prepended as a system message
+    chat_template: bool = True                # format prompts with the tokenizer's chat template
+    shuffle_dataset: bool = True              # shuffle training prompts each epoch
+    sampler: Component = "uniform"            # prompt sampler: uniform | gain_rl | ...
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"                        # hf (transformers generate) | vllm | vllm_server
+    num_generations: int = 8                  # group size G: completions per prompt (>= 2)
+    prompts_per_step: int = 8                 # prompts per RL step (batch = prompts_per_step * G)
+    max_completion_length: int = 32           # cap on generated tokens
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0                            # 0 = off
+    stop: list = field(default_factory=list)  # stop strings
+    return_entropy: bool = False              # per-token entropies from the sampler (HAPO needs them)
+    logits_processor: Component | None = None  # registered logits processor (e.g. hapo adaptive temperature)
+    generation_batch_size: int | None = None  # sequences generated per engine call (None: all at once)
+    # vLLM engine options (rollout.engine=vllm / vllm_server)
+    gpu_memory_utilization: float = 0.3       # vLLM memory share (CPU memory on CPU builds)
+    max_model_len: int | None = None          # vLLM context length; default prompt + completion cap
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = True
+    enable_sleep_mode: bool = False           # offload vLLM weights/KV cache during the learner step
+    server_urls: list = field(default_factory=list)  # vllm_server workers, e.g. ["http://127.0.0.1:8001"]
+    server_token: str | None = None           # shared secret sent to rlpost serve workers
+    timeout_s: float = 600.0                  # upper bound on any wait for an engine
+
+
+@dataclass
+class AlgoConfig:
+    advantage: Component = "grpo"             # grpo | dr_grpo | rloo | hapo | adora | oblr | constrained ...
+    scale_rewards: str = "group"              # grpo advantage: divide by the std of the group | batch | none
+    loss: Component = "grpo"                  # policy loss: grpo | dapo | dr_grpo | bnpo | gspo | clip | hapo ...
+    loss_agg: str = "auto"                    # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm | auto (the loss's default)
+    epsilon: float = 0.2                      # lower clip range
+    epsilon_high: float | None = None         # upper clip range (DAPO clip-higher: 0.28); None = epsilon
+    dual_clip_c: float | None = None          # dual-clip bound for negative advantages (e.g. 3.0)
+    delta: float | None = None                # two-sided clip cap on the ratio for A < 0
+    importance_sampling_level: str = "token"  # token | sequence (GSPO)
+    beta: float = 0.0                         # KL coefficient; 0 loads no reference model
+    kl_estimator: str = "k3"                  # k1 | k2 | k3
+    entropy_coef: float = 0.0                 # entropy bonus weight (subtracted from the loss)
+    num_iterations: int = 1                   # inner epochs per generation batch (PPO-style mu)
+    mask_truncated_completions: bool = False  # drop completions that hit the length cap from the loss
+    dynamic_sampling: bool = False            # DAPO: drop groups with all-equal rewards, refill from new prompts
+    max_refill_rounds: int = 3                # bound on dynamic-sampling refills per step
+    lr_controller: Component | None = None    # e.g. oblr_snr (OBLR-PO); None = schedule only
+    extra: dict = field(default_factory=dict)  # method-specific shared state (e.g. constrained multipliers)
+
+
+@dataclass
+class RewardConfig:
+    name: str = "arithmetic"                  # built-in name, or "module:function" for your own
+    weight: float = 1.0
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adamw"                  # adamw | adam | sgd | lion | any pytorch_optimizer name
+    learning_rate: float = 1e-6
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0                # 0 disables clipping
+    lr_scheduler_type: str = "constant"       # constant | linear | cosine (all with warm-up)
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0                 # used when warmup_steps == 0
+    micro_batch_size: int = 16                # sequences per forward/backward (memory knob)
+    steps_per_generation: int = 1             # optimizer steps per generation batch (mini-batches)
+
+
+@dataclass
+class TrainerConfig:
+    output_dir: str = "runs/default"
+    max_steps: int = 100                      # RL steps (one generation batch each)
+    seed: int = 0
+    eval_steps: int = 10                      # evaluate every N steps (0 = only at start and end)
+    eval_temperature: float | None = None     # None: greedy decoding for eval
+    eval_num_generations: int = 1             # samples per eval prompt (accuracy is their mean)
+    save_steps: int = 50                      # checkpoint every N steps (0 = only the final model)
+    save_total_limit: int = 2                 # checkpoints kept
+    resume_from_checkpoint: str | None = None  # "latest", or a checkpoint folder
+    report_to: list = field(default_factory=lambda: ["tensorboard"])  # tensorboard | wandb | trackio | none
+    run_name: str | None = None
+    log_completions: bool = False             # print one sampled completion per step
+    progress_bar: bool = True
+    num_threads: int | None = None            # torch intra-op threads (None: torch's default)
+    device: str = "auto"                      # auto | cpu | cuda
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    method: dict = field(default_factory=dict)  # per-paper sections (hapo, adora, oblr, gain_rl, constrained, ...)
+
+
+# TRL GRPOConfig / TrainingArguments spelling -> our dotted key.
+ALIASES: dict[str, str] = {
+    "num_generations": "rollout.num_generations",
+    "max_completion_length": "rollout.max_completion_length",
+    "temperature": "rollout.temperature",
+    "top_p": "rollout.top_p",
+    "top_k": "rollout.top_k",
+    "generation_batch_size": "rollout.generation_batch_size",
+    "vllm_gpu_memory_utilization": "rollout.gpu_memory_utilization",
+    "vllm_max_model_length": "rollout.max_model_len",
+    "vllm_enable_sleep_mode": "rollout.enable_sleep_mode",
+    "beta": "algo.beta",
+    "epsilon": "algo.epsilon",
+    "epsilon_high": "algo.epsilon_high",
+    "delta": "algo.delta",
+    "loss_type": "algo.loss",
+    "scale_rewards": "algo.scale_rewards",
+    "num_iterations": "algo.num_iterations",
+    "mask_truncated_completions": "algo.mask_truncated_completions",
+    "importance_sampling_level": "algo.importance_sampling_level",
+    "entropy_coef": "algo.entropy_coef",
+    "learning_rate": "optim.learning_rate",
+    "weight_decay": "optim.weight_decay",
+    "max_grad_norm": "optim.max_grad_norm",
+    "lr_scheduler_type": "optim.lr_scheduler_type",
+    "warmup_steps": "optim.warmup_steps",
+    "warmup_ratio": "optim.warmup_ratio",
+    "steps_per_generation": "optim.steps_per_generation",
+    "per_device_train_batch_size": "optim.micro_batch_size",
+    "output_dir": "trainer.output_dir",
+    "max_steps": "trainer.max_steps",
+    "seed": "trainer.seed",
+    "eval_steps": "trainer.eval_steps",
+    "save_steps": "trainer.save_steps",
+    "save_total_limit": "trainer.save_total_limit",
+    "report_to": "trainer.report_to",
+    "run_name": "trainer.run_name",
+    "log_completions": "trainer.log_completions",
+    "resume_from_checkpoint": "trainer.resume_from_checkpoint",
+    "gradient_checkpointing": "model.gradient_checkpointing",
+    "trust_remote_code": "model.trust_remote_code",
+    "model_init_kwargs": "model.model_init_kwargs",
+    "model_name_or_path": "model.name_or_path",
+    "shuffle_dataset": "data.shuffle_dataset",
+    "max_prompt_length": None,  # removed from TRL (PR #4847): rejected with a pointer
+}
+SECTION_ALIASES = {(k.split(".")[0], k.split(".")[1]): v for k, v in {
+    "rollout.beta": "algo.beta", "algo.temperature": "rollout.temperature",
+    "algo.num_generations": "rollout.num_generations", "algo.learning_rate": "optim.learning_rate",
+    "algo.loss_type": "algo.loss", "optim.lr": "optim.learning_rate", "trainer.learning_rate": "optim.learning_rate",
+    "rollout.n": "rollout.num_generations", "rollout.max_tokens": "rollout.max_completion_length",
+}.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """YAML file (optional) + ``key=value`` overrides -> validated :class:`Config`."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    raw = normalise_aliases(raw)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    cfg = from_dict(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value (e.g. algo.loss=dapo)")
+    key, text = item.split("=", 1)
+    key = key.strip().lstrip("-")
+    value = yaml.safe_load(text) if text.strip() else ""
+    return resolve_alias(key), value
+
+
+def resolve_alias(key: str) -> str:
+    if key in ALIASES:
+        if ALIASES[key] is None:
+            raise ConfigError(f"{key} was removed from TRL's GRPOConfig; rlpost truncates nothing silently: "
+                              "filter long prompts in your dataset")
+        return ALIASES[key]
+    parts = key.split(".")
+    if len(parts) == 2 and tuple(parts) in SECTION_ALIASES:
+        return SECTION_ALIASES[tuple(parts)]
+    return key
+
+
+def normalise_aliases(raw: dict) -> dict:
+    """Move alias keys (top level or inside a section) to their canonical dotted place."""
+    out: dict = {}
+    for key, value in raw.items():
+        if key in ALIASES:
+            set_dotted(out, resolve_alias(key), value)
+        elif isinstance(value, dict) and key in {f.name for f in dataclasses.fields(Config)} and key != "method":
+            for sub, subval in value.items():
+                set_dotted(out, resolve_alias(f"{key}.{sub}"), subval)
+        else:
+            out[key] = value
+    return out
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if part.isdigit() and isinstance(node, list):
+            node = node[int(part)]
+            continue
+        nxt = node.get(part)
+        if not isinstance(nxt, (dict, list)):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check_scalar(value: Any, tp, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_scalar(value, arg, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if tp is Any:
+        return value
+    if origin is list or tp is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and tp is list:
+            return [value] if value != "" else []
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected bool (true/false), got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected int, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML reads 1e-6 as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected float, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):  # e.g. scale_rewards: false (TRL allows bool)
+            return str(value).lower() if key.endswith("scale_rewards") else _fail(key, tp, value)
+        if isinstance(value, (int, float)):
+            return str(value)
+        raise ConfigError(f"{key}: expected str, got {value!r}")
+    return value
+
+
+def _fail(key, tp, value):
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls, raw: Any, prefix: str):
+    """Build dataclass ``cls`` from ``raw``; unknown keys fail with the closest known key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields) + list(ALIASES), n=1, cutoff=0.6)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            raise ConfigError(f"unknown config key {dotted!r}{hint} (known in "
+                              f"{prefix.rstrip('.') or 'top level'}: {', '.join(fields)})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, dotted + ".")
+        elif typing.get_origin(tp) is list and typing.get_args(tp) and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            item_cls = typing.get_args(tp)[0]
+            if not isinstance(value, list):
+                raise ConfigError(f"{dotted}: expected a list of {item_cls.__name__} mappings, got {value!r}")
+            kwargs[key] = [from_dict(item_cls, {"name": v} if isinstance(v, str) else v, f"{dotted}.{i}.")
+                           for i, v in enumerate(value)]
+        else:
+            kwargs[key] = _check_scalar(value, tp, dotted)
+    return cls(**kwargs)
+
+
+def component(spec: Component | None) -> tuple[str | None, dict]:
+    """``"grpo"`` or ``{name: grpo, scale: none}`` -> ("grpo", {"scale": "none"})."""
+    if spec is None:
+        return None, {}
+    if isinstance(spec, str):
+        return spec, {}
+    spec = dict(spec)
+    if "name" not in spec:
+        raise ConfigError(f"a component mapping needs a 'name' key, got {spec!r}")
+    return spec.pop("name"), spec
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field rules (registry names are checked when the trainer builds components)."""
+    r, a, o, t = cfg.rollout, cfg.algo, cfg.optim, cfg.trainer
+    if r.num_generations < 2:
+        raise ConfigError(f"rollout.num_generations must be >= 2 (a group needs a baseline), got {r.num_generations}")
+    if r.prompts_per_step < 1:
+        raise ConfigError("rollout.prompts_per_step must be >= 1")
+    if r.max_completion_length < 1:
+        raise ConfigError("rollout.max_completion_length must be >= 1")
+    if not 0.0 < r.top_p <= 1.0:
+        raise ConfigError(f"rollout.top_p must be in (0, 1], got {r.top_p}")
+    if r.temperature < 0:
+        raise ConfigError(f"rollout.temperature must be >= 0, got {r.temperature}")
+    if a.epsilon_high is not None and a.epsilon_high < 0 or a.epsilon < 0:
+        raise ConfigError("algo.epsilon and algo.epsilon_high must be >= 0")
+    if a.beta < 0:
+        raise ConfigError(f"algo.beta must be >= 0, got {a.beta}")
+    if a.num_iterations < 1:
+        raise ConfigError("algo.num_iterations must be >= 1")
+    if o.micro_batch_size < 1 or o.steps_per_generation < 1:
+        raise ConfigError("optim.micro_batch_size and optim.steps_per_generation must be >= 1")
+    if (r.prompts_per_step * r.num_generations) % o.steps_per_generation:
+        raise ConfigError(f"optim.steps_per_generation ({o.steps_per_generation}) must divide the generation batch "
+                          f"rollout.prompts_per_step * rollout.num_generations = {r.prompts_per_step * r.num_generations}")
+    if o.lr_scheduler_type not in ("constant", "linear", "cosine"):
+        raise ConfigError(f"optim.lr_scheduler_type must be constant, linear or cosine, got {o.lr_scheduler_type!r}")
+    if model_dtype := cfg.model.dtype:
+        if model_dtype not in ("float32", "bfloat16", "float16", "auto"):
+            raise ConfigError(f"model.dtype must be float32, bfloat16, float16 or auto, got {model_dtype!r}")
+    if cfg.data.task is None and cfg.data.train_path is None:
+        raise ConfigError("set data.task (a synthetic task) or data.train_path (your prompts)")
+    if not cfg.rewards:
+        raise ConfigError("rewards: at least one reward function is needed")
+    if t.max_steps < 1:
+        raise ConfigError("trainer.max_steps must be >= 1")
+    for name in t.report_to:
+        if name not in ("tensorboard", "wandb", "trackio", "none", "jsonl"):
+            raise ConfigError(f"trainer.report_to: unknown tracker {name!r} (tensorboard, wandb, trackio, none)")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

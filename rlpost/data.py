@@ -1,0 +1,87 @@
+"""Prompts from ``datasets`` (local JSONL/JSON/Parquet/CSV, a folder, a hub id, or an in-memory list).
+
+Rows become :class:`rlpost.types.Prompt`: the prompt column (text, or a list of chat messages) is
+formatted with the tokenizer's chat template; every other column is kept for the reward functions.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rlpost.types import Prompt
+
+_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+class DataError(ValueError):
+    """A dataset problem, naming the file, column or row."""
+
+
+def load_rows(source: str | list[dict], split: str = "train") -> list[dict]:
+    """Rows as dicts from a local file/folder, a hub id (cached or online), or a list of dicts."""
+    if isinstance(source, list):
+        return [dict(r) for r in source]
+    import datasets
+
+    path = Path(source)
+    try:
+        if path.is_file():
+            fmt = _FORMATS.get(path.suffix.lower())
+            if fmt is None:
+                raise DataError(f"{source}: unsupported file type {path.suffix!r} (use .jsonl, .json, .parquet or .csv)")
+            ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+        elif path.is_dir():
+            ds = datasets.load_dataset(str(path), split=split)
+        else:
+            ds = datasets.load_dataset(source, split=split)
+    except DataError:
+        raise
+    except Exception as err:  # datasets raises many types; keep the cause, name the source
+        raise DataError(f"could not load dataset {source!r} (split {split!r}): {err}") from err
+    return [dict(r) for r in ds]
+
+
+def format_prompt(tokenizer, prompt: Any, system_prompt: str | None, chat_template: bool, where: str) -> tuple[str, list | None]:
+    """Prompt column value -> (text for the engine, chat messages or None)."""
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+        messages = list(prompt)
+    else:
+        raise DataError(f"{where}: the prompt must be a string or a list of {{role, content}} messages, got {prompt!r:.80}")
+    if system_prompt and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}] + messages
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text, messages
+    if not isinstance(prompt, str):
+        raise DataError(f"{where}: chat messages need a tokenizer with a chat template (set data.chat_template=true)")
+    return (system_prompt + "\n" if system_prompt else "") + prompt, None
+
+
+def build_prompts(rows: list[dict], tokenizer, *, prompt_column: str = "prompt", answer_column: str | None = "answer",
+                  system_prompt: str | None = None, chat_template: bool = True, source: str = "dataset") -> list[Prompt]:
+    """Validate columns and format every row. Empty data or a missing column is a :class:`DataError`."""
+    if not rows:
+        raise DataError(f"{source}: the dataset is empty")
+    needed = [c for c in (prompt_column, answer_column) if c]
+    for i, row in enumerate(rows):
+        missing = [c for c in needed if c not in row]
+        if missing:
+            key = "data.prompt_column" if prompt_column in missing else "data.answer_column"
+            raise DataError(f"{source}, row {i}: missing column {missing[0]!r} (set {key}); "
+                            f"the row has columns {sorted(row)}")
+    prompts = []
+    for i, row in enumerate(rows):
+        text, messages = format_prompt(tokenizer, row[prompt_column], system_prompt, chat_template, f"{source}, row {i}")
+        columns = {k: v for k, v in row.items() if k != prompt_column}
+        prompts.append(Prompt(id=i, text=text, messages=messages, columns=columns))
+    return prompts
+
+
+def task_or_file_rows(task: str | None, task_kwargs: dict, path: str | None, split: str, n: int, seed: int) -> list[dict]:
+    """Rows from a synthetic task's split (``n`` of them) or from ``path``."""
+    if path is not None:
+        return load_rows(path, split)
+    from rlpost.tasks import TASKS
+    return TASKS.get(task)(split, n, seed=seed, **task_kwargs)

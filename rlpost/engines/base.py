@@ -1,0 +1,50 @@
+"""The engine interface every rollout backend implements.
+
+An engine turns prompt token ids into sampled completions with their sampler log-probs (and
+optionally per-token entropies). It knows nothing about rewards, groups or algorithms.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+import torch
+
+from rlpost.registry import Registry
+from rlpost.types import Sample
+
+ENGINES = Registry("rollout engine")
+
+# A logits processor sees the raw next-token logits of every active row and returns new logits.
+#   fn(step: int, input_ids [N, L], logits [N, V]) -> logits [N, V]
+# It runs before temperature / top-k / top-p, so it can implement per-token temperatures (HAPO).
+LogitsProcessor = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class SamplingParams:
+    n: int = 1                        # samples per request
+    temperature: float = 1.0          # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0                    # 0 = off
+    max_tokens: int = 64
+    stop: list[str] = field(default_factory=list)   # stop strings (kept in the text, then generation ends)
+    seed: int | None = None
+    return_entropy: bool = False
+    logits_processors: list[LogitsProcessor] = field(default_factory=list)
+
+
+@dataclass
+class GenRequest:
+    prompt_ids: list[int]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    def generate(self, requests: list[GenRequest], params: SamplingParams) -> list[Sample]:
+        """Return len(requests) * params.n samples, request-major (all n of request 0 first)."""
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the engine's weights with the learner's (names as in the HF state dict)."""
+
+    def close(self) -> None: ...

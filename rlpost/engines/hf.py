@@ -1,0 +1,168 @@
+"""transformers engine: a compact KV-cached sampling loop over any HF causal LM.
+
+Why not ``model.generate``: we need, per sampled token, the log-prob and entropy of the exact
+distribution it was drawn from, a logits-processor hook that sees every row, seeded sampling and stop
+strings, without ``generate``'s per-step overhead. The loop is: left-padded prefill, then one token per
+step for all rows, finished rows fed padding until every row is done.
+
+Log-probs and entropies refer to the temperature-scaled distribution softmax(z / T) after the logits
+processors and before top-k/top-p truncation — the same quantity the learner recomputes, so the
+sampler/learner mismatch is zero up to numerics. With temperature 0 (greedy) they refer to softmax(z).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from rlpost.engines.base import ENGINES, GenRequest, SamplingParams
+from rlpost.types import Sample
+
+
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set logits outside the top-k and outside the smallest nucleus with mass >= top_p to -inf."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        remove = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the token that crosses top_p
+        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """H = logsumexp(z) - sum_v softmax(z)_v z_v, in nats, per row."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+@ENGINES.register("hf")
+class HFEngine:
+    """Rollout engine on a transformers model, usually the learner's own model object (no sync needed)."""
+
+    def __init__(self, model, tokenizer, device: str | torch.device | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.eos_ids = self._eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    @staticmethod
+    def _eos_ids(model, tokenizer) -> list[int]:
+        ids = {tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        return sorted(i for i in ids if i is not None)
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy weights in by name (a no-op in effect when they are the model's own tensors)."""
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                if name not in params:
+                    raise KeyError(f"hf engine: load_weights got unknown parameter {name!r}")
+                if params[name].data_ptr() != tensor.data_ptr():
+                    params[name].copy_(tensor.to(params[name].dtype))
+
+    def close(self) -> None:
+        pass
+
+    @torch.no_grad()
+    def generate(self, requests: list[GenRequest], params: SamplingParams) -> list[Sample]:
+        prompts = [r.prompt_ids for r in requests for _ in range(params.n)]
+        samples = self._generate_batch(prompts, params)
+        for i, s in enumerate(samples):
+            s.request_index = i // params.n
+        return samples
+
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Sample]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._sample_loop(prompts, params)
+        finally:
+            self.model.train(was_training)
+
+    def _sample_loop(self, prompts: list[list[int]], params: SamplingParams) -> list[Sample]:
+        num_rows, width = len(prompts), max(len(p) for p in prompts)
+        dev = self.device
+        input_ids = torch.full((num_rows, width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((num_rows, width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding
+            input_ids[i, width - len(p):] = torch.tensor(p)
+            attention[i, width - len(p):] = 1
+        input_ids, attention = input_ids.to(dev), attention.to(dev)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        generator = torch.Generator(device=dev)
+        generator.manual_seed(params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        eos = torch.tensor(self.eos_ids, device=dev)
+
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1, :]
+        next_pos = positions[:, -1] + 1
+        tokens = torch.full((num_rows, params.max_tokens), self.pad_id, dtype=torch.long, device=dev)
+        logprobs = torch.zeros((num_rows, params.max_tokens), device=dev)
+        entropies = torch.zeros((num_rows, params.max_tokens), device=dev) if params.return_entropy else None
+        lengths = torch.full((num_rows,), params.max_tokens, dtype=torch.long, device=dev)
+        finished = torch.zeros(num_rows, dtype=torch.bool, device=dev)
+        stopped_by_string = torch.zeros(num_rows, dtype=torch.bool, device=dev)
+        history = input_ids
+
+        for step in range(params.max_tokens):
+            logits = logits.float()
+            for proc in params.logits_processors:
+                logits = proc(step, history, logits)
+            scaled = logits / params.temperature if params.temperature > 0 else logits
+            logp_full = torch.log_softmax(scaled, dim=-1)
+            if params.temperature > 0:
+                filtered = filter_top_k_top_p(scaled, params.top_k, params.top_p)
+                next_tok = torch.multinomial(torch.softmax(filtered, dim=-1), 1, generator=generator).squeeze(-1)
+            else:
+                next_tok = scaled.argmax(-1)
+            next_tok = torch.where(finished, torch.full_like(next_tok, self.pad_id), next_tok)
+            tokens[:, step] = next_tok
+            logprobs[:, step] = logp_full.gather(-1, next_tok[:, None]).squeeze(-1)
+            if entropies is not None:
+                entropies[:, step] = -(logp_full.exp() * logp_full).sum(-1)
+            newly_done = ~finished & torch.isin(next_tok, eos)
+            if params.stop:
+                newly_done |= self._hits_stop_string(tokens[:, : step + 1], finished | newly_done, params.stop, stopped_by_string)
+            lengths = torch.where(newly_done, torch.full_like(lengths, step + 1), lengths)
+            finished |= newly_done
+            if bool(finished.all()) or step == params.max_tokens - 1:
+                break
+            attention = torch.cat([attention, (~finished).long()[:, None]], dim=-1)
+            history = torch.cat([history, next_tok[:, None]], dim=-1) if params.logits_processors else history
+            out = self.model(input_ids=next_tok[:, None], attention_mask=attention, position_ids=next_pos[:, None],
+                             past_key_values=cache, use_cache=True)
+            cache, logits = out.past_key_values, out.logits[:, -1, :]
+            next_pos = next_pos + 1
+
+        return self._to_samples(prompts, tokens, logprobs, entropies, lengths, finished)
+
+    def _hits_stop_string(self, tokens, done, stop, stopped_by_string) -> torch.Tensor:
+        hits = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        tail = max(len(s) for s in stop) + 8
+        for i in torch.nonzero(~done).flatten().tolist():
+            text = self.tokenizer.decode(tokens[i, -tail:].tolist(), skip_special_tokens=True)
+            if any(s in text for s in stop):
+                hits[i] = True
+                stopped_by_string[i] = True
+        return hits
+
+    def _to_samples(self, prompts, tokens, logprobs, entropies, lengths, finished) -> list[Sample]:
+        tokens, logprobs, lengths = tokens.cpu(), logprobs.cpu(), lengths.cpu()
+        entropies = entropies.cpu() if entropies is not None else None
+        texts = self.tokenizer.batch_decode([tokens[i, : lengths[i]].tolist() for i in range(len(prompts))],
+                                            skip_special_tokens=True)
+        samples = []
+        for i, prompt in enumerate(prompts):
+            n = int(lengths[i])
+            samples.append(Sample(
+                prompt_ids=list(prompt), completion_ids=tokens[i, :n].tolist(), logprobs=logprobs[i, :n].tolist(),
+                text=texts[i], finish_reason="stop" if bool(finished[i]) else "length",
+                entropies=entropies[i, :n].tolist() if entropies is not None else None))
+        return samples

@@ -1,0 +1,205 @@
+"""The learner: micro-batched log-prob/entropy passes, the registered loss, backward, optimizer step.
+
+It knows which registered functions to call (advantage, policy loss, aggregation, KL estimator), not
+which paper is running. Loss for one mini-batch of samples:
+
+    L = agg( w_i * [ loss_mat_it + beta * KL_it - entropy_coef * H_it ] )
+
+with w_i the per-sample weight. Gradient accumulation over micro-batches is exact: each micro-batch's
+aggregated loss is weighted by its share of the mini-batch's tokens (``token-mean``) or rows (others).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from rlpost.algos import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, LossInput
+from rlpost.algos.core import masked_mean
+from rlpost.batch import Batch
+
+TOKEN_WEIGHTED_AGGREGATIONS = {"token-mean"}
+
+
+@dataclass
+class LearnerSettings:
+    loss_name: str
+    loss_params: object
+    loss_agg: str
+    max_completion_length: int
+    temperature: float = 1.0
+    beta: float = 0.0
+    kl_estimator: str = "k3"
+    entropy_coef: float = 0.0
+    num_iterations: int = 1
+    steps_per_generation: int = 1
+    micro_batch_size: int = 16
+    max_grad_norm: float = 1.0
+    need_entropy: bool = False
+    loss_extra: dict = field(default_factory=dict)
+
+
+def token_logprobs(model, batch: Batch, temperature: float, need_entropy: bool):
+    """log pi(o_t | .) of the completion tokens [B,T] (and entropies [B,T] or None) from one forward.
+
+    Logits are divided by the sampling temperature, matching the distribution the engine sampled from.
+    Only the completion positions are gathered before the log-softmax, so memory is O(B*T*V), not O(B*W*V).
+    """
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    B, T = batch.completion_index.shape
+    idx = batch.completion_index.clamp(max=logits.shape[1] - 1)
+    picked = logits.gather(1, idx[:, :, None].expand(B, T, logits.shape[-1])).float()  # [B,T,V]
+    if temperature > 0:
+        picked = picked / temperature
+    logp_all = torch.log_softmax(picked, dim=-1)
+    logp = logp_all.gather(-1, batch.completion_ids[:, :, None]).squeeze(-1)  # [B,T]
+    entropy = -(logp_all.exp() * logp_all).sum(-1) if need_entropy else None
+    return logp, entropy
+
+
+@torch.no_grad()
+def batched_logprobs(model, batch: Batch, settings: LearnerSettings, need_entropy: bool):
+    """No-grad log-probs (and entropies) for the whole batch in micro-batches."""
+    was_training = model.training
+    model.eval()
+    out_lp, out_h = [], []
+    for start in range(0, len(batch), settings.micro_batch_size):
+        mb = batch.select(slice(start, start + settings.micro_batch_size))
+        lp, h = token_logprobs(model, mb, settings.temperature, need_entropy)
+        out_lp.append(lp)
+        out_h.append(h)
+    model.train(was_training)
+    return torch.cat(out_lp), (torch.cat(out_h) if need_entropy else None)
+
+
+class Learner:
+    def __init__(self, model, optimizer, scheduler, settings: LearnerSettings, ref_model=None, lr_controller=None):
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.settings = settings
+        self.ref_model = ref_model
+        self.lr_controller = lr_controller
+        self.loss_fn = POLICY_LOSSES.get(settings.loss_name)
+        self.aggregate = AGGREGATIONS.get(settings.loss_agg)
+        self.kl_fn = KL_ESTIMATORS.get(settings.kl_estimator)
+
+    def prepare(self, batch: Batch) -> dict[str, torch.Tensor | None]:
+        """Old-policy and reference log-probs that stay fixed during the update."""
+        s = self.settings
+        reuse = s.num_iterations > 1 or s.steps_per_generation > 1
+        old_lp, old_h = (batched_logprobs(self.model, batch, s, s.need_entropy) if reuse or s.need_entropy
+                         else (None, None))
+        ref_lp = batched_logprobs(self.ref_model, batch, s, False)[0] if s.beta > 0 else None
+        return {"old_logprobs": old_lp, "old_entropies": old_h, "ref_logprobs": ref_lp}
+
+    def update(self, batch: Batch, advantages: torch.Tensor, fixed: dict) -> dict[str, float]:
+        """num_iterations passes over steps_per_generation mini-batches; one optimizer step per mini-batch."""
+        s = self.settings
+        metrics: dict[str, list[float]] = {}
+        order = torch.arange(len(batch))
+        mini_size = len(batch) // s.steps_per_generation
+        for _ in range(s.num_iterations):
+            for m in range(s.steps_per_generation):
+                rows = order[m * mini_size:(m + 1) * mini_size]
+                step_metrics = self._optimizer_step(batch, advantages, fixed, rows)
+                for k, v in step_metrics.items():
+                    metrics.setdefault(k, []).append(v)
+        return {k: sum(v) / len(v) for k, v in metrics.items()}
+
+    def _optimizer_step(self, batch, advantages, fixed, rows) -> dict[str, float]:
+        s = self.settings
+        mini_tokens = float(batch.response_mask[rows].sum().clamp(min=1))
+        metrics: dict[str, float] = {}
+        total_loss = 0.0
+        for start in range(0, len(rows), s.micro_batch_size):
+            idx = rows[start:start + s.micro_batch_size]
+            mb = batch.select(idx)
+            share = (float(mb.response_mask.sum()) / mini_tokens if s.loss_agg in TOKEN_WEIGHTED_AGGREGATIONS
+                     else len(idx) / len(rows))
+            loss, mb_metrics = self._micro_loss(mb, advantages[idx], {k: (v[idx] if v is not None else None) for k, v in fixed.items()})
+            (loss * share).backward()
+            total_loss += loss.item() * share
+            for k, v in mb_metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + v * share
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm) if s.max_grad_norm > 0
+                     else _grad_norm(self.model))
+        if self.lr_controller is not None:
+            self.lr_controller.apply(self.optimizer)
+        if torch.isfinite(grad_norm):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        metrics.update({"loss": total_loss, "grad_norm": float(grad_norm),
+                        "lr": self.optimizer.param_groups[0]["lr"]})
+        return metrics
+
+    def _micro_loss(self, mb: Batch, adv: torch.Tensor, fixed: dict):
+        s = self.settings
+        need_h = s.need_entropy or s.entropy_coef > 0
+        logp, entropy = token_logprobs(self.model, mb, s.temperature, need_h)
+        old_lp = fixed["old_logprobs"] if fixed["old_logprobs"] is not None else logp.detach()
+        mask = mb.response_mask
+        inp = LossInput(logprobs=logp, old_logprobs=old_lp, advantages=adv, response_mask=mask,
+                        entropies=entropy.detach() if entropy is not None else None,
+                        old_entropies=fixed["old_entropies"], extra=dict(s.loss_extra))
+        loss_mat, metrics = self.loss_fn(inp, s.loss_params)
+        if s.beta > 0:
+            kl = self.kl_fn(logp, fixed["ref_logprobs"])
+            loss_mat = loss_mat + s.beta * kl
+            metrics["kl"] = masked_mean(kl.detach(), mask).item()
+        if entropy is not None:
+            metrics["policy/entropy"] = masked_mean(entropy.detach(), mask).item()
+            if s.entropy_coef > 0:
+                loss_mat = loss_mat - s.entropy_coef * entropy
+        loss_mat = loss_mat * mb.sample_weights[:, None]
+        with torch.no_grad():
+            metrics["rollout/logprob_diff"] = masked_mean((logp.detach() - mb.sampler_logprobs).abs(), mask).item()
+        return self.aggregate(loss_mat, mask, s.max_completion_length), metrics
+
+
+def _grad_norm(model) -> torch.Tensor:
+    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
+    return torch.stack(norms).norm() if norms else torch.tensor(0.0)
+
+
+def build_optimizer(model, optim_cfg):
+    """AdamW by default; adam, sgd, lion (lion-pytorch) or any pytorch_optimizer name."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    name = optim_cfg.optimizer.lower()
+    common = dict(lr=optim_cfg.learning_rate, weight_decay=optim_cfg.weight_decay)
+    betas = (optim_cfg.adam_beta1, optim_cfg.adam_beta2)
+    if name == "adamw":
+        return torch.optim.AdamW(params, betas=betas, eps=optim_cfg.adam_epsilon, **common)
+    if name == "adam":
+        return torch.optim.Adam(params, betas=betas, eps=optim_cfg.adam_epsilon, **common)
+    if name == "sgd":
+        return torch.optim.SGD(params, **common)
+    if name == "lion":
+        from lion_pytorch import Lion
+        return Lion(params, betas=betas, **common)
+    try:
+        from pytorch_optimizer import load_optimizer
+        return load_optimizer(name)(params, **common)
+    except Exception as err:
+        raise ValueError(f"optim.optimizer: unknown optimizer {optim_cfg.optimizer!r} "
+                         "(adamw, adam, sgd, lion, or a pytorch_optimizer name)") from err
+
+
+def build_scheduler(optimizer, optim_cfg, total_steps: int):
+    """Linear warm-up, then constant / linear decay to 0 / cosine decay to 0 (in optimizer steps)."""
+    warmup = optim_cfg.warmup_steps or int(math.ceil(optim_cfg.warmup_ratio * total_steps))
+    kind = optim_cfg.lr_scheduler_type
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,97 @@
+"""Built-in rule-based rewards: task checkers, math answers (math-verify), format, DAPO overlong penalty."""
+from __future__ import annotations
+
+import re
+
+from rlpost.rewards import REWARDS
+from rlpost.tasks.countdown import is_solution
+
+_INT = re.compile(r"-?\d+")
+
+
+def first_integer(text: str) -> str | None:
+    m = _INT.search(text)
+    return m.group() if m else None
+
+
+def check_arithmetic(completion: str, row: dict) -> bool:
+    """The first integer in the completion equals the answer."""
+    return first_integer(completion) == str(row["answer"]).strip()
+
+
+def extract_countdown(completion: str) -> str:
+    """The expression inside <answer>...</answer> if present, else the first line."""
+    m = re.search(r"<answer>(.*?)</answer>", completion, flags=re.S)
+    text = m.group(1) if m else completion.strip().split("\n")[0]
+    return text.split("=")[0].strip()
+
+
+def check_countdown(completion: str, row: dict) -> bool:
+    """The expression uses each number exactly once and evaluates to the target."""
+    return is_solution(extract_countdown(completion), list(row["nums"]), int(row["target"]))
+
+
+TASK_CHECKERS = {"arithmetic": check_arithmetic, "countdown": check_countdown}
+
+
+def _rows(n: int, columns: dict) -> list[dict]:
+    return [{k: v[i] for k, v in columns.items() if isinstance(v, list) and len(v) == n} for i in range(n)]
+
+
+@REWARDS.register("arithmetic")
+def arithmetic_reward(prompts, completions, answer, **kwargs) -> list[float]:
+    """1.0 when the first integer of the completion equals ``answer``, else 0.0."""
+    return [float(check_arithmetic(c, {"answer": a})) for c, a in zip(completions, answer)]
+
+
+@REWARDS.register("countdown")
+def countdown_reward(prompts, completions, nums, target, **kwargs) -> list[float]:
+    """1.0 for a valid Countdown expression (each number once, + - * /, equals target), else 0.0."""
+    return [float(check_countdown(c, {"nums": n, "target": t})) for c, n, t in zip(completions, nums, target)]
+
+
+@REWARDS.register("math_verify")
+def math_verify_reward(prompts, completions, answer, **kwargs) -> list[float]:
+    """1.0 when math-verify finds the completion's final answer equivalent to ``answer`` (LaTeX or plain)."""
+    from math_verify import parse, verify
+
+    scores = []
+    for completion, gold in zip(completions, answer):
+        gold_text = str(gold)
+        gold_parsed = parse(gold_text if "$" in gold_text or "\\" in gold_text else f"${gold_text}$")
+        try:
+            scores.append(float(bool(gold_parsed) and verify(gold_parsed, parse(completion))))
+        except Exception:  # math-verify raises on pathological input; that answer is simply wrong
+            scores.append(0.0)
+    return scores
+
+
+@REWARDS.register("format")
+def format_reward(prompts, completions, pattern: str = r"^\s*-?\d+\s*$", **kwargs) -> list[float]:
+    """1.0 when the whole completion matches ``pattern`` (a regex; default: a bare integer)."""
+    regex = re.compile(pattern, flags=re.S)
+    return [float(bool(regex.match(c))) for c in completions]
+
+
+@REWARDS.register("overlong_penalty")
+def overlong_penalty(prompts, completions, completion_ids, max_completion_length: int,
+                     overlong_buffer: int = 4, penalty_factor: float = 1.0, **kwargs) -> list[float]:
+    """DAPO soft overlong punishment (Yu et al. 2025, eq. 13), with L_max = max_completion_length,
+    L_cache = overlong_buffer:
+
+        0                                 if |y| <= L_max - L_cache
+        ((L_max - L_cache) - |y|)/L_cache if L_max - L_cache < |y| <= L_max
+        -1                                if |y| > L_max
+    scaled by ``penalty_factor``.
+    """
+    expected = max_completion_length - overlong_buffer
+    out = []
+    for ids in completion_ids:
+        length = len(ids)
+        if length <= expected:
+            out.append(0.0)
+        elif length <= max_completion_length:
+            out.append(penalty_factor * (expected - length) / overlong_buffer)
+        else:
+            out.append(-penalty_factor)
+    return out
