@@ -115,7 +115,7 @@ def parse_tool_calls(text: str) -> list[ToolCall] | ToolParseError:
 
 
 def _objects(body: str) -> list[tuple[Any, str]] | str:
-    """The objects in one block, or an error message."""
+    """The objects in one block (``_BAD`` for one that does not parse), or an error message."""
     if not body:
         return "empty tool call block"
     whole = _load(body)
@@ -123,17 +123,15 @@ def _objects(body: str) -> list[tuple[Any, str]] | str:
         return [(obj, json.dumps(obj)) for obj in whole] or "empty list of tool calls"
     if whole is not None:
         return [(whole, body)]
-    found, error = [], None
-    for raw in _top_level_braces(body):
-        obj = _load(raw)
-        if obj is None:
-            error = f"could not parse {raw[:80]!r} as JSON"
-            found.append((None, raw))
-        else:
-            found.append((obj, raw))
+    found = [((obj if (obj := _load(raw)) is not None else _BAD), raw) for raw in _top_level_braces(body)]
     if not found:
         return "no JSON object found in the tool call block"
-    return found if any(o is not None for o, _ in found) or len(found) > 1 else error
+    if len(found) == 1 and found[0][0] is _BAD:
+        return f"could not parse {found[0][1][:80]!r} as JSON"
+    return found
+
+
+_BAD = object()
 
 
 def _load(s: str) -> Any:
@@ -172,6 +170,8 @@ def _top_level_braces(s: str) -> list[str]:
 
 
 def _to_call(obj: Any, raw: str, index: int) -> ToolCall:
+    if obj is _BAD:
+        return ToolCall("", {}, index, raw, error=f"tool call {index} could not be parsed as JSON: {raw[:80]!r}")
     if not isinstance(obj, dict):
         return ToolCall("", {}, index, raw, error=f"tool call {index} is not a JSON object")
     name, args = obj.get("name"), obj.get("arguments", obj.get("parameters", {}))

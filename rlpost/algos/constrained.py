@@ -49,7 +49,8 @@ TASKS = ("kl", "reward", "weighted_sum")
 class ProxySearchParams:
     """NM-PPO (App. A.4, Alg. 3): Nelder–Mead over the thresholds within one run."""
     init_values: dict = field(default_factory=dict)  # RM means of the initial policy (v_init), per component
-    max_values: dict = field(default_factory=dict)   # highest RM means seen (v_max); θ_j = v_init + U(0,1)(v_max − v_init)
+    max_values: dict = field(default_factory=dict)   # highest RM means seen (v_max)
+    # initial simplex: θ_j = v_init + U(0,1)·(v_max − v_init), N+1 vertices
     eval_every: int = 5          # training iterations between evaluations of the current proposal
     cap_iters: int = 25          # max iterations per proposal (paper: 1/8 of the budget; code: n_iters // 10)
     reach_tol: float = 0.05      # a proposal is reached when every |Ĵ_i − θ_i| <= reach_tol·|θ_i|
@@ -313,8 +314,8 @@ def constrained(inp: AdvantageInput, params: ConstrainedAdvParams):
     R = component_matrix(inp.extra, names)                                          # [B, N]
     theta = None                                                                    # [N] or None (sum)
     if params.thresholds:
-        theta = _vector(inp.extra.get("thresholds", params.thresholds), names, "thresholds")
-    alpha = torch.tensor([params.weights.get(n, 1.0) for n in names], dtype=torch.float64)  # [N]
+        theta = _vector(inp.extra.get("thresholds", params.thresholds), names, "thresholds").to(R.device)
+    alpha = torch.tensor([params.weights.get(n, 1.0) for n in names], dtype=torch.float64, device=R.device)
 
     def norm(v):
         return normalize(v, inp.group_ids, params.scale_rewards, params.eps)
@@ -330,7 +331,7 @@ def constrained(inp: AdvantageInput, params: ConstrainedAdvParams):
         if "multiplier_weights" not in inp.extra:
             raise KeyError(f"mode {params.mode!r} needs inp.extra['multiplier_weights'] "
                            "(use inp.extra.update(LagrangeMultipliers.extra()))")
-        w = _vector(inp.extra["multiplier_weights"], names, "multiplier_weights")  # [N]
+        w = _vector(inp.extra["multiplier_weights"], names, "multiplier_weights").to(R.device)  # [N]
         R_task = _task_reward(inp, params, R, alpha)                               # [B]
         A_i = torch.stack([norm(R[:, i]) for i in range(N)], dim=-1)              # [B, N]
         sign = -1.0 if params.mode == "all" else 1.0
@@ -493,11 +494,20 @@ class NelderMead:
         c = self._centroid()
         self.phase, self._pending = "reflect", c + self.alpha * (c - self.simplex[-1])
 
+    _ARRAYS = ("simplex", "values", "_pending", "_x_r")
+
     def state_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(vars(self))
+        """Plain Python values only, so ``torch.load(weights_only=True)`` accepts the checkpoint."""
+        state = copy.deepcopy(vars(self))
+        for key in self._ARRAYS:
+            if state[key] is not None:
+                state[key] = state[key].tolist()
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for key, value in copy.deepcopy(dict(state)).items():
+            if key in self._ARRAYS and value is not None:
+                value = np.array(value, dtype=np.float64)
             setattr(self, key, value)
 
 
@@ -587,8 +597,8 @@ class ProxyPointSearch:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"nm": self.nm.state_dict(), "cache": [(t.copy(), v) for t, v in self.cache],
-                "iters": self.iters, "theta": None if self._theta is None else self._theta.copy()}
+        return {"nm": self.nm.state_dict(), "cache": [(t.tolist(), v) for t, v in self.cache],
+                "iters": self.iters, "theta": None if self._theta is None else self._theta.tolist()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.nm.load_state_dict(state["nm"])

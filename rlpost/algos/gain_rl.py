@@ -74,7 +74,8 @@ class _StopForward(Exception):
 
 def decoder_layers(model: torch.nn.Module):
     """The decoder's layer list of an HF causal LM or base model (Qwen2/LLaMA: .model.layers)."""
-    for owner in (getattr(model, "model", None), model, getattr(model, "transformer", None)):
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    for owner in (decoder, getattr(model, "model", None), model, getattr(model, "transformer", None)):
         for name in ("layers", "h"):
             layers = getattr(owner, name, None) if owner is not None else None
             if isinstance(layers, torch.nn.ModuleList):

@@ -23,7 +23,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from rlpost.models.tokenizer import build_char_tokenizer
 
 log = logging.getLogger(__name__)
-TINY_VERSION = 1  # bump when the recipe below changes, so caches rebuild
+TINY_VERSION = 2  # bump when the recipe below changes, so caches rebuild
 
 
 @dataclass

@@ -84,7 +84,8 @@ def test_weighted_advantages_by_hand():
     assert torch.allclose(seq[12:16], torch.tensor([0.5, 0.5, 0.5, -1.5]), atol=1e-4)
     assert (adv[16:24] == 0).all()
     assert (adv[inp.response_mask == 0] == 0).all()
-    # the released-code preset: length, lambda = 0.1 on TDS; g1 is TDS -> R=[1,1,0,0], A = [.5774]*2 ... * 0.1
+    # the released-code preset: length, lambda = 0.1 on TDS; g1 is TDS:
+    #   R = [1,1,0,0], A = +-0.5/sqrt(1/3) = +-0.866, times 0.1
     adv, _ = adora_advantage(inp, ADORAParams(mode="length", kappa_tas=1.0, kappa_tds=0.1))
     seq = adv.sum(-1) / inp.response_mask.sum(-1)
     a = 0.5 / (1 / 3) ** 0.5          # (1 - .5) / unbiased std sqrt(1/3)

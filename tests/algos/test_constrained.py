@@ -1,4 +1,5 @@
 """Constrained RLHF (rlpost/algos/constrained.py) against hand-computed numbers."""
+import io
 import math
 
 import numpy as np
@@ -27,7 +28,8 @@ def test_multiplier_init_is_one_small_draw_copied():
     m = LagrangeMultipliers({"a": 0.5, "b": 0.2, "c": 0.1}, mode="mu", seed=3)
     assert torch.all(m.mu_raw == m.mu_raw[0]) and abs(m.mu_raw[0].item()) < 0.05
     assert torch.allclose(m.weights(), torch.full((3,), 0.5, dtype=torch.float64), atol=0.02)
-    assert torch.allclose(LagrangeMultipliers({"a": 0.5}, mode="xi").weights(), torch.zeros(1, dtype=torch.float64), atol=0.05)
+    xi = LagrangeMultipliers({"a": 0.5}, mode="xi")
+    assert torch.allclose(xi.weights(), torch.zeros(1, dtype=torch.float64), atol=0.05)
 
 
 def test_mu_update_two_sgd_momentum_steps():
@@ -314,7 +316,10 @@ def test_nm_state_dict_resumes_identically():
     a = NelderMead([[0, 0], [1, 0], [0, 1]], tol=1e-12, max_evals=30)
     _run_until_iteration(a, bowl, 6)
     b = NelderMead([[5, 5], [6, 5], [5, 6]])
-    b.load_state_dict(a.state_dict())
+    buffer = io.BytesIO()
+    torch.save(a.state_dict(), buffer)
+    buffer.seek(0)
+    b.load_state_dict(torch.load(buffer, weights_only=True))
     _run_until_iteration(a, bowl, 10)
     _run_until_iteration(b, bowl, 10)
     assert np.array_equal(a.simplex, b.simplex) and a.history == b.history
@@ -360,5 +365,20 @@ def test_proxy_search_finds_the_peak_of_a_synthetic_eval():
     assert search.done
     assert search.thresholds == pytest.approx({"a": 0.23, "b": 0.48}, abs=0.01)
     resumed = ProxyPointSearch(["a", "b"], params)
-    resumed.load_state_dict(search.state_dict())
+    buffer = io.BytesIO()
+    torch.save({"search": search.state_dict(), "mult": LagrangeMultipliers({"a": 0.2, "b": 0.4}).state_dict()}, buffer)
+    buffer.seek(0)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True)["search"])
     assert resumed.thresholds == search.thresholds and resumed.done
+
+
+def test_zero_spread_component_contributes_nothing():
+    # group 1 has b = (1, 1): with the default eps its normalised b is 0, not NaN
+    inp = _inp(multiplier_weights=torch.tensor([0.0, 0.5]))
+    inp.extra["reward_components"]["b"] = torch.tensor([0.0, 2.0, 1.0, 1.0])
+    adv, _ = ADVANTAGES.get("constrained")(inp, build_params(ConstrainedAdvParams, overrides={
+        "mode": "xi", "thresholds": {"a": 0.5, "b": 1.5}}))
+    assert torch.isfinite(adv).all()
+    # rows 2, 3: only the task term 1.5 · norm(kl); R_kl = (−0.10, −0.04): centred ∓0.03, std 0.06/√2
+    # -> 1.5 · 0.03 / (0.0424264 + 1e-4) = 1.058168
+    assert torch.allclose(adv[2:, 0], torch.tensor([-1.058168, 1.058168]), atol=1e-5)

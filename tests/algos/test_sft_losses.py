@@ -124,7 +124,8 @@ def test_f_divergence_from_logits_matches_logprobs_and_skips_empty_rows():
 def test_f_hellinger_clamps_outside_its_domain():
     # ref log-probs 0: u = −ln 6 = −1.79 < −1 -> clamped to −1 + 1e-3: φ = −0.999/0.001 = −999, no gradient
     logp, _, mask = _logp()
-    loss, metrics = SFT_LOSSES.get("f_hellinger")(logp, None, mask, FDivParams(beta=1.0), ref_logprobs=torch.zeros(1, 2))
+    fn = SFT_LOSSES.get("f_hellinger")
+    loss, metrics = fn(logp, None, mask, FDivParams(beta=1.0), ref_logprobs=torch.zeros(1, 2))
     assert loss.item() == pytest.approx(999.0, rel=1e-4)   # float32: 1 + u = 0.001000002
     loss.backward()
     assert torch.all(logp.grad == 0) and metrics["sft/frac_clamped"] == 1.0
@@ -166,7 +167,8 @@ def test_reduced_learning_rate_schedule():
     assert sft_learning_rate(55, 100, p) == pytest.approx(2.5e-6)    # cosine at progress 45/90 = ½
     assert sft_learning_rate(100, 100, p) == pytest.approx(0.0, abs=1e-15)
     assert sft_learning_rate(55, 100, LRReductionParams(lr_scale=0.25, schedule="linear")) == pytest.approx(2.5e-6)
-    assert sft_learning_rate(80, 100, LRReductionParams(lr_scale=0.25, schedule="constant")) == pytest.approx(5e-6)
+    constant = LRReductionParams(lr_scale=0.25, schedule="constant")
+    assert sft_learning_rate(80, 100, constant) == pytest.approx(5e-6)
     assert lr_sweep(2e-5) == pytest.approx([2e-5, 1e-5, 5e-6, 2e-6])
     with pytest.raises(ValueError, match="lr_scale"):
         LRReductionParams(lr_scale=2.0)

@@ -1,0 +1,56 @@
+"""Load any HF causal LM and tokenizer through ``from_pretrained`` (tiny models included)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def resolve_model_path(model_cfg) -> str:
+    """``tiny:...`` refs are built/cached on demand; anything else goes to from_pretrained as is."""
+    ref = model_cfg.name_or_path
+    if ref.startswith("tiny:"):
+        from rlpost.models.tiny import ensure_tiny
+        return str(ensure_tiny(ref))
+    return ref
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_tokenizer(path: str, model_cfg):
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model(path: str, model_cfg, device: str = "auto", frozen: bool = False):
+    kwargs = dict(model_cfg.model_init_kwargs)
+    kwargs.setdefault("dtype", _DTYPES[model_cfg.dtype])
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code,
+                                                 revision=model_cfg.revision, **kwargs)
+    model.to(pick_device(device))
+    if frozen:
+        model.eval().requires_grad_(False)
+    else:
+        model.train()
+        if model_cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+    return model
+
+
+def load_state_into(model, path: str | Path) -> None:
+    """Load saved weights into an existing model object (keeps the optimizer's parameter identity)."""
+    fresh = AutoModelForCausalLM.from_pretrained(str(path), dtype=next(model.parameters()).dtype)
+    model.load_state_dict(fresh.state_dict())

@@ -1,0 +1,82 @@
+"""Metrics to ``metrics.jsonl`` (always), TensorBoard, wandb or trackio (on request), and PNG plots."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    def __init__(self, output_dir: str | Path, report_to: list[str], run_name: str | None, config: dict, resume_step: int = 0):
+        self.dir = Path(output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "metrics.jsonl"
+        self._truncate_after(resume_step)
+        self.tb = self.wandb = self.trackio = None
+        if "tensorboard" in report_to:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(self.dir / "tensorboard"))
+        if "wandb" in report_to:
+            import wandb
+            self.wandb = wandb.init(name=run_name, config=config, dir=str(self.dir), resume="allow")
+        if "trackio" in report_to:
+            import trackio
+            self.trackio = trackio.init(project="rlpost", name=run_name, config=config)
+
+    def _truncate_after(self, step: int) -> None:
+        """On resume, drop lines logged after the checkpoint so the file equals an uninterrupted run's."""
+        if not self.path.exists():
+            return
+        if step == 0:
+            self.path.unlink()
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, metrics: dict) -> None:
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps(clean) + "\n")
+        step = metrics["step"]
+        for key, value in clean.items():
+            if key != "step" and isinstance(value, (int, float)) and value is not None:
+                if self.tb:
+                    self.tb.add_scalar(key, value, step)
+        if self.wandb:
+            self.wandb.log(clean, step=step)
+        if self.trackio:
+            self.trackio.log(clean, step=step)
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_metrics(metrics_path: str | Path, out_png: str | Path, keys=("reward/mean", "eval/accuracy")) -> Path:
+    """One panel per key: value against step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5))
+    for ax, key in zip(axes if len(keys) > 1 else [axes], keys):
+        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return Path(out_png)

@@ -1,0 +1,287 @@
+"""The RL loop: generate -> score -> compute advantages -> update -> log / evaluate / checkpoint.
+
+Wiring happens in :func:`setup`; :meth:`Trainer.train` reads top to bottom as the RL cycle. No
+algorithm math lives here: every algorithmic choice is a registered function named by the config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlpost import checkpoint as ckpt
+from rlpost.algos import ADVANTAGES, AdvantageInput, build_params
+from rlpost.algos.dynamic_sampling import informative_groups
+from rlpost.algos.losses import DEFAULT_AGGREGATION
+from rlpost.batch import collate
+from rlpost.config import Config, ConfigError, component, save_config, to_dict
+from rlpost.data import build_prompts, task_or_file_rows
+from rlpost.engines.base import SamplingParams
+from rlpost.learner import Learner, LearnerSettings, build_optimizer, build_scheduler
+from rlpost.models.loading import load_model, load_tokenizer, resolve_model_path
+from rlpost.rewards import RewardManager
+from rlpost.samplers import build_sampler
+from rlpost.tracking import Tracker, plot_metrics
+from rlpost.types import Prompt, Trajectory
+from rlpost.workflows.single_turn import SingleTurnWorkflow
+
+log = logging.getLogger("rlpost")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def derived_seed(*parts) -> int:
+    """A stable 62-bit seed from the run seed, the step and a purpose tag (resume-safe)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 2
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.out = Path(cfg.trainer.output_dir)
+        self.step = 0
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> "Trainer":
+        cfg = self.cfg
+        if cfg.trainer.num_threads:
+            torch.set_num_threads(cfg.trainer.num_threads)
+        seed_everything(cfg.trainer.seed)
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+
+        self.model_path = resolve_model_path(cfg.model)
+        self.tokenizer = load_tokenizer(self.model_path, cfg.model)
+        self.model = load_model(self.model_path, cfg.model, cfg.trainer.device)
+        self.ref_model = load_model(self.model_path, cfg.model, cfg.trainer.device, frozen=True) if cfg.algo.beta > 0 else None
+
+        self.train_prompts = self._prompts(cfg.data.train_path, cfg.data.train_split, cfg.data.num_train, "train")
+        self.eval_prompts = self._prompts(cfg.data.eval_path, cfg.data.eval_split, cfg.data.num_eval, "test")
+        self.rewards = RewardManager.from_config(cfg.rewards)
+        self.sampler = build_sampler(cfg.data.sampler, len(self.train_prompts), cfg.trainer.seed, cfg.data.shuffle_dataset)
+
+        self.engine = self._build_engine()
+        self.workflow = SingleTurnWorkflow(self.engine, self.tokenizer)
+        self.advantage_fn, self.advantage_params = self._build_advantage()
+        self.learner = self._build_learner()
+
+        resume_path = ckpt.resolve_resume(self.out, cfg.trainer.resume_from_checkpoint)
+        if resume_path is not None:
+            self._load(resume_path)
+        self.tracker = Tracker(self.out, cfg.trainer.report_to, cfg.trainer.run_name, to_dict(cfg), resume_step=self.step)
+        return self
+
+    def _prompts(self, path, split, n, task_split) -> list[Prompt]:
+        d = self.cfg.data
+        rows = task_or_file_rows(d.task, d.task_kwargs, path, split if path else task_split, n, self.cfg.trainer.seed)
+        source = path or f"task {d.task!r} ({task_split} split)"
+        return build_prompts(rows, self.tokenizer, prompt_column=d.prompt_column, answer_column=d.answer_column,
+                             system_prompt=d.system_prompt, chat_template=d.chat_template, source=source)
+
+    def _build_engine(self):
+        from rlpost.engines import build_engine
+        return build_engine(self.cfg, self.model, self.tokenizer, self.model_path)
+
+    def _build_advantage(self):
+        a = self.cfg.algo
+        name, overrides = component(a.advantage)
+        entry = _registry_entry(ADVANTAGES, name, "algo.advantage")
+        shared = {"scale_rewards": a.scale_rewards}
+        return entry.fn, build_params(entry.params, shared, overrides, where=f"algo.advantage ({name})")
+
+    def _build_learner(self) -> Learner:
+        from rlpost.algos import POLICY_LOSSES
+        cfg, a = self.cfg, self.cfg.algo
+        name, overrides = component(a.loss)
+        entry = _registry_entry(POLICY_LOSSES, name, "algo.loss")
+        shared = {f.name: getattr(a, f.name) for f in dataclasses.fields(a)}
+        loss_params = build_params(entry.params, shared, overrides, where=f"algo.loss ({name})")
+        agg = DEFAULT_AGGREGATION.get(name, "token-mean") if a.loss_agg == "auto" else a.loss_agg
+        from rlpost.algos import AGGREGATIONS, KL_ESTIMATORS
+        _registry_entry(AGGREGATIONS, agg, "algo.loss_agg")
+        _registry_entry(KL_ESTIMATORS, a.kl_estimator, "algo.kl_estimator")
+        optimizer = build_optimizer(self.model, cfg.optim)
+        total_opt_steps = cfg.trainer.max_steps * cfg.optim.steps_per_generation * a.num_iterations
+        scheduler = build_scheduler(optimizer, cfg.optim, total_opt_steps)
+        settings = LearnerSettings(
+            loss_name=name, loss_params=loss_params, loss_agg=agg,
+            max_completion_length=cfg.rollout.max_completion_length, temperature=cfg.rollout.temperature or 1.0,
+            beta=a.beta, kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef, num_iterations=a.num_iterations,
+            steps_per_generation=cfg.optim.steps_per_generation, micro_batch_size=cfg.optim.micro_batch_size,
+            max_grad_norm=cfg.optim.max_grad_norm)
+        return Learner(self.model, optimizer, scheduler, settings, ref_model=self.ref_model)
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict:
+        cfg = self.cfg
+        if self.step == 0 and cfg.trainer.eval_steps >= 0:
+            self.tracker.log({"step": 0, **self.evaluate()})
+        from tqdm.auto import tqdm
+        bar = tqdm(range(self.step, cfg.trainer.max_steps), initial=self.step, total=cfg.trainer.max_steps,
+                   disable=not cfg.trainer.progress_bar, desc="rlpost", dynamic_ncols=True)
+        last = {}
+        for _ in bar:
+            start = time.perf_counter()
+            trajectories, gen_metrics = self.generate()                   # rollout + score (+ dynamic sampling)
+            batch = collate(trajectories, self.tokenizer.pad_token_id, cfg.algo.mask_truncated_completions)
+            fixed = self.learner.prepare(batch)                          # old / reference log-probs
+            advantages, adv_metrics = self.compute_advantages(batch, fixed)
+            update_metrics = self.learner.update(batch, advantages, fixed)
+            self.engine.load_weights(self.model.named_parameters()) if self.engine_needs_sync else None
+            self.step += 1
+            last = {"step": self.step, **gen_metrics, **adv_metrics, **update_metrics,
+                    "tokens": int(sum(len(s.completion_ids) for t in trajectories for s in t.samples)),
+                    "step_time": time.perf_counter() - start}
+            last["perf/tokens_per_s"] = last["tokens"] / last["step_time"]
+            if self._due(cfg.trainer.eval_steps) or self.step == cfg.trainer.max_steps:
+                last.update(self.evaluate())
+            self.tracker.log(last)
+            bar.set_postfix(reward=f"{last['reward/mean']:.3f}", **({"acc": f"{last['eval/accuracy']:.2f}"} if "eval/accuracy" in last else {}))
+            if self._due(cfg.trainer.save_steps) and self.step < cfg.trainer.max_steps:
+                self.save()
+        return self.finish(last)
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and self.step % every == 0
+
+    @property
+    def engine_needs_sync(self) -> bool:
+        return getattr(self.engine, "model", None) is not self.model
+
+    def sampling_params(self, purpose: str, round_: int = 0) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(n=r.num_generations, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                              max_tokens=r.max_completion_length, stop=list(r.stop),
+                              seed=derived_seed(self.cfg.trainer.seed, self.step, purpose, round_),
+                              return_entropy=r.return_entropy)
+
+    def generate(self) -> tuple[list[Trajectory], dict]:
+        """Rollout prompts_per_step groups and score them; with dynamic sampling keep only informative
+        groups, refilling from new prompts up to max_refill_rounds times."""
+        r, a = self.cfg.rollout, self.cfg.algo
+        kept: list[Trajectory] = []
+        metrics: dict = {}
+        rounds = 1 + (a.max_refill_rounds if a.dynamic_sampling else 0)
+        groups_needed = r.prompts_per_step
+        for round_ in range(rounds):
+            prompts = [self.train_prompts[i] for i in self.sampler.next_indices(groups_needed)]
+            trajs = self.workflow.rollout(prompts, self.sampling_params("rollout", round_),
+                                          group_offset=round_ * 10_000)
+            component_metrics = self.score(trajs)
+            if round_ == 0:
+                metrics = self._rollout_metrics(trajs, component_metrics)
+            if not a.dynamic_sampling:
+                return trajs, metrics
+            rewards = torch.tensor([t.reward for t in trajs])
+            keep = informative_groups(rewards, torch.tensor([t.group_id for t in trajs]))
+            kept += [t for t, k in zip(trajs, keep.tolist()) if k]
+            groups_needed = r.prompts_per_step - len({t.group_id for t in kept})
+            if groups_needed <= 0:
+                break
+        group_ids = sorted({t.group_id for t in kept})[: r.prompts_per_step]
+        kept = [t for t in kept if t.group_id in set(group_ids)]
+        metrics["dynamic_sampling/kept_groups"] = len(group_ids)
+        metrics["dynamic_sampling/rounds"] = round_ + 1
+        if not kept:  # every group was uninformative: train on the last round (zero advantages)
+            kept = trajs
+        return kept, metrics
+
+    def score(self, trajs: list[Trajectory]) -> dict[str, list[float]]:
+        completions = [t.final_text for t in trajs]
+        columns = {k: [t.prompt.columns.get(k) for t in trajs] for k in trajs[0].prompt.columns}
+        columns["completion_ids"] = [sum((s.completion_ids for s in t.samples), []) for t in trajs]
+        columns["finish_reasons"] = ["length" if t.truncated else "stop" for t in trajs]
+        columns["max_completion_length"] = self.cfg.rollout.max_completion_length
+        totals, components = self.rewards.score([t.prompt.text for t in trajs], completions, columns)
+        for i, t in enumerate(trajs):
+            t.reward = totals[i]
+            t.reward_components = {k: v[i] for k, v in components.items()}
+        return components
+
+    def _rollout_metrics(self, trajs, components) -> dict:
+        rewards = torch.tensor([t.reward for t in trajs])
+        lengths = torch.tensor([float(sum(len(s.completion_ids) for s in t.samples)) for t in trajs])
+        m = {"reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if len(trajs) > 1 else 0.0,
+             "completion/mean_length": lengths.mean().item(),
+             "completion/clipped_ratio": float(np.mean([t.truncated for t in trajs]))}
+        for name, vals in components.items():
+            present = [v for v in vals if v is not None]
+            m[f"reward/{name}/mean"] = float(np.mean(present)) if present else 0.0
+        if self.cfg.trainer.log_completions:
+            log.info("step %d sample: %r -> %r (reward %.2f)", self.step, trajs[0].prompt.text[-60:], trajs[0].final_text, trajs[0].reward)
+        return m
+
+    def compute_advantages(self, batch, fixed) -> tuple[torch.Tensor, dict]:
+        entropies = fixed["old_entropies"] if fixed["old_entropies"] is not None else batch.sampler_entropies
+        inp = AdvantageInput(rewards=batch.rewards, group_ids=batch.group_ids, response_mask=batch.response_mask,
+                             entropies=entropies)
+        return self.advantage_fn(inp, self.advantage_params)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out prompts, greedy (or at trainer.eval_temperature): mean total reward and accuracy,
+        the share of completions the first reward function scores >= 1 (e.g. a correct answer)."""
+        t = self.cfg.trainer
+        params = dataclasses.replace(self.sampling_params("eval"), n=t.eval_num_generations,
+                                     temperature=t.eval_temperature or 0.0)
+        trajs = self.workflow.rollout(self.eval_prompts, params)
+        components = self.score(trajs)
+        first = components[self.cfg.rewards[0].name]
+        return {"eval/reward_mean": float(np.mean([tr.reward for tr in trajs])),
+                "eval/accuracy": float(np.mean([(v or 0.0) >= 1.0 for v in first]))}
+
+    # ------------------------------------------------------------------ checkpoint / finish
+    def state(self) -> dict:
+        return {"optimizer": self.learner.optimizer.state_dict(), "scheduler": self.learner.scheduler.state_dict(),
+                "sampler": self.sampler.state_dict()}
+
+    def save(self) -> Path:
+        path = ckpt.save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.state(),
+                                    keep=self.cfg.trainer.save_total_limit)
+        log.info("checkpoint written: %s", path)
+        return path
+
+    def _load(self, path: Path) -> None:
+        from rlpost.models.loading import load_state_into
+        load_state_into(self.model, path / "model")
+        state = ckpt.load_state(path)
+        self.learner.optimizer.load_state_dict(state["optimizer"])
+        self.learner.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        ckpt.set_rng_state(state["rng"])
+        self.step = state["step"]
+        if self.engine_needs_sync:
+            self.engine.load_weights(self.model.named_parameters())
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def finish(self, last: dict) -> dict:
+        final = self.out / "final_model"
+        self.model.save_pretrained(final)
+        self.tokenizer.save_pretrained(final)
+        self.tracker.close()
+        plot = plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
+        summary = {"metrics": str(self.out / "metrics.jsonl"), "plot": str(plot), "final_model": str(final),
+                   "last": last}
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _registry_entry(registry, name, key):
+    try:
+        return registry.entry(name)
+    except KeyError as err:
+        raise ConfigError(f"{key}: {err.args[0]}") from None
