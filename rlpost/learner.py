@@ -36,12 +36,13 @@ class LearnerSettings:
     steps_per_generation: int = 1
     micro_batch_size: int = 16
     max_grad_norm: float = 1.0
-    need_entropy: bool = False
-    loss_extra: dict = field(default_factory=dict)
+    need_entropy: bool = False      # compute current and old per-token entropies (HAPO)
+    need_sum_p_sq: bool = False     # compute sum_v pi_v^2 per token in the old-policy pass (OBLR-PO)
 
 
-def token_logprobs(model, batch: Batch, temperature: float, need_entropy: bool):
+def token_logprobs(model, batch: Batch, temperature: float, need_entropy: bool, need_sum_p_sq: bool = False):
     """log pi(o_t | .) of the completion tokens [B,T] (and entropies [B,T] or None) from one forward.
+    With ``need_sum_p_sq`` a third value, sum_v pi_v^2 per token [B,T], is returned too.
 
     Logits are divided by the sampling temperature, matching the distribution the engine sampled from.
     Only the completion positions are gathered before the log-softmax, so memory is O(B*T*V), not O(B*W*V).
@@ -55,22 +56,26 @@ def token_logprobs(model, batch: Batch, temperature: float, need_entropy: bool):
     logp_all = torch.log_softmax(picked, dim=-1)
     logp = logp_all.gather(-1, batch.completion_ids[:, :, None]).squeeze(-1)  # [B,T]
     entropy = -(logp_all.exp() * logp_all).sum(-1) if need_entropy else None
+    if need_sum_p_sq:
+        return logp, entropy, (2 * logp_all).exp().sum(-1)
     return logp, entropy
 
 
 @torch.no_grad()
-def batched_logprobs(model, batch: Batch, settings: LearnerSettings, need_entropy: bool):
-    """No-grad log-probs (and entropies) for the whole batch in micro-batches."""
+def batched_logprobs(model, batch: Batch, settings: LearnerSettings, need_entropy: bool, need_sum_p_sq: bool = False):
+    """No-grad log-probs, entropies (or None) and sum_p_sq (or None) for the whole batch in micro-batches."""
     was_training = model.training
     model.eval()
-    out_lp, out_h = [], []
+    out_lp, out_h, out_sq = [], [], []
     for start in range(0, len(batch), settings.micro_batch_size):
         mb = batch.select(slice(start, start + settings.micro_batch_size))
-        lp, h = token_logprobs(model, mb, settings.temperature, need_entropy)
+        lp, h, *sq = token_logprobs(model, mb, settings.temperature, need_entropy, need_sum_p_sq)
         out_lp.append(lp)
         out_h.append(h)
+        out_sq += sq
     model.train(was_training)
-    return torch.cat(out_lp), (torch.cat(out_h) if need_entropy else None)
+    return (torch.cat(out_lp), torch.cat(out_h) if need_entropy else None,
+            torch.cat(out_sq) if need_sum_p_sq else None)
 
 
 class Learner:
@@ -89,12 +94,14 @@ class Learner:
         """Old-policy and reference log-probs that stay fixed during the update."""
         s = self.settings
         reuse = s.num_iterations > 1 or s.steps_per_generation > 1
-        old_lp, old_h = (batched_logprobs(self.model, batch, s, s.need_entropy) if reuse or s.need_entropy
-                         else (None, None))
+        old_lp = old_h = sum_p_sq = None
+        if reuse or s.need_entropy or s.need_sum_p_sq:
+            old_lp, old_h, sum_p_sq = batched_logprobs(self.model, batch, s, s.need_entropy, s.need_sum_p_sq)
         ref_lp = batched_logprobs(self.ref_model, batch, s, False)[0] if s.beta > 0 else None
-        return {"old_logprobs": old_lp, "old_entropies": old_h, "ref_logprobs": ref_lp}
+        return {"old_logprobs": old_lp, "old_entropies": old_h, "ref_logprobs": ref_lp, "sum_p_sq": sum_p_sq}
 
-    def update(self, batch: Batch, advantages: torch.Tensor, fixed: dict) -> dict[str, float]:
+    def update(self, batch: Batch, advantages: torch.Tensor, fixed: dict, row_extra: dict | None = None,
+               step_extra: dict | None = None) -> dict[str, float]:
         """num_iterations passes over steps_per_generation mini-batches; one optimizer step per mini-batch."""
         s = self.settings
         metrics: dict[str, list[float]] = {}
@@ -103,39 +110,51 @@ class Learner:
         for _ in range(s.num_iterations):
             for m in range(s.steps_per_generation):
                 rows = order[m * mini_size:(m + 1) * mini_size]
-                step_metrics = self._optimizer_step(batch, advantages, fixed, rows)
+                step_metrics = self._optimizer_step(batch, advantages, fixed, rows, row_extra or {}, step_extra or {})
                 for k, v in step_metrics.items():
                     metrics.setdefault(k, []).append(v)
         return {k: sum(v) / len(v) for k, v in metrics.items()}
 
-    def _optimizer_step(self, batch, advantages, fixed, rows) -> dict[str, float]:
+    def _optimizer_step(self, batch, advantages, fixed, rows, row_extra, step_extra) -> dict[str, float]:
         s = self.settings
         mini_tokens = float(batch.response_mask[rows].sum().clamp(min=1))
         metrics: dict[str, float] = {}
         total_loss = 0.0
+        prefix_sq_norms = []  # ||accumulated grad after k micro-batches * K/k||^2, for LR controllers
+        num_micro = -(-len(rows) // s.micro_batch_size)
         for start in range(0, len(rows), s.micro_batch_size):
             idx = rows[start:start + s.micro_batch_size]
             mb = batch.select(idx)
             share = (float(mb.response_mask.sum()) / mini_tokens if s.loss_agg in TOKEN_WEIGHTED_AGGREGATIONS
                      else len(idx) / len(rows))
-            loss, mb_metrics = self._micro_loss(mb, advantages[idx], {k: (v[idx] if v is not None else None) for k, v in fixed.items()})
+            extra = {**step_extra, **{k: v[idx] for k, v in row_extra.items()}}
+            loss, mb_metrics = self._micro_loss(mb, advantages[idx], {k: (v[idx] if v is not None else None) for k, v in fixed.items()}, extra)
             (loss * share).backward()
+            if self.lr_controller is not None and self.lr_controller.needs_grad_stats:
+                k = len(prefix_sq_norms) + 1
+                prefix_sq_norms.append(float(_grad_norm(self.model)) ** 2 * (num_micro / k) ** 2)
             total_loss += loss.item() * share
             for k, v in mb_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v * share
+        if self.lr_controller is not None:
+            stats = {"prefix_grad_sq_norms": prefix_sq_norms} if self.lr_controller.needs_grad_stats else {}
+            metrics.update(self.lr_controller.observe(stats))
         grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm) if s.max_grad_norm > 0
                      else _grad_norm(self.model))
-        if self.lr_controller is not None:
-            self.lr_controller.apply(self.optimizer)
+        scale = self.lr_controller.lr_scale(self.scheduler.last_epoch) if self.lr_controller is not None else 1.0
+        scheduled = [g["lr"] for g in self.optimizer.param_groups]
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["lr"] * scale
         if torch.isfinite(grad_norm):
             self.optimizer.step()
+        for g, lr in zip(self.optimizer.param_groups, scheduled):
+            g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        metrics.update({"loss": total_loss, "grad_norm": float(grad_norm),
-                        "lr": self.optimizer.param_groups[0]["lr"]})
+        metrics.update({"loss": total_loss, "grad_norm": float(grad_norm), "lr": scheduled[0] * scale})
         return metrics
 
-    def _micro_loss(self, mb: Batch, adv: torch.Tensor, fixed: dict):
+    def _micro_loss(self, mb: Batch, adv: torch.Tensor, fixed: dict, extra: dict):
         s = self.settings
         need_h = s.need_entropy or s.entropy_coef > 0
         logp, entropy = token_logprobs(self.model, mb, s.temperature, need_h)
@@ -143,7 +162,7 @@ class Learner:
         mask = mb.response_mask
         inp = LossInput(logprobs=logp, old_logprobs=old_lp, advantages=adv, response_mask=mask,
                         entropies=entropy.detach() if entropy is not None else None,
-                        old_entropies=fixed["old_entropies"], extra=dict(s.loss_extra))
+                        old_entropies=fixed["old_entropies"], extra=extra)
         loss_mat, metrics = self.loss_fn(inp, s.loss_params)
         if s.beta > 0:
             kl = self.kl_fn(logp, fixed["ref_logprobs"])

@@ -25,6 +25,7 @@ from rlpost.config import Config, ConfigError, component, save_config, to_dict
 from rlpost.data import build_prompts, task_or_file_rows
 from rlpost.engines.base import SamplingParams
 from rlpost.learner import Learner, LearnerSettings, build_optimizer, build_scheduler
+from rlpost.methods import Extras, build_methods
 from rlpost.models.loading import load_model, load_tokenizer, resolve_model_path
 from rlpost.rewards import RewardManager
 from rlpost.samplers import build_sampler
@@ -75,6 +76,12 @@ class Trainer:
         self.workflow = SingleTurnWorkflow(self.engine, self.tokenizer)
         self.advantage_fn, self.advantage_params = self._build_advantage()
         self.learner = self._build_learner()
+        try:
+            self.methods = build_methods(cfg.method)
+        except (KeyError, ValueError) as err:
+            raise ConfigError(str(err.args[0])) from None
+        for method in self.methods.values():
+            method.setup(self)
 
         resume_path = ckpt.resolve_resume(self.out, cfg.trainer.resume_from_checkpoint)
         if resume_path is not None:
@@ -97,7 +104,7 @@ class Trainer:
         a = self.cfg.algo
         name, overrides = component(a.advantage)
         entry = _registry_entry(ADVANTAGES, name, "algo.advantage")
-        shared = {"scale_rewards": a.scale_rewards}
+        shared = user_set_fields(a)
         return entry.fn, build_params(entry.params, shared, overrides, where=f"algo.advantage ({name})")
 
     def _build_learner(self) -> Learner:
@@ -105,7 +112,7 @@ class Trainer:
         cfg, a = self.cfg, self.cfg.algo
         name, overrides = component(a.loss)
         entry = _registry_entry(POLICY_LOSSES, name, "algo.loss")
-        shared = {f.name: getattr(a, f.name) for f in dataclasses.fields(a)}
+        shared = user_set_fields(a)
         loss_params = build_params(entry.params, shared, overrides, where=f"algo.loss ({name})")
         agg = DEFAULT_AGGREGATION.get(name, "token-mean") if a.loss_agg == "auto" else a.loss_agg
         from rlpost.algos import AGGREGATIONS, KL_ESTIMATORS
@@ -120,7 +127,16 @@ class Trainer:
             beta=a.beta, kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef, num_iterations=a.num_iterations,
             steps_per_generation=cfg.optim.steps_per_generation, micro_batch_size=cfg.optim.micro_batch_size,
             max_grad_norm=cfg.optim.max_grad_norm)
-        return Learner(self.model, optimizer, scheduler, settings, ref_model=self.ref_model)
+        return Learner(self.model, optimizer, scheduler, settings, ref_model=self.ref_model,
+                       lr_controller=self._build_lr_controller())
+
+    def _build_lr_controller(self):
+        from rlpost.algos.lr_controllers import LR_CONTROLLERS
+        name, overrides = component(self.cfg.algo.lr_controller)
+        if name is None:
+            return None
+        entry = _registry_entry(LR_CONTROLLERS, name, "algo.lr_controller")
+        return entry.fn(build_params(entry.params, None, overrides, where=f"algo.lr_controller ({name})"))
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
@@ -136,8 +152,11 @@ class Trainer:
             trajectories, gen_metrics = self.generate()                   # rollout + score (+ dynamic sampling)
             batch = collate(trajectories, self.tokenizer.pad_token_id, cfg.algo.mask_truncated_completions)
             fixed = self.learner.prepare(batch)                          # old / reference log-probs
-            advantages, adv_metrics = self.compute_advantages(batch, fixed)
-            update_metrics = self.learner.update(batch, advantages, fixed)
+            extras = self.method_extras(batch, fixed, trajectories)
+            advantages, adv_metrics = self.compute_advantages(batch, fixed, extras.advantage)
+            update_metrics = self.learner.update(batch, advantages, fixed, extras.loss_rows, extras.loss_step)
+            for method in self.methods.values():
+                update_metrics.update(method.after_update(self, batch, fixed, trajectories, update_metrics))
             self.engine.load_weights(self.model.named_parameters()) if self.engine_needs_sync else None
             self.step += 1
             last = {"step": self.step, **gen_metrics, **adv_metrics, **update_metrics,
@@ -161,10 +180,19 @@ class Trainer:
 
     def sampling_params(self, purpose: str, round_: int = 0) -> SamplingParams:
         r = self.cfg.rollout
-        return SamplingParams(n=r.num_generations, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                              max_tokens=r.max_completion_length, stop=list(r.stop),
-                              seed=derived_seed(self.cfg.trainer.seed, self.step, purpose, round_),
-                              return_entropy=r.return_entropy)
+        params = SamplingParams(n=r.num_generations, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                max_tokens=r.max_completion_length, stop=list(r.stop),
+                                seed=derived_seed(self.cfg.trainer.seed, self.step, purpose, round_),
+                                return_entropy=r.return_entropy)
+        for method in getattr(self, "methods", {}).values():
+            params = method.rollout_params(params, purpose)
+        return params
+
+    def method_extras(self, batch, fixed, trajectories) -> Extras:
+        extras = Extras()
+        for method in self.methods.values():
+            extras = extras.merge(method.extras(self, batch, fixed, trajectories))
+        return extras
 
     def generate(self) -> tuple[list[Trajectory], dict]:
         """Rollout prompts_per_step groups and score them; with dynamic sampling keep only informative
@@ -222,10 +250,12 @@ class Trainer:
             log.info("step %d sample: %r -> %r (reward %.2f)", self.step, trajs[0].prompt.text[-60:], trajs[0].final_text, trajs[0].reward)
         return m
 
-    def compute_advantages(self, batch, fixed) -> tuple[torch.Tensor, dict]:
+    def compute_advantages(self, batch, fixed, extra: dict | None = None) -> tuple[torch.Tensor, dict]:
         entropies = fixed["old_entropies"] if fixed["old_entropies"] is not None else batch.sampler_entropies
         inp = AdvantageInput(rewards=batch.rewards, group_ids=batch.group_ids, response_mask=batch.response_mask,
-                             entropies=entropies)
+                             entropies=entropies, extra={"old_logprobs": fixed.get("old_logprobs"),
+                                                         "sum_p_sq": fixed.get("sum_p_sq"),
+                                                         "truncated": batch.truncated, **(extra or {})})
         return self.advantage_fn(inp, self.advantage_params)
 
     @torch.no_grad()
@@ -244,7 +274,9 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoint / finish
     def state(self) -> dict:
         return {"optimizer": self.learner.optimizer.state_dict(), "scheduler": self.learner.scheduler.state_dict(),
-                "sampler": self.sampler.state_dict()}
+                "sampler": self.sampler.state_dict(),
+                "methods": {name: m.state_dict() for name, m in self.methods.items()},
+                "lr_controller": self.learner.lr_controller.state_dict() if self.learner.lr_controller else None}
 
     def save(self) -> Path:
         path = ckpt.save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.state(),
@@ -259,6 +291,10 @@ class Trainer:
         self.learner.optimizer.load_state_dict(state["optimizer"])
         self.learner.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
+        for name, method in self.methods.items():
+            method.load_state_dict(state.get("methods", {}).get(name, {}))
+        if self.learner.lr_controller is not None and state.get("lr_controller") is not None:
+            self.learner.lr_controller.load_state_dict(state["lr_controller"])
         ckpt.set_rng_state(state["rng"])
         self.step = state["step"]
         if self.engine_needs_sync:
@@ -278,6 +314,14 @@ class Trainer:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def user_set_fields(section) -> dict:
+    """The fields of a config section that differ from their defaults, so that a component's own
+    defaults (e.g. GSPO's epsilon 3e-4, HAPO's epsilon_high 0.28) win unless the user set the knob."""
+    defaults = type(section)()
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
+            if getattr(section, f.name) != getattr(defaults, f.name)}
 
 
 def _registry_entry(registry, name, key):

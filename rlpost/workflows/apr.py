@@ -835,7 +835,7 @@ class AprWorkflow:
         root = tree.root
         return Trajectory(
             prompt=tree.prompt, group_id=tree.prompt.id, samples=tree.samples,
-            final_text=root.trace or root.prompt, sample_weights=[1.0 / s] * s,
+            final_text=root.trace or root.prompt, sample_weights=[1.0 / s] * s if s else [],
             info={"calls": s, "threads": tree.threads, "total_tokens": tree.total_tokens,
                   "sequential_tokens": root.own_tokens, "wall_time_s": tree.wall, "errors": tree.errors,
                   "repairs": tree.repairs, "call_depths": tree.depths})
