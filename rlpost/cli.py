@@ -89,11 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=run_eval)
     except ImportError:  # pragma: no cover
         pass
-    for extra in ("rlpost.cli_extra",):
-        try:
-            __import__(extra, fromlist=["register"]).register(sub)
-        except ImportError:
-            pass
+    import importlib
+    import pkgutil
+
+    import rlpost.commands
+    for mod in sorted(pkgutil.iter_modules(rlpost.commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"rlpost.commands.{mod.name}").register(sub)
     return parser
 
 
