@@ -11,13 +11,15 @@ user code runs, the bootstrap, now the only thread in a fresh interpreter, appli
 ==========  ==================================================================  ===============
 layer       what it does                                                        where
 ==========  ==================================================================  ===============
-rlimits     RLIMIT_AS (memory_mb), RLIMIT_CPU (timeout+1 s), RLIMIT_FSIZE,      always
+rlimits     RLIMIT_AS (memory_mb), RLIMIT_CPU (timeout+2 s), RLIMIT_FSIZE,      always
             RLIMIT_NOFILE, RLIMIT_NPROC, RLIMIT_CORE=0
 netns       ``unshare(CLONE_NEWNET)`` (or NEWUSER|NEWNET when not root): an     kernel allows it
             empty network namespace whose loopback is down. Nothing is
             reachable, not even 127.0.0.1
 drop_uid    when the trainer runs as root: switch to uid/gid 65534 (nobody),    euid 0 only
-            so root-owned files and 0700 directories are out of reach
+            so root-owned files and 0700 directories are out of reach;
+            otherwise (still uid 0) all capabilities are dropped (capset):
+            no kill/ptrace/DAC override/mount/net admin
 landlock    Landlock LSM: writes only beneath the temp dir, reads only of the   Linux >= 5.13
             interpreter's stdlib, /usr, /lib*, /bin; TCP bind/connect denied    with Landlock
             (ABI >= 4); no signals or abstract unix sockets outside (ABI >= 6)
@@ -32,8 +34,7 @@ home directory), is switched off silently and reported in ``SandboxResult.layers
 
 Guarantees, honestly stated:
 
-* Always: a separate process; memory, CPU time, file size, open files and process count are
-  capped; wall-clock timeout kills the whole process group (SIGKILL); stdout/stderr are capped at
+* Always: a separate process; address space, CPU time, file size and open files are capped; wall-clock timeout kills the whole process group (SIGKILL); stdout/stderr are capped at
   ``max_output_bytes`` each; the temp dir is deleted afterwards; the environment carries no secrets.
 * Network isolation is kernel-enforced only with ``netns`` or ``landlock`` (ABI >= 4, TCP only);
   otherwise only the monkeypatch stands in the way, and ctypes code can get around it.
@@ -43,7 +44,9 @@ Guarantees, honestly stated:
   code runs with the trainer's uid and can read and write whatever the trainer can: use a
   container or nsjail for untrusted code at scale.
 * Not contained: a grandchild that calls ``setsid()`` leaves the process group and survives the
-  kill (RLIMIT_NPROC limits how many there can be); CPU and memory of concurrent sandboxes add up.
+  kill. RLIMIT_NPROC limits forks only for a non-root uid (the kernel exempts uid 0 even without
+  capabilities), so a root trainer without ``drop_uid`` relies on the timeout and group kill to
+  end fork loops. CPU and memory of concurrent sandboxes add up.
 """
 from __future__ import annotations
 
@@ -110,12 +113,21 @@ if cfg["netns"]:
             except OSError:
                 pass
 
-status["drop_uid"] = False
+status["drop_uid"] = status["drop_caps"] = False
 if cfg["drop_uid"] and os.geteuid() == 0:
     os.setgroups([])
     os.setgid(65534)
     os.setuid(65534)
     status["drop_uid"] = True
+elif os.geteuid() == 0:
+    # still uid 0: drop every capability, so RLIMIT_NPROC applies and root's privileges
+    # (DAC override, kill, ptrace, net admin, mount) are gone
+    class CapHeader(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+    class CapData(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+    caps = (CapData * 2)()
+    status["drop_caps"] = libc.capset(ctypes.byref(CapHeader(0x20080522, 0)), caps) == 0
 
 def _landlock(workdir, read_paths):
     abi = libc.syscall(L(444), None, L(0), L(1))          # landlock_create_ruleset(VERSION)
@@ -234,7 +246,7 @@ _PROBE_CODE = "import json, math, re, fractions, decimal, statistics, itertools,
 
 
 def sandbox_capabilities() -> dict:
-    """Which optional layers work here: ``{"netns": bool, "drop_uid": bool, "landlock": int ABI}``.
+    """Which optional layers work here: ``{"netns", "drop_uid", "drop_caps": bool, "landlock": int ABI}``.
 
     Probed once per process by running a small stdlib-importing program with every layer on,
     then switching off whichever layer broke it (a layer the kernel refuses just reports False).
@@ -250,7 +262,7 @@ def sandbox_capabilities() -> dict:
                 if res.ok and res.stdout.strip() == "ok":
                     break
             _CAPS = {"netns": bool(res.layers.get("netns")), "drop_uid": bool(res.layers.get("drop_uid")),
-                     "landlock": int(res.layers.get("landlock") or 0)}
+                     "drop_caps": bool(res.layers.get("drop_caps")), "landlock": int(res.layers.get("landlock") or 0)}
         return dict(_CAPS)
 
 
@@ -261,7 +273,7 @@ def run_python(code: str, timeout_s: float = 5, memory_mb: int = 256, max_output
     Args:
         code: Python source (stdlib only; site-packages are not importable).
         timeout_s: wall-clock limit; the process group is SIGKILLed when it passes. CPU time is
-            capped at ``ceil(timeout_s) + 1`` s as a second line.
+            capped at ``int(timeout_s) + 2`` s as a second line.
         memory_mb: address-space limit (RLIMIT_AS); allocations beyond it raise MemoryError.
         max_output_bytes: stdout and stderr are each cut to this many bytes.
         max_file_mb / max_processes / max_open_files: RLIMIT_FSIZE / RLIMIT_NPROC / RLIMIT_NOFILE.
@@ -307,7 +319,12 @@ def _run(code, timeout_s, memory_mb, max_output_bytes, max_file_mb, max_processe
         os.close(status_w)
         status_w = -1
         out, err, killed = _collect(proc, start + timeout_s, max_output_bytes)
-        returncode = proc.wait()
+        try:  # the child may have closed its pipes and kept running
+            returncode = proc.wait(timeout=max(0.0, start + timeout_s - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            killed = "timeout"
+            _kill_group(proc.pid)
+            returncode = proc.wait()
         _kill_group(proc.pid)  # descendants still in the group
         layers = _read_status(status_r)
     finally:

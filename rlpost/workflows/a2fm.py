@@ -312,6 +312,10 @@ class A2FMWorkflow:
 
     ``Prompt.text`` must already contain the mode specification (see :func:`a2fm_messages`) and end
     where the assistant turn starts. ``prompt.columns["corpus"]`` (list of documents) feeds ``search``.
+
+    ``sampling.n`` is ignored and ``</tool_call>``, ``</answer>`` are added to the stop strings. Each
+    call continues from the token ids so far, so engines must keep a matched stop string at the end
+    of ``Sample.text`` and its tokens in ``completion_ids``.
     """
 
     def __init__(self, engine, tokenizer, sampling: SamplingParams, rho: int = 3, gamma: int = 3, max_turns: int = 8,

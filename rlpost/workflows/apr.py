@@ -58,7 +58,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from rlpost.engines.base import GenRequest, SamplingParams
 from rlpost.types import Prompt, Sample, Trajectory
@@ -571,7 +571,7 @@ def validate_tree(tree: SearchTree, root_prompt: str | None = None) -> list[str]
             elif spawn is not None:
                 problems.append(f"{where}: last call spawns")
             elif not (full.endswith(f"equal: {GOAL}\n") or full.rstrip().endswith("No solution found.")
-                      or full.rstrip().endswith(f"Exit Sub Search at level 1")):
+                      or full.rstrip().endswith("Exit Sub Search at level 1")):
                 problems.append(f"{where}: last call ends without a result")
         for s, spawn_kids in enumerate(t.children):
             for i, child in enumerate(spawn_kids):
@@ -724,6 +724,10 @@ class AprWorkflow:
         wf = AprWorkflow(engine, tokenizer, SamplingParams(temperature=1.0, max_tokens=4096))
         trajs = wf.rollout(prompts, n=5)     # len(prompts) * 5 trees, prompt-major
         rewards = [countdown_reward(t.final_text, t.prompt.text) for t in trajs]
+
+    ``sampling.n`` is ignored (each call samples once; ``n`` trees per prompt come from ``rollout``),
+    and ``<Sub Searches>`` is added to its stop strings. Engines must keep a matched stop string at
+    the end of ``Sample.text`` (as :class:`~rlpost.engines.base.SamplingParams` specifies).
 
     Every pending call of every tree goes into one ``engine.generate`` per round, so all children
     of a spawn are decoded together, each from its own short context. Each engine call becomes

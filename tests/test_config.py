@@ -1,0 +1,56 @@
+import pytest
+import yaml
+
+from rlpost.config import ConfigError, load_config, save_config
+
+
+def test_yaml_plus_overrides_and_trl_aliases(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("algo:\n  loss: grpo\nrollout:\n  num_generations: 4\nbeta: 0.01\n")
+    cfg = load_config(path, ["algo.loss=dapo", "rollout.num_generations=8", "learning_rate=1e-5",
+                             "epsilon_high=0.28", "loss_type=dr_grpo"])
+    assert cfg.algo.loss == "dr_grpo"  # loss_type is TRL's alias of algo.loss; later wins
+    assert cfg.rollout.num_generations == 8
+    assert cfg.algo.beta == 0.01
+    assert cfg.optim.learning_rate == 1e-5 and isinstance(cfg.optim.learning_rate, float)
+    assert cfg.algo.epsilon_high == 0.28
+
+
+def test_section_aliases_and_component_mappings():
+    cfg = load_config(None, ["algo.advantage={name: grpo, scale_rewards: none}", "rollout.n=4"])
+    assert cfg.algo.advantage == {"name": "grpo", "scale_rewards": "none"}
+    assert cfg.rollout.num_generations == 4
+
+
+@pytest.mark.parametrize("override, message", [
+    ("algo.los=dapo", "did you mean algo.loss"),
+    ("rollout.temprature=0.5", "did you mean rollout.temperature"),
+    ("num_generation=4", "did you mean num_generations"),
+    ("rollout.num_generations=abc", "rollout.num_generations: expected int"),
+    ("optim.learning_rate=fast", "optim.learning_rate: expected float"),
+    ("algo.dynamic_sampling=maybe", "algo.dynamic_sampling: expected bool"),
+    ("rollout.num_generations=1", "num_generations must be >= 2"),
+    ("max_prompt_length=128", "removed from TRL"),
+    ("algo.loss", "key=value"),
+])
+def test_bad_config_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algo: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_rewards_list_and_saved_config_round_trip(tmp_path):
+    cfg = load_config(None, ["rewards=[arithmetic, {name: format, weight: 0.5}]"])
+    assert [r.name for r in cfg.rewards] == ["arithmetic", "format"] and cfg.rewards[1].weight == 0.5
+    save_config(cfg, tmp_path / "resolved.yaml")
+    again = load_config(tmp_path / "resolved.yaml")
+    assert again == cfg
+    assert yaml.safe_load((tmp_path / "resolved.yaml").read_text())["rollout"]["num_generations"] == 8

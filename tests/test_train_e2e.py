@@ -1,0 +1,82 @@
+"""End-to-end CLI runs on the warm-started tiny model (seconds each)."""
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlpost.cli import main
+
+pytestmark = pytest.mark.slow
+TINY = "configs/tiny/arith_grpo.yaml"
+
+
+def run(tmp_path, name, *overrides):
+    out = tmp_path / name
+    code = main(["train", TINY, f"trainer.output_dir={out}", "trainer.progress_bar=false", "trainer.eval_steps=0",
+                 "data.num_eval=16", *overrides])
+    return code, out
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_cli_end_to_end(tmp_path, tiny_model_path, capsys):
+    code, out = run(tmp_path, "run", "trainer.max_steps=4", "algo.loss=dapo", "num_generations=4",
+                    "rollout.prompts_per_step=4", "trainer.report_to=[tensorboard]")
+    assert code == 0
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    for key in ("reward/mean", "loss", "tokens", "step_time", "grad_norm", "policy/clipfrac"):
+        assert key in rows[1], key
+    assert "eval/accuracy" in rows[0] and "eval/accuracy" in rows[-1]
+    printed = capsys.readouterr().out
+    assert "metrics:" in printed and "final model:" in printed and "plot:" in printed
+    assert (out / "curves.png").stat().st_size > 1000
+    assert (out / "config.yaml").exists() and any((out / "tensorboard").iterdir())
+    # the final model loads in plain transformers
+    model = AutoModelForCausalLM.from_pretrained(out / "final_model")
+    tok = AutoTokenizer.from_pretrained(out / "final_model")
+    assert model.config.model_type == "qwen2" and tok.eos_token == "<|im_end|>"
+
+
+def test_resume_gives_identical_metrics(tmp_path, tiny_model_path):
+    common = ["trainer.max_steps=4", "trainer.save_steps=2", "rollout.prompts_per_step=4", "num_generations=4",
+              "algo.num_iterations=2", "optim.micro_batch_size=8", "trainer.report_to=[]"]
+    assert run(tmp_path, "full", *common)[0] == 0
+    # interrupted run: stops after step 3 (last checkpoint: step 2), then resumes from that checkpoint
+    assert run(tmp_path, "part2", *common[1:], "trainer.max_steps=3")[0] == 0
+    code, out = run(tmp_path, "part2", *common, "trainer.resume_from_checkpoint=latest")
+    assert code == 0
+    full, resumed = metrics(tmp_path / "full"), metrics(out)
+    assert [r["step"] for r in resumed] == [0, 1, 2, 3, 4]
+    for a, b in zip(full, resumed):
+        for key in ("reward/mean", "loss", "grad_norm", "tokens", "eval/accuracy"):
+            assert a.get(key) == b.get(key), (a["step"], key, a.get(key), b.get(key))
+
+
+def test_bad_config_exits_with_clear_error(tmp_path, capsys):
+    code = main(["train", TINY, "algo.los=dapo"])
+    assert code == 2
+    assert "did you mean algo.loss" in capsys.readouterr().err
+    code = main(["train", TINY, "algo.advantage=grpoo", f"trainer.output_dir={tmp_path / 'x'}"])
+    assert code == 2
+    assert "algo.advantage: unknown advantage estimator 'grpoo'; did you mean 'grpo'" in capsys.readouterr().err
+
+
+def test_raising_reward_function_stops_with_its_name(tmp_path, tiny_model_path):
+    from rlpost.rewards import RewardError
+    with pytest.raises(RewardError, match="'test_train_e2e:broken_reward' raised ValueError"):
+        run(tmp_path, "bad", "rewards=[test_train_e2e:broken_reward]", "trainer.max_steps=1")
+
+
+def broken_reward(prompts, completions, **kwargs):
+    raise ValueError("cannot score")
+
+
+def test_bad_dataset_is_reported(tmp_path, tiny_model_path):
+    from rlpost.data import DataError
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "1+1=", "answer": "2"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl, row 0: missing column 'prompt' \(set data.prompt_column\)"):
+        run(tmp_path, "bd", f"data.train_path={data}", f"data.eval_path={data}", "trainer.max_steps=1")
