@@ -10,6 +10,7 @@ aggregated loss is weighted by its share of the mini-batch's tokens (``token-mea
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -62,14 +63,20 @@ def token_logprobs(model, batch: Batch, temperature: float, need_entropy: bool, 
 
 
 @torch.no_grad()
-def batched_logprobs(model, batch: Batch, settings: LearnerSettings, need_entropy: bool, need_sum_p_sq: bool = False):
-    """No-grad log-probs, entropies (or None) and sum_p_sq (or None) for the whole batch in micro-batches."""
+def batched_logprobs(model, batch: Batch, settings: LearnerSettings, need_entropy: bool, need_sum_p_sq: bool = False,
+                     hooks=()):
+    """No-grad log-probs, entropies (or None) and sum_p_sq (or None) for the whole batch in micro-batches.
+    Each of ``hooks`` is called as ``hook(model, micro_batch)`` and must return a context manager, entered
+    around that micro-batch's forward (e.g. a forward hook that reads hidden states)."""
     was_training = model.training
     model.eval()
     out_lp, out_h, out_sq = [], [], []
     for start in range(0, len(batch), settings.micro_batch_size):
         mb = batch.select(slice(start, start + settings.micro_batch_size))
-        lp, h, *sq = token_logprobs(model, mb, settings.temperature, need_entropy, need_sum_p_sq)
+        with contextlib.ExitStack() as stack:
+            for hook in hooks:
+                stack.enter_context(hook(model, mb))
+            lp, h, *sq = token_logprobs(model, mb, settings.temperature, need_entropy, need_sum_p_sq)
         out_lp.append(lp)
         out_h.append(h)
         out_sq += sq
@@ -89,14 +96,18 @@ class Learner:
         self.loss_fn = POLICY_LOSSES.get(settings.loss_name)
         self.aggregate = AGGREGATIONS.get(settings.loss_agg)
         self.kl_fn = KL_ESTIMATORS.get(settings.kl_estimator)
+        # hook(model, micro_batch) -> context manager around each micro-batch forward of the old-policy pass
+        # (GAIN-RL reads hidden states there); a non-empty list makes prepare() run that pass
+        self.old_forward_hooks: list = []
 
     def prepare(self, batch: Batch) -> dict[str, torch.Tensor | None]:
         """Old-policy and reference log-probs that stay fixed during the update."""
         s = self.settings
         reuse = s.num_iterations > 1 or s.steps_per_generation > 1
         old_lp = old_h = sum_p_sq = None
-        if reuse or s.need_entropy or s.need_sum_p_sq:
-            old_lp, old_h, sum_p_sq = batched_logprobs(self.model, batch, s, s.need_entropy, s.need_sum_p_sq)
+        if reuse or s.need_entropy or s.need_sum_p_sq or self.old_forward_hooks:
+            old_lp, old_h, sum_p_sq = batched_logprobs(self.model, batch, s, s.need_entropy, s.need_sum_p_sq,
+                                                       self.old_forward_hooks)
         ref_lp = batched_logprobs(self.ref_model, batch, s, False)[0] if s.beta > 0 else None
         return {"old_logprobs": old_lp, "old_entropies": old_h, "ref_logprobs": ref_lp, "sum_p_sq": sum_p_sq}
 

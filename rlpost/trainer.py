@@ -25,13 +25,13 @@ from rlpost.config import Config, ConfigError, component, save_config, to_dict
 from rlpost.data import build_prompts, task_or_file_rows
 from rlpost.engines.base import SamplingParams
 from rlpost.learner import Learner, LearnerSettings, build_optimizer, build_scheduler
-from rlpost.methods import Extras, build_methods
+from rlpost.methods import Extras, build_methods, validate_methods
 from rlpost.models.loading import load_model, load_tokenizer, resolve_model_path
 from rlpost.rewards import RewardManager
 from rlpost.samplers import build_sampler
 from rlpost.tracking import Tracker, plot_metrics
 from rlpost.types import Prompt, Trajectory
-from rlpost.workflows.single_turn import SingleTurnWorkflow
+from rlpost.workflows import WORKFLOWS
 
 log = logging.getLogger("rlpost")
 
@@ -56,6 +56,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def setup(self) -> "Trainer":
         cfg = self.cfg
+        validate_methods(cfg)  # each method module's combination rules, before any model is loaded
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
         seed_everything(cfg.trainer.seed)
@@ -73,7 +74,7 @@ class Trainer:
         self.sampler = build_sampler(cfg.data.sampler, len(self.train_prompts), cfg.trainer.seed, cfg.data.shuffle_dataset)
 
         self.engine = self._build_engine()
-        self.workflow = SingleTurnWorkflow(self.engine, self.tokenizer)
+        self.workflow = self._build_workflow()
         self.advantage_fn, self.advantage_params = self._build_advantage()
         self.learner = self._build_learner()
         try:
@@ -99,6 +100,12 @@ class Trainer:
     def _build_engine(self):
         from rlpost.engines import build_engine
         return build_engine(self.cfg, self.model, self.tokenizer, self.model_path)
+
+    def _build_workflow(self):
+        name, overrides = component(self.cfg.rollout.workflow)
+        entry = _registry_entry(WORKFLOWS, name, "rollout.workflow")
+        params = build_params(entry.params, None, overrides, where=f"rollout.workflow ({name})")
+        return entry.fn(self.engine, self.tokenizer, **(dataclasses.asdict(params) if params else {}))
 
     def _build_advantage(self):
         a = self.cfg.algo
@@ -204,8 +211,9 @@ class Trainer:
         groups_needed = r.prompts_per_step
         for round_ in range(rounds):
             prompts = [self.train_prompts[i] for i in self.sampler.next_indices(groups_needed)]
-            trajs = self.workflow.rollout(prompts, self.sampling_params("rollout", round_),
-                                          group_offset=round_ * 10_000)
+            trajs = self.workflow.rollout(prompts, self.sampling_params("rollout", round_))
+            for t in trajs:  # groups of different refill rounds never merge
+                t.group_id += round_ * len(self.train_prompts)
             component_metrics = self.score(trajs)
             if round_ == 0:
                 metrics = self._rollout_metrics(trajs, component_metrics)

@@ -13,6 +13,11 @@ a small class with any of these hooks (all optional; :class:`MethodHooks` gives 
     state_dict() / load_state_dict(state)            saved in every checkpoint
 
 Hooks must not hold algorithm math: that stays in ``rlpost/algos`` as pure, tested functions.
+
+A method module may also define ``validate(cfg)``: it raises :class:`rlpost.config.ConfigError` for
+combinations of its paper's components that cannot work (also when the method itself is not active,
+e.g. its loss named without the hooks it needs). :func:`validate_methods` runs every module's
+``validate`` once, before the trainer loads a model.
 """
 from __future__ import annotations
 
@@ -66,6 +71,16 @@ def build_methods(method_cfg: dict) -> dict:
         except TypeError as err:
             raise ValueError(f"method.{name}: {err}") from err
     return out
+
+
+def validate_methods(cfg) -> None:
+    """Call ``validate(cfg)`` of every module in this package that defines one (raises ConfigError)."""
+    import importlib
+    import pkgutil
+    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        check = getattr(importlib.import_module(f"{__name__}.{mod.name}"), "validate", None)
+        if callable(check):
+            check(cfg)
 
 
 def _register_builtins() -> None:

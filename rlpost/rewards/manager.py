@@ -21,15 +21,27 @@ class RewardSpec:
     kwargs: dict
 
 
-def resolve_reward(name: str) -> Callable:
-    """A registered name, or ``package.module:function`` for a user's own reward function."""
+def resolve_reward(name: str, kwargs: dict | None = None) -> tuple[Callable, dict]:
+    """A registered name, or ``package.module:function`` for a user's own reward function.
+
+    Returns ``(fn, call_kwargs)``. A class (a reward that needs state, e.g. a loaded reward model) is a
+    factory: it is built once with ``kwargs`` and its instance is the reward function (no call kwargs).
+    A plain function gets ``kwargs`` on every call.
+    """
     if ":" in name:
         module_name, fn_name = name.split(":", 1)
         try:
-            return getattr(importlib.import_module(module_name), fn_name)
+            fn = getattr(importlib.import_module(module_name), fn_name)
         except (ImportError, AttributeError) as err:
             raise KeyError(f"rewards: cannot import reward function {name!r}: {err}") from err
-    return REWARDS.get(name)
+    else:
+        fn = REWARDS.get(name)
+    if isinstance(fn, type):
+        try:
+            return fn(**dict(kwargs or {})), {}
+        except TypeError as err:
+            raise ValueError(f"rewards: {name}: {err}") from err
+    return fn, dict(kwargs or {})
 
 
 class RewardManager:
@@ -41,7 +53,14 @@ class RewardManager:
 
     @classmethod
     def from_config(cls, reward_cfgs) -> "RewardManager":
-        return cls([RewardSpec(r.name, resolve_reward(r.name), r.weight, dict(r.kwargs)) for r in reward_cfgs])
+        specs = []
+        for r in reward_cfgs:
+            fn, kwargs = resolve_reward(r.name, r.kwargs)
+            name = fn.name if isinstance(getattr(fn, "name", None), str) else r.name  # a factory's instance may name itself
+            if name in {s.name for s in specs}:
+                raise ValueError(f"rewards: two entries report as {name!r}; give each a distinct kwargs.name")
+            specs.append(RewardSpec(name, fn, r.weight, kwargs))
+        return cls(specs)
 
     def score(self, prompts: list[str], completions: list[str], columns: dict[str, list]) -> tuple[list[float], dict[str, list[float]]]:
         """Return (total rewards, {name: per-sample rewards})."""

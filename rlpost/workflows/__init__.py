@@ -11,5 +11,8 @@ WORKFLOWS = Registry("rollout workflow")
 from rlpost.workflows.a2fm import A2FMParams, A2FMWorkflow  # noqa: E402
 from rlpost.workflows.apr import AprParams, AprWorkflow  # noqa: E402
 
+from rlpost.workflows.single_turn import SingleTurnWorkflow  # noqa: E402
+
+WORKFLOWS.add("single_turn", SingleTurnWorkflow)
 WORKFLOWS.add("apr", AprWorkflow, AprParams)
 WORKFLOWS.add("a2fm", A2FMWorkflow, A2FMParams)

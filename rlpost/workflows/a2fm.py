@@ -345,7 +345,7 @@ class A2FMWorkflow:
             ctx = contexts.setdefault(id(prompt), ToolContext(
                 corpus=prompt.columns.get("corpus"), timeout_s=self.tool_timeout_s, memory_mb=self.tool_memory_mb,
                 max_output_chars=self.max_tool_output_chars))
-            st = _Rollout(prompt, forced, list(self.tokenizer.encode(prompt.text)), ctx, mode=forced)
+            st = _Rollout(prompt, forced, self._encode(prompt.text), ctx, mode=forced)  # text is chat-templated
             if forced:
                 text = forced_prefix(forced, self.justifications)
                 st.append(self._encode(text), text, trained=False)

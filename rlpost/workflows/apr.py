@@ -684,6 +684,7 @@ class AprParams:
     max_calls_per_thread: int = 8      # parent continuations per thread
     max_context: int | None = None     # prompt + completion tokens per call; max_tokens is clamped
     max_repairs: int = 2               # times "<Sub Searches>" is swapped for "<Calling Sub Searches>"
+    add_special_tokens: bool = True    # tokenize each call's prompt with BOS (TinyRL prepends bos_token)
 
 
 @dataclass(eq=False)
@@ -739,11 +740,13 @@ class AprWorkflow:
     """
 
     def __init__(self, engine, tokenizer, sampling: SamplingParams, max_depth: int = 1, max_threads: int = 10,
-                 max_calls_per_thread: int = 8, max_context: int | None = None, max_repairs: int = 2):
+                 max_calls_per_thread: int = 8, max_context: int | None = None, max_repairs: int = 2,
+                 add_special_tokens: bool = True):
         self.engine, self.tokenizer = engine, tokenizer
         self.sampling = dataclasses.replace(sampling, n=1, stop=list(sampling.stop) + [JOIN_START])
         self.max_depth, self.max_threads = max_depth, max_threads
         self.max_calls_per_thread, self.max_context, self.max_repairs = max_calls_per_thread, max_context, max_repairs
+        self.add_special_tokens = add_special_tokens
 
     def rollout(self, prompts: list[Prompt], n: int) -> list[Trajectory]:
         start = time.perf_counter()
@@ -765,7 +768,7 @@ class AprWorkflow:
 
     def _generate(self, batch: list[_Thread], trees, ready) -> list[Sample | None]:
         """One engine call per distinct max_tokens (just one unless ``max_context`` clamps)."""
-        ids = [self.tokenizer.encode(th.prompt) for th in batch]
+        ids = [list(self.tokenizer.encode(th.prompt, add_special_tokens=self.add_special_tokens)) for th in batch]
         caps = [self.sampling.max_tokens if self.max_context is None
                 else min(self.sampling.max_tokens, self.max_context - len(i)) for i in ids]
         out: list[Sample | None] = [None] * len(batch)

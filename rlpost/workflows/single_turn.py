@@ -1,4 +1,8 @@
-"""Single-turn rollouts: each prompt sampled ``n`` times, one Sample per trajectory."""
+"""Single-turn rollouts: each prompt sampled ``params.n`` times, one Sample per trajectory.
+
+Workflow contract: ``rollout(prompts, params) -> list[Trajectory]`` with ``group_id = prompt.id``
+(the trainer offsets ids per refill round; a prompt drawn twice in one step forms one larger group).
+"""
 from __future__ import annotations
 
 from rlpost.engines.base import GenRequest, SamplingParams
@@ -14,8 +18,8 @@ class SingleTurnWorkflow:
         self.engine = engine
         self.tokenizer = tokenizer
 
-    def rollout(self, prompts: list[Prompt], params: SamplingParams, group_offset: int = 0) -> list[Trajectory]:
+    def rollout(self, prompts: list[Prompt], params: SamplingParams) -> list[Trajectory]:
         requests = [GenRequest(ids) for ids in tokenize_prompts(self.tokenizer, prompts)]
         samples = self.engine.generate(requests, params)
-        return [Trajectory(prompt=prompts[s.request_index], group_id=group_offset + s.request_index,
+        return [Trajectory(prompt=prompts[s.request_index], group_id=prompts[s.request_index].id,
                            samples=[s], final_text=s.text) for s in samples]
