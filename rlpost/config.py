@@ -136,6 +136,8 @@ class TrainerConfig:
     eval_steps: int = 10                      # evaluate every N steps (0 = only at start and end)
     eval_temperature: float | None = None     # None: greedy decoding for eval
     eval_num_generations: int = 1             # samples per eval prompt (accuracy is their mean)
+    eval_benchmarks: list = field(default_factory=list)  # rlpost eval benchmarks run every eval_steps, e.g. ["arithmetic", "gsm8k=data/test.jsonl"]
+    eval_benchmark_limit: int = 64            # problems per benchmark during training (a fixed seeded subset)
     save_steps: int = 50                      # checkpoint every N steps (0 = only the final model)
     save_total_limit: int = 2                 # checkpoints kept
     resume_from_checkpoint: str | None = None  # "latest", or a checkpoint folder

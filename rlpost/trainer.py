@@ -276,8 +276,15 @@ class Trainer:
         trajs = self.workflow.rollout(self.eval_prompts, params)
         components = self.score(trajs)
         first = components[self.cfg.rewards[0].name]
-        return {"eval/reward_mean": float(np.mean([tr.reward for tr in trajs])),
-                "eval/accuracy": float(np.mean([(v or 0.0) >= 1.0 for v in first]))}
+        metrics = {"eval/reward_mean": float(np.mean([tr.reward for tr in trajs])),
+                   "eval/accuracy": float(np.mean([(v or 0.0) >= 1.0 for v in first]))}
+        if t.eval_benchmarks:  # the same code path as `rlpost eval`
+            if not hasattr(self, "benchmark_eval"):
+                from rlpost.eval.runner import PeriodicEval
+                self.benchmark_eval = PeriodicEval(t.eval_benchmarks, limit=t.eval_benchmark_limit, seed=t.seed,
+                                                   out_dir=self.out / "eval")
+            metrics.update(self.benchmark_eval.run(self.step, self.engine, self.tokenizer))
+        return metrics
 
     # ------------------------------------------------------------------ checkpoint / finish
     def state(self) -> dict:
