@@ -80,15 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: the rlpost cache)")
     p.set_defaults(func=cmd_make_tiny)
 
-    try:
-        from rlpost.eval.cli import EVAL_DESCRIPTION, add_eval_args, eval_epilog, run_eval
-        p = sub.add_parser("eval", help="evaluate checkpoints on benchmarks (mean@k, pass@k, maj@k)",
-                           description=EVAL_DESCRIPTION, epilog=eval_epilog(),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        add_eval_args(p)
-        p.set_defaults(func=run_eval)
-    except ImportError:  # pragma: no cover
-        pass
+    from rlpost.eval.cli import EVAL_DESCRIPTION, add_eval_args, eval_epilog, run_eval
+    p = sub.add_parser("eval", help="evaluate checkpoints on benchmarks (mean@k, pass@k, maj@k)",
+                       description=EVAL_DESCRIPTION, epilog=eval_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_eval_args(p)
+    p.set_defaults(func=run_eval)
     import importlib
     import pkgutil
 

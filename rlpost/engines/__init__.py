@@ -1,6 +1,11 @@
-"""Rollout engines. ``build_engine`` creates the one ``rollout.engine`` names."""
-from rlpost.engines.base import ENGINES, Engine, GenRequest, SamplingParams  # noqa: F401
-from rlpost.engines import hf  # noqa: F401  (registration)
+"""Rollout engines. ``build_engine`` creates the one ``rollout.engine`` names.
+
+hf: transformers, in the learner's process on the learner's own model object. vllm: a colocated ``vllm.LLM`` in
+the trainer's process (rlpost/engines/vllm_engine.py). vllm_server: the client of ``rlpost serve`` workers
+(rlpost/engines/vllm_server.py). The vLLM modules import vllm only when an engine is built.
+"""
+from rlpost.engines.base import ENGINES, Engine, EngineError, GenRequest, GuardedEngine, SamplingParams  # noqa: F401
+from rlpost.engines import hf, vllm_engine, vllm_server  # noqa: F401  (registration)
 
 
 def build_engine(cfg, model, tokenizer, model_path: str):

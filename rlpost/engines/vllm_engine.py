@@ -1,0 +1,237 @@
+"""vLLM engine, colocated: a ``vllm.LLM`` in the trainer's own process (``rollout.engine: vllm``).
+
+The engine runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``: one ``UniProcExecutor`` worker in this
+process, as TRL's colocate mode does), which is what lets three things work without serialisation:
+
+- weight sync: ``load_weights`` hands the learner's tensors to the worker's ``reload_weights`` through
+  ``collective_rpc`` (rlpost/engines/vllm_worker.py), then resets the prefix cache, whose KV entries were
+  computed with the old weights;
+- rlpost's Python logits processors (``SamplingParams.logits_processors``, e.g. HAPO's per-token temperature)
+  run inside vLLM's sampler through one V1 logits processor, before temperature, as in the hf engine;
+- per-token entropies are computed in that processor from the same logits vLLM samples from.
+
+Log-prob convention. The hf engine returns log softmax(z/T) of the sampled token, after the logits processors
+and before top-k/top-p. vLLM returns "raw" logprobs (log softmax(z), before processors and temperature) unless
+``logprobs_mode="processed_logprobs"``, which gives log softmax of the logits it actually sampled from: after
+processors and temperature, and after top-k/top-p, i.e. renormalised over the kept tokens. rlpost uses
+``processed_logprobs``: without top-k/top-p it is exactly the hf convention; with them the processor records
+log(kept mass) per token and the engine adds it back. Greedy (T = 0) gives log softmax(z), as in the hf engine.
+
+Each (request, sample) becomes its own vLLM request with ``n=1`` and seed ``seed + global_row`` (vLLM's own
+parallel sampling gives child ``j`` seed ``seed + j`` in the same way); ``seed_offset`` keeps row seeds global
+when a batch is split across ``rlpost serve`` workers, so the split does not change the samples.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import time
+import uuid
+from typing import Iterable
+
+import torch
+
+from rlpost.engines.base import ENGINES, EngineError, GenRequest, SamplingParams
+from rlpost.types import Sample
+
+log = logging.getLogger("rlpost")
+DEFAULT_PROMPT_BUDGET = 1024  # tokens reserved for the prompt when rollout.max_model_len is unset
+
+
+def default_max_model_len(model_path: str, max_completion_length: int, trust_remote_code: bool = False) -> int:
+    """Prompt budget + completion cap, rounded up to a multiple of 256, capped at the model's context length."""
+    from transformers import AutoConfig
+    hf_cfg = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    context = getattr(hf_cfg, "max_position_embeddings", None) or 1 << 20
+    wanted = 256 * math.ceil((DEFAULT_PROMPT_BUDGET + max_completion_length) / 256)
+    return int(min(context, wanted))
+
+
+def sampling_kwargs(params: SamplingParams) -> dict:
+    """Our SamplingParams -> vllm.SamplingParams keywords (one sampled sequence; n is expanded by the caller)."""
+    return dict(n=1, temperature=params.temperature, top_p=params.top_p,
+                top_k=params.top_k if params.top_k > 0 else -1,      # vLLM: -1 (or 0 in new versions) = off
+                max_tokens=params.max_tokens, stop=list(params.stop) or None, include_stop_str_in_output=True,
+                logprobs=0)                                          # 0: only the sampled token's logprob
+
+
+@ENGINES.register("vllm")
+class VLLMEngine:
+    """``vllm.LLM`` in this process; see the module docstring for the conventions."""
+
+    def __init__(self, model_path: str, tokenizer, *, dtype: str = "auto", gpu_memory_utilization: float = 0.3,
+                 max_model_len: int | None = None, max_completion_length: int = 256,
+                 enable_prefix_caching: bool = True, enforce_eager: bool = True, enable_sleep_mode: bool = False,
+                 seed: int = 0, trust_remote_code: bool = False, revision: str | None = None):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"   # in-process worker: see the module docstring
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        from rlpost.engines.vllm_worker import RlpostLogitsProcessor
+
+        if enable_sleep_mode and not current_platform.is_sleep_mode_available():
+            raise ValueError(f"rollout.enable_sleep_mode: vLLM sleep mode is not available on this platform "
+                             f"({current_platform.device_type}); it needs CUDA, ROCm or XPU. Set it to false.")
+        self.tokenizer = tokenizer
+        self.model_path = str(model_path)
+        self.max_model_len = max_model_len or default_max_model_len(self.model_path, max_completion_length,
+                                                                    trust_remote_code)
+        self.sleep_mode = enable_sleep_mode
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        start = time.perf_counter()
+        try:
+            self.llm = LLM(model=self.model_path, tokenizer=self.model_path, dtype=dtype, seed=seed,
+                           revision=revision, trust_remote_code=trust_remote_code,
+                           gpu_memory_utilization=gpu_memory_utilization, max_model_len=self.max_model_len,
+                           enable_prefix_caching=enable_prefix_caching, enforce_eager=enforce_eager,
+                           enable_sleep_mode=enable_sleep_mode, logprobs_mode="processed_logprobs",
+                           logits_processors=[RlpostLogitsProcessor],
+                           worker_extension_cls="rlpost.engines.vllm_worker.RlpostWorkerExtension")
+        except ValueError as err:
+            if "memory" in str(err).lower():
+                raise ValueError(f"vLLM could not reserve memory: {err}\n(rollout.gpu_memory_utilization is the "
+                                 "share of GPU memory, or of one NUMA node's CPU memory on CPU builds, including "
+                                 "what this process already uses; try 0.2-0.5)") from err
+            raise
+        self.sleeping = False
+        log.info("vLLM engine ready in %.1f s (max_model_len %d)", time.perf_counter() - start, self.max_model_len)
+        if self.sleep_mode:
+            self._sleep()
+
+    @classmethod
+    def from_config(cls, cfg, model_path: str, tokenizer) -> "VLLMEngine":
+        r, m = cfg.rollout, cfg.model
+        return cls(model_path, tokenizer, dtype=m.dtype, gpu_memory_utilization=r.gpu_memory_utilization,
+                   max_model_len=r.max_model_len, max_completion_length=r.max_completion_length,
+                   enable_prefix_caching=r.enable_prefix_caching, enforce_eager=r.enforce_eager,
+                   enable_sleep_mode=r.enable_sleep_mode, seed=cfg.trainer.seed,
+                   trust_remote_code=m.trust_remote_code, revision=m.revision)
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, requests: list[GenRequest], params: SamplingParams, seed_offset: int = 0) -> list[Sample]:
+        """len(requests) * params.n samples, request-major. ``seed_offset``: index of requests[0] in a larger batch
+        (``rlpost serve`` workers get slices of one batch)."""
+        from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        from rlpost.engines.vllm_worker import ROW_KEY, CallSpec, register_call, unregister_call
+
+        self._check_lengths(requests, params)
+        self._wake()
+        n = params.n
+        spec = CallSpec(processors=list(params.logits_processors), temperature=params.temperature,
+                        top_k=params.top_k, top_p=params.top_p, want_entropy=params.return_entropy, pad_id=self.pad_id)
+        needs_processor = bool(spec.processors) or spec.want_entropy or spec.truncates
+        call_id = uuid.uuid4().hex
+        base = sampling_kwargs(params)
+        prompts, sps = [], []
+        for i, req in enumerate(requests):
+            for j in range(n):
+                row = i * n + j
+                seed = None if params.seed is None else (params.seed + (seed_offset + i) * n + j) % (1 << 63)
+                extra = {ROW_KEY: f"{call_id}:{row}"} if needs_processor else None
+                sps.append(VLLMSamplingParams(**base, seed=seed, extra_args=extra))
+                prompts.append(TokensPrompt(prompt_token_ids=list(req.prompt_ids)))
+        if needs_processor:
+            register_call(call_id, spec)
+        try:
+            outputs = self.llm.generate(prompts, sps, use_tqdm=False)
+        finally:
+            unregister_call(call_id)
+            if self.sleep_mode:
+                self._sleep()
+        entropies = spec.per_row(spec.entropy_records, len(prompts)) if spec.want_entropy else None
+        log_mass = spec.per_row(spec.mass_records, len(prompts)) if spec.truncates else None
+        return self._to_samples(requests, n, outputs, entropies, log_mass)
+
+    def _check_lengths(self, requests: list[GenRequest], params: SamplingParams) -> None:
+        longest = max((len(r.prompt_ids) for r in requests), default=0)
+        if longest + params.max_tokens > self.max_model_len:
+            raise ValueError(f"vllm engine: a prompt of {longest} tokens + max_tokens {params.max_tokens} exceeds "
+                             f"max_model_len {self.max_model_len}; raise rollout.max_model_len")
+
+    def _to_samples(self, requests, n, outputs, entropies, log_mass) -> list[Sample]:
+        samples = []
+        for row, out in enumerate(outputs):
+            comp = out.outputs[0]
+            if comp.finish_reason not in ("stop", "length"):
+                raise EngineError(f"vllm engine: request finished with {comp.finish_reason!r} ({comp.stop_reason})")
+            ids = list(comp.token_ids)
+            logprobs = [step[tok].logprob for step, tok in zip(comp.logprobs, ids)]
+            if log_mass is not None:   # processed logprobs are normalised over the top-k/top-p set: undo that
+                logprobs = [lp + log_mass[row].get(t, 0.0) for t, lp in enumerate(logprobs)]
+            ents = [entropies[row].get(t, float("nan")) for t in range(len(ids))] if entropies is not None else None
+            samples.append(Sample(prompt_ids=list(requests[row // n].prompt_ids), completion_ids=ids,
+                                  logprobs=logprobs, finish_reason=comp.finish_reason, entropies=ents,
+                                  request_index=row // n))
+        texts = self.tokenizer.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
+        for s, text in zip(samples, texts):
+            s.text = text
+        return samples
+
+    @torch.no_grad()
+    def score(self, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """log softmax(z) (temperature 1, no processors) of each completion token given prompt + earlier
+        completion tokens, by vLLM's prompt-logprobs path. For tests and diagnostics."""
+        from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self._wake()
+        try:
+            prompts = [TokensPrompt(prompt_token_ids=list(p) + list(c)) for p, c in sequences]
+            outs = self.llm.generate(prompts, VLLMSamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0),
+                                     use_tqdm=False)
+        finally:
+            if self.sleep_mode:
+                self._sleep()
+        result = []
+        for (p, c), out in zip(sequences, outs):
+            full = list(p) + list(c)
+            result.append([out.prompt_logprobs[k][full[k]].logprob for k in range(len(p), len(full))])
+        return result
+
+    # ------------------------------------------------------------------ weights, memory, shutdown
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Learner weights (HF names) -> vLLM, in place; the prefix cache is reset (its KV used the old weights)."""
+        weights = [(name, t.detach()) for name, t in named_tensors]
+        self._wake()   # and stay awake: the next call is the rollout
+        self.llm.collective_rpc("rlpost_load_weights", args=(weights,))
+        self.llm.reset_prefix_cache()
+
+    def reset_prefix_cache(self) -> None:
+        self.llm.reset_prefix_cache()
+
+    def _sleep(self) -> None:
+        if not self.sleeping:
+            self.llm.sleep(level=1)   # level 1: weights offloaded to CPU, KV cache dropped
+            self.sleeping = True
+
+    def _wake(self) -> None:
+        if getattr(self, "llm", None) is None:
+            raise EngineError("vllm engine: used after close()")
+        if self.sleeping:
+            self.llm.wake_up()
+            self.sleeping = False
+
+    def close(self) -> None:
+        """Free the engine (and vLLM's in-process distributed state, so another engine can start later)."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # pragma: no cover - best effort
+            pass
+        del llm
+        try:
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except Exception:  # pragma: no cover - best effort
+            pass
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,161 @@
+"""Code that runs inside vLLM's worker: the weight-loading extension and rlpost's logits processor.
+
+Both rely on the engine running in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, a single ``UniProcExecutor``
+worker), which rlpost/engines/vllm_engine.py arranges for the colocated engine and for ``rlpost serve``:
+
+- ``RlpostWorkerExtension`` (``worker_extension_cls``): ``collective_rpc("rlpost_load_weights", args=(payload,))``
+  hands the learner's tensors to the worker's own ``reload_weights``, which also redoes the CPU backend's weight
+  repacking (calling ``model.load_weights`` directly fails on CPU). In-process the payload is the list of
+  tensors itself (no copy, no serialisation); a ``torch.save`` byte blob or a file path also work, for engines
+  whose worker lives in another process.
+- ``RlpostLogitsProcessor`` (vLLM V1 logits-processor API, passed as ``LLM(logits_processors=[...])``): for the
+  rows of a ``generate`` call that registered a :class:`CallSpec`, it runs rlpost's Python logits processors
+  (``fn(step, input_ids [N,L], logits [N,V]) -> logits``, before temperature, like the hf engine), and records
+  per sampled token the entropy of softmax(z/T) and, when top-k/top-p is on, log of the probability mass the
+  filter keeps (vLLM's ``processed_logprobs`` are normalised over the kept tokens only; adding that term gives
+  rlpost's convention, log softmax(z/T) before truncation).
+"""
+from __future__ import annotations
+
+import io
+import threading
+from dataclasses import dataclass, field
+
+import torch
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+
+from rlpost.engines.hf import filter_top_k_top_p
+
+ROW_KEY = "rlpost_row"  # SamplingParams.extra_args key: "<call id>:<row>"
+
+
+@dataclass
+class CallSpec:
+    """What one ``generate`` call asks of the logits processor (shared by all its rows)."""
+    processors: list                     # rlpost logits processors, applied in order
+    temperature: float
+    top_k: int
+    top_p: float
+    want_entropy: bool
+    pad_id: int = 0
+    # filled during generation: (step, rows [n], values [n]) per batch group, turned into per-row lists at the end
+    entropy_records: list = field(default_factory=list)
+    mass_records: list = field(default_factory=list)
+
+    @property
+    def truncates(self) -> bool:
+        return self.temperature > 0 and (0 < self.top_k or self.top_p < 1.0)
+
+    def per_row(self, records: list, num_rows: int) -> list[dict[int, float]]:
+        """records -> [row] {step: value} (a later write for the same step wins, e.g. after a preemption)."""
+        out: list[dict[int, float]] = [{} for _ in range(num_rows)]
+        for step, rows, values in records:
+            for r, v in zip(rows, values.tolist()):
+                out[r][step] = v
+        return out
+
+
+_CALLS: dict[str, CallSpec] = {}
+_CALLS_LOCK = threading.Lock()
+
+
+def register_call(call_id: str, spec: CallSpec) -> None:
+    with _CALLS_LOCK:
+        _CALLS[call_id] = spec
+
+
+def unregister_call(call_id: str) -> None:
+    with _CALLS_LOCK:
+        _CALLS.pop(call_id, None)
+
+
+class RlpostLogitsProcessor(LogitsProcessor):
+    """A batch-level vLLM logits processor that serves every rlpost ``generate`` call (see the module docstring).
+
+    Rows without ``extra_args[ROW_KEY]`` (or whose call registered nothing) pass through untouched, so the cost is
+    one dict lookup per step when nothing is asked for.
+    """
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
+        self.device = device
+        self.rows: dict[int, tuple[str, int, list[int], list[int]]] = {}  # batch index -> (call, row, prompt, out)
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # user processors may change the argmax; also makes vLLM call us for greedy rows
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        for index in batch_update.removed:
+            self.rows.pop(index, None)
+        for index, params, prompt_ids, output_ids in batch_update.added:
+            key = (params.extra_args or {}).get(ROW_KEY) if params is not None else None
+            if key is None:
+                self.rows.pop(index, None)
+                continue
+            call_id, row = key.rsplit(":", 1)
+            self.rows[index] = (call_id, int(row), list(prompt_ids or []), output_ids)
+        for a, b, direction in batch_update.moved:
+            row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
+            if row_a is not None:
+                self.rows[b] = row_a
+            if direction == MoveDirectionality.SWAP and row_b is not None:
+                self.rows[a] = row_b
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rows:
+            return logits
+        groups: dict[tuple[str, int], list[int]] = {}
+        for index, (call_id, _, _, output_ids) in self.rows.items():
+            if index < logits.shape[0]:
+                groups.setdefault((call_id, len(output_ids)), []).append(index)
+        for (call_id, step), indices in groups.items():
+            spec = _CALLS.get(call_id)
+            if spec is None:
+                continue
+            idx = torch.tensor(indices, device=logits.device)
+            rows = [self.rows[i][1] for i in indices]
+            z = logits.index_select(0, idx).float()
+            if spec.processors:
+                history = self._history(indices, spec.pad_id, logits.device)
+                for proc in spec.processors:
+                    z = proc(step, history, z)
+                logits.index_copy_(0, idx, z.to(logits.dtype))
+            if spec.want_entropy or spec.truncates:
+                scaled = z / spec.temperature if spec.temperature > 0 else z
+                logp = torch.log_softmax(scaled, dim=-1)
+                if spec.want_entropy:
+                    p = logp.exp()
+                    ent = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+                    spec.entropy_records.append((step, rows, ent.detach().cpu()))
+                if spec.truncates:
+                    kept = filter_top_k_top_p(scaled, spec.top_k, spec.top_p)
+                    log_mass = torch.logsumexp(kept, -1) - torch.logsumexp(scaled, -1)
+                    spec.mass_records.append((step, rows, log_mass.detach().cpu()))
+        return logits
+
+    def _history(self, indices: list[int], pad_id: int, device) -> torch.Tensor:
+        """[n, L] left-padded prompt + generated ids of the rows (what the hf engine passes as input_ids)."""
+        seqs = [self.rows[i][2] + list(self.rows[i][3]) for i in indices]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        for r, s in enumerate(seqs):
+            if s:
+                ids[r, width - len(s):] = torch.tensor(s)
+        return ids.to(device)
+
+
+class RlpostWorkerExtension:
+    """Mixed into vLLM's worker class (``LLM(worker_extension_cls=...)``); reached through ``collective_rpc``."""
+
+    def rlpost_load_weights(self, payload) -> int:
+        """payload: a list of (name, tensor) (in-process), a ``torch.save`` byte blob of a name -> tensor dict, or
+        the path of such a file. Returns the number of tensors loaded."""
+        if isinstance(payload, (bytes, bytearray)):
+            weights = list(torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True).items())
+        elif isinstance(payload, str):
+            weights = list(torch.load(payload, map_location="cpu", weights_only=True, mmap=True).items())
+        else:
+            weights = list(payload)
+        self.reload_weights(weights_iterator=iter(weights))
+        return len(weights)

@@ -1,0 +1,30 @@
+"""`rlpost eval` end to end on the real tiny checkpoint: a local GSM8K-format JSONL and a synthetic task."""
+import json
+
+import pytest
+
+from rlpost.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_eval_gsm8k_jsonl_and_synthetic(tmp_path, tiny_model_path, capsys):
+    gsm = tmp_path / "gsm8k_test.jsonl"
+    rows = [{"question": f"{a}+{b}=", "answer": f"Add them.\n#### {a + b}"} for a, b in [(12, 34), (50, 21), (33, 44), (19, 81)]]
+    gsm.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    code = main(["eval", str(tiny_model_path), "--benchmark", f"gsm8k={gsm}", "--benchmark", "arithmetic",
+                 "--n", "2", "--temperature", "1.0", "--max-tokens", "8", "--limit", "8", "--output-dir", str(out),
+                 "--no-progress", "--n-bootstrap", "50"])
+    assert code == 0
+    table = (out / "results.md").read_text()
+    assert "GSM8K" in table and "Arithmetic" in table
+    lines = [json.loads(line) for p in out.rglob("*.samples.jsonl") for line in p.read_text().splitlines()]
+    samples = [row for row in lines if "completion" in row]
+    assert len(samples) == 4 * 2 + 8 * 2  # every sample of every problem is kept
+    assert {"completion", "correct"} <= set(samples[0])
+    results = json.loads((out / "results.json").read_text())[str(tiny_model_path)]
+    assert set(results) == {"gsm8k", "arithmetic"}
+    for bench in results.values():
+        assert 0.0 <= bench["mean@2"] <= bench["pass@2"] <= 1.0
+        assert bench["ci"]["mean@2"][0] <= bench["mean@2"] <= bench["ci"]["mean@2"][1]
