@@ -133,6 +133,8 @@ class Learner:
         total_loss = 0.0
         prefix_sq_norms = []  # ||accumulated grad after k micro-batches * K/k||^2, for LR controllers
         num_micro = -(-len(rows) // s.micro_batch_size)
+        # micro-batches of similar lengths pad less (each is trimmed to its own longest row)
+        rows = rows[torch.argsort(batch.attention_mask[rows].sum(-1), stable=True)]
         for start in range(0, len(rows), s.micro_batch_size):
             idx = rows[start:start + s.micro_batch_size]
             mb = batch.select(idx)

@@ -3,7 +3,8 @@
 Why not ``model.generate``: we need, per sampled token, the log-prob and entropy of the exact
 distribution it was drawn from, a logits-processor hook that sees every row, seeded sampling and stop
 strings, without ``generate``'s per-step overhead. The loop is: left-padded prefill, then one token per
-step for all rows, finished rows fed padding until every row is done.
+step for the rows still running: a row that finishes (EOS or a stop string) leaves the batch and its KV
+cache rows are dropped, so a long tail of unfinished rows does not pay for the finished ones.
 
 Log-probs and entropies refer to the temperature-scaled distribution softmax(z / T) after the logits
 processors and before top-k/top-p truncation — the same quantity the learner recomputes, so the
@@ -108,7 +109,7 @@ class HFEngine:
         entropies = torch.zeros((num_rows, params.max_tokens), device=dev) if params.return_entropy else None
         lengths = torch.full((num_rows,), params.max_tokens, dtype=torch.long, device=dev)
         finished = torch.zeros(num_rows, dtype=torch.bool, device=dev)
-        stopped_by_string = torch.zeros(num_rows, dtype=torch.bool, device=dev)
+        active = torch.arange(num_rows, device=dev)  # rows still generating; finished rows leave the batch
         history = input_ids
 
         for step in range(params.max_tokens):
@@ -122,20 +123,25 @@ class HFEngine:
                 next_tok = torch.multinomial(torch.softmax(filtered, dim=-1), 1, generator=generator).squeeze(-1)
             else:
                 next_tok = scaled.argmax(-1)
-            next_tok = torch.where(finished, torch.full_like(next_tok, self.pad_id), next_tok)
-            tokens[:, step] = next_tok
-            logprobs[:, step] = logp_full.gather(-1, next_tok[:, None]).squeeze(-1)
+            tokens[active, step] = next_tok
+            logprobs[active, step] = logp_full.gather(-1, next_tok[:, None]).squeeze(-1)
             if entropies is not None:
-                entropies[:, step] = -(logp_full.exp() * logp_full).sum(-1)
-            newly_done = ~finished & torch.isin(next_tok, eos)
+                entropies[active, step] = -(logp_full.exp() * logp_full).sum(-1)
+            done_now = torch.isin(next_tok, eos)
             if params.stop:
-                newly_done |= self._hits_stop_string(tokens[:, : step + 1], finished | newly_done, params.stop, stopped_by_string)
-            lengths = torch.where(newly_done, torch.full_like(lengths, step + 1), lengths)
-            finished |= newly_done
-            if bool(finished.all()) or step == params.max_tokens - 1:
+                done_now |= self._hits_stop_string(tokens[active, : step + 1], params.stop)
+            lengths[active[done_now]] = step + 1
+            finished[active[done_now]] = True
+            if bool(done_now.all()) or step == params.max_tokens - 1:
                 break
-            attention = torch.cat([attention, (~finished).long()[:, None]], dim=-1)
-            history = torch.cat([history, next_tok[:, None]], dim=-1) if params.logits_processors else history
+            if params.logits_processors:
+                history = torch.cat([history, next_tok[:, None]], dim=-1)
+            if bool(done_now.any()):  # compact: drop finished rows from the batch and the KV cache
+                keep = torch.nonzero(~done_now).flatten()
+                cache.reorder_cache(keep)
+                active, attention, next_pos, next_tok = active[keep], attention[keep], next_pos[keep], next_tok[keep]
+                history = history[keep]
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=-1)
             out = self.model(input_ids=next_tok[:, None], attention_mask=attention, position_ids=next_pos[:, None],
                              past_key_values=cache, use_cache=True)
             cache, logits = out.past_key_values, out.logits[:, -1, :]
@@ -143,15 +149,11 @@ class HFEngine:
 
         return self._to_samples(prompts, tokens, logprobs, entropies, lengths, finished)
 
-    def _hits_stop_string(self, tokens, done, stop, stopped_by_string) -> torch.Tensor:
-        hits = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    def _hits_stop_string(self, tokens: torch.Tensor, stop: list[str]) -> torch.Tensor:
+        """[N] bool: the decoded tail of each row contains a stop string."""
         tail = max(len(s) for s in stop) + 8
-        for i in torch.nonzero(~done).flatten().tolist():
-            text = self.tokenizer.decode(tokens[i, -tail:].tolist(), skip_special_tokens=True)
-            if any(s in text for s in stop):
-                hits[i] = True
-                stopped_by_string[i] = True
-        return hits
+        texts = self.tokenizer.batch_decode(tokens[:, -tail:].tolist(), skip_special_tokens=True)
+        return torch.tensor([any(s in text for s in stop) for text in texts], device=tokens.device)
 
     def _to_samples(self, prompts, tokens, logprobs, entropies, lengths, finished) -> list[Sample]:
         tokens, logprobs, lengths = tokens.cpu(), logprobs.cpu(), lengths.cpu()
