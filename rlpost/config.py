@@ -81,6 +81,8 @@ class RolloutConfig:
     server_urls: list = field(default_factory=list)  # vllm_server workers, e.g. ["http://127.0.0.1:8001"]
     server_token: str | None = None           # shared secret sent to rlpost serve workers
     timeout_s: float = 600.0                  # upper bound on any wait for an engine
+    weight_sync: str = "file"                 # vllm_server weight transport: file (torch.save under weight_sync_dir) | dist (torch.distributed broadcast: gloo on CPU, nccl on GPU)
+    weight_sync_dir: str | None = None        # directory trainer and workers share for weight_sync=file (None: /dev/shm, else the temp dir)
 
 
 @dataclass
@@ -103,6 +105,10 @@ class AlgoConfig:
     max_refill_rounds: int = 3                # bound on dynamic-sampling refills per step
     lr_controller: Component | None = None    # e.g. oblr_snr (OBLR-PO); None = schedule only
     extra: dict = field(default_factory=dict)  # method-specific shared state (e.g. constrained multipliers)
+    vllm_importance_sampling_correction: bool = False  # weight the loss by the truncated IS ratio learner/sampler (rlpost/algos/mismatch.py)
+    vllm_importance_sampling_mode: str = "sequence_mask"  # token_truncate | token_mask | sequence_truncate | sequence_mask
+    vllm_importance_sampling_clip_max: float = 3.0  # C_max: ratios above are clipped (truncate) or zeroed (mask)
+    vllm_importance_sampling_clip_min: float | None = None  # C_min: ratios below are clipped / zeroed (None: no lower bound)
 
 
 @dataclass
@@ -206,6 +212,10 @@ ALIASES: dict[str, str] = {
     "model_name_or_path": "model.name_or_path",
     "shuffle_dataset": "data.shuffle_dataset",
     "max_prompt_length": None,  # removed from TRL (PR #4847): rejected with a pointer
+    "vllm_importance_sampling_correction": "algo.vllm_importance_sampling_correction",
+    "vllm_importance_sampling_mode": "algo.vllm_importance_sampling_mode",
+    "vllm_importance_sampling_clip_max": "algo.vllm_importance_sampling_clip_max",
+    "vllm_importance_sampling_clip_min": "algo.vllm_importance_sampling_clip_min",
 }
 SECTION_ALIASES = {(k.split(".")[0], k.split(".")[1]): v for k, v in {
     "rollout.beta": "algo.beta", "algo.temperature": "rollout.temperature",
@@ -430,6 +440,11 @@ def validate(cfg: Config) -> None:
     if model_dtype := cfg.model.dtype:
         if model_dtype not in ("float32", "bfloat16", "float16", "auto"):
             raise ConfigError(f"model.dtype must be float32, bfloat16, float16 or auto, got {model_dtype!r}")
+    if r.weight_sync not in ("file", "dist"):
+        raise ConfigError(f"rollout.weight_sync must be file or dist, got {r.weight_sync!r}")
+    if a.vllm_importance_sampling_mode not in ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"):
+        raise ConfigError("algo.vllm_importance_sampling_mode must be token_truncate, token_mask, sequence_truncate "
+                          f"or sequence_mask, got {a.vllm_importance_sampling_mode!r}")
     if cfg.data.task is None and cfg.data.train_path is None:
         raise ConfigError("set data.task (a synthetic task) or data.train_path (your prompts)")
     if not cfg.rewards:

@@ -80,3 +80,16 @@ def test_bad_dataset_is_reported(tmp_path, tiny_model_path):
     data.write_text('{"question": "1+1=", "answer": "2"}\n')
     with pytest.raises(DataError, match=r"d.jsonl, row 0: missing column 'prompt' \(set data.prompt_column\)"):
         run(tmp_path, "bd", f"data.train_path={data}", f"data.eval_path={data}", "trainer.max_steps=1")
+
+
+def test_kl_reference_model_and_dynamic_sampling(tmp_path, tiny_model_path):
+    code, out = run(tmp_path, "kl", "trainer.max_steps=2", "beta=0.04", "algo.kl_estimator=k3",
+                    "algo.dynamic_sampling=true", "algo.max_refill_rounds=2", "rollout.prompts_per_step=4",
+                    "num_generations=4", "trainer.report_to=[]")
+    assert code == 0
+    rows = metrics(out)[1:]
+    assert all(r["kl"] >= 0.0 for r in rows)  # k3 >= 0; present only because beta > 0 loads a reference
+    assert all(1 <= r["dynamic_sampling/rounds"] <= 3 and r["dynamic_sampling/kept_groups"] <= 4 for r in rows)
+    code, out = run(tmp_path, "nokl", "trainer.max_steps=1", "rollout.prompts_per_step=2", "num_generations=2",
+                    "trainer.report_to=[]")
+    assert code == 0 and "kl" not in metrics(out)[1]

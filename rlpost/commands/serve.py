@@ -1,0 +1,50 @@
+"""``rlpost serve``: a rollout worker serving one vLLM engine over HTTP (rlpost/serving/server.py)."""
+from __future__ import annotations
+
+import argparse
+import os
+
+EPILOG = """examples:
+  rlpost serve tiny:qwen2:arithmetic --port 8001 --dtype float32
+  RLPOST_SERVE_TOKEN=s3cret rlpost serve Qwen/Qwen2.5-0.5B-Instruct --port 8001 --log-file logs/w0.log
+  rlpost train configs/tiny/arith_grpo.yaml rollout.engine=vllm_server \\
+      'rollout.server_urls=[http://127.0.0.1:8001,http://127.0.0.1:8002]' rollout.server_token=s3cret
+
+The worker binds 127.0.0.1 unless --host says otherwise. With a token (--token or RLPOST_SERVE_TOKEN) every
+request must carry 'Authorization: Bearer <token>'; without it, it answers 401.
+"""
+
+
+def cmd_serve(args) -> int:
+    from rlpost.serving.server import serve
+
+    engine_kwargs = dict(dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
+                         max_model_len=args.max_model_len, max_completion_length=args.max_completion_length,
+                         enable_prefix_caching=not args.no_prefix_caching, enforce_eager=not args.no_enforce_eager,
+                         enable_sleep_mode=args.enable_sleep_mode, seed=args.seed,
+                         trust_remote_code=args.trust_remote_code)
+    return serve(args.model, host=args.host, port=args.port, token=args.token or os.environ.get("RLPOST_SERVE_TOKEN"),
+                 log_file=args.log_file, engine_kwargs=engine_kwargs)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="serve one vLLM engine over HTTP as a rollout worker",
+                              description="A rollout worker for rollout.engine=vllm_server: generate, update "
+                                          "weights, health, reset prefix cache, shutdown.",
+                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="HF hub id, local folder, or tiny:<arch>:<task>")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", default=None, help="shared secret (default: $RLPOST_SERVE_TOKEN; none: no check)")
+    p.add_argument("--log-file", default=None, help="write all output here; GET /log_tail serves its last lines")
+    p.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (match the learner)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.3,
+                   help="vLLM memory share (of one NUMA node's CPU memory on CPU builds)")
+    p.add_argument("--max-model-len", type=int, default=None, help="context length (default: 1024 + completion cap)")
+    p.add_argument("--max-completion-length", type=int, default=1024, help="used for the default max-model-len")
+    p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--no-enforce-eager", action="store_true", help="allow vLLM's graph compilation / CUDA graphs")
+    p.add_argument("--enable-sleep-mode", action="store_true", help="offload between requests (GPU only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(func=cmd_serve)

@@ -1,0 +1,227 @@
+"""A rollout worker: one vLLM engine (rlpost/engines/vllm_engine.py, in this process) behind a small HTTP API.
+
+    rlpost serve tiny:qwen2:arithmetic --port 8001 --token s3cret --log-file /tmp/w0.log
+
+Endpoints (JSON; with a token configured every request needs ``Authorization: Bearer <token>``, else 401):
+
+    GET  /health              {"status": "ok", "pid", "model", "log_file", "host", "port"}
+    POST /generate            {"requests": [{"prompt_ids": [...]}], "params": {n, temperature, top_p, top_k,
+                               max_tokens, stop, seed, return_entropy}, "seed_offset": 0}
+                              -> {"samples": [{completion_ids, logprobs, text, finish_reason, entropies,
+                                  request_index}]}   (request-major, n per request)
+    POST /init_communicator   {"host", "port", "rank", "world_size", "backend", "timeout_s"}: join the trainer's
+                              weight-broadcast group (rlpost/serving/weights.py)
+    POST /update_weights      {"transport": "file", "path"} or {"transport": "dist", "meta": [[name, dtype, shape]]}
+    POST /close_communicator
+    POST /reset_prefix_cache
+    POST /shutdown            stop serving, free the engine, exit
+    GET  /log_tail?lines=N    the last N lines of this worker's log file
+
+Every engine call runs on one dedicated thread (vLLM is not thread-safe, and on CPU it binds that thread's
+OpenMP pool to cores), so requests are served one at a time while /health and /log_tail stay responsive.
+A failing call answers 500 with ``{"error": ...}`` and writes the traceback to the log.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("rlpost.serve")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def tail_lines(path: str | None, lines: int = 50, max_bytes: int = 256 << 10) -> list[str]:
+    """The last ``lines`` lines of a text file (reads at most ``max_bytes`` from its end)."""
+    if not path or not Path(path).is_file():
+        return []
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - max_bytes))
+        text = f.read().decode("utf-8", errors="replace")
+    return text.splitlines()[-lines:]
+
+
+def _finite(values: list[float] | None) -> list[float | None] | None:
+    return None if values is None else [v if math.isfinite(v) else None for v in values]
+
+
+class Worker:
+    """The engine, the thread it lives on, the weight-broadcast group and the server settings."""
+
+    def __init__(self, engine_factory, *, model: str, token: str | None, log_file: str | None, host: str, port: int):
+        self.model, self.token, self.log_file, self.host, self.port = model, token, log_file, host, port
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlpost-engine")
+        self.engine = self.pool.submit(engine_factory).result()   # built on the thread that will use it
+        self.comm = None
+        self.server = None  # the uvicorn.Server, set by serve()
+
+    async def call(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    # ---- engine-thread functions
+    def generate(self, body: dict) -> dict:
+        from rlpost.engines.base import GenRequest, SamplingParams
+        params = SamplingParams(**body.get("params", {}))
+        requests = [GenRequest(list(r["prompt_ids"])) for r in body["requests"]]
+        samples = self.engine.generate(requests, params, seed_offset=int(body.get("seed_offset", 0)))
+        return {"samples": [{"completion_ids": s.completion_ids, "logprobs": _finite(s.logprobs), "text": s.text,
+                             "finish_reason": s.finish_reason, "entropies": _finite(s.entropies),
+                             "request_index": s.request_index} for s in samples]}
+
+    def init_communicator(self, body: dict) -> dict:
+        import torch
+
+        from rlpost.serving.weights import Communicator
+        self.close_communicator()
+        device = "cuda" if body["backend"] == "nccl" else "cpu"
+        if device == "cuda":
+            torch.cuda.set_device(0)
+        self.comm = Communicator(body["host"], int(body["port"]), int(body["rank"]), int(body["world_size"]),
+                                 body["backend"], float(body.get("timeout_s", 600)), device)
+        return {"ok": True}
+
+    def update_weights(self, body: dict) -> dict:
+        from rlpost.serving.weights import load_weights_file
+        start = time.perf_counter()
+        if body["transport"] == "file":
+            weights = load_weights_file(body["path"])
+        elif body["transport"] == "dist":
+            if self.comm is None:
+                raise RuntimeError("update_weights with transport=dist before init_communicator")
+            weights = self.comm.recv(body["meta"])
+        else:
+            raise ValueError(f"unknown weight transport {body['transport']!r} (file or dist)")
+        self.engine.load_weights(weights)
+        return {"ok": True, "tensors": len(weights), "seconds": time.perf_counter() - start}
+
+    def close_communicator(self) -> dict:
+        if self.comm is not None:
+            self.comm.close()
+            self.comm = None
+        return {"ok": True}
+
+    def close(self) -> None:
+        try:
+            self.pool.submit(self.close_communicator).result(timeout=60)
+            self.pool.submit(self.engine.close).result(timeout=120)
+        finally:
+            self.pool.shutdown(wait=False)
+
+
+def create_app(worker: Worker):
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI(title="rlpost rollout worker", docs_url=None, redoc_url=None, openapi_url=None)
+    expected = f"Bearer {worker.token}".encode() if worker.token else None
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        if expected is not None:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    @app.exception_handler(Exception)
+    async def on_error(request: Request, err: Exception):
+        log.error("%s %s failed:\n%s", request.method, request.url.path, traceback.format_exc())
+        return JSONResponse({"error": f"{type(err).__name__}: {err}"}, status_code=500)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "pid": os.getpid(), "model": worker.model, "log_file": worker.log_file,
+                "host": worker.host, "port": worker.port}
+
+    @app.get("/log_tail")
+    async def log_tail(lines: int = 50):
+        return {"log_file": worker.log_file, "lines": tail_lines(worker.log_file, lines)}
+
+    @app.post("/generate")
+    async def generate(request: Request):
+        return await worker.call(worker.generate, await request.json())
+
+    @app.post("/init_communicator")
+    async def init_communicator(request: Request):
+        return await worker.call(worker.init_communicator, await request.json())
+
+    @app.post("/update_weights")
+    async def update_weights(request: Request):
+        return await worker.call(worker.update_weights, await request.json())
+
+    @app.post("/close_communicator")
+    async def close_communicator():
+        return await worker.call(worker.close_communicator)
+
+    @app.post("/reset_prefix_cache")
+    async def reset_prefix_cache():
+        await worker.call(worker.engine.reset_prefix_cache)
+        return {"ok": True}
+
+    @app.post("/shutdown")
+    async def shutdown():
+        log.info("shutdown requested")
+        if worker.server is not None:
+            worker.server.should_exit = True
+        return {"ok": True}
+
+    return app
+
+
+def redirect_output(log_file: str) -> None:
+    """Send this process's stdout and stderr (vLLM's logs, uvicorn's, tracebacks) to ``log_file``."""
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
+
+
+def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          log_file: str | None = None, engine_kwargs: dict[str, Any] | None = None) -> int:
+    """Build the engine, serve until /shutdown (or SIGINT/SIGTERM), free the engine. Returns an exit code."""
+    import uvicorn
+
+    from rlpost.config import ModelConfig
+    from rlpost.engines.vllm_engine import VLLMEngine
+    from rlpost.models.loading import load_tokenizer, resolve_model_path
+
+    if log_file:
+        redirect_output(log_file)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)
+    if host not in LOOPBACK and not token:
+        log.warning("serving on %s without a token: anyone who can reach this port can generate and replace "
+                    "the weights (set --token or RLPOST_SERVE_TOKEN)", host)
+    kwargs = dict(engine_kwargs or {})
+    model_cfg = ModelConfig(name_or_path=model, trust_remote_code=kwargs.get("trust_remote_code", False))
+    path = resolve_model_path(model_cfg)
+    tokenizer = load_tokenizer(path, model_cfg)
+    log.info("rlpost serve: building the vLLM engine for %s", path)
+    worker = Worker(lambda: VLLMEngine(path, tokenizer, **kwargs), model=path, token=token, log_file=log_file,
+                    host=host, port=port)
+    server = uvicorn.Server(uvicorn.Config(create_app(worker), host=host, port=port, log_level="info",
+                                           access_log=False, timeout_graceful_shutdown=5))
+    worker.server = server
+    log.info("rlpost serve: listening on http://%s:%d (pid %d)", host, port, os.getpid())
+    try:
+        server.run()
+    finally:
+        worker.close()
+        log.info("rlpost serve: stopped")
+    return 0 if server.started else 1
