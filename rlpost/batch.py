@@ -23,6 +23,8 @@ class Batch:
     group_ids:        [B] long
     sample_weights:   [B] float loss weight of each sample (APR: 1/calls in tree)
     truncated:        [B] bool, the completion hit the length cap
+    traj_index:       [B] long, the trajectory each row came from (APR trees and other multi-call
+                      rollouts give several rows one trajectory; advantages are computed per trajectory)
     """
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -35,6 +37,7 @@ class Batch:
     group_ids: torch.Tensor
     sample_weights: torch.Tensor
     truncated: torch.Tensor
+    traj_index: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -49,6 +52,7 @@ class Batch:
 
 def collate(trajectories: list[Trajectory], pad_id: int, mask_truncated: bool = False) -> Batch:
     rows = [(traj, k, s) for traj in trajectories for k, s in enumerate(traj.samples)]
+    traj_index = torch.tensor([j for j, traj in enumerate(trajectories) for _ in traj.samples], dtype=torch.long)
     width = max(len(s.prompt_ids) + len(s.completion_ids) for _, _, s in rows)
     T = max(1, max(len(s.completion_ids) for _, _, s in rows))
     B = len(rows)
@@ -78,4 +82,4 @@ def collate(trajectories: list[Trajectory], pad_id: int, mask_truncated: bool = 
         truncated[i] = s.finish_reason == "length"
     if mask_truncated:
         mask = mask * (~truncated).float()[:, None]
-    return Batch(input_ids, attention, index, comp, mask, logps, ents, rewards, groups, weights, truncated)
+    return Batch(input_ids, attention, index, comp, mask, logps, ents, rewards, groups, weights, truncated, traj_index)

@@ -22,6 +22,7 @@ MAKE_TINY_EPILOG = """examples:
 
 def cmd_train(args) -> int:
     from rlpost.config import ConfigError, load_config
+    from rlpost.engines.base import EngineError
     from rlpost.trainer import Trainer
 
     try:
@@ -36,6 +37,11 @@ def cmd_train(args) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    except EngineError as err:
+        saved = getattr(err, "checkpoint", None)
+        print(f"\nengine error: {err}\n" + (f"\ncheckpoint of the last finished step: {saved}\nresume with "
+              "trainer.resume_from_checkpoint=latest" if saved else ""), file=sys.stderr)
+        return 3
     finally:
         if hasattr(trainer, "engine"):
             trainer.close()

@@ -38,6 +38,25 @@ class ModelConfig:
     attn_implementation: str | None = None    # e.g. sdpa, eager, flash_attention_2
     revision: str | None = None               # hub revision
     model_init_kwargs: dict = field(default_factory=dict)  # extra from_pretrained kwargs
+    lora: "LoraSettings" = field(default_factory=lambda: LoraSettings())  # LoRA adapters (peft); r: 0 = off
+    load_in_4bit: bool = False                # QLoRA: 4-bit base weights via bitsandbytes (CUDA only), needs lora.r > 0
+    bnb_4bit_quant_type: str = "nf4"          # nf4 | fp4 (load_in_4bit)
+    bnb_4bit_compute_dtype: str = "bfloat16"  # matmul dtype of the 4-bit layers
+
+
+@dataclass
+class LoraSettings:
+    """``model.lora``: train low-rank adapters only (peft). See docs/distributed.md, "LoRA / QLoRA"."""
+    r: int = 0                                # adapter rank; 0 = full fine-tuning (no LoRA)
+    alpha: float = 16.0                       # lora_alpha: the update is scaled by alpha / r
+    dropout: float = 0.0                      # lora_dropout (0 keeps sampler and learner log-probs equal)
+    target_modules: Any = "all-linear"        # "all-linear", or a list of module names (q_proj, v_proj, ...)
+    bias: str = "none"                        # none | all | lora_only
+    use_rslora: bool = False                  # scale by alpha / sqrt(r)
+    modules_to_save: list = field(default_factory=list)  # extra modules trained fully and saved (e.g. lm_head)
+    init_lora_weights: Any = True             # peft's init (True: B = 0, so training starts at the base model)
+    adapter_path: str | None = None           # start from a saved adapter instead of a fresh one
+    save_merged: bool = True                  # final_model/merged: a merged full model beside the adapter
 
 
 @dataclass
@@ -132,6 +151,8 @@ class OptimConfig:
     warmup_ratio: float = 0.0                 # used when warmup_steps == 0
     micro_batch_size: int = 16                # sequences per forward/backward (memory knob)
     steps_per_generation: int = 1             # optimizer steps per generation batch (mini-batches)
+    logprob_chunk_size: int = 0               # >0: LM head + log-softmax over this many completion tokens at a time (no [B,W,V] logits)
+    padding_free: bool = False                # pack each micro-batch into one row (position_ids restart per sample): no pad tokens
 
 
 @dataclass
@@ -165,6 +186,22 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     method: dict = field(default_factory=dict)  # per-paper sections (hapo, adora, oblr, gain_rl, constrained, ...)
+    distributed: "DistributedConfig" = field(default_factory=lambda: DistributedConfig())  # multi-process learner
+
+
+@dataclass
+class DistributedConfig:
+    """``distributed``: the learner on several processes (torchrun / accelerate launch / deepspeed launcher).
+    See docs/distributed.md. With backend none (the default) everything runs in one process."""
+    backend: str = "none"                     # none | ddp | deepspeed
+    zero_stage: int = 2                       # deepspeed: 2 (optimizer state + gradients sharded) | 3 (+ parameters)
+    offload_optimizer: bool = False           # deepspeed: optimizer state in CPU memory
+    offload_param: bool = False               # deepspeed ZeRO-3: parameters in CPU memory
+    dist_backend: str = "auto"                # gloo | nccl | auto (nccl when CUDA is available, else gloo)
+    rollout: str = "split"                    # split: each rank generates its own prompts | replicate: every rank generates the whole batch (single-process samples; debugging)
+    timeout_s: float = 1800.0                 # collective-operation timeout: a dead rank surfaces as an error after this
+    deepspeed_config: Any = None              # extra DeepSpeed config: a JSON file path or a mapping, merged over rlpost's
+    find_unused_parameters: bool = False      # ddp: for models whose forward skips parameters
 
 
 # TRL GRPOConfig / TrainingArguments spelling -> our dotted key.
@@ -454,6 +491,34 @@ def validate(cfg: Config) -> None:
     for name in t.report_to:
         if name not in ("tensorboard", "wandb", "trackio", "none", "jsonl"):
             raise ConfigError(f"trainer.report_to: unknown tracker {name!r} (tensorboard, wandb, trackio, none)")
+    _validate_scale_options(cfg)
+
+
+def _validate_scale_options(cfg: Config) -> None:
+    """distributed / LoRA / memory options (world-size rules are checked at start-up, rlpost/distributed.py)."""
+    d, m, o = cfg.distributed, cfg.model, cfg.optim
+    if d.backend not in ("none", "ddp", "deepspeed"):
+        raise ConfigError(f"distributed.backend must be none, ddp or deepspeed, got {d.backend!r}")
+    if d.zero_stage not in (2, 3):
+        raise ConfigError(f"distributed.zero_stage must be 2 or 3, got {d.zero_stage}")
+    if d.dist_backend not in ("gloo", "nccl", "auto"):
+        raise ConfigError(f"distributed.dist_backend must be gloo, nccl or auto, got {d.dist_backend!r}")
+    if d.rollout not in ("split", "replicate"):
+        raise ConfigError(f"distributed.rollout must be split or replicate, got {d.rollout!r}")
+    if (d.offload_optimizer or d.offload_param) and d.backend != "deepspeed":
+        raise ConfigError("distributed.offload_optimizer / offload_param need distributed.backend=deepspeed")
+    if d.offload_param and d.zero_stage != 3:
+        raise ConfigError("distributed.offload_param needs distributed.zero_stage=3")
+    if m.lora.r < 0:
+        raise ConfigError(f"model.lora.r must be >= 0 (0 = no LoRA), got {m.lora.r}")
+    if m.load_in_4bit and m.lora.r == 0:
+        raise ConfigError("model.load_in_4bit (QLoRA) trains adapters only: set model.lora.r (e.g. 16)")
+    if m.lora.r == 0 and m.lora.adapter_path:
+        raise ConfigError("model.lora.adapter_path needs model.lora.r > 0")
+    if m.bnb_4bit_quant_type not in ("nf4", "fp4"):
+        raise ConfigError(f"model.bnb_4bit_quant_type must be nf4 or fp4, got {m.bnb_4bit_quant_type!r}")
+    if o.logprob_chunk_size < 0:
+        raise ConfigError(f"optim.logprob_chunk_size must be >= 0 (0 = off), got {o.logprob_chunk_size}")
 
 
 def to_dict(cfg: Config) -> dict:

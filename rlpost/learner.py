@@ -3,9 +3,10 @@
 It knows which registered functions to call (advantage, policy loss, aggregation, KL estimator), not
 which paper is running. Loss for one mini-batch of samples:
 
-    L = agg( w_i * [ loss_mat_it + beta * KL_it - entropy_coef * H_it ] )
+    L = agg( w_i * loss_mat_it + beta * KL_it - entropy_coef * H_it )
 
-with w_i the per-sample weight. Gradient accumulation over micro-batches is exact: each micro-batch's
+with w_i the per-sample weight (APR: 1/calls in the tree), applied to the policy term only: the KL and
+entropy regularisers stay per token (TinyRL does not divide the KL term by the tree size). Gradient accumulation over micro-batches is exact: each micro-batch's
 aggregated loss is weighted by its share of the mini-batch's tokens (``token-mean``) or rows (others).
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 
 from rlpost.algos import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, LossInput
 from rlpost.algos.core import masked_mean
+from rlpost.algos.mismatch import ISCorrection, importance_weights, sampler_learner_kl
 from rlpost.batch import Batch
 
 TOKEN_WEIGHTED_AGGREGATIONS = {"token-mean"}
@@ -39,15 +41,23 @@ class LearnerSettings:
     max_grad_norm: float = 1.0
     need_entropy: bool = False      # compute current and old per-token entropies (HAPO)
     need_sum_p_sq: bool = False     # compute sum_v pi_v^2 per token in the old-policy pass (OBLR-PO)
+    vllm_is: ISCorrection | None = None  # truncated IS correction of the sampler/learner mismatch (algos/mismatch.py)
+    logprob_chunk_size: int = 0     # >0: LM head over this many completion tokens at a time (optim.logprob_chunk_size)
+    padding_free: bool = False      # pack each micro-batch into one row without padding (optim.padding_free)
 
 
-def token_logprobs(model, batch: Batch, temperature: float, need_entropy: bool, need_sum_p_sq: bool = False):
+def token_logprobs(model, batch: Batch, temperature: float, need_entropy: bool, need_sum_p_sq: bool = False,
+                   chunk_size: int = 0, packed: bool = False):
     """log pi(o_t | .) of the completion tokens [B,T] (and entropies [B,T] or None) from one forward.
     With ``need_sum_p_sq`` a third value, sum_v pi_v^2 per token [B,T], is returned too.
 
     Logits are divided by the sampling temperature, matching the distribution the engine sampled from.
     Only the completion positions are gathered before the log-softmax, so memory is O(B*T*V), not O(B*W*V).
+    ``chunk_size`` > 0 or ``packed``: the memory-lean path of rlpost/logprobs.py (same values).
     """
+    if chunk_size > 0 or packed:
+        from rlpost.logprobs import lean_token_logprobs
+        return lean_token_logprobs(model, batch, temperature, need_entropy, need_sum_p_sq, chunk_size, packed)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     B, T = batch.completion_index.shape
     idx = batch.completion_index.clamp(max=logits.shape[1] - 1)
@@ -76,7 +86,8 @@ def batched_logprobs(model, batch: Batch, settings: LearnerSettings, need_entrop
         with contextlib.ExitStack() as stack:
             for hook in hooks:
                 stack.enter_context(hook(model, mb))
-            lp, h, *sq = token_logprobs(model, mb, settings.temperature, need_entropy, need_sum_p_sq)
+            lp, h, *sq = token_logprobs(model, mb, settings.temperature, need_entropy, need_sum_p_sq,
+                                        settings.logprob_chunk_size, settings.padding_free)
         out_lp.append(lp)
         out_h.append(h)
         out_sq += sq
@@ -99,6 +110,8 @@ class Learner:
         # hook(model, micro_batch) -> context manager around each micro-batch forward of the old-policy pass
         # (GAIN-RL reads hidden states there); a non-empty list makes prepare() run that pass
         self.old_forward_hooks: list = []
+        # multi-process learner (rlpost/distributed.py): None in a single process
+        self.dist = None
 
     def prepare(self, batch: Batch) -> dict[str, torch.Tensor | None]:
         """Old-policy and reference log-probs that stay fixed during the update."""
@@ -127,39 +140,51 @@ class Learner:
         return {k: sum(v) / len(v) for k, v in metrics.items()}
 
     def _optimizer_step(self, batch, advantages, fixed, rows, row_extra, step_extra) -> dict[str, float]:
-        s = self.settings
+        s, dist = self.settings, self.dist
         mini_tokens = float(batch.response_mask[rows].sum().clamp(min=1))
+        mini_rows = len(rows)
         metrics: dict[str, float] = {}
         total_loss = 0.0
         prefix_sq_norms = []  # ||accumulated grad after k micro-batches * K/k||^2, for LR controllers
         num_micro = -(-len(rows) // s.micro_batch_size)
+        if dist is not None:  # shares of the mini-batch summed over all ranks; as many backward passes on each rank
+            mini_tokens, mini_rows, num_backward = dist.step_counts(batch.response_mask[rows].sum(), len(rows), num_micro)
         # micro-batches of similar lengths pad less (each is trimmed to its own longest row)
         rows = rows[torch.argsort(batch.attention_mask[rows].sum(-1), stable=True)]
         for start in range(0, len(rows), s.micro_batch_size):
             idx = rows[start:start + s.micro_batch_size]
             mb = batch.select(idx)
             share = (float(mb.response_mask.sum()) / mini_tokens if s.loss_agg in TOKEN_WEIGHTED_AGGREGATIONS
-                     else len(idx) / len(rows))
+                     else len(idx) / mini_rows)
             extra = {**step_extra, **{k: v[idx] for k, v in row_extra.items()}}
             loss, mb_metrics = self._micro_loss(mb, advantages[idx], {k: (v[idx] if v is not None else None) for k, v in fixed.items()}, extra)
-            (loss * share).backward()
+            (loss * share).backward() if dist is None else dist.backward(loss * share, start // s.micro_batch_size)
             if self.lr_controller is not None and self.lr_controller.needs_grad_stats:
                 k = len(prefix_sq_norms) + 1
                 prefix_sq_norms.append(float(_grad_norm(self.model)) ** 2 * (num_micro / k) ** 2)
             total_loss += loss.item() * share
             for k, v in mb_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v * share
+        if dist is not None:  # ranks with fewer micro-batches run zero-weighted ones; metrics are summed shares
+            for k in range(num_micro, num_backward):
+                dist.backward(self._micro_loss(mb, advantages[idx], {kk: (v[idx] if v is not None else None) for kk, v in fixed.items()}, extra)[0] * 0.0, k)
+            total_loss, metrics = dist.reduce_metrics(total_loss, metrics)
         if self.lr_controller is not None:
             stats = {"prefix_grad_sq_norms": prefix_sq_norms} if self.lr_controller.needs_grad_stats else {}
             metrics.update(self.lr_controller.observe(stats))
-        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm) if s.max_grad_norm > 0
-                     else _grad_norm(self.model))
         scale = self.lr_controller.lr_scale(self.scheduler.last_epoch) if self.lr_controller is not None else 1.0
         scheduled = [g["lr"] for g in self.optimizer.param_groups]
-        for g in self.optimizer.param_groups:
-            g["lr"] = g["lr"] * scale
-        if torch.isfinite(grad_norm):
-            self.optimizer.step()
+        if dist is not None and dist.fused_step:  # DeepSpeed: clipping + optimizer step inside engine.step()
+            for g in self.optimizer.param_groups:
+                g["lr"] = g["lr"] * scale
+            grad_norm = dist.step()
+        else:
+            grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm) if s.max_grad_norm > 0
+                         else _grad_norm(self.model))
+            for g in self.optimizer.param_groups:
+                g["lr"] = g["lr"] * scale
+            if torch.isfinite(grad_norm):
+                self.optimizer.step()
         for g, lr in zip(self.optimizer.param_groups, scheduled):
             g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
@@ -170,13 +195,15 @@ class Learner:
     def _micro_loss(self, mb: Batch, adv: torch.Tensor, fixed: dict, extra: dict):
         s = self.settings
         need_h = s.need_entropy or s.entropy_coef > 0
-        logp, entropy = token_logprobs(self.model, mb, s.temperature, need_h)
+        logp, entropy = token_logprobs(self.dist.train_model if self.dist is not None else self.model, mb, s.temperature,
+                                       need_h, chunk_size=s.logprob_chunk_size, packed=s.padding_free)
         old_lp = fixed["old_logprobs"] if fixed["old_logprobs"] is not None else logp.detach()
         mask = mb.response_mask
         inp = LossInput(logprobs=logp, old_logprobs=old_lp, advantages=adv, response_mask=mask,
                         entropies=entropy.detach() if entropy is not None else None,
                         old_entropies=fixed["old_entropies"], extra=extra)
         loss_mat, metrics = self.loss_fn(inp, s.loss_params)
+        loss_mat = loss_mat * mb.sample_weights[:, None]  # the policy term only (APR: KL is not divided by S)
         if s.beta > 0:
             kl = self.kl_fn(logp, fixed["ref_logprobs"])
             loss_mat = loss_mat + s.beta * kl
@@ -185,9 +212,12 @@ class Learner:
             metrics["policy/entropy"] = masked_mean(entropy.detach(), mask).item()
             if s.entropy_coef > 0:
                 loss_mat = loss_mat - s.entropy_coef * entropy
-        loss_mat = loss_mat * mb.sample_weights[:, None]
+        if s.vllm_is is not None:  # tokens came from the sampler, not pi_old: truncated importance weights
+            is_weights, is_metrics = importance_weights(old_lp, mb.sampler_logprobs, mask, s.vllm_is)
+            loss_mat, metrics = loss_mat * is_weights, {**metrics, **is_metrics}
         with torch.no_grad():
             metrics["rollout/logprob_diff"] = masked_mean((logp.detach() - mb.sampler_logprobs).abs(), mask).item()
+            metrics["rollout/kl_sampler_learner"] = sampler_learner_kl(old_lp, mb.sampler_logprobs, mask).item()
         return self.aggregate(loss_mat, mask, s.max_completion_length), metrics
 
 

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 
 from rlpost import checkpoint as ckpt
+from rlpost import distributed
 from rlpost.algos import ADVANTAGES, AdvantageInput, build_params
+from rlpost.algos.advantages import per_trajectory
 from rlpost.algos.dynamic_sampling import informative_groups
 from rlpost.algos.losses import DEFAULT_AGGREGATION
 from rlpost.batch import collate
@@ -27,6 +29,7 @@ from rlpost.engines.base import SamplingParams
 from rlpost.learner import Learner, LearnerSettings, build_optimizer, build_scheduler
 from rlpost.methods import Extras, build_methods, validate_methods
 from rlpost.models.loading import load_model, load_tokenizer, resolve_model_path
+from rlpost.models.lora import reference_model
 from rlpost.rewards import RewardManager
 from rlpost.samplers import build_sampler
 from rlpost.tracking import Tracker, plot_metrics
@@ -57,16 +60,18 @@ class Trainer:
     def setup(self) -> "Trainer":
         cfg = self.cfg
         validate_methods(cfg)  # each method module's combination rules, before any model is loaded
+        self.dist = distributed.setup(cfg)  # multi-process learner (torchrun ...); a no-op in a single process
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
         seed_everything(cfg.trainer.seed)
         self.out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.out / "config.yaml")
+        if self.dist.is_main:
+            save_config(cfg, self.out / "config.yaml")
 
         self.model_path = resolve_model_path(cfg.model)
         self.tokenizer = load_tokenizer(self.model_path, cfg.model)
         self.model = load_model(self.model_path, cfg.model, cfg.trainer.device)
-        self.ref_model = load_model(self.model_path, cfg.model, cfg.trainer.device, frozen=True) if cfg.algo.beta > 0 else None
+        self.ref_model = reference_model(self.model_path, cfg.model, cfg.trainer.device, self.model) if cfg.algo.beta > 0 else None
 
         self.train_prompts = self._prompts(cfg.data.train_path, cfg.data.train_split, cfg.data.num_train, "train")
         self.eval_prompts = self._prompts(cfg.data.eval_path, cfg.data.eval_split, cfg.data.num_eval, "test")
@@ -87,7 +92,8 @@ class Trainer:
         resume_path = ckpt.resolve_resume(self.out, cfg.trainer.resume_from_checkpoint)
         if resume_path is not None:
             self._load(resume_path)
-        self.tracker = Tracker(self.out, cfg.trainer.report_to, cfg.trainer.run_name, to_dict(cfg), resume_step=self.step)
+        self.tracker = (Tracker(self.out, cfg.trainer.report_to, cfg.trainer.run_name, to_dict(cfg), resume_step=self.step)
+                        if self.dist.is_main else distributed.NullTracker())
         return self
 
     def _prompts(self, path, split, n, task_split) -> list[Prompt]:
@@ -98,8 +104,9 @@ class Trainer:
                              system_prompt=d.system_prompt, chat_template=d.chat_template, source=source)
 
     def _build_engine(self):
-        from rlpost.engines import build_engine
-        return build_engine(self.cfg, self.model, self.tokenizer, self.model_path)
+        from rlpost.engines import GuardedEngine, build_engine
+        engine = self.dist.wrap_engine(build_engine(self.cfg, self.model, self.tokenizer, self.model_path))
+        return GuardedEngine(engine, self._engine_failed)
 
     def _build_workflow(self):
         name, overrides = component(self.cfg.rollout.workflow)
@@ -123,6 +130,7 @@ class Trainer:
         loss_params = build_params(entry.params, shared, overrides, where=f"algo.loss ({name})")
         agg = DEFAULT_AGGREGATION.get(name, "token-mean") if a.loss_agg == "auto" else a.loss_agg
         from rlpost.algos import AGGREGATIONS, KL_ESTIMATORS
+        from rlpost.algos.mismatch import is_correction_from_config
         _registry_entry(AGGREGATIONS, agg, "algo.loss_agg")
         _registry_entry(KL_ESTIMATORS, a.kl_estimator, "algo.kl_estimator")
         optimizer = build_optimizer(self.model, cfg.optim)
@@ -133,9 +141,12 @@ class Trainer:
             max_completion_length=cfg.rollout.max_completion_length, temperature=cfg.rollout.temperature or 1.0,
             beta=a.beta, kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef, num_iterations=a.num_iterations,
             steps_per_generation=cfg.optim.steps_per_generation, micro_batch_size=cfg.optim.micro_batch_size,
-            max_grad_norm=cfg.optim.max_grad_norm)
-        return Learner(self.model, optimizer, scheduler, settings, ref_model=self.ref_model,
-                       lr_controller=self._build_lr_controller())
+            max_grad_norm=cfg.optim.max_grad_norm, vllm_is=is_correction_from_config(a),
+            logprob_chunk_size=cfg.optim.logprob_chunk_size, padding_free=cfg.optim.padding_free)
+        learner = Learner(self.model, optimizer, scheduler, settings, ref_model=self.ref_model,
+                          lr_controller=self._build_lr_controller())
+        self.dist.wrap_learner(learner)  # DDP / DeepSpeed (no-op in a single process)
+        return learner
 
     def _build_lr_controller(self):
         from rlpost.algos.lr_controllers import LR_CONTROLLERS
@@ -157,6 +168,7 @@ class Trainer:
         for _ in bar:
             start = time.perf_counter()
             trajectories, gen_metrics = self.generate()                   # rollout + score (+ dynamic sampling)
+            trajectories = self.dist.local_groups(trajectories)           # replicated rollouts: this rank's groups
             batch = collate(trajectories, self.tokenizer.pad_token_id, cfg.algo.mask_truncated_completions)
             fixed = self.learner.prepare(batch)                          # old / reference log-probs
             extras = self.method_extras(batch, fixed, trajectories)
@@ -164,10 +176,10 @@ class Trainer:
             update_metrics = self.learner.update(batch, advantages, fixed, extras.loss_rows, extras.loss_step)
             for method in self.methods.values():
                 update_metrics.update(method.after_update(self, batch, fixed, trajectories, update_metrics))
-            self.engine.load_weights(self.model.named_parameters()) if self.engine_needs_sync else None
             self.step += 1
+            self.dist.sync_engine(self.engine, self.model) if self.engine_needs_sync else None
             last = {"step": self.step, **gen_metrics, **adv_metrics, **update_metrics,
-                    "tokens": int(sum(len(s.completion_ids) for t in trajectories for s in t.samples)),
+                    "tokens": self.dist.global_count(int(sum(len(s.completion_ids) for t in trajectories for s in t.samples))),
                     "step_time": time.perf_counter() - start}
             last["perf/tokens_per_s"] = last["tokens"] / last["step_time"]
             if self._due(cfg.trainer.eval_steps) or self.step == cfg.trainer.max_steps:
@@ -208,26 +220,30 @@ class Trainer:
         kept: list[Trajectory] = []
         metrics: dict = {}
         rounds = 1 + (a.max_refill_rounds if a.dynamic_sampling else 0)
-        groups_needed = r.prompts_per_step
+        groups_needed = target = self.dist.local_prompt_count(r.prompts_per_step)  # this rank's groups
         for round_ in range(rounds):
-            prompts = [self.train_prompts[i] for i in self.sampler.next_indices(groups_needed)]
+            prompts = [self.train_prompts[i] for i in self.dist.draw(self.sampler, groups_needed)]
+            if not prompts:  # several ranks: this one is full while others refill (their draws stay in lockstep)
+                if self.dist.done(groups_needed):
+                    break
+                continue
             trajs = self.workflow.rollout(prompts, self.sampling_params("rollout", round_))
             for t in trajs:  # groups of different refill rounds never merge
                 t.group_id += round_ * len(self.train_prompts)
             component_metrics = self.score(trajs)
-            if round_ == 0:
-                metrics = self._rollout_metrics(trajs, component_metrics)
+            if round_ == 0:  # over all ranks' trajectories
+                metrics = self._rollout_metrics(*self.dist.gather_for_metrics(trajs, component_metrics))
             if not a.dynamic_sampling:
                 return trajs, metrics
             rewards = torch.tensor([t.reward for t in trajs])
             keep = informative_groups(rewards, torch.tensor([t.group_id for t in trajs]))
             kept += [t for t, k in zip(trajs, keep.tolist()) if k]
-            groups_needed = r.prompts_per_step - len({t.group_id for t in kept})
-            if groups_needed <= 0:
+            groups_needed = target - len({t.group_id for t in kept})
+            if self.dist.done(groups_needed):
                 break
-        group_ids = sorted({t.group_id for t in kept})[: r.prompts_per_step]
+        group_ids = sorted({t.group_id for t in kept})[: target]
         kept = [t for t in kept if t.group_id in set(group_ids)]
-        metrics["dynamic_sampling/kept_groups"] = len(group_ids)
+        metrics["dynamic_sampling/kept_groups"] = self.dist.global_count(len(group_ids))
         metrics["dynamic_sampling/rounds"] = round_ + 1
         if not kept:  # every group was uninformative: train on the last round (zero advantages)
             kept = trajs
@@ -243,6 +259,10 @@ class Trainer:
         for i, t in enumerate(trajs):
             t.reward = totals[i]
             t.reward_components = {k: v[i] for k, v in components.items()}
+        # Rewards that are not per-trajectory functions (A²FM's APO needs the whole group): a workflow with
+        # score(trajs) -> {name: [float]} rewrites traj.reward from the above, adding its components.
+        if callable(getattr(self.workflow, "score", None)):
+            components = {**components, **self.workflow.score(trajs)}
         return components
 
     def _rollout_metrics(self, trajs, components) -> dict:
@@ -254,6 +274,8 @@ class Trainer:
         for name, vals in components.items():
             present = [v for v in vals if v is not None]
             m[f"reward/{name}/mean"] = float(np.mean(present)) if present else 0.0
+        if callable(getattr(self.workflow, "metrics", None)):  # workflow counters (apr/..., a2fm/...)
+            m.update(self.workflow.metrics(trajs))
         if self.cfg.trainer.log_completions:
             log.info("step %d sample: %r -> %r (reward %.2f)", self.step, trajs[0].prompt.text[-60:], trajs[0].final_text, trajs[0].reward)
         return m
@@ -264,6 +286,9 @@ class Trainer:
                              entropies=entropies, extra={"old_logprobs": fixed.get("old_logprobs"),
                                                          "sum_p_sq": fixed.get("sum_p_sq"),
                                                          "truncated": batch.truncated, **(extra or {})})
+        if batch.traj_index is not None and batch.traj_index.unique().numel() < len(batch):
+            # multi-call trajectories (APR trees): group stats over trajectories, each row gets its tree's advantage
+            return per_trajectory(self.advantage_fn, self.advantage_params, inp, batch.traj_index)
         return self.advantage_fn(inp, self.advantage_params)
 
     @torch.no_grad()
@@ -273,11 +298,13 @@ class Trainer:
         t = self.cfg.trainer
         params = dataclasses.replace(self.sampling_params("eval"), n=t.eval_num_generations,
                                      temperature=t.eval_temperature or 0.0)
-        trajs = self.workflow.rollout(self.eval_prompts, params)
+        trajs = getattr(self.workflow, "eval_rollout", self.workflow.rollout)(self.eval_prompts, params)
         components = self.score(trajs)
         first = components[self.cfg.rewards[0].name]
         metrics = {"eval/reward_mean": float(np.mean([tr.reward for tr in trajs])),
                    "eval/accuracy": float(np.mean([(v or 0.0) >= 1.0 for v in first]))}
+        if callable(getattr(self.workflow, "metrics", None)):
+            metrics.update({f"eval/{k}": v for k, v in self.workflow.metrics(trajs).items()})
         if t.eval_benchmarks:  # the same code path as `rlpost eval`
             if not hasattr(self, "benchmark_eval"):
                 from rlpost.eval.runner import PeriodicEval
@@ -294,6 +321,10 @@ class Trainer:
                 "lr_controller": self.learner.lr_controller.state_dict() if self.learner.lr_controller else None}
 
     def save(self) -> Path:
+        if self.dist.enabled:  # collective: rank 0 writes the checkpoint, every rank its RNG state / ZeRO shard
+            path = self.dist.save_checkpoint(self)
+            log.info("checkpoint written: %s", path) if self.dist.is_main else None
+            return path
         path = ckpt.save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.state(),
                                     keep=self.cfg.trainer.save_total_limit)
         log.info("checkpoint written: %s", path)
@@ -301,26 +332,30 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         from rlpost.models.loading import load_state_into
-        load_state_into(self.model, path / "model")
         state = ckpt.load_state(path)
-        self.learner.optimizer.load_state_dict(state["optimizer"])
+        if self.dist.enabled:
+            self.dist.load_model_and_optimizer(self, path, state)
+        else:
+            load_state_into(self.model, path / "model")
+            self.learner.optimizer.load_state_dict(state["optimizer"])
         self.learner.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         for name, method in self.methods.items():
             method.load_state_dict(state.get("methods", {}).get(name, {}))
         if self.learner.lr_controller is not None and state.get("lr_controller") is not None:
             self.learner.lr_controller.load_state_dict(state["lr_controller"])
-        ckpt.set_rng_state(state["rng"])
+        ckpt.set_rng_state(self.dist.rng_state(path, state))
         self.step = state["step"]
         if self.engine_needs_sync:
-            self.engine.load_weights(self.model.named_parameters())
+            self.dist.sync_engine(self.engine, self.model)
         log.info("resumed from %s at step %d", path, self.step)
 
     def finish(self, last: dict) -> dict:
         final = self.out / "final_model"
-        self.model.save_pretrained(final)
-        self.tokenizer.save_pretrained(final)
+        self.dist.save_final(self.model, self.tokenizer, final)  # rank 0; LoRA: adapter + merged/
         self.tracker.close()
+        if not self.dist.is_main:
+            return {"metrics": str(self.out / "metrics.jsonl"), "plot": None, "final_model": str(final), "last": last}
         plot = plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
         summary = {"metrics": str(self.out / "metrics.jsonl"), "plot": str(plot), "final_model": str(final),
                    "last": last}
@@ -329,6 +364,16 @@ class Trainer:
 
     def close(self) -> None:
         self.engine.close()
+        if hasattr(self, "dist"):
+            self.dist.close()
+
+    def _engine_failed(self, err) -> None:
+        """The engine failed mid-run (a vllm_server worker died, a weight sync timed out): checkpoint the last
+        finished step (the weight sync runs after its step is counted), so `resume_from_checkpoint=latest` goes
+        on from there; the error then propagates with the worker's log lines."""
+        if not hasattr(self, "tracker") or self.step == 0:  # during setup / before any step: nothing to save
+            return
+        err.checkpoint = self.save()
 
 
 def user_set_fields(section) -> dict:

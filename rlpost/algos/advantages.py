@@ -16,6 +16,7 @@ from rlpost.algos.core import ADVANTAGES, AdvantageInput, group_stats
 class GRPOAdvParams:
     scale_rewards: str = "group"   # "group" | "batch" | "none": the std that divides (R - mean_group)
     eps: float = 1e-4              # added to the std (TRL uses 1e-4)
+    std: str = "unbiased"          # "unbiased" (torch/TRL) | "population" (numpy; APR's TinyRL, A²FM's APO)
 
     def __post_init__(self):
         if self.scale_rewards is False or self.scale_rewards is None:
@@ -24,6 +25,8 @@ class GRPOAdvParams:
             self.scale_rewards = "group"
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"algo.scale_rewards must be group, batch or none, got {self.scale_rewards!r}")
+        if self.std not in ("unbiased", "population"):
+            raise ValueError(f"algo.advantage std must be unbiased or population, got {self.std!r}")
 
 
 def broadcast(seq_adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -41,16 +44,20 @@ def _sequence_metrics(seq_adv: torch.Tensor, rewards: torch.Tensor, group_ids: t
 def grpo(inp: AdvantageInput, params: GRPOAdvParams):
     """GRPO (Shao et al. 2024):  A_i = (R_i - mean_{j in g(i)} R_j) / (std_scale + eps).
 
-    std_scale is the unbiased std of i's group (``scale_rewards=group``), of the whole batch
-    (``batch``, as in REINFORCE++/Lite PPO), or 1 with eps=0 (``none``, Dr.GRPO).
+    std_scale is the std of i's group (``scale_rewards=group``), of the whole batch (``batch``, as in
+    REINFORCE++/Lite PPO), or 1 with eps=0 (``none``, Dr.GRPO). ``std``: the unbiased estimate
+    (divide by n-1, TRL) or the population std (divide by n: APR's TinyRL and A²FM's APO use numpy's).
     """
     rewards = inp.rewards.to(torch.float64)
-    mean, std, _ = group_stats(rewards, inp.group_ids)
+    mean, std, size = group_stats(rewards, inp.group_ids)
+    population = params.std == "population"
+    if population:  # sqrt(sum sq / n) = unbiased * sqrt((n-1)/n)
+        std = std * ((size - 1).clamp(min=0) / size).sqrt()
     centered = rewards - mean
     if params.scale_rewards == "group":
         seq_adv = centered / (std + params.eps)
     elif params.scale_rewards == "batch":
-        seq_adv = centered / (rewards.std() + params.eps)
+        seq_adv = centered / (rewards.std(correction=0 if population else 1) + params.eps)
     else:
         seq_adv = centered
     return broadcast(seq_adv.float(), inp.response_mask), _sequence_metrics(seq_adv, rewards, inp.group_ids)
@@ -72,3 +79,28 @@ def rloo(inp: AdvantageInput, params=None):
     mean, _, size = group_stats(rewards, inp.group_ids)
     seq_adv = torch.where(size > 1, size / (size - 1).clamp(min=1) * (rewards - mean), torch.zeros_like(rewards))
     return broadcast(seq_adv.float(), inp.response_mask), _sequence_metrics(seq_adv, rewards, inp.group_ids)
+
+
+def per_trajectory(fn, params, inp: AdvantageInput, traj_index: torch.Tensor):
+    """Run a sequence-level estimator with ONE reward per trajectory, then give every row (sample) of a
+    trajectory that trajectory's advantage:  A_row = A_traj(row), broadcast over the row's mask.
+
+    For multi-call rollouts (APR: one trajectory = a call tree, one row per call) the rows repeat the
+    tree's reward, so row-level group statistics would weight a tree by its number of calls; here the
+    group mean/std are over trees, as in TinyRL. ``fn`` sees one row per trajectory (rewards, group ids,
+    a [N,1] mask of ones, ``truncated`` = any call truncated, and the non-tensor extras); per-token
+    inputs (entropies, old log-probs) are not available, so token-level estimators are not supported
+    on multi-call trajectories. Trajectories without rows (no sample) do not enter the statistics.
+    """
+    _, inv = torch.unique(traj_index, return_inverse=True)
+    num = int(inv.max().item()) + 1 if inv.numel() else 0
+    rows = torch.arange(len(traj_index))
+    first = torch.zeros(num, dtype=torch.long).scatter_reduce(0, inv, rows, reduce="amin", include_self=False)
+    extra = {k: v for k, v in inp.extra.items() if not isinstance(v, torch.Tensor)}
+    truncated = inp.extra.get("truncated")
+    if isinstance(truncated, torch.Tensor):
+        extra["truncated"] = torch.zeros(num, dtype=torch.bool).index_put_((inv,), truncated.bool(), accumulate=True)
+    traj_inp = AdvantageInput(rewards=inp.rewards[first], group_ids=inp.group_ids[first],
+                              response_mask=torch.ones(num, 1, dtype=inp.response_mask.dtype), entropies=None, extra=extra)
+    adv, metrics = fn(traj_inp, params)
+    return broadcast(adv[:, 0][inv], inp.response_mask), metrics

@@ -95,6 +95,12 @@ class WorkerHandle:
             self.process.wait(timeout=10)
 
 
+def stop_workers(handles: list[WorkerHandle], timeout_s: float = 30.0) -> None:
+    """Stop several workers at once (each shuts its engine down in parallel with the others)."""
+    with ThreadPoolExecutor(max_workers=max(1, len(handles))) as pool:
+        list(pool.map(lambda h: h.stop(timeout_s), handles))
+
+
 _STARTED: list[WorkerHandle] = []
 
 
@@ -367,11 +373,10 @@ class VLLMServerEngine:
                     pass
             self.comm.close()
             self.comm = None
-        for handle in self.workers:
-            try:
-                handle.stop()
-            except Exception:  # pragma: no cover
-                pass
+        try:
+            stop_workers(self.workers)
+        except Exception:  # pragma: no cover
+            pass
         self.pool.shutdown(wait=False)
         for s in self.sessions:
             s.close()

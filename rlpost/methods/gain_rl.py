@@ -124,9 +124,13 @@ class GainRLMethod(MethodHooks):
         self._angle_n += angles.numel()
 
     def after_update(self, trainer, batch, fixed, trajectories, metrics: dict) -> dict:
-        correct = [float((t.reward_components.get(self.reward_name) or 0.0) >= 1.0) for t in trajectories]
-        accuracy = sum(correct) / max(len(correct), 1)
-        angle = self._angle_sum / max(self._angle_n, 1)
+        correct = sum(float((t.reward_components.get(self.reward_name) or 0.0) >= 1.0) for t in trajectories)
+        sums = torch.tensor([correct, len(trajectories), self._angle_sum, self._angle_n], dtype=torch.float64)
+        dist = getattr(trainer, "dist", None)
+        if dist is not None:   # several learner processes: every rank updates mu with the global numbers (lockstep)
+            sums = dist.all_reduce_sum(sums)
+        correct, count, angle_sum, angle_n = sums.tolist()
+        accuracy, angle = correct / max(count, 1), angle_sum / max(angle_n, 1)
         self._angle_sum, self._angle_n = 0.0, 0
         out = trainer.sampler.update({"accuracy": accuracy, "angle": angle})
         return {**trainer.sampler.metrics(), **out}

@@ -55,6 +55,9 @@ def validate(cfg) -> None:
     if proc == "hapo_temperature":
         params_of(LOGITS_PROCESSORS, cfg.rollout.logits_processor, "rollout.logits_processor",
                   shared={"temperature": cfg.rollout.temperature})
+        if cfg.rollout.engine == "vllm_server":
+            raise ConfigError("rollout.logits_processor hapo_temperature runs in the engine's sampler as Python code; "
+                              "rollout.engine=vllm_server workers cannot run it: use rollout.engine vllm (colocated) or hf")
         if cfg.rollout.temperature == 0:
             raise ConfigError("rollout.logits_processor hapo_temperature scales the sampling temperature, "
                               "but rollout.temperature is 0 (greedy): set a base temperature > 0 (HAPO: 1.0)")

@@ -37,9 +37,13 @@ def load_model(path: str, model_cfg, device: str = "auto", frozen: bool = False)
     kwargs.setdefault("dtype", _DTYPES[model_cfg.dtype])
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
+    from rlpost.models.lora import lora_enabled, quantization_kwargs
+    quant = quantization_kwargs(model_cfg, pick_device(device)) if not frozen else {}  # QLoRA: 4-bit base weights
+    kwargs.update(quant)
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code,
                                                  revision=model_cfg.revision, **kwargs)
-    model.to(pick_device(device))
+    if not quant:
+        model.to(pick_device(device))
     if frozen:
         model.eval().requires_grad_(False)
     else:
@@ -47,10 +51,16 @@ def load_model(path: str, model_cfg, device: str = "auto", frozen: bool = False)
         if model_cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
+        if lora_enabled(model_cfg):  # model.lora: a peft model whose adapters are the only trainable weights
+            from rlpost.models.lora import apply_lora
+            model = apply_lora(model, model_cfg)
     return model
 
 
 def load_state_into(model, path: str | Path) -> None:
     """Load saved weights into an existing model object (keeps the optimizer's parameter identity)."""
+    from rlpost.models.lora import is_peft_model, load_adapter_state_into
+    if is_peft_model(model):  # a LoRA checkpoint holds the adapter only
+        return load_adapter_state_into(model, path)
     fresh = AutoModelForCausalLM.from_pretrained(str(path), dtype=next(model.parameters()).dtype)
     model.load_state_dict(fresh.state_dict())

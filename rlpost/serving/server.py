@@ -21,8 +21,6 @@ Every engine call runs on one dedicated thread (vLLM is not thread-safe, and on 
 OpenMP pool to cores), so requests are served one at a time while /health and /log_tail stay responsive.
 A failing call answers 500 with ``{"error": ...}`` and writes the traceback to the log.
 """
-from __future__ import annotations
-
 import asyncio
 import hmac
 import logging
@@ -118,7 +116,7 @@ class Worker:
             self.pool.shutdown(wait=False)
 
 
-def create_app(worker: Worker):
+def create_app(worker: "Worker"):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 

@@ -227,13 +227,15 @@ def apo_advantages(rewards: list[float], eps: float = 1e-6) -> list[float]:
 
 
 def score_apo_group(trajectories: list[Trajectory], judge: Callable = exact_match, alpha: float = 2.0,
-                    answer_key: str = "answer") -> list[float]:
+                    answer_key: str = "answer", accuracies: list[float] | None = None) -> list[float]:
     """Score one query's mixed group in place (``reward``, ``reward_components``) and return R.
 
-    r_acc = judge(final_text, prompt.columns[answer_key]); r_fmt = info["format_ok"];
+    r_acc = ``accuracies[j]`` when given (the trainer passes the configured reward functions' totals),
+    else judge(final_text, prompt.columns[answer_key]); r_fmt = info["format_ok"];
     p = :func:`apo_easiness` of the forced instant rollouts; R = :func:`apo_reward`.
     """
-    accs = [float(judge(t.final_text, t.prompt.columns.get(answer_key))) for t in trajectories]
+    accs = ([float(a) for a in accuracies] if accuracies is not None else
+            [float(judge(t.final_text, t.prompt.columns.get(answer_key))) for t in trajectories])
     fmts = [float(bool(t.info.get("format_ok"))) for t in trajectories]
     p = apo_easiness([a * f for a, f, t in zip(accs, fmts, trajectories)
                       if t.info.get("forced") and t.info.get("mode") == "instant"])
@@ -241,19 +243,21 @@ def score_apo_group(trajectories: list[Trajectory], judge: Callable = exact_matc
     for t, a, f in zip(trajectories, accs, fmts):
         adaptive = not t.info.get("forced")
         t.reward = apo_reward(a, f, t.info.get("mode"), adaptive, p, alpha)
-        t.reward_components = {"acc": a, "format": f, "easiness": p,
+        t.reward_components = {**t.reward_components, "acc": a, "format": f, "easiness": p,
                                "adaptive_factor": apo_reward(1, 1, t.info.get("mode"), adaptive, p, alpha)}
         out.append(t.reward)
     return out
 
 
-def score_apo_batch(trajectories: list[Trajectory], judge: Callable = exact_match, alpha: float = 2.0) -> list[float]:
+def score_apo_batch(trajectories: list[Trajectory], judge: Callable = exact_match, alpha: float = 2.0,
+                    accuracies: list[float] | None = None) -> list[float]:
     """:func:`score_apo_group` for every group_id of a batch; rewards in batch order."""
-    groups: dict[int, list[Trajectory]] = {}
-    for t in trajectories:
-        groups.setdefault(t.group_id, []).append(t)
-    for g in groups.values():
-        score_apo_group(g, judge, alpha)
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(trajectories):
+        groups.setdefault(t.group_id, []).append(i)
+    for idx in groups.values():
+        score_apo_group([trajectories[i] for i in idx], judge, alpha,
+                        accuracies=None if accuracies is None else [accuracies[i] for i in idx])
     return [t.reward for t in trajectories]
 
 
@@ -262,7 +266,8 @@ def score_apo_batch(trajectories: list[Trajectory], judge: Callable = exact_matc
 @dataclass
 class A2FMParams:
     rho: int = 3                       # forced rollouts per mode (secondary source; the figure draws 2)
-    gamma: int = 3                     # adaptive rollouts per query
+    gamma: int | None = None           # adaptive rollouts per query; None: rollout.num_generations (params.n)
+    alpha: float = 2.0                 # APO cost exponent: adaptive non-instant rewards x (1 - p^alpha)
     max_turns: int = 8                 # tool rounds per agentic rollout (A²FM inference default: 60 steps)
     tools: tuple = ("python", "calculator", "search")
     tool_timeout_s: float = 5.0        # per python call (A²FM's nsjail: 5 s CPU)
@@ -270,6 +275,7 @@ class A2FMParams:
     max_tool_output_chars: int = 2000  # per call, before it is appended to the context
     max_context: int | None = None     # prompt + turn tokens; each call's max_tokens is clamped
     tool_workers: int = 4              # sandboxes run in parallel across rollouts
+    justifications: dict | None = None  # mode -> routing sentence of forced prefixes (None: JUSTIFICATIONS)
 
 
 @dataclass(eq=False)
@@ -303,42 +309,68 @@ class _Rollout:
 
 
 class A2FMWorkflow:
-    """Roll out A²FM groups: ``rho`` forced rollouts per mode + ``n`` (default ``gamma``) adaptive.
+    """Roll out A²FM groups: ``rho`` forced rollouts per mode + ``gamma`` (default ``params.n``) adaptive.
 
-        wf = A2FMWorkflow(engine, tokenizer, SamplingParams(temperature=1.0, max_tokens=2048))
-        trajs = wf.rollout(prompts)                     # per prompt: 3*rho forced + gamma adaptive
-        score_apo_batch(trajs)                          # fills t.reward (needs prompt.columns["answer"])
+        wf = A2FMWorkflow(engine, tokenizer, rho=3)                 # as the trainer builds it (A2FMParams)
+        trajs = wf.rollout(prompts, SamplingParams(n=3, temperature=1.0, max_tokens=2048))
+        score_apo_batch(trajs)              # fills t.reward (needs prompt.columns["answer"]); or wf.score(trajs)
         # group_id = prompt.id for all of them: GRPO's group normalisation IS the mixed group
 
     ``Prompt.text`` must already contain the mode specification (see :func:`a2fm_messages`) and end
     where the assistant turn starts. ``prompt.columns["corpus"]`` (list of documents) feeds ``search``.
 
-    ``sampling.n`` is ignored and ``</tool_call>``, ``</answer>`` are added to the stop strings. Each
-    call continues from the token ids so far, so engines must keep a matched stop string at the end
-    of ``Sample.text`` and its tokens in ``completion_ids``.
+    Each engine call samples once (``n=1``) with ``params`` plus the stop strings ``</tool_call>`` and
+    ``</answer>``; a per-step ``params.seed`` is offset per round. Each call continues from the token ids
+    so far, so engines must keep a matched stop string at the end of ``Sample.text`` and its tokens in
+    ``completion_ids``.
+
+    Trainer hooks (all optional for a workflow, used by :class:`rlpost.trainer.Trainer`):
+
+    * :meth:`score`: APO. The configured reward functions give r_acc per rollout (``traj.reward``, e.g.
+      ``rewards: [a2fm_exact_match]``); ``score`` turns it into R = r_acc · r_fmt · r_adaptive with the
+      group's easiness p, and returns the extra components.
+    * :meth:`metrics`: ``a2fm/...`` (routing share, accuracy per mode, tokens and cost per correct).
+    * :meth:`eval_rollout`: evaluation rolls out adaptive rollouts only (the deployed policy).
     """
 
-    def __init__(self, engine, tokenizer, sampling: SamplingParams, rho: int = 3, gamma: int = 3, max_turns: int = 8,
-                 tools=("python", "calculator", "search"), tool_timeout_s: float = 5.0, tool_memory_mb: int = 256,
-                 max_tool_output_chars: int = 2000, max_context: int | None = None, tool_workers: int = 4,
-                 justifications: dict[str, str] | None = None):
+    def __init__(self, engine, tokenizer, rho: int = 3, gamma: int | None = None, alpha: float = 2.0,
+                 max_turns: int = 8, tools=("python", "calculator", "search"), tool_timeout_s: float = 5.0,
+                 tool_memory_mb: int = 256, max_tool_output_chars: int = 2000, max_context: int | None = None,
+                 tool_workers: int = 4, justifications: dict[str, str] | None = None):
         self.engine, self.tokenizer = engine, tokenizer
-        self.sampling = dataclasses.replace(sampling, n=1, stop=list(sampling.stop) + [CALL_CLOSE, ANSWER_CLOSE])
-        self.rho, self.gamma, self.max_turns, self.tools = rho, gamma, max_turns, tuple(tools)
+        self.rho, self.gamma, self.alpha, self.max_turns, self.tools = rho, gamma, alpha, max_turns, tuple(tools)
         self.tool_timeout_s, self.tool_memory_mb = tool_timeout_s, tool_memory_mb
         self.max_tool_output_chars, self.max_context, self.tool_workers = max_tool_output_chars, max_context, tool_workers
         self.justifications = justifications
 
-    def rollout(self, prompts: list[Prompt], n: int | None = None, forced_per_mode: int | None = None) -> list[Trajectory]:
+    def rollout(self, prompts: list[Prompt], params: SamplingParams, forced_per_mode: int | None = None) -> list[Trajectory]:
         """Per prompt (prompt-major): ``forced_per_mode`` (default rho) forced rollouts of each mode in
-        MODES order, then ``n`` (default gamma) adaptive ones. ``forced_per_mode=0`` for evaluation."""
+        MODES order, then ``gamma`` (default ``params.n``) adaptive ones. ``forced_per_mode=0``: adaptive only."""
         rho = self.rho if forced_per_mode is None else forced_per_mode
-        gamma = self.gamma if n is None else n
+        gamma = self.gamma if self.gamma is not None else params.n
         plan = [m for m in MODES for _ in range(rho)] + [None] * gamma
-        return self.run([(p, m) for p in prompts for m in plan])
+        return self.run([(p, m) for p in prompts for m in plan], params)
 
-    def run(self, jobs: list[tuple[Prompt, str | None]]) -> list[Trajectory]:
+    def eval_rollout(self, prompts: list[Prompt], params: SamplingParams) -> list[Trajectory]:
+        """Trainer hook for evaluation: ``params.n`` adaptive rollouts per prompt, no forced ones."""
+        plan = [None] * params.n
+        return self.run([(p, m) for p in prompts for m in plan], params)
+
+    def score(self, trajectories: list[Trajectory]) -> dict[str, list[float]]:
+        """Trainer hook: APO rewards from the reward functions' r_acc (``traj.reward`` on entry), per group."""
+        score_apo_batch(trajectories, alpha=self.alpha, accuracies=[t.reward for t in trajectories])
+        keys = ("acc", "format", "easiness", "adaptive_factor")
+        return {f"apo/{k}": [t.reward_components[k] for t in trajectories] for k in keys}
+
+    def metrics(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        """Trainer hook: :func:`a2fm_metrics` of a scored batch."""
+        return a2fm_metrics(trajectories)
+
+    def run(self, jobs: list[tuple[Prompt, str | None]], params: SamplingParams | None = None) -> list[Trajectory]:
         """One rollout per (prompt, forced mode or None for adaptive)."""
+        params = params or SamplingParams()
+        self.sampling = dataclasses.replace(params, n=1, stop=list(params.stop) + [CALL_CLOSE, ANSWER_CLOSE])
+        self._round = 0
         contexts: dict[int, ToolContext] = {}
         states = []
         for prompt, forced in jobs:
@@ -373,6 +405,7 @@ class A2FMWorkflow:
                     st.turns += 1
                     st.tool_calls += len(calls) if isinstance(calls, list) else 1
                 active = [st for st, _ in needs_tools]
+                self._round += 1
         return [self._trajectory(st) for st in states]
 
     def _encode(self, text: str) -> list[int]:
@@ -388,8 +421,9 @@ class A2FMWorkflow:
             idx = [i for i, c in enumerate(caps) if c == cap]
             for i in idx:
                 active[i].input_tokens += len(contexts[i])
+            seed = None if self.sampling.seed is None else self.sampling.seed + 1_000_003 * self._round + cap
             samples = self.engine.generate([GenRequest(contexts[i], {"mode": active[i].mode}) for i in idx],
-                                           dataclasses.replace(self.sampling, max_tokens=cap))
+                                           dataclasses.replace(self.sampling, max_tokens=cap, seed=seed))
             for i, s in zip(idx, samples):
                 out[i] = s
         return out

@@ -348,11 +348,12 @@ def apr_trace(target: int, nums, rng: random.Random, beam_size: int | None = Non
 
 def sos_trace(target: int, nums, rng: random.Random, beam_size: int | None = None, p_sub: float = 0.5,
               budget: str | None = None, count_tokens: Callable[[str], int] | None = None,
-              heuristic=mult_heuristic) -> SearchTree:
+              heuristic=mult_heuristic, budget_bin: int = 512, budget_cap: int | None = 4096) -> SearchTree:
     """A serial SoS+ trace (one call, no spawns), from the same root prompt as APR.
 
     ``p_sub`` is the chance that a node's successors get inline sub-searches (``sosp`` default 0.5);
-    ``budget="tokens"`` prefixes ``Token Budget: n `` in 512-token bins capped at 4096.
+    ``budget="tokens"`` prefixes ``Token Budget: n `` in ``budget_bin``-token bins capped at ``budget_cap``
+    (the paper: 512 and 4096; a miniature with short traces uses smaller bins).
     """
     beam = beam_size or rng.randint(1, 5)
     start = _Node("0", list(nums), [], heuristic(nums, target))
@@ -362,7 +363,8 @@ def sos_trace(target: int, nums, rng: random.Random, beam_size: int | None = Non
     if budget == "tokens":
         if count_tokens is None:
             raise ValueError("budget='tokens' needs count_tokens")
-        _apply_prefix(tree, f"Token Budget: {token_budget_bin(count_tokens(tree.final_text))} ", True)
+        n_tokens = count_tokens(tree.final_text)
+        _apply_prefix(tree, f"Token Budget: {token_budget_bin(n_tokens, budget_bin, budget_cap)} ", True)
     elif budget is not None:
         raise ValueError(f"sos_trace budget must be None or 'tokens', got {budget!r}")
     return tree
@@ -715,6 +717,7 @@ class _Tree:
     total_tokens: int = 0
     threads: int = 1
     repairs: int = 0
+    max_call: int = 0           # longest prompt + completion of any call (the context the tree needed)
     root: _Thread | None = None
     wall: float = 0.0
 
@@ -722,13 +725,15 @@ class _Tree:
 class AprWorkflow:
     """Roll out APR call trees.
 
-        wf = AprWorkflow(engine, tokenizer, SamplingParams(temperature=1.0, max_tokens=4096))
-        trajs = wf.rollout(prompts, n=5)     # len(prompts) * 5 trees, prompt-major
-        rewards = [countdown_reward(t.final_text, t.prompt.text) for t in trajs]
+        wf = AprWorkflow(engine, tokenizer, max_depth=1)           # as the trainer builds it (AprParams)
+        trajs = wf.rollout(prompts, SamplingParams(n=5, temperature=1.0, max_tokens=4096))
+        rewards = [countdown_reward(t.final_text, t.prompt.text) for t in trajs]   # or REWARDS "apr_countdown"
 
-    ``sampling.n`` is ignored (each call samples once; ``n`` trees per prompt come from ``rollout``),
-    and ``<Sub Searches>`` is added to its stop strings. Engines must keep a matched stop string at
-    the end of ``Sample.text`` (as :class:`~rlpost.engines.base.SamplingParams` specifies).
+    ``params.n`` trees per prompt (prompt-major, ``group_id = prompt.id``); each engine call samples once
+    (``n=1``) with ``params`` plus the stop string ``<Sub Searches>``; ``params.max_tokens`` caps every call
+    (clamped further by ``max_context``). A per-step ``params.seed`` is offset by the round number, so the
+    rounds of one rollout draw different random streams. Engines must keep a matched stop string at the
+    end of ``Sample.text`` (as :class:`~rlpost.engines.base.SamplingParams` specifies).
 
     Every pending call of every tree goes into one ``engine.generate`` per round, so all children
     of a spawn are decoded together, each from its own short context. Each engine call becomes
@@ -736,21 +741,28 @@ class AprWorkflow:
     join block, so the loss mask covers exactly the call's own tokens); ``sample_weights`` are
     1/S for the S calls of a tree. ``info`` holds ``calls``, ``threads``, ``total_tokens`` (all
     generated tokens), ``sequential_tokens`` (longest causal chain: a spawn adds only its longest
-    child), ``wall_time_s``, ``errors``, ``repairs`` and ``call_depths``.
+    child), ``max_call_tokens`` (the longest prompt + completion of any call: the context the tree
+    needed), ``wall_time_s``, ``errors``, ``repairs`` and ``call_depths``.
+
+    Trainer hooks: :meth:`metrics` (``apr/...`` per step). The reward is per tree (``apr_countdown``
+    in :data:`rlpost.rewards.REWARDS`); the trainer computes group statistics per tree and gives every
+    call the tree's advantage (see ``Trainer.compute_advantages``).
     """
 
-    def __init__(self, engine, tokenizer, sampling: SamplingParams, max_depth: int = 1, max_threads: int = 10,
+    def __init__(self, engine, tokenizer, max_depth: int = 1, max_threads: int = 10,
                  max_calls_per_thread: int = 8, max_context: int | None = None, max_repairs: int = 2,
                  add_special_tokens: bool = True):
         self.engine, self.tokenizer = engine, tokenizer
-        self.sampling = dataclasses.replace(sampling, n=1, stop=list(sampling.stop) + [JOIN_START])
         self.max_depth, self.max_threads = max_depth, max_threads
         self.max_calls_per_thread, self.max_context, self.max_repairs = max_calls_per_thread, max_context, max_repairs
         self.add_special_tokens = add_special_tokens
 
-    def rollout(self, prompts: list[Prompt], n: int) -> list[Trajectory]:
+    def rollout(self, prompts: list[Prompt], params: SamplingParams) -> list[Trajectory]:
+        """``params.n`` trees per prompt, prompt-major."""
+        self.sampling = dataclasses.replace(params, n=1, stop=list(params.stop) + [JOIN_START])
+        self._round = 0
         start = time.perf_counter()
-        trees = [_Tree(p, start) for p in prompts for _ in range(n)]
+        trees = [_Tree(p, start) for p in prompts for _ in range(params.n)]
         ready = []
         for i, tree in enumerate(trees):
             text = tree.prompt.text
@@ -762,7 +774,12 @@ class AprWorkflow:
             for th, sample in zip(batch, self._generate(batch, trees, ready)):
                 if sample is not None:
                     self._after_call(th, sample, trees, ready)
+            self._round += 1
         return [self._trajectory(t) for t in trees]
+
+    def metrics(self, trajectories: list[Trajectory]) -> dict[str, float]:
+        """Trainer hook: ``apr/...`` batch means, logged every step (and as ``eval/apr/...``)."""
+        return apr_metrics(trajectories)
 
     # ------------------------------------------------------------------ one round
 
@@ -778,7 +795,8 @@ class AprWorkflow:
         for cap in sorted({c for c in caps if c > 0}):
             idx = [i for i, c in enumerate(caps) if c == cap]
             requests = [GenRequest(ids[i], {"tree": batch[i].tree, "depth": batch[i].depth}) for i in idx]
-            samples = self.engine.generate(requests, dataclasses.replace(self.sampling, max_tokens=cap))
+            seed = None if self.sampling.seed is None else self.sampling.seed + 1_000_003 * self._round + cap
+            samples = self.engine.generate(requests, dataclasses.replace(self.sampling, max_tokens=cap, seed=seed))
             for i, s in zip(idx, samples):
                 out[i] = s
         return out
@@ -787,6 +805,7 @@ class AprWorkflow:
         tree = trees[th.tree]
         n_tok = len(sample.completion_ids)
         tree.total_tokens += n_tok
+        tree.max_call = max(tree.max_call, len(sample.prompt_ids) + n_tok)
         th.own_tokens += n_tok
         text = sample.text
         if text.endswith(JOIN_START):
@@ -845,6 +864,7 @@ class AprWorkflow:
             final_text=root.trace or root.prompt, sample_weights=[1.0 / s] * s if s else [],
             info={"calls": s, "threads": tree.threads, "total_tokens": tree.total_tokens,
                   "sequential_tokens": root.own_tokens, "wall_time_s": tree.wall, "errors": tree.errors,
+                  "max_call_tokens": tree.max_call,
                   "repairs": tree.repairs, "call_depths": tree.depths})
 
 
@@ -859,5 +879,6 @@ def apr_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
 
     return {"apr/calls": mean("calls"), "apr/children": mean("threads") - 1,
             "apr/total_tokens": mean("total_tokens"), "apr/sequential_tokens": mean("sequential_tokens"),
+            "apr/max_call_tokens": mean("max_call_tokens"),
             "apr/wall_time_s": mean("wall_time_s"),
             "apr/error_rate": sum(bool(t.info.get("errors")) for t in trajectories) / k}

@@ -142,8 +142,8 @@ def test_score_group_forced_and_adaptive_normalised_together():
 
 def test_forced_prefix_is_masked_and_tool_output_is_masked():
     engine = ScriptedEngine(policy)
-    wf = A2FMWorkflow(engine, CharTokenizer(), SP, rho=1, gamma=1)
-    trajs = wf.rollout([prompt(5)])
+    wf = A2FMWorkflow(engine, CharTokenizer(), rho=1, gamma=1)
+    trajs = wf.rollout([prompt(5)], SP)
     assert [(t.info["mode"], t.info["forced"]) for t in trajs] == [
         ("instant", True), ("reasoning", True), ("agentic", True), ("instant", False)]
     assert {t.group_id for t in trajs} == {5}
@@ -174,8 +174,8 @@ def test_forced_prefix_is_masked_and_tool_output_is_masked():
 
 def test_adaptive_rollouts_score_and_metrics():
     engine = ScriptedEngine(policy)
-    wf = A2FMWorkflow(engine, CharTokenizer(), SP, rho=1, gamma=2)
-    trajs = wf.rollout([prompt(0), prompt(1, "INVALID question")])
+    wf = A2FMWorkflow(engine, CharTokenizer(), rho=1, gamma=2)
+    trajs = wf.rollout([prompt(0), prompt(1, "INVALID question")], SP)
     rewards = score_apo_batch(trajs)
     # query 0: forced instant wrong (p = 0) -> forced [0, 1, 1], adaptive instant right [1, 1]
     # query 1: same forced; adaptive routes to an unknown label -> format 0 -> [0, 0]
@@ -193,14 +193,14 @@ def test_adaptive_rollouts_score_and_metrics():
 
 def test_tool_loop_limits_and_errors_never_crash():
     engine = ScriptedEngine(policy)
-    wf = A2FMWorkflow(engine, CharTokenizer(), SP, max_turns=2)
-    loop, bad = wf.run([(prompt(0, "LOOP"), "agentic"), (prompt(1, "BADJSON"), "agentic")])
+    wf = A2FMWorkflow(engine, CharTokenizer(), max_turns=2)
+    loop, bad = wf.run([(prompt(0, "LOOP"), "agentic"), (prompt(1, "BADJSON"), "agentic")], SP)
     assert loop.info["turns"] == 2 and loop.final_text == "" and not loop.info["format_ok"]
     assert loop.samples[0].text.count("<tool_response>") == 2 and loop.info["engine_calls"] == 3
     assert "Error: the tool call could not be parsed" in bad.info["text"] and bad.final_text == "42"
     # tools only run in agentic mode: a reasoning rollout that emits a tool call just ends
     eng2 = ScriptedEngine(lambda c: "<reasoning>r</reasoning><tool_call>{}</tool_call>")
-    [t] = A2FMWorkflow(eng2, CharTokenizer(), SP).run([(prompt(2), "reasoning")])
+    [t] = A2FMWorkflow(eng2, CharTokenizer()).run([(prompt(2), "reasoning")], SP)
     assert t.info["turns"] == 0 and not t.info["format_ok"] and len(eng2.calls) == 1
 
 
@@ -214,8 +214,8 @@ def test_search_tool_uses_task_corpus_and_registry():
 
     entry = WORKFLOWS.entry("a2fm")
     assert entry.fn is A2FMWorkflow and entry.params is A2FMParams
-    wf = entry.fn(ScriptedEngine(respond), CharTokenizer(), SP, **vars(A2FMParams()))
-    [t] = wf.run([(prompt(0, corpus=corpus), "agentic")])
+    wf = entry.fn(ScriptedEngine(respond), CharTokenizer(), **vars(A2FMParams()))
+    [t] = wf.run([(prompt(0, corpus=corpus), "agentic")], SP)
     assert "[1] Answer\nThe answer to the ultimate question is 42." in t.info["text"]
     response = "\n<tool_response>" + t.info["text"].split("<tool_response>")[1].split("</tool_response>")[0] \
         + "</tool_response>\n"

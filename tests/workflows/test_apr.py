@@ -65,7 +65,9 @@ def oracle_engine(trees):
     return ScriptedEngine(lambda p: table[p])
 
 
-SP = SamplingParams(temperature=1.0, max_tokens=100_000)
+def sp(n):
+    """The trainer's per-step params: n trees per prompt."""
+    return SamplingParams(n=n, temperature=1.0, max_tokens=100_000, seed=0)
 
 
 # ----------------------------------------------------------------------- (a) solver traces
@@ -173,8 +175,8 @@ def scripted_tree_engine(root=ROOT):
 
 def test_rollout_spawn_join_masks_and_weights():
     engine = scripted_tree_engine()
-    wf = AprWorkflow(engine, CharTokenizer(), SP)
-    [traj] = wf.rollout([Prompt(id=7, text=ROOT)], n=1)
+    wf = AprWorkflow(engine, CharTokenizer())
+    [traj] = wf.rollout([Prompt(id=7, text=ROOT)], sp(1))
     # three engine calls: root, the two children together (each with only its own context), the continuation
     assert engine.calls == [[ROOT], [C0, C1], [ROOT + R1 + JOIN]]
     tok = CharTokenizer()
@@ -198,7 +200,7 @@ def test_shared_reward_weighting_is_one_over_calls_per_tree():
     serial_root = "Sub Call Budget: 0 " + ROOT
     tree_engine = scripted_tree_engine()
     engine = ScriptedEngine(lambda p: "\nNo solution found.\n" if p == serial_root else tree_engine.respond(p))
-    trajs = AprWorkflow(engine, CharTokenizer(), SP).rollout([Prompt(0, ROOT), Prompt(1, serial_root)], n=2)
+    trajs = AprWorkflow(engine, CharTokenizer()).rollout([Prompt(0, ROOT), Prompt(1, serial_root)], sp(2))
     assert [t.group_id for t in trajs] == [0, 0, 1, 1]
     # a tree of S calls gives each call weight 1/S, so every tree carries total weight 1
     assert [t.sample_weights for t in trajs] == [[0.25] * 4, [0.25] * 4, [1.0], [1.0]]
@@ -210,7 +212,7 @@ def test_shared_reward_weighting_is_one_over_calls_per_tree():
 def test_budget_prefix_copied_to_children_only_for_token_budget():
     for root, child_gets in (("Token Budget: 1024 " + ROOT, "Token Budget: 1024 "), ("Sub Call Budget: 2 " + ROOT, "")):
         engine = scripted_tree_engine(root)
-        [traj] = AprWorkflow(engine, CharTokenizer(), SP).rollout([Prompt(0, root)], 1)
+        [traj] = AprWorkflow(engine, CharTokenizer()).rollout([Prompt(0, root)], sp(1))
         assert engine.calls[1] == [child_gets + C0, child_gets + C1]
         assert traj.sample_weights == [0.25] * 4 and countdown_reward(traj.final_text, root) == 1.0
 
@@ -224,7 +226,7 @@ def test_oracle_engine_reproduces_solver_trees_including_nesting():
         trees.append(tree)
         prompts.append(Prompt(i, tree.calls[0][0]))
     engine = oracle_engine(trees)
-    trajs = AprWorkflow(engine, CharTokenizer(), SP, max_depth=2).rollout(prompts, n=1)
+    trajs = AprWorkflow(engine, CharTokenizer(), max_depth=2).rollout(prompts, sp(1))
     tok = CharTokenizer()
     for tree, traj in zip(trees, trajs):
         got = Counter((tok.decode(s.prompt_ids), s.text) for s in traj.samples)
@@ -244,7 +246,7 @@ def test_malformed_model_output_in_rollout_does_not_crash():
         "Token Budget: 512 " + ROOT: R1 + SPAWN,                                                    # 2 > max_threads
     }
     engine = ScriptedEngine(lambda p: table[p])
-    trajs = AprWorkflow(engine, CharTokenizer(), SP, max_threads=1).rollout([Prompt(i, p) for i, p in enumerate(table)], 1)
+    trajs = AprWorkflow(engine, CharTokenizer(), max_threads=1).rollout([Prompt(i, p) for i, p in enumerate(table)], sp(1))
     assert [t.info["errors"] for t in trajs] == [[(0, "missing_end")], [(0, "unknown_node")], [(0, "too_many_threads")]]
     for t in trajs:
         assert len(t.samples) == 1 and t.sample_weights == [1.0]
@@ -257,7 +259,7 @@ def test_child_errors_become_no_solution_and_parent_continues():
         "<Calling Sub Searches>\n<Start Sub Search 0 at level 2> Moving to Node #0,0,0\n<End Calling Sub Searches>\n"
     join = render_join(["0,0", "0,1"], [None, None], 1)
     table = {ROOT: R1 + SPAWN, C0: bad_child, C1: C1_OUT, ROOT + R1 + join: "No solution found.\n"}
-    [traj] = AprWorkflow(ScriptedEngine(lambda p: table[p]), CharTokenizer(), SP).rollout([Prompt(0, ROOT)], 1)
+    [traj] = AprWorkflow(ScriptedEngine(lambda p: table[p]), CharTokenizer()).rollout([Prompt(0, ROOT)], sp(1))
     assert traj.info["errors"] == [(1, "depth_exceeded")]
     assert traj.final_text == ROOT + R1 + join + "No solution found.\n" and traj.sample_weights == [0.25] * 4
 
@@ -268,17 +270,37 @@ def test_fake_join_header_is_repaired_into_a_spawn():
     table = {ROOT: R1 + "<Sub Searches>\n<Goal Reached ...", repaired: "\n" + SPAWN.split("\n", 1)[1],
              C0: C0_OUT, C1: C1_OUT, ROOT + R1 + JOIN: R2}
     engine = ScriptedEngine(lambda p: table[p])
-    [traj] = AprWorkflow(engine, CharTokenizer(), SP).rollout([Prompt(0, ROOT)], 1)
+    [traj] = AprWorkflow(engine, CharTokenizer()).rollout([Prompt(0, ROOT)], sp(1))
     assert traj.info["repairs"] == 1 and traj.info["calls"] == 4   # the partial call is not a training sample
     assert CharTokenizer().decode(traj.samples[0].prompt_ids) == repaired
     assert countdown_reward(traj.final_text, ROOT) == 1.0
 
 
 def test_context_limit_and_registry():
-    [traj] = AprWorkflow(ScriptedEngine(lambda p: "x"), CharTokenizer(), SP, max_context=10).rollout([Prompt(0, ROOT)], 1)
+    [traj] = AprWorkflow(ScriptedEngine(lambda p: "x"), CharTokenizer(), max_context=10).rollout([Prompt(0, ROOT)], sp(1))
     assert traj.samples == [] and traj.info["errors"] == [(0, "context_exhausted")]
     entry = WORKFLOWS.entry("apr")
     assert entry.fn is AprWorkflow and entry.params is AprParams
-    wf = entry.fn(ScriptedEngine(lambda p: "\nNo solution found.\n"), CharTokenizer(), SP, **vars(AprParams()))
-    trajs = wf.rollout([Prompt(0, ROOT)], 3)
-    assert apr_metrics(trajs)["apr/calls"] == 1.0 and apr_metrics(trajs)["apr/error_rate"] == 0.0
+    wf = entry.fn(ScriptedEngine(lambda p: "\nNo solution found.\n"), CharTokenizer(), **vars(AprParams()))
+    trajs = wf.rollout([Prompt(0, ROOT)], sp(3))
+    assert len(trajs) == 3 and {t.group_id for t in trajs} == {0}
+    m = wf.metrics(trajs)
+    assert m == apr_metrics(trajs) and m["apr/calls"] == 1.0 and m["apr/error_rate"] == 0.0
+    assert m["apr/max_call_tokens"] == len(ROOT) + len("\nNo solution found.\n")
+
+
+def test_rollout_uses_per_call_params_and_per_round_seeds():
+    seen = []
+
+    class Recorder(ScriptedEngine):
+        def generate(self, requests, params):
+            seen.append((params.n, params.seed, tuple(params.stop), params.max_tokens))
+            return super().generate(requests, params)
+
+    engine = Recorder(scripted_tree_engine().respond)
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=100_000, stop=["STOP"], seed=11)
+    trajs = AprWorkflow(engine, CharTokenizer()).rollout([Prompt(3, ROOT)], params)
+    assert len(trajs) == 2 and all(t.group_id == 3 for t in trajs)
+    assert [s[0] for s in seen] == [1, 1, 1] and all(s[2] == ("STOP", "<Sub Searches>") for s in seen)
+    assert len({s[1] for s in seen}) == 3          # each round draws its own random stream
+    assert params.n == 2 and params.stop == ["STOP"]  # the caller's params are not modified

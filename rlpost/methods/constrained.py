@@ -1,0 +1,167 @@
+"""Constrained RLHF wiring (Moskovitz et al., ICLR 2024): multipliers, NM-PPO search, logging, checkpoints.
+
+The math lives in :mod:`rlpost.algos.constrained`; this hook only feeds it from the loop:
+
+    algo:
+      advantage: {name: constrained, mode: xi, thresholds: {rm_a: 0.8, rm_b: -0.2}, ...}
+    method:
+      constrained: {eval_metric: eval/accuracy}    # every key optional
+
+setup         builds LagrangeMultipliers (mu/xi/all) and ProxyPointSearch (``proxy_search`` set) from the
+              advantage's params; loads a frozen copy of the initial policy when the task is the KL
+              and the trainer has no reference model (algo.beta = 0, as the paper's μ/ξ-PPO).
+extras        ``reward_components`` (name -> [B] tensor, one row per Batch row, from
+              ``Trajectory.reward_components``), the old/reference log-probs for the KL task and the
+              current multiplier weights and thresholds, all into ``AdvantageInput.extra``.
+after_update  one multiplier SGD step per policy mini-batch (multiplier_update: minibatch) on the
+              mini-batch's RM means — the learner's own partition, replayed after its optimizer steps:
+              the advantages of this rollout were fixed before the update, so the order is equivalent —
+              or one step per rollout (rollout); then NM-PPO: ``search.tick()`` and, when an evaluation
+              is due, the trainer's held-out ``evaluate()`` scored by ``eval_metric``; optional Ziegler
+              adaptive KL coefficient (``kl_target``) for sum / sat / all.
+state_dict    multipliers, search and the adaptive KL coefficient, saved in every checkpoint.
+
+Logged each step: ``constrained/multiplier/<c>``, ``constrained/reward/<c>``, ``constrained/gap/<c>``,
+``constrained/violation/<c>`` (from the advantage, on the rollout batch), ``constrained/threshold/<c>``,
+``constrained/multiplier_loss`` and, with NM-PPO, ``proxy_search/*``.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from rlpost.algos.constrained import (ConstrainedAdvParams, LagrangeMultipliers, ProxyPointSearch,
+                                      adaptive_kl_coef, component_means)
+from rlpost.methods import METHODS, Extras, MethodHooks
+
+log = logging.getLogger("rlpost")
+
+
+@METHODS.register("constrained")
+class ConstrainedRLHF(MethodHooks):
+    """``method.constrained``: ``eval_metric`` (key of ``Trainer.evaluate()`` that NM-PPO maximises,
+    default ``eval/accuracy``), ``kl_target`` (Ziegler adaptive KL target for the learner's beta, e.g. 0.5
+    for the paper's PPO / SAT / All baselines; None = fixed beta), ``kl_rate`` (η_KL, 0.1)."""
+
+    def __init__(self, eval_metric: str = "eval/accuracy", kl_target: float | None = None, kl_rate: float = 0.1):
+        self.eval_metric = eval_metric
+        self.kl_target = kl_target
+        self.kl_rate = kl_rate
+        self.params: ConstrainedAdvParams | None = None
+        self.multipliers: LagrangeMultipliers | None = None
+        self.search: ProxyPointSearch | None = None
+        self.ref_model = None
+        self.beta: float | None = None
+
+    # ---------------------------------------------------------------- setup
+    def setup(self, trainer) -> None:
+        from rlpost.config import ConfigError, component
+
+        name, _ = component(trainer.cfg.algo.advantage)
+        if name != "constrained" or not isinstance(trainer.advantage_params, ConstrainedAdvParams):
+            raise ConfigError("method.constrained needs algo.advantage: {name: constrained, mode: ..., thresholds: ...}")
+        p = self.params = trainer.advantage_params
+        known = [s.name for s in trainer.rewards.specs]
+        missing = [c for c in p.components if c not in known]
+        if missing:
+            raise ConfigError(f"algo.advantage (constrained) names components {missing} that no reward reports; "
+                              f"the rewards are {known} (name several reward models with kwargs.name)")
+        if p.uses_multipliers:
+            self.multipliers = LagrangeMultipliers.from_params(p)
+        if p.proxy_search is not None:
+            if self.multipliers is None:
+                raise ConfigError(f"algo.advantage.proxy_search (NM-PPO) needs a multiplier mode (mu, xi, all), "
+                                  f"not {p.mode!r}")
+            self.search = ProxyPointSearch(p.components, p.proxy_search)
+            self.multipliers.set_thresholds(self.search.thresholds)
+        if p.task == "kl":
+            if trainer.cfg.algo.beta > 0:
+                log.warning("constrained %s: the task reward is already -KL; algo.beta=%s adds a second KL "
+                            "penalty in the loss (the paper uses none)", p.mode, trainer.cfg.algo.beta)
+            if trainer.ref_model is None:
+                from rlpost.models.loading import load_model
+                self.ref_model = load_model(trainer.model_path, trainer.cfg.model, trainer.cfg.trainer.device, frozen=True)
+        if self.kl_target is not None:
+            if trainer.cfg.algo.beta <= 0:
+                raise ConfigError("method.constrained.kl_target needs algo.beta > 0 (the adaptive coefficient's start)")
+            self.beta = trainer.learner.settings.beta
+            self._settings = trainer.learner.settings
+
+    # ---------------------------------------------------------------- per step
+    def _components(self, trajectories) -> dict[str, torch.Tensor]:
+        """name -> [B] (one value per Batch row: a trajectory's score repeats over its samples, as collate)."""
+        out = {}
+        for name in self.params.components:
+            vals = [t.reward_components.get(name) for t in trajectories for _ in t.samples]
+            out[name] = torch.tensor([0.0 if v is None else float(v) for v in vals], dtype=torch.float64)
+        return out
+
+    def extras(self, trainer, batch, fixed, trajectories) -> Extras:
+        from rlpost.learner import batched_logprobs
+
+        extra: dict = {"reward_components": self._components(trajectories)}
+        if self.params.task == "kl":
+            settings = trainer.learner.settings
+            old = fixed.get("old_logprobs")
+            if old is None:   # one optimizer pass: the rollout policy is the current model
+                old = batched_logprobs(trainer.model, batch, settings, False)[0]
+            ref = fixed.get("ref_logprobs")
+            if ref is None:
+                ref = batched_logprobs(self.ref_model, batch, settings, False)[0]
+            extra.update(old_logprobs=old, ref_logprobs=ref)
+        if self.multipliers is not None:
+            extra.update(self.multipliers.extra())
+        self._last_components = extra["reward_components"]
+        return Extras(advantage=extra)
+
+    def after_update(self, trainer, batch, fixed, trajectories, metrics: dict) -> dict:
+        out: dict = {}
+        comps = self._last_components
+        if self.multipliers is not None:
+            s = trainer.learner.settings
+            if self.params.multiplier_update == "minibatch":
+                mini = len(batch) // s.steps_per_generation
+                for _ in range(s.num_iterations):
+                    for m in range(s.steps_per_generation):
+                        rows = torch.arange(m * mini, (m + 1) * mini)
+                        out.update(self.multipliers.update(component_means(comps, index=rows)))
+            else:
+                out.update(self.multipliers.update(component_means(comps)))
+            thresholds = dict(zip(self.multipliers.names, self.multipliers.thresholds.tolist()))
+        else:
+            thresholds = dict(self.params.thresholds)
+        out.update({f"constrained/threshold/{n}": v for n, v in thresholds.items()})
+        if self.search is not None:
+            if self.search.tick():
+                score = trainer.evaluate()
+                if self.eval_metric not in score:
+                    raise KeyError(f"method.constrained.eval_metric {self.eval_metric!r} is not an evaluate() key: "
+                                   f"{sorted(score)}")
+                new = self.search.report(score[self.eval_metric], component_means(comps))
+                out["proxy_search/eval_score"] = float(score[self.eval_metric])
+                if new is not None:
+                    self.multipliers.set_thresholds(new)
+                    log.info("NM-PPO: next proxy points %s", {k: round(v, 4) for k, v in new.items()})
+            out.update(self.search.metrics())
+        if self.beta is not None and "kl" in metrics:
+            self.beta = adaptive_kl_coef(self.beta, metrics["kl"], self.kl_target, rate=self.kl_rate)
+            trainer.learner.settings.beta = self.beta
+            out["constrained/kl_coef"] = self.beta
+        return out
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {"multipliers": self.multipliers.state_dict() if self.multipliers else None,
+                "search": self.search.state_dict() if self.search else None,
+                "beta": self.beta}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        if self.multipliers is not None and state.get("multipliers") is not None:
+            self.multipliers.load_state_dict(state["multipliers"])
+        if self.search is not None and state.get("search") is not None:
+            self.search.load_state_dict(state["search"])
+        if state.get("beta") is not None and self.beta is not None:
+            self.beta = self._settings.beta = state["beta"]

@@ -1,0 +1,276 @@
+"""Miniature reproductions: a paper's method against GRPO and DAPO on CPU-sized tasks, several seeds.
+
+    rlpost reproduce hapo                      # arithmetic + countdown, 3 seeds each
+    rlpost reproduce gain_rl --steps 10 --seeds 1 --tasks arithmetic
+
+Every run is ``rlpost train`` on a tiny config with the same budget overrides (RL steps, prompts per
+step, group size, learning rate, evaluation set and schedule); only the algorithm differs. A run's
+output folder is keyed by a hash of its full config, so the GRPO / DAPO baselines are trained once and
+shared by every recipe (``runs/reproduce/<hash>``). Writes ``results/<recipe>/table.md`` (final held-out
+accuracy: mean, std and range over seeds; steps to a threshold), ``results/<recipe>/curves.png``
+(held-out accuracy against step, mean and min..max band) and ``results/<recipe>/runs.json`` (raw numbers).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("rlpost")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Recipe:
+    label: str                    # name in the table
+    config: str                   # tiny config, relative to the repository root
+    note: str = ""                # what differs from GRPO, for the table's header
+
+
+RECIPES = {
+    "hapo": Recipe("HAPO", "configs/tiny/arith_hapo.yaml", "DAPO + adaptive temperature, token-level group "
+                   "average, advantage redistribution, adaptive clip"),
+    "adora": Recipe("ADORA", "configs/tiny/arith_adora.yaml", "GRPO advantages x 2 for groups with success "
+                    "rate <= 0.5 (difficulty criterion)"),
+    "oblr_po": Recipe("OBLR-PO", "configs/tiny/arith_oblr_po.yaml", "gradient-weighted leave-one-out baseline + "
+                      "SNR learning-rate controller (reconstruction)"),
+    "gain_rl": Recipe("GAIN-RL", "configs/tiny/arith_gain_rl.yaml", "GRPO + angle-ranked Gaussian curriculum sampler"),
+}
+
+BASELINES = {
+    "GRPO": Recipe("GRPO", "configs/tiny/arith_grpo.yaml"),
+    # DAPO: token-mean loss, clip-higher 0.28, dynamic sampling (overlong shaping is moot at these lengths)
+    "DAPO": Recipe("DAPO", "configs/tiny/arith_grpo.yaml"),
+}
+BASELINE_OVERRIDES = {
+    "GRPO": [],
+    "DAPO": ["algo.loss=dapo", "algo.epsilon_high=0.28", "algo.dynamic_sampling=true", "algo.max_refill_rounds=2"],
+}
+
+# Task overrides on top of the (arithmetic) tiny configs. Countdown uses its own tiny model and the
+# 3-number variant (see recipes/*/README.md: the 4-number warm-start does not reach the 10-50% band on CPU).
+TASKS = {
+    "arithmetic": [],
+    "countdown": ["model.name_or_path=tiny:qwen2:countdown", "data.task=countdown", "data.task_kwargs={count: 3}",
+                  "rewards.0.name=countdown", "rollout.max_completion_length=16"],
+}
+
+
+@dataclass
+class Budget:
+    steps: int = 40               # RL steps per run
+    eval_every: int = 5           # held-out evaluation period (steps)
+    num_eval: int = 128           # held-out prompts (greedy)
+    prompts_per_step: int = 16
+    num_generations: int = 8
+    learning_rate: float = 1e-4
+
+    def overrides(self, seed: int) -> list[str]:
+        return [f"trainer.max_steps={self.steps}", f"trainer.eval_steps={self.eval_every}",
+                f"data.num_eval={self.num_eval}", f"rollout.prompts_per_step={self.prompts_per_step}",
+                f"rollout.num_generations={self.num_generations}", f"optim.learning_rate={self.learning_rate}",
+                f"trainer.seed={seed}", "trainer.save_steps=0", "trainer.report_to=[none]",
+                "trainer.progress_bar=false", "trainer.resume_from_checkpoint=null"]
+
+
+@dataclass
+class RunResult:
+    method: str
+    task: str
+    seed: int
+    curve: list[tuple[int, float]] = field(default_factory=list)   # (step, eval/accuracy)
+    wall_s: float = 0.0
+    out_dir: str = ""
+
+    @property
+    def final(self) -> float:
+        return self.curve[-1][1] if self.curve else float("nan")
+
+
+def _config_path(rel: str) -> Path:
+    for base in (ROOT, Path.cwd()):
+        if (base / rel).exists():
+            return base / rel
+    raise FileNotFoundError(f"{rel} not found under {ROOT} or {Path.cwd()}: run from the rlpost repository")
+
+
+def run_one(config: str, overrides: list[str], runs_dir: Path, force: bool = False) -> tuple[list[tuple[int, float]], float, Path]:
+    """Train one tiny run (or reuse a finished one with the same config); return its eval curve and wall time."""
+    from rlpost.config import load_config, to_dict
+    from rlpost.tracking import read_metrics
+    from rlpost.trainer import Trainer
+
+    cfg = load_config(_config_path(config), overrides)
+    key_dict = to_dict(cfg)
+    key_dict["trainer"].pop("output_dir")
+    key = hashlib.sha256(json.dumps(key_dict, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    out = runs_dir / key
+    cfg.trainer.output_dir = str(out)
+    done = out / "summary.json"
+    if done.exists() and not force:
+        wall = json.loads(done.read_text()).get("reproduce_wall_s", float("nan"))
+    else:
+        start = time.perf_counter()
+        trainer = Trainer(cfg)
+        try:
+            trainer.setup()
+            trainer.train()
+        finally:
+            if hasattr(trainer, "engine"):
+                trainer.close()
+        wall = time.perf_counter() - start
+        summary = json.loads(done.read_text())
+        summary["reproduce_wall_s"] = wall
+        done.write_text(json.dumps(summary, indent=2))
+    curve = [(r["step"], r["eval/accuracy"]) for r in read_metrics(out / "metrics.jsonl") if r.get("eval/accuracy") is not None]
+    return curve, wall, out
+
+
+def reproduce(recipe: str, steps: int = 40, seeds: list[int] | None = None, tasks: list[str] | None = None,
+              out_root: str | Path = "results", runs_dir: str | Path = "runs/reproduce", budget: Budget | None = None,
+              methods: list[str] | None = None, threshold: float | None = None, force: bool = False) -> dict:
+    """Run the comparison for ``recipe`` and write its table and curves; returns the raw results."""
+    if recipe not in RECIPES:
+        raise KeyError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    budget = budget or Budget(steps=steps)
+    budget.steps = steps
+    seeds = list(range(3)) if seeds is None else seeds
+    tasks = tasks or list(TASKS)
+    for t in tasks:
+        if t not in TASKS:
+            raise KeyError(f"unknown task {t!r}; known: {', '.join(TASKS)}")
+    entries = {"GRPO": (BASELINES["GRPO"], BASELINE_OVERRIDES["GRPO"]),
+               "DAPO": (BASELINES["DAPO"], BASELINE_OVERRIDES["DAPO"]),
+               RECIPES[recipe].label: (RECIPES[recipe], [])}
+    if methods:
+        entries = {k: v for k, v in entries.items() if k in methods}
+    runs_dir = Path(runs_dir)
+    results: list[RunResult] = []
+    for task in tasks:                      # one after another: each run uses every core it is given
+        for label, (rec, extra) in entries.items():
+            for seed in seeds:
+                overrides = extra + TASKS[task] + budget.overrides(seed)
+                log.info("reproduce %s: %s on %s, seed %d", recipe, label, task, seed)
+                curve, wall, out = run_one(rec.config, overrides, runs_dir, force)
+                results.append(RunResult(label, task, seed, curve, wall, str(out)))
+                log.info("  final held-out accuracy %.3f (%.0f s)", results[-1].final, wall)
+    out_dir = Path(out_root) / recipe
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = write_table(out_dir / "table.md", recipe, results, budget, seeds, threshold)
+    plot_curves(out_dir / "curves.png", recipe, results)
+    (out_dir / "runs.json").write_text(json.dumps(
+        {"recipe": recipe, "budget": budget.__dict__, "seeds": seeds, "tasks": tasks, "summary": table,
+         "runs": [{"method": r.method, "task": r.task, "seed": r.seed, "curve": r.curve, "final": r.final,
+                   "wall_s": r.wall_s, "out_dir": r.out_dir} for r in results]}, indent=1))
+    return {"table": str(out_dir / "table.md"), "curves": str(out_dir / "curves.png"), "summary": table}
+
+
+# ---------------------------------------------------------------- summary
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if not math.isnan(x)]
+    if not xs:
+        return float("nan"), float("nan")
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, sd
+
+
+def steps_to(curve: list[tuple[int, float]], threshold: float) -> int | None:
+    """First evaluated step whose held-out accuracy is >= threshold (None if never)."""
+    for step, acc in curve:
+        if acc >= threshold - 1e-12:
+            return step
+    return None
+
+
+def summarize(results: list[RunResult], threshold: float | None = None) -> dict:
+    """Per task: the threshold and, per method, final accuracy stats and steps to the threshold.
+
+    Default threshold: half of GRPO's mean gain, initial + 0.5 * (GRPO final - initial), where initial is
+    the mean step-0 accuracy of all runs of the task (the same model: it differs only by eval noise = 0).
+    """
+    out: dict = {}
+    for task in dict.fromkeys(r.task for r in results):
+        runs = [r for r in results if r.task == task]
+        init = _mean_std([r.curve[0][1] for r in runs if r.curve and r.curve[0][0] == 0])[0]
+        grpo_final = _mean_std([r.final for r in runs if r.method == "GRPO"])[0]
+        thr = threshold
+        if thr is None:
+            thr = init + 0.5 * (grpo_final - init) if not math.isnan(grpo_final) and grpo_final > init else None
+        methods = {}
+        for method in dict.fromkeys(r.method for r in runs):
+            mr = [r for r in runs if r.method == method]
+            finals = [r.final for r in mr]
+            mean, sd = _mean_std(finals)
+            reach = [steps_to(r.curve, thr) for r in mr] if thr is not None else []
+            reached = [s for s in reach if s is not None]
+            methods[method] = {"final_mean": mean, "final_std": sd, "final_min": min(finals), "final_max": max(finals),
+                               "best_mean": _mean_std([max(a for _, a in r.curve) for r in mr if r.curve])[0],
+                               "steps_to_threshold": reach, "reached": len(reached), "n": len(mr),
+                               "steps_to_threshold_mean": sum(reached) / len(reached) if reached else None,
+                               "wall_s_mean": _mean_std([r.wall_s for r in mr])[0]}
+        out[task] = {"initial_accuracy": init, "threshold": thr, "methods": methods}
+    return out
+
+
+def write_table(path: Path, recipe: str, results: list[RunResult], budget: Budget, seeds: list[int],
+                threshold: float | None = None) -> dict:
+    summary = summarize(results, threshold)
+    rec = RECIPES[recipe]
+    lines = [f"# {rec.label} in miniature: {rec.label} vs GRPO vs DAPO", "",
+             f"{rec.label}: {rec.note}.", "",
+             f"Budget per run: {budget.steps} RL steps x {budget.prompts_per_step} prompts x {budget.num_generations} "
+             f"completions, learning rate {budget.learning_rate:g}; held-out greedy accuracy on {budget.num_eval} "
+             f"prompts every {budget.eval_every} steps; seeds {', '.join(map(str, seeds))}. "
+             "DAPO (and HAPO, built on it) refill filtered groups with dynamic sampling, so they generate more "
+             "completions per step; wall time is reported.", "",
+             "Generated by `rlpost reproduce " + recipe + f" --steps {budget.steps} --seeds {len(seeds)}`"
+             " (rlpost/reproduce.py). Tiny models and tasks: differences of a few points are within seed noise; "
+             "read the spread column before the mean.", ""]
+    for task, s in summary.items():
+        thr = s["threshold"]
+        thr_text = f"{thr:.3f}" if thr is not None else "n/a (GRPO did not improve)"
+        lines += [f"## {task}", "", f"Initial held-out accuracy (step 0): {s['initial_accuracy']:.3f}. "
+                  f"Threshold for 'steps to threshold': {thr_text} (half of GRPO's mean gain unless --threshold).", "",
+                  "| method | final acc. mean ± std | min..max | best acc. (mean) | steps to threshold (mean, reached) | wall s/run |",
+                  "|---|---|---|---|---|---|"]
+        for method, m in s["methods"].items():
+            st = (f"{m['steps_to_threshold_mean']:.1f} ({m['reached']}/{m['n']})" if m["steps_to_threshold_mean"] is not None
+                  else f"- (0/{m['n']})")
+            lines.append(f"| {method} | {m['final_mean']:.3f} ± {m['final_std']:.3f} | {m['final_min']:.3f}..{m['final_max']:.3f}"
+                         f" | {m['best_mean']:.3f} | {st} | {m['wall_s_mean']:.0f} |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return summary
+
+
+def plot_curves(path: Path, recipe: str, results: list[RunResult]) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r.task for r in results))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for method in dict.fromkeys(r.method for r in results if r.task == task):
+            runs = [r for r in results if r.task == task and r.method == method and r.curve]
+            steps = sorted({s for r in runs for s, _ in r.curve})
+            by_step = [[dict(r.curve)[s] for r in runs if s in dict(r.curve)] for s in steps]
+            mean = [sum(v) / len(v) for v in by_step]
+            line, = ax.plot(steps, mean, marker="o", markersize=3, label=f"{method} (n={len(runs)})")
+            ax.fill_between(steps, [min(v) for v in by_step], [max(v) for v in by_step], color=line.get_color(), alpha=0.15)
+        ax.set_title(f"{RECIPES[recipe].label} vs baselines: {task}")
+        ax.set_xlabel("RL step")
+        ax.set_ylabel("held-out accuracy (greedy)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,265 @@
+"""APR miniature (Pan et al. 2025): APR against SoS+ on held-out Countdown, before and after RL.
+
+    rlpost reproduce apr           # or: python -c "from rlpost.studies import apr; apr.run('results/apr')"
+
+For each seed and each method (``sos`` = SoS+ serial search, ``apr`` = spawn/join trees):
+
+1. **From scratch**: a tiny LLaMA (:func:`rlpost.studies.common.scratch_model`, the phrase tokenizer of
+   :mod:`rlpost.studies.phrase_tokenizer`) is trained on the solver's traces (:mod:`.apr_data`): every call
+   of an APR tree is its own sequence; SoS+ traces carry a ``Token Budget`` prefix.
+2. **RL**: ``rlpost train recipes/apr/tiny.yaml`` on it (``rollout.workflow: apr``, reward ``apr_countdown``,
+   tree-level GRPO with population std, each call weighted 1/S). SoS+ goes through the same workflow
+   (a serial trace is a one-call tree), conditioned on the largest budget bin.
+3. **Evaluation** on held-out problems, greedy, before and after RL:
+   * context windows W: every call is capped at W tokens (prompt + completion; ``AprWorkflow(max_context=W)``);
+     SoS+ is conditioned on ``Token Budget: W`` (nearest bin) and capped at W;
+   * total-token budgets B: cumulative accuracy, the share solved with at most B generated tokens in
+     total (from the largest-window run), plus mean total and sequential tokens.
+
+Outputs: ``table.md``, ``results.json``, ``accuracy_vs_window.png``, ``accuracy_vs_budget.png`` and the
+runs under ``runs/`` (SFT models, RL runs with ``metrics.jsonl``).
+
+Scale: 3 numbers in 1..9, targets 10..30 (the paper: 4 numbers, targets up to 100), a 0.5M-parameter
+model trained for minutes on CPU (the paper: 228M, 19k steps on TPUs).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from rlpost.studies.apr_data import BUDGET_BIN, BUDGET_CAP, TASK, trace_pairs
+from rlpost.studies.common import save_model, scratch_model, sft
+from rlpost.studies.phrase_tokenizer import apr_tokenizer
+
+log = logging.getLogger("rlpost")
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "apr" / "tiny.yaml"
+WINDOWS = (192, 256, 384, 768)            # context windows (tokens per call)
+BUDGETS = (128, 256, 384, 512, 768, 1024)  # total generated tokens per problem
+METHODS = {"sos": "SoS+", "apr": "APR"}
+MODEL = {"arch": "llama", "hidden_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+         "intermediate_size": 512, "max_position_embeddings": 2048}
+
+
+def budget_prefix(window: int) -> int:
+    """The SoS+ budget bin a window conditions on (largest bin <= window)."""
+    return max(BUDGET_BIN, min(BUDGET_CAP, window // BUDGET_BIN * BUDGET_BIN))
+
+
+# ------------------------------------------------------------------------------------ pretraining
+
+def pretrain(kind: str, out_dir: str | Path, *, n_traces: int = 4000, seed: int = 0, time_budget_s: float | None = 300,
+             epochs: float = 3.0, lr: float = 3e-3, tokens_per_batch: int = 8000, model: dict | None = None) -> Path:
+    """Train a tiny model from scratch on ``kind`` traces (``apr`` or ``sos``) and save it to ``out_dir``."""
+    torch.manual_seed(seed)
+    model_cfg = {**MODEL, **(model or {})}
+    tok = apr_tokenizer()
+    count = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    pairs, stats = trace_pairs(kind, n_traces, seed=seed, count_tokens=count)
+    net, tok = scratch_model(seed=seed, tokenizer=tok, **model_cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log.info("apr pretrain %s: %d sequences from %d solver traces (solver accuracy %.2f)", kind,
+             stats["sequences"], stats["traces"], stats["solver_accuracy"])
+    result = sft(net, tok, pairs, epochs=epochs, tokens_per_batch=tokens_per_batch, lr=lr, seed=seed,
+                 time_budget_s=time_budget_s, metrics_path=out_dir / "sft_metrics.jsonl")
+    return save_model(net, tok, out_dir, {"kind": kind, "data": stats, "sft": result, "model": model_cfg,
+                                          "task": {k: list(v) if isinstance(v, tuple) else v for k, v in TASK.items()}})
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+def _prompts(kind: str, problems, window: int):
+    from rlpost.types import Prompt
+    from rlpost.workflows.apr import countdown_prompt
+    budget = budget_prefix(window) if kind == "sos" else None
+    return [Prompt(i, countdown_prompt(t, n, token_budget=budget), columns={"target": t, "nums": n})
+            for i, (t, n) in enumerate(problems)]
+
+
+@torch.no_grad()
+def evaluate(model_dir: str | Path, kind: str, problems, windows=WINDOWS, budgets=BUDGETS) -> dict:
+    """Greedy accuracy per context window, cumulative accuracy per total-token budget, token counts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlpost.engines.base import SamplingParams
+    from rlpost.engines.hf import HFEngine
+    from rlpost.workflows.apr import AprWorkflow, countdown_reward
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    engine = HFEngine(model, tok)
+    out: dict = {"windows": {}, "budgets": {}}
+    last = None
+    for w in sorted(windows):
+        start = time.perf_counter()
+        wf = AprWorkflow(engine, tok, max_depth=1, max_context=w)
+        trajs = wf.rollout(_prompts(kind, problems, w), SamplingParams(n=1, temperature=0.0, max_tokens=w, seed=0))
+        solved = [countdown_reward(t.final_text, t.prompt.text) for t in trajs]
+        n = len(trajs)
+        out["windows"][w] = {
+            "accuracy": sum(solved) / n,
+            "total_tokens": sum(t.info["total_tokens"] for t in trajs) / n,
+            "sequential_tokens": sum(t.info["sequential_tokens"] for t in trajs) / n,
+            "calls": sum(t.info["calls"] for t in trajs) / n,
+            "children": sum(t.info["threads"] - 1 for t in trajs) / n,
+            "error_rate": sum(bool(t.info["errors"]) for t in trajs) / n,
+            "seconds": time.perf_counter() - start}
+        last = (trajs, solved)
+        log.info("apr eval %s W=%d: accuracy %.3f, total tokens %.0f", kind, w, out["windows"][w]["accuracy"],
+                 out["windows"][w]["total_tokens"])
+    trajs, solved = last
+    for b in budgets:
+        out["budgets"][b] = sum(s and t.info["total_tokens"] <= b for t, s in zip(trajs, solved)) / len(trajs)
+    out["example"] = trajs[0].final_text
+    return out
+
+
+# ------------------------------------------------------------------------------------ RL
+
+def rl(kind: str, sft_dir: str | Path, out_dir: str | Path, steps: int, seed: int = 0, overrides=()) -> Path:
+    """RL with ``recipes/apr/tiny.yaml`` from ``sft_dir``; returns the final model folder."""
+    from rlpost.config import load_config
+    from rlpost.trainer import Trainer
+    window = max(WINDOWS)
+    extra = [f"model.name_or_path={sft_dir}", f"trainer.output_dir={out_dir}", f"trainer.max_steps={steps}",
+             f"trainer.seed={seed}", "trainer.progress_bar=false", "trainer.report_to=[]", "trainer.save_steps=0",
+             f"rollout.max_completion_length={window}", f"rollout.workflow.max_context={window}"]
+    if kind == "sos":
+        extra.append(f"data.task_kwargs.token_budget={budget_prefix(window)}")
+    cfg = load_config(RECIPE, extra + list(overrides))
+    trainer = Trainer(cfg)
+    try:
+        trainer.setup()
+        trainer.train()
+    finally:
+        trainer.close()
+    return Path(out_dir) / "final_model"
+
+
+# ------------------------------------------------------------------------------------ the study
+
+def run(output_dir: str | Path = "results/apr", seeds=(0,), steps: int = 20, *, n_eval: int = 100,
+        n_traces: int = 4000, sft_time_s: float | None = 300, windows=WINDOWS, budgets=BUDGETS,
+        methods=("sos", "apr"), rl_overrides=(), reuse: bool = True) -> dict:
+    """The whole miniature; returns the results dict (also written to ``results.json``)."""
+    from rlpost.tasks.apr_countdown import problems
+    torch.set_num_threads(1)  # small models on shared CPUs: one thread is fastest (no OpenMP contention)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    test = problems("test", n_eval, seed=0, count=TASK["count"], max_num=TASK["max_num"],
+                    target_range=TASK["target_range"])
+    results: dict = {"config": {"seeds": list(seeds), "steps": steps, "n_eval": len(test), "n_traces": n_traces,
+                                "sft_time_s": sft_time_s, "windows": list(windows), "budgets": list(budgets),
+                                "task": {k: list(v) if isinstance(v, tuple) else v for k, v in TASK.items()},
+                                "model": MODEL}, "runs": {}}
+    t0 = time.perf_counter()
+    for seed in seeds:
+        for kind in methods:
+            key = f"{kind}-s{seed}"
+            sft_dir = out / "runs" / f"{kind}-sft-s{seed}"
+            if not (reuse and (sft_dir / "config.json").exists()):
+                pretrain(kind, sft_dir, n_traces=n_traces, seed=seed, time_budget_s=sft_time_s)
+            info = json.loads((sft_dir / "rlpost_study.json").read_text())
+            before = evaluate(sft_dir, kind, test, windows, budgets)
+            rl_dir = rl(kind, sft_dir, out / "runs" / f"{kind}-rl-s{seed}", steps, seed, rl_overrides)
+            after = evaluate(rl_dir, kind, test, windows, budgets)
+            rl_metrics = [json.loads(line) for line in (rl_dir.parent / "metrics.jsonl").read_text().splitlines()]
+            results["runs"][key] = {"kind": kind, "seed": seed, "sft": info["sft"], "data": info["data"],
+                                    "before": before, "after": after,
+                                    "rl_reward": [r.get("reward/mean") for r in rl_metrics if "reward/mean" in r]}
+            (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    results["seconds"] = time.perf_counter() - t0
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    write_table(results, out / "table.md")
+    plot(results, out)
+    return results
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _agg(results, kind, stage, *path):
+    vals = []
+    for r in results["runs"].values():
+        if r["kind"] == kind:
+            node = r[stage]
+            for p in path:
+                node = node.get(p, node.get(str(p))) if isinstance(node, dict) else None
+            vals.append(node)
+    return _mean(vals)
+
+
+def write_table(results: dict, path: Path) -> None:
+    cfg = results["config"]
+    kinds = [k for k in METHODS if any(r["kind"] == k for r in results["runs"].values())]
+    lines = [f"# APR miniature: APR vs SoS+ on held-out Countdown ({cfg['n_eval']} problems, greedy)", "",
+             f"Task: {cfg['task']['count']} numbers in 1..{cfg['task']['max_num']}, targets "
+             f"{cfg['task']['target_range'][0]}..{cfg['task']['target_range'][1]}; tiny LLaMA "
+             f"({cfg['model']['num_layers']} layers, d={cfg['model']['hidden_size']}) trained from scratch on "
+             f"{cfg['n_traces']} solver traces per method (SFT time budget {cfg['sft_time_s']} s), then "
+             f"{cfg['steps']} RL steps. Seeds: {cfg['seeds']}. Tokens: phrase tokenizer (protocol phrases = 1 token).", "",
+             "## Accuracy (%) by context window (tokens per call)", "",
+             "| method | stage | " + " | ".join(f"W={w}" for w in cfg["windows"]) + " |",
+             "|---|---|" + "---|" * len(cfg["windows"])]
+    for kind in kinds:
+        for stage, name in (("before", "SFT"), ("after", "+RL")):
+            lines.append(f"| {METHODS[kind]} | {name} | " + " | ".join(
+                f"{100 * _agg(results, kind, stage, 'windows', w):.1f}" for w in cfg["windows"]) + " |")
+    lines += ["", "## Cumulative accuracy (%) by total-token budget (largest window)", "",
+              "| method | stage | " + " | ".join(f"B={b}" for b in cfg["budgets"]) + " |",
+              "|---|---|" + "---|" * len(cfg["budgets"])]
+    for kind in kinds:
+        for stage, name in (("before", "SFT"), ("after", "+RL")):
+            lines.append(f"| {METHODS[kind]} | {name} | " + " | ".join(
+                f"{100 * _agg(results, kind, stage, 'budgets', b):.1f}" for b in cfg["budgets"]) + " |")
+    w = max(cfg["windows"])
+    lines += ["", f"## Compute at W={w} (means per problem)", "",
+              "| method | stage | accuracy % | total tokens | sequential tokens | calls | child threads | error rate |",
+              "|---|---|---|---|---|---|---|---|"]
+    for kind in kinds:
+        for stage, name in (("before", "SFT"), ("after", "+RL")):
+            g = lambda k: _agg(results, kind, stage, "windows", w, k)  # noqa: E731
+            lines.append(f"| {METHODS[kind]} | {name} | {100 * g('accuracy'):.1f} | {g('total_tokens'):.0f} | "
+                         f"{g('sequential_tokens'):.0f} | {g('calls'):.2f} | {g('children'):.2f} | {g('error_rate'):.2f} |")
+    lines += ["", "## Training", "", "| run | SFT steps | SFT loss | solver accuracy of the data | RL reward (first -> last step) |",
+              "|---|---|---|---|---|"]
+    for key, r in results["runs"].items():
+        rew = r["rl_reward"]
+        lines.append(f"| {key} | {r['sft']['sft_steps']} | {r['sft']['final_loss']:.3f} | "
+                     f"{100 * r['data']['solver_accuracy']:.1f}% | "
+                     f"{rew[0]:.3f} -> {rew[-1]:.3f} |" if rew else f"| {key} | - | - | - | - |")
+    lines += ["", "Paper (228M model, 4 numbers): at a 4k context APR 83.4 vs SoS+ 60.0 after RL; supervised APR 75.5 vs "
+              "SoS+ 57.3 (greedy); RL raises APR's child threads 6.1 -> 8.2. See recipes/apr/README.md.", ""]
+    if "seconds" in results:
+        lines.append(f"Wall time of this study: {results['seconds'] / 60:.1f} min.")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(results: dict, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cfg = results["config"]
+    kinds = [k for k in METHODS if any(r["kind"] == k for r in results["runs"].values())]
+    for fname, key, xs, xlabel in (("accuracy_vs_window.png", "windows", cfg["windows"], "context window (tokens per call)"),
+                                   ("accuracy_vs_budget.png", "budgets", cfg["budgets"], "total-token budget")):
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for kind in kinds:
+            for stage, style in (("before", "--"), ("after", "-")):
+                ys = [100 * _agg(results, kind, stage, key, x) if key == "budgets"
+                      else 100 * _agg(results, kind, stage, key, x, "accuracy") for x in xs]
+                ax.plot(xs, ys, style, marker="o", label=f"{METHODS[kind]} {'SFT' if stage == 'before' else '+RL'}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title("APR vs SoS+ (held-out Countdown, greedy)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=100)
+        plt.close(fig)

@@ -1,0 +1,168 @@
+"""Helpers shared by the study miniatures: tiny from-scratch models and a lean SFT loop on CPU.
+
+The SFT loop trains on (prompt, completion) text pairs, loss on the completion tokens and the EOS
+only (the prompt is context), with length-bucketed batches so little compute goes to padding.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("rlpost")
+
+
+def scratch_model(arch: str = "llama", hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4,
+                  num_kv_heads: int = 2, intermediate_size: int = 512, max_position_embeddings: int = 2048,
+                  seed: int = 0, tokenizer=None):
+    """A randomly initialised LLaMA/Qwen2 (head_dim = hidden/heads >= 32) and its tokenizer (default: the
+    char tokenizer; pass one with added phrase tokens to shorten protocol-heavy text)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from rlpost.models.tokenizer import build_char_tokenizer
+    if hidden_size // num_heads < 32:
+        raise ValueError("head_dim = hidden_size / num_heads must be >= 32 (vLLM on CPU)")
+    tok = tokenizer if tokenizer is not None else build_char_tokenizer()
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tok), hidden_size=hidden_size, num_hidden_layers=num_layers,
+                  num_attention_heads=num_heads, num_key_value_heads=num_kv_heads, intermediate_size=intermediate_size,
+                  max_position_embeddings=max_position_embeddings, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id, bos_token_id=None, tie_word_embeddings=True)
+    model = (LlamaForCausalLM(LlamaConfig(**common)) if arch == "llama" else Qwen2ForCausalLM(Qwen2Config(**common)))
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def encode_pairs(tokenizer, pairs, max_len: int | None = None) -> list[tuple[list[int], list[int], list[int]]]:
+    """(prompt ids, completion ids + EOS, loss mask) per pair; pairs longer than ``max_len`` are dropped.
+
+    A completion is a string (all trained) or a list of ``(text, trained)`` segments, each tokenized on
+    its own as a rollout workflow does (e.g. A²FM tool responses: ``trained=False``, no loss).
+    """
+    out = []
+    for prompt, completion in pairs:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        segments = [(completion, True)] if isinstance(completion, str) else completion
+        c, m = [], []
+        for text, trained in segments:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            c += ids
+            m += [int(bool(trained))] * len(ids)
+        c, m = c + [tokenizer.eos_token_id], m + [1]
+        if max_len is None or len(p) + len(c) <= max_len:
+            out.append((p, c, m))
+    return out
+
+
+def _batches(examples, tokens_per_batch: int, rng: random.Random):
+    """Length-bucketed batches of at most ``tokens_per_batch`` padded tokens, in random order."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]) + len(examples[i][1]) + rng.random())
+    batches, cur, width = [], [], 0
+    for i in order:
+        n = len(examples[i][0]) + len(examples[i][1])
+        if cur and max(width, n) * (len(cur) + 1) > tokens_per_batch:
+            batches.append(cur)
+            cur, width = [], 0
+        cur.append(i)
+        width = max(width, n)
+    if cur:
+        batches.append(cur)
+    rng.shuffle(batches)
+    return batches
+
+
+def _tensors(examples, idx, pad_id):
+    width = max(len(examples[i][0]) + len(examples[i][1]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id)
+    labels = torch.full((len(idx), width), -100)
+    attn = torch.zeros((len(idx), width), dtype=torch.long)
+    for r, i in enumerate(idx):
+        p, c, m = examples[i]
+        ids[r, :len(p) + len(c)] = torch.tensor(p + c)
+        attn[r, :len(p) + len(c)] = 1
+        labels[r, len(p):len(p) + len(c)] = torch.tensor([t if k else -100 for t, k in zip(c, m)])
+    return ids, attn, labels
+
+
+def sft(model, tokenizer, pairs: list[tuple[str, str]], *, epochs: float = 1.0, tokens_per_batch: int = 8192,
+        lr: float = 2e-3, warmup_steps: int = 20, min_lr_ratio: float = 0.1, seed: int = 0,
+        max_len: int | None = None, time_budget_s: float | None = None, log_every: int = 25,
+        metrics_path: str | Path | None = None, callback=None, callback_every: int = 0) -> dict:
+    """Train on completions (cross-entropy, token mean); AdamW, linear warm-up then cosine decay.
+
+    Stops after ``epochs`` passes over the pairs or once ``time_budget_s`` has elapsed. With
+    ``callback_every`` > 0, ``callback(step) -> dict`` runs every that many steps (model in eval mode)
+    and its values are logged.
+    """
+    rng = random.Random(seed)
+    examples = encode_pairs(tokenizer, pairs, max_len)
+    if not examples:
+        raise ValueError("sft: no example fits max_len")
+    per_epoch = _batches(examples, tokens_per_batch, rng)
+    total = max(1, int(math.ceil(epochs * len(per_epoch))))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total - warmup_steps)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    model.train()
+    start, step, losses, queue = time.perf_counter(), 0, [], []
+    sink = open(metrics_path, "a") if metrics_path else None
+    try:
+        while step < total:
+            if not queue:
+                queue = _batches(examples, tokens_per_batch, rng) if step else list(per_epoch)
+            ids, attn, labels = _tensors(examples, queue.pop(), tokenizer.pad_token_id)
+            loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            losses.append(loss.item())
+            if step % log_every == 0 or step == total:
+                row = {"sft_step": step, "loss": sum(losses[-log_every:]) / len(losses[-log_every:]),
+                       "lr": sched.get_last_lr()[0], "elapsed_s": time.perf_counter() - start}
+                log.info("sft step %d/%d loss %.4f (%.0fs)", step, total, row["loss"], row["elapsed_s"])
+                if sink:
+                    sink.write(json.dumps(row) + "\n")
+                    sink.flush()
+            if callback is not None and callback_every and step % callback_every == 0:
+                model.eval()
+                row = {"sft_step": step, **callback(step), "elapsed_s": time.perf_counter() - start}
+                model.train()
+                log.info("sft step %d: %s", step, row)
+                if sink:
+                    sink.write(json.dumps(row) + "\n")
+                    sink.flush()
+            if time_budget_s is not None and time.perf_counter() - start > time_budget_s:
+                log.info("sft: time budget reached after %d/%d steps", step, total)
+                break
+    finally:
+        if sink:
+            sink.close()
+    model.eval()
+    return {"sft_steps": step, "planned_steps": total, "examples": len(examples),
+            "final_loss": sum(losses[-log_every:]) / max(1, len(losses[-log_every:])),
+            "seconds": time.perf_counter() - start}
+
+
+def save_model(model, tokenizer, out_dir: str | Path, info: dict | None = None) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    if info is not None:
+        (out_dir / "rlpost_study.json").write_text(json.dumps(info, indent=2))
+    return out_dir
