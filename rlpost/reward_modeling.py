@@ -105,6 +105,45 @@ def make_preference_pairs(task: str = "arithmetic", kind: str = "correct", n: in
     return out
 
 
+def policy_preference_pairs(model: str, task: str = "arithmetic", n: int = 512, samples: int = 4, seed: int = 0,
+                            split: str = "train", temperature: float = 1.0, max_tokens: int = 8,
+                            task_kwargs: dict | None = None) -> list[dict]:
+    """Pairs from a model's own samples, labelled by the task's checker (as human raters would label):
+    chosen = the gold answer, rejected = one of the model's wrong samples for that prompt (prompts where every
+    sample was right are skipped). ``model``: folder, hub id or ``tiny:...``. Up to ``n`` rows."""
+    from rlpost.config import ModelConfig
+    from rlpost.data import build_prompts
+    from rlpost.engines.base import SamplingParams
+    from rlpost.engines.hf import HFEngine
+    from rlpost.models.loading import load_model, load_tokenizer, resolve_model_path
+    from rlpost.rewards.builtin import TASK_CHECKERS
+    from rlpost.tasks import TASKS
+    from rlpost.workflows.single_turn import SingleTurnWorkflow
+
+    mc = ModelConfig(name_or_path=model)
+    path = resolve_model_path(mc)
+    tok, lm = load_tokenizer(path, mc), load_model(path, mc, "cpu", frozen=True)
+    rows = TASKS.get(task)(split, n, seed=seed, **(task_kwargs or {}))
+    check = TASK_CHECKERS[task]
+    prompts = build_prompts(rows, tok)
+    workflow = SingleTurnWorkflow(HFEngine(lm, tok), tok)
+    rng = random.Random(f"policy-pairs-{task}-{split}-{seed}")
+    out = []
+    for start in range(0, len(prompts), 64):
+        trajs = workflow.rollout(prompts[start:start + 64], SamplingParams(
+            n=samples, temperature=temperature, max_tokens=max_tokens, seed=seed * 100_003 + start))
+        by_prompt: dict[int, list] = {}
+        for t in trajs:
+            by_prompt.setdefault(t.prompt.id, []).append(t)
+        for pid, group in by_prompt.items():
+            row = rows[pid]
+            wrong = sorted({t.final_text for t in group if not check(t.final_text, row) and t.final_text.strip()})
+            if wrong:
+                out.append({"prompt": group[0].prompt.text, "chosen": str(row["answer"]),
+                            "rejected": rng.choice(wrong), "answer": str(row["answer"])})
+    return out
+
+
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,10 @@ GRPO has non-zero advantages. With random weights the model rarely emits EOS: co
 
 Both frameworks run in their own subprocess (clean GPU memory; peak memory is per run), one after the other:
 
-- rlpost: ``rollout.engine=vllm`` (colocated), bf16, gradient checkpointing, token-mean (dapo) loss, beta 0.
+- rlpost: ``rollout.engine=vllm`` (colocated), bf16, gradient checkpointing, token-mean (dapo) loss, beta 0,
+  ``optim.logprob_chunk_size=2048`` (rlpost's option for large vocabularies: the LM head runs on 2048 completion
+  tokens at a time, no [B, W, 151936] logits tensor; ``--logprob-chunk-size 0`` turns it off,
+  ``--padding-free`` adds packing).
 - TRL: ``GRPOTrainer`` with ``use_vllm=True, vllm_mode="colocate"``, bf16, gradient checkpointing,
   ``loss_type="dapo"``, beta 0, ``vllm_importance_sampling_correction=False`` (rlpost's default; on both
   sides off), one optimizer step per generation batch (gradient_accumulation_steps = batch / micro-batch).
@@ -89,9 +92,8 @@ def build_assets(out: Path, dry_run: bool, seed: int, num_prompts: int, prompt_l
         torch.manual_seed(seed)
         config = Qwen2Config(**spec, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                              bos_token_id=None, use_cache=True)
-        dtype = torch.float32 if dry_run else torch.bfloat16
-        with torch.device("cuda" if torch.cuda.is_available() and not dry_run else "cpu"):
-            model = Qwen2ForCausalLM(config).to(dtype)
+        # built on the CPU: the driver process never opens a CUDA context (it would count in the workers' peaks)
+        model = Qwen2ForCausalLM(config).to(torch.float32 if dry_run else torch.bfloat16)
         model.generation_config.eos_token_id = tok.eos_token_id
         model.generation_config.pad_token_id = tok.pad_token_id
         model.save_pretrained(model_dir)
@@ -179,7 +181,7 @@ def _summary(step_times, gen_times, tokens, args, n_params) -> dict:
     st = statistics.median(s for s, _, _ in steps)
     learner = statistics.median(max(s - g, 1e-9) for s, g, _ in steps)
     tok = statistics.median(t for _, _, t in steps)
-    peak = args.peak_tflops * 1e12
+    peak = (args.peak_tflops or default_peak_tflops()) * 1e12
     return {"step_time_s": st, "gen_time_s": statistics.median(g for _, g, _ in steps), "learner_time_s": learner,
             "tokens_per_step": tok, "tokens_per_s": tok / st, "learner_mfu": 6 * n_params * tok / (learner * peak),
             "measured_steps": len(steps)}
@@ -335,6 +337,11 @@ def default_peak_tflops() -> float:
     return 1.0  # CPU: a nominal 1 TFLOP/s, so MFU numbers of the dry run only compare the two sides
 
 
+def default_peak_tflops_of(results) -> float:
+    name = next((r.get("device", "") for r in results.values() if r), "")
+    return next((t for k, t in (("H200", 989.0), ("H100", 989.0), ("A100", 312.0)) if k in name), 989.0)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -348,7 +355,8 @@ def parse_args(argv=None):
     p.add_argument("--max-completion", type=int, default=None, help="completion cap (tokens)")
     p.add_argument("--micro-batch", type=int, default=None, help="sequences per forward/backward")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.3)
-    p.add_argument("--logprob-chunk-size", type=int, default=0, help="rlpost optim.logprob_chunk_size")
+    p.add_argument("--logprob-chunk-size", type=int, default=None,
+                   help="rlpost optim.logprob_chunk_size (GPU default 2048: no [B, W, 151936] logits tensor; 0 = off)")
     p.add_argument("--padding-free", action="store_true", help="rlpost optim.padding_free")
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -359,16 +367,16 @@ def parse_args(argv=None):
     p.add_argument("--assets", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     gpu = dict(steps=6, warmup=2, prompts=32, generations=8, prompt_len=64, max_completion=256, micro_batch=32,
-               worker_timeout=270.0)
+               worker_timeout=270.0, logprob_chunk_size=2048)
     cpu = dict(steps=2, warmup=1, prompts=4, generations=4, prompt_len=12, max_completion=12, micro_batch=8,
-               worker_timeout=300.0)
+               worker_timeout=300.0, logprob_chunk_size=8)
     for key, value in (cpu if args.dry_run else gpu).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.out is None:
         args.out = str(ROOT / "runs" / ("gpu_bench_dry" if args.dry_run else "gpu_bench"))
-    if args.peak_tflops is None:
-        args.peak_tflops = default_peak_tflops() if not args.dry_run else 1.0
+    if args.peak_tflops is None and args.dry_run:
+        args.peak_tflops = 1.0  # GPU runs: resolved from the device name in the workers
     return args
 
 
@@ -464,7 +472,7 @@ def format_report(results, args) -> str:
     if args.dry_run:
         lines.append("(dry run: CPU, tiny model, transformers generation; MFU against a nominal 1 TFLOP/s)")
     else:
-        lines.append(f"(MFU against {args.peak_tflops:.0f} TFLOP/s bf16 dense)")
+        lines.append(f"(MFU against {args.peak_tflops or default_peak_tflops_of(results):.0f} TFLOP/s bf16 dense)")
     if len(names) == 2 and all(results[n] for n in names):
         ok, text = verdict(results)
         lines.append(f"target (rlpost faster at no more memory): {'PASS' if ok else 'FAIL'}: {text}")

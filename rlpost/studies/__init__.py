@@ -1,2 +1,18 @@
 """Paper miniatures behind ``rlpost reproduce <name>``: each module exposes ``run(output_dir, seeds, steps, ...)``
 and writes ``<output_dir>/table.md`` plus PNG plots (see recipes/<name>/README.md)."""
+
+STUDIES = {"apr": "rlpost.studies.apr", "a2fm": "rlpost.studies.a2fm"}
+DEFAULTS = {"apr": {"seeds": [0], "steps": 20}, "a2fm": {"seeds": [0], "steps": 30}}  # CPU-sized
+
+
+def run_study(name: str, output_dir=None, seeds=None, steps=None, **kwargs) -> dict:
+    """``rlpost reproduce <name>`` for the study miniatures: ``rlpost.studies.<name>.run(...)``.
+
+    ``output_dir`` defaults to ``results/<name>``; ``seeds`` / ``steps`` to :data:`DEFAULTS`.
+    """
+    import importlib
+    if name not in STUDIES:
+        raise KeyError(f"unknown study {name!r}; known: {', '.join(STUDIES)}")
+    module = importlib.import_module(STUDIES[name])
+    return module.run(output_dir or f"results/{name}", seeds=seeds if seeds is not None else DEFAULTS[name]["seeds"],
+                      steps=steps if steps is not None else DEFAULTS[name]["steps"], **kwargs)

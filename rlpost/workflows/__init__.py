@@ -1,8 +1,21 @@
 """Rollout workflows: turn prompts into :class:`~rlpost.types.Trajectory` objects through an engine.
 
-A workflow is chosen by name (``rollout.workflow: apr``) and built as
-``WORKFLOWS.get(name)(engine, tokenizer, sampling, **params)``; its params dataclass is the
-registry entry's ``params``. Every workflow has ``rollout(prompts, n) -> list[Trajectory]``.
+A workflow is chosen by name (``rollout.workflow: apr`` or ``{name: apr, max_context: 4096}``) and built
+once as ``WORKFLOWS.get(name)(engine, tokenizer, **asdict(params))`` (its params dataclass is the registry
+entry's ``params``; no sampling settings at construction). Every step the trainer calls
+``rollout(prompts, params: SamplingParams) -> list[Trajectory]`` with fresh params (``params.n`` = group
+size, a per-step seed); trajectories of one prompt share ``group_id = prompt.id``.
+
+Optional hooks the trainer uses when a workflow defines them:
+
+* ``score(trajectories) -> {name: [float]}``: runs after the configured reward functions (which set
+  ``traj.reward``) and may rewrite ``traj.reward`` from group context (A²FM's APO); its components
+  are logged as ``reward/<name>/mean``.
+* ``metrics(trajectories) -> {name: float}``: logged every step (and as ``eval/<name>`` at evaluation).
+* ``eval_rollout(prompts, params)``: used instead of ``rollout`` for evaluation (A²FM: adaptive only).
+
+A trajectory may hold several samples (APR: one per engine call of a tree); the trainer then computes
+advantages with one reward per trajectory and gives each sample its trajectory's advantage.
 """
 from rlpost.registry import Registry
 

@@ -161,7 +161,7 @@ def check_format(mode: str | None, text: str) -> bool:
         return tags == ["reasoning", "answer"]
     # agentic: plan first, answer last and once; every tool_call answered by a tool_response
     named = [t for t in tags if t]
-    if named[0] != "plan" or tags[-1] != "answer" or named.count("answer") != 1 or "reasoning" in named:
+    if not named or named[0] != "plan" or tags[-1] != "answer" or named.count("answer") != 1 or "reasoning" in named:
         return False
     for i, t in enumerate(named):
         if t == "tool_call" and (i + 1 == len(named) or named[i + 1] != "tool_response"):

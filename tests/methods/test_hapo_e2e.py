@@ -6,7 +6,7 @@ import torch
 from rlpost.engines.base import SamplingParams
 from rlpost.methods.hapo import HAPOMethod
 
-from conftest import assert_finite
+from method_e2e_utils import assert_finite, run_train
 
 LOSS_KEYS = ["hapo/boost_frac", "hapo/damp_frac", "hapo/h_tilde_mean", "hapo/eps_low_mean", "hapo/eps_high_mean",
              "hapo/max_abs_group_token_adv_sum", "policy/entropy", "hapo/stats_q"]
@@ -14,8 +14,8 @@ TEMP_KEYS = ["hapo/temperature_mean", "hapo/temperature_min", "hapo/temperature_
              "hapo/temperature_down_frac", "hapo/has_stats"]
 
 
-def test_hapo_tiny_config_logs_its_signals(train, tmp_path):
-    rows = train("configs/tiny/arith_hapo.yaml", "trainer.save_steps=2", steps=3)
+def test_hapo_tiny_config_logs_its_signals(tmp_path):
+    rows = run_train(tmp_path / "run", "configs/tiny/arith_hapo.yaml", "trainer.save_steps=2", steps=3)
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert_finite(rows, LOSS_KEYS + TEMP_KEYS)
     first, later = rows[1], rows[2:]
@@ -26,8 +26,8 @@ def test_hapo_tiny_config_logs_its_signals(train, tmp_path):
     for r in rows[1:]:
         assert abs(r["hapo/max_abs_group_token_adv_sum"]) < 1e-3     # token-level group average sums to 0
     # resume from step 2: the carried temperature statistics come back from the checkpoint
-    resumed = train("configs/tiny/arith_hapo.yaml", "trainer.resume_from_checkpoint=latest", steps=3,
-                    out=tmp_path / "run")
+    resumed = run_train(tmp_path / "run", "configs/tiny/arith_hapo.yaml", "trainer.resume_from_checkpoint=latest",
+                        steps=3)
     assert resumed[-1]["step"] == 3 and resumed[-1]["hapo/has_stats"] == 1.0
 
 

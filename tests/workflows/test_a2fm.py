@@ -96,6 +96,12 @@ def test_route_tags_and_formats():
 
 # ----------------------------------------------------------------------------- APO math
 
+def test_agentic_body_without_tags_is_a_format_failure_not_a_crash():
+    # a random model's turn: a valid agentic route tag followed by free text only
+    assert not check_format("agentic", "x\n" + route_tag("agentic") + "no tags at all")
+    assert not check_format("agentic", "x\n" + route_tag("agentic") + "   ")
+
+
 def test_apo_reward_hand_computed():
     # p = 1/2 (forced instant: one of two right), alpha = 2:  r_adaptive = 1 - 0.5**2 = 0.75
     assert apo_easiness([1.0, 0.0]) == 0.5 and apo_easiness([]) == 0.0

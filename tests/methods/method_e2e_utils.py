@@ -1,9 +1,7 @@
-"""Shared helper for the methods' end-to-end tests: a few tiny steps through the real CLI."""
+"""Helpers for the HAPO / ADORA / OBLR-PO / GAIN-RL end-to-end tests: a few tiny steps through the real CLI."""
 import json
 import math
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -12,19 +10,14 @@ SMALL = ["rollout.prompts_per_step=4", "rollout.num_generations=4", "data.num_ev
          "trainer.eval_steps=0", "trainer.save_steps=0", "trainer.report_to=[none]", "trainer.progress_bar=false"]
 
 
-@pytest.fixture
-def train(tmp_path):
-    """train(config, *overrides, steps=3) -> list of metrics.jsonl rows (asserts the CLI exits 0)."""
+def run_train(out: Path, config: str, *overrides: str, steps: int = 3) -> list[dict]:
+    """`rlpost train <config> <SMALL> <overrides>` into ``out``; the rows of its metrics.jsonl."""
     from rlpost.cli import main
 
-    def run(config: str, *overrides: str, steps: int = 3, out: Path | None = None) -> list[dict]:
-        out = out or tmp_path / "run"
-        rc = main(["train", str(ROOT / config), *SMALL, f"trainer.max_steps={steps}",
-                   f"trainer.output_dir={out}", *overrides])
-        assert rc == 0
-        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-    return run
+    rc = main(["train", str(ROOT / config), *SMALL, f"trainer.max_steps={steps}", f"trainer.output_dir={out}",
+               *overrides])
+    assert rc == 0
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
 def assert_finite(rows: list[dict], keys, steps=None) -> None:
