@@ -87,6 +87,17 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def comm_device() -> torch.device:
+    """Where collective tensors live: the current GPU for NCCL, the CPU for gloo."""
+    if is_initialized() and _dist().get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _tensor(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64, device=comm_device())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -138,14 +149,14 @@ class Runtime:
     def all_reduce_sum(self, x):
         if not self.enabled:
             return x
-        t = torch.as_tensor(x, dtype=torch.float64).clone()
+        t = torch.as_tensor(x, dtype=torch.float64).to(comm_device()).clone()
         _dist().all_reduce(t)
         return type(x)(t.item()) if isinstance(x, (int, float)) else t
 
     def all_reduce_max(self, x):
         if not self.enabled:
             return x
-        t = torch.as_tensor(x, dtype=torch.float64).clone()
+        t = torch.as_tensor(x, dtype=torch.float64).to(comm_device()).clone()
         _dist().all_reduce(t, op=_dist().ReduceOp.MAX)
         return type(x)(t.item()) if isinstance(x, (int, float)) else t
 
@@ -457,9 +468,9 @@ class _Ops:
 
     def step_counts(self, tokens, rows: int, num_micro: int) -> tuple[float, int, int]:
         dist = _dist()
-        counts = torch.tensor([float(tokens), float(rows)], dtype=torch.float64)
+        counts = _tensor([float(tokens), float(rows)])
         dist.all_reduce(counts)
-        most = torch.tensor([float(num_micro)], dtype=torch.float64)
+        most = _tensor([float(num_micro)])
         dist.all_reduce(most, op=dist.ReduceOp.MAX)
         self.num_backward = int(most.item())
         if num_micro == 0 and self.num_backward > 0:
@@ -473,7 +484,7 @@ class _Ops:
 
     def reduce_metrics(self, total_loss: float, metrics: dict) -> tuple[float, dict]:
         keys = sorted({k for part in self.runtime.all_gather_object(sorted(metrics)) for k in part})
-        t = torch.tensor([total_loss] + [float(metrics.get(k, 0.0)) for k in keys], dtype=torch.float64)
+        t = _tensor([total_loss] + [float(metrics.get(k, 0.0)) for k in keys])
         _dist().all_reduce(t)
         return float(t[0]), {k: float(v) for k, v in zip(keys, t[1:])}
 

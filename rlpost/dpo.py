@@ -52,13 +52,13 @@ def preference_rows(cfg: DPORunConfig, tokenizer) -> list[dict]:
     rows = source_rows(d, d.train_split, d.num_train, seed)
     out = []
     for i, r in enumerate(rows):
-        for col in (d.prompt_column, d.chosen_column, d.rejected_column):
+        for col in (d.chosen_column, d.rejected_column) if isinstance(r.get(d.chosen_column), list) else \
+                (d.prompt_column, d.chosen_column, d.rejected_column):
             if col not in r:
                 raise ConfigError(f"{d.train_path} row {i} has no column {col!r} (columns: {sorted(r)})")
-        prompt, chosen, rejected = r[d.prompt_column], r[d.chosen_column], r[d.rejected_column]
-        if isinstance(chosen, list):   # conversational: TRL applies the template itself
-            out.append({"prompt": prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}],
-                        "chosen": chosen, "rejected": rejected})
+        prompt, chosen, rejected = r.get(d.prompt_column), r[d.chosen_column], r[d.rejected_column]
+        if isinstance(chosen, list):   # conversational (e.g. UltraFeedback): TRL extracts the shared prompt turns
+            out.append({"chosen": chosen, "rejected": rejected})
         else:
             out.append({"prompt": render_prompt(tokenizer, prompt, d, f"row {i}"), "chosen": str(chosen),
                         "rejected": str(rejected)})
@@ -109,7 +109,7 @@ def run_dpo(cfg: DPORunConfig) -> dict:
             f.write(json.dumps({"step": step, "eval/heldout_score": final}) + "\n")
     final_dir = out / "final_model"
     trainer.model.save_pretrained(final_dir)
-    tokenizer.save_pretrained(final_dir)
+    trainer.processing_class.save_pretrained(final_dir)
     summary = _summary(metrics_path, final_dir, step, time.perf_counter() - start,
                        {"heldout_score_initial": initial, "heldout_score": final, "beta": p.beta,
                         "learning_rate": p.learning_rate, "train_loss": result.training_loss})

@@ -127,12 +127,30 @@ def _lean(model, batch, temperature, need_entropy, need_sum_p_sq, chunk_size, pa
     _self_check(lm, head, post, hidden_all, out.logits)
     fn = _head_chunk(head, post, temperature, need_entropy, need_sum_p_sq)
     grad = torch.is_grad_enabled() and hidden.requires_grad
+    run = (lambda h, t: checkpoint(fn, h, t, use_reentrant=False)) if grad else fn
     parts = []
     for start in range(0, hidden.shape[0], chunk_size):
-        h, t = hidden[start:start + chunk_size], ids[start:start + chunk_size]
-        parts.append(checkpoint(fn, h, t, use_reentrant=False) if grad else fn(h, t))
+        parts.append(run(hidden[start:start + chunk_size], ids[start:start + chunk_size]))
     lp, ent, sq = (torch.cat([p[i] for p in parts]) for i in range(3))
+    # DeepSpeed ZeRO-3 gathers the head's weight collectively at every call (and again in the backward
+    # recomputation): every rank must make as many calls, so ranks with fewer chunks add zero-weighted ones
+    for _ in range(len(parts), _chunks_on_every_rank(head, len(parts))):
+        pad = run(hidden[:1] * 0.0, ids[:1])[0]
+        lp = lp + 0.0 * pad.sum()
     return _shape(lp, ent, sq, B, T, need_entropy, need_sum_p_sq)
+
+
+def _chunks_on_every_rank(head, count: int) -> int:
+    """The largest chunk count over ranks when the head's weight is ZeRO-3 partitioned, else ``count``."""
+    weight = getattr(head, "weight", None)
+    if weight is None or not hasattr(weight, "ds_id"):
+        return count
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return count
+    most = torch.tensor([float(count)], dtype=torch.float64, device=weight.device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return int(most.item())
 
 
 def _shape(lp, ent, sq, B, T, need_entropy, need_sum_p_sq):

@@ -49,6 +49,8 @@ class StageDataConfig:
     num_eval: int = 128                       # held-out task rows for the greedy-accuracy score (0: none)
     prompt_column: str = "prompt"             # text or chat messages
     completion_column: str = "answer"         # sft: the demonstration (ignored by dpo)
+    messages_column: str | None = None        # sft on conversations (e.g. UltraChat "messages"): train on the last turn
+    chat_template_path: str | None = None     # sft: tokenizer or .jinja whose chat template TRL applies (base models)
     chosen_column: str = "chosen"             # dpo
     rejected_column: str = "rejected"         # dpo
     preference_kind: str = "correct"          # dpo on a task: pairs from rlpost.reward_modeling (correct | last_digit ...)
@@ -126,15 +128,26 @@ def validate_stage(cfg) -> None:
     if t.per_device_train_batch_size < 1 or t.gradient_accumulation_steps < 1:
         raise ConfigError("trainer.per_device_train_batch_size and trainer.gradient_accumulation_steps must be >= 1")
     if isinstance(cfg, SFTRunConfig):
-        from rlpost.algos.sft_losses import LRReductionParams, SFT_LOSSES
+        from rlpost.algos.sft_losses import SFT_LOSSES
         name, params = component(cfg.sft.loss)
         if name not in SFT_LOSSES:
             raise ConfigError(f"sft.loss: {SFT_LOSSES.unknown_message(name)}")
         sft_loss_params(cfg)
-        try:
-            LRReductionParams(**cfg.sft.lr)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"sft.lr: {err}") from None
+        lr_params(cfg)
+
+
+def _floats(params_cls, node: dict) -> dict:
+    """YAML reads 1e-5 as a string: convert the values of float-typed fields of ``params_cls``."""
+    import typing
+    hints = typing.get_type_hints(params_cls) if params_cls else {}
+    out = dict(node)
+    for key, value in node.items():
+        if hints.get(key) is float and isinstance(value, (str, int)) and not isinstance(value, bool):
+            try:
+                out[key] = float(value)
+            except ValueError:
+                pass
+    return out
 
 
 def sft_loss_params(cfg: SFTRunConfig):
@@ -142,9 +155,18 @@ def sft_loss_params(cfg: SFTRunConfig):
     from rlpost.algos.sft_losses import SFT_LOSSES
     name, overrides = component(cfg.sft.loss)
     try:
-        return name, build_params(SFT_LOSSES.entry(name).params, None, overrides, where=f"sft.loss ({name})")
+        cls = SFT_LOSSES.entry(name).params
+        return name, build_params(cls, None, _floats(cls, overrides), where=f"sft.loss ({name})")
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None
+
+
+def lr_params(cfg: SFTRunConfig):
+    from rlpost.algos.sft_losses import LRReductionParams
+    try:
+        return LRReductionParams(**_floats(LRReductionParams, cfg.sft.lr))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"sft.lr: {err}") from None
 
 
 def save_stage_config(cfg, path: Path) -> None:
@@ -174,6 +196,15 @@ def sft_rows(cfg: SFTRunConfig, tokenizer) -> list[dict]:
     d = cfg.data
     rows = source_rows(d, d.train_split if d.train_path else "train", d.num_train, cfg.trainer.seed)
     out = []
+    if d.messages_column:   # conversational prompt-completion: TRL applies the chat template
+        for i, r in enumerate(rows):
+            msgs = r.get(d.messages_column)
+            if not isinstance(msgs, list) or len(msgs) < 2 or msgs[-1].get("role") != "assistant":
+                raise ConfigError(f"row {i}: data.messages_column {d.messages_column!r} must hold chat messages "
+                                  "ending with an assistant turn")
+            prompt = ([{"role": "system", "content": d.system_prompt}] if d.system_prompt else []) + list(msgs[:-1])
+            out.append({"prompt": prompt, "completion": [msgs[-1]]})
+        return out
     for i, r in enumerate(rows):
         for col in (d.prompt_column, d.completion_column):
             if col not in r:
@@ -195,11 +226,25 @@ def heldout_score(model, tokenizer, d: StageDataConfig, rows: list[dict], max_ne
     """Greedy accuracy on held-out task rows (the task's checker), or None without a task."""
     if not rows:
         return None
-    from rlpost.models.tiny import greedy_accuracy
+    import torch
+
+    from rlpost.rewards.builtin import TASK_CHECKERS
+    check = TASK_CHECKERS[d.task]
     was_training, side = model.training, tokenizer.padding_side
     model.eval()
+    tokenizer.padding_side = "left"
     try:
-        return greedy_accuracy(model, tokenizer, rows, d.task, max_new_tokens=max_new_tokens)
+        texts = [render_prompt(tokenizer, r[d.prompt_column], d, f"held-out row {i}") for i, r in enumerate(rows)]
+        correct = 0
+        with torch.no_grad():
+            for start in range(0, len(texts), 64):
+                enc = tokenizer(texts[start:start + 64], return_tensors="pt", padding=True, add_special_tokens=False)
+                enc = {k: v.to(model.device) for k, v in enc.items()}
+                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                completions = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                correct += sum(check(c, r) for c, r in zip(completions, rows[start:start + 64]))
+        return correct / len(rows)
     finally:
         model.train(was_training)
         tokenizer.padding_side = side
@@ -254,7 +299,7 @@ def _trainer_class():
     import torch
     from trl import SFTTrainer
 
-    from rlpost.algos.sft_losses import SFT_LOSSES, kl_to_initial, token_logprobs
+    from rlpost.algos.sft_losses import SFT_LOSSES, kl_to_initial
 
     class ImplicitRewardSFTTrainer(SFTTrainer):
         """SFTTrainer whose loss is any ``SFT_LOSSES`` entry; logs the implicit reward and KL to π_ref."""
@@ -267,6 +312,9 @@ def _trainer_class():
             self.sft_loss_params = sft_loss_params
             self.ref_model = ref_model
             if ref_model is not None:
+                size = self.model.get_input_embeddings().weight.shape[0]
+                if ref_model.get_input_embeddings().weight.shape[0] != size:   # chat_template_path added tokens
+                    ref_model.resize_token_embeddings(size)
                 self.ref_model = ref_model.to(self.accelerator.device).eval().requires_grad_(False)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -274,17 +322,22 @@ def _trainer_class():
             labels = inputs["labels"]
             fwd = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
             outputs = model(**fwd, use_cache=False)
-            logits = outputs.logits[:, :-1]                       # position t predicts token t+1
-            target = labels[:, 1:]
-            mask = (target != -100).to(logits.dtype)
-            ref_logits = ref_lp = None
+            target = labels[:, 1:]                                # position t predicts token t+1
+            mask = (target != -100).float()
+            sel = mask > 0
+            # only the trained positions go through the log-softmax: [N, V], not [B, T, V]
+            logp_all = torch.log_softmax(outputs.logits[:, :-1][sel].float(), dim=-1)          # [N, V]
+            logp = torch.zeros(mask.shape, dtype=logp_all.dtype, device=logp_all.device)
+            logp = logp.masked_scatter(sel, logp_all.gather(-1, target[sel][:, None]).squeeze(-1))  # [B, T]
+            ref_lp = None
             if self.ref_model is not None:
                 with torch.no_grad():
-                    ref_logits = self.ref_model(**fwd, use_cache=False).logits[:, :-1]
-                    ref_lp = torch.where(mask > 0, token_logprobs(ref_logits, target), 0.0)
-            loss, metrics = self.sft_loss_fn(logits, target, mask, self.sft_loss_params, ref_logprobs=ref_lp)
-            if ref_logits is not None:
-                metrics["sft/kl_to_initial"] = kl_to_initial(logits, ref_logits, mask)[0].item()
+                    ref_all = torch.log_softmax(self.ref_model(**fwd, use_cache=False).logits[:, :-1][sel].float(), -1)
+                    ref_lp = torch.zeros_like(logp).masked_scatter(sel, ref_all.gather(-1, target[sel][:, None]).squeeze(-1))
+            loss, metrics = self.sft_loss_fn(logp, None, mask, self.sft_loss_params, ref_logprobs=ref_lp)
+            if ref_lp is not None:   # exact per-token KL(π ‖ π_ref) over the vocabulary, token mean
+                metrics["sft/kl_to_initial"] = kl_to_initial(logp_all.detach()[None], ref_all[None],
+                                                             torch.ones(1, logp_all.shape[0], device=logp.device))[0].item()
             for key, value in metrics.items():
                 self._metrics[mode][key].append(float(value))
             if mode == "train":
@@ -303,7 +356,6 @@ def run_sft(cfg: SFTRunConfig) -> dict:
     from datasets import Dataset
     from trl import SFTConfig
 
-    from rlpost.algos.sft_losses import LRReductionParams
     from rlpost.models.loading import load_model, load_tokenizer
 
     t = cfg.trainer
@@ -321,7 +373,7 @@ def run_sft(cfg: SFTRunConfig) -> dict:
     ref_model = load_model(path, cfg.model, "cpu", frozen=True) \
         if cfg.sft.log_reference or component(cfg.sft.loss)[0] != "nll" else None
     loss_name, loss_params = sft_loss_params(cfg)
-    lr = LRReductionParams(**cfg.sft.lr)
+    lr = lr_params(cfg)
     train_ds = Dataset.from_list(sft_rows(cfg, tokenizer))
     held_out = heldout_rows(cfg.data, t.seed)
 
@@ -329,7 +381,8 @@ def run_sft(cfg: SFTRunConfig) -> dict:
         return heldout_score(model, tokenizer, cfg.data, held_out, t.eval_max_new_tokens)
 
     args = SFTConfig(**_trl_common_args(t, lr.base_lr * lr.lr_scale, lr.warmup_ratio, lr.schedule),
-                     completion_only_loss=True, packing=False, dataset_num_proc=None)
+                     completion_only_loss=True, packing=False, dataset_num_proc=None,
+                     chat_template_path=cfg.data.chat_template_path)
     start = time.perf_counter()
     initial = score()
     metrics_path = out / "metrics.jsonl"
@@ -346,7 +399,7 @@ def run_sft(cfg: SFTRunConfig) -> dict:
             f.write(json.dumps({"step": step, "eval/heldout_score": final}) + "\n")
     final_dir = out / "final_model"
     trainer.model.save_pretrained(final_dir)
-    tokenizer.save_pretrained(final_dir)
+    trainer.processing_class.save_pretrained(final_dir)   # carries a chat template set by chat_template_path
     summary = _summary(metrics_path, final_dir, step, time.perf_counter() - start,
                        {"heldout_score_initial": initial, "heldout_score": final, "sft_loss": loss_name,
                         "learning_rate": lr.base_lr * lr.lr_scale, "train_loss": result.training_loss})

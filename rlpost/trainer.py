@@ -300,7 +300,7 @@ class Trainer:
                                      temperature=t.eval_temperature or 0.0)
         trajs = getattr(self.workflow, "eval_rollout", self.workflow.rollout)(self.eval_prompts, params)
         components = self.score(trajs)
-        first = components[self.cfg.rewards[0].name]
+        first = next(iter(components.values()))   # the first reward's component (it may name itself, e.g. an RM)
         metrics = {"eval/reward_mean": float(np.mean([tr.reward for tr in trajs])),
                    "eval/accuracy": float(np.mean([(v or 0.0) >= 1.0 for v in first]))}
         if callable(getattr(self.workflow, "metrics", None)):

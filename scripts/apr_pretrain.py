@@ -6,7 +6,7 @@
     rlpost train recipes/apr/tiny.yaml model.name_or_path=runs/apr_pretrain/apr
 
 Data: the symbolic solver of rlpost.workflows.apr (APR: every call of a spawn/join tree is one sequence;
-SoS+: one serial trace with a ``Token Budget`` prefix), on 3-number problems (1..9, targets 10..30).
+SoS+: one serial trace with a ``Token Budget`` prefix), on 3-number problems (1..9, targets 10..25, + and - only).
 Model: a 2-layer LLaMA (d=128, head_dim 32, 2048 positions) with the char tokenizer plus the protocol
 phrases as tokens (rlpost.studies.phrase_tokenizer). Loss on each call's completion only.
 """

@@ -8,7 +8,18 @@ from rlpost.cli import main
 pytestmark = pytest.mark.slow
 SFT = "recipes/implicit_sft/tiny_sft.yaml"
 DPO = "recipes/implicit_sft/tiny_dpo.yaml"
-SMALL = ["data.num_train=32", "data.num_eval=16", "trainer.per_device_train_batch_size=8", "trainer.logging_steps=3"]
+SMALL = ["data.num_train=32", "data.num_eval=16", "trainer.per_device_train_batch_size=8", "trainer.logging_steps=3",
+         "sft.lr.base_lr=3e-4"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread: on a shared CPU an oversubscribed OpenMP pool is 10-50x slower."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def rows(out):
@@ -61,7 +72,7 @@ def test_dpo_cli_from_sft_checkpoint(sft_run, tmp_path):
     _, sft_out = sft_run
     out = tmp_path / "dpo"
     code = main(["dpo", DPO, f"model.name_or_path={sft_out / 'final_model'}", f"trainer.output_dir={out}",
-                 "trainer.max_steps=9", "dpo.learning_rate=5e-4", "data.num_train=16", *SMALL[1:]])
+                 "trainer.max_steps=9", "dpo.learning_rate=5e-4", "data.num_train=16", *SMALL[1:4]])
     assert code == 0
     train = [r for r in rows(out) if "loss" in r]
     assert train[0]["loss"] == pytest.approx(0.6931, abs=0.02)   # policy == reference at the start
@@ -78,3 +89,14 @@ def test_bad_sft_and_dpo_configs_exit_with_clear_errors(capsys):
     assert main(["sft", SFT, "sft.lr.lr_scale=2"]) == 2
     assert main(["dpo", DPO, "dpo.bta=0.1"]) == 2
     assert "did you mean dpo.beta" in capsys.readouterr().err
+
+
+def test_recipe_configs_load():
+    from rlpost.dpo import DPORunConfig
+    from rlpost.sft import SFTRunConfig, load_stage_config
+    full = load_stage_config(SFTRunConfig, "recipes/implicit_sft/full_sft.yaml")
+    assert full.model.name_or_path == "meta-llama/Meta-Llama-3-8B" and full.sft.lr["base_lr"] == 2e-5
+    assert full.data.messages_column == "messages"
+    assert load_stage_config(DPORunConfig, "recipes/implicit_sft/full_dpo.yaml").dpo.beta == 0.01
+    assert load_stage_config(SFTRunConfig, SFT).sft.loss["name"] == "nll"
+    assert load_stage_config(DPORunConfig, DPO).dpo.loss_type == ["sigmoid"]

@@ -281,7 +281,7 @@ class VLLMServerEngine:
                                    "params": wire, "seed_offset": lo}, f"generate ({hi - lo} prompts)")
                  for k, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
         samples: list[Sample] = []
-        for (_, _, _, _), lo, result in zip(calls, bounds, self._on_all(calls)):
+        for lo, result in zip(bounds, self._on_all(calls)):
             for s in result["samples"]:
                 idx = lo + s["request_index"]
                 samples.append(Sample(prompt_ids=list(requests[idx].prompt_ids), completion_ids=s["completion_ids"],

@@ -10,8 +10,9 @@
    with the route prefix injected and loss-masked, gamma adaptive ones, real tools with masked outputs;
    reward r_acc · r_fmt · (1 − p^α) for adaptive non-instant rollouts; one mixed group per query,
    population-std GRPO).
-3. **Evaluation** on held-out questions, greedy, before and after APO: the adaptive policy (its routes per
-   question kind, accuracy, tokens and token-priced cost per correct answer) and each forced mode.
+3. **Evaluation** on held-out questions (4 samples each at temperature 1: a route is a distribution), before
+   and after APO: the adaptive policy (its routes per question kind, accuracy, tokens and token-priced cost
+   per correct answer) and each forced mode.
 
 Outputs: ``table.md``, ``results.json``, ``routing.png`` and the runs under ``runs/``.
 """
@@ -76,8 +77,10 @@ def _summary(trajs, kinds) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model_dir: str | Path, rows: list[dict], max_tokens: int = 96, max_context: int = 640) -> dict:
-    """Greedy: the adaptive policy and each forced mode on ``rows`` (a2fm_mini test rows)."""
+def evaluate(model_dir: str | Path, rows: list[dict], samples: int = 4, temperature: float = 1.0,
+             max_tokens: int = 96, max_context: int = 640, seed: int = 0) -> dict:
+    """The adaptive policy and each forced mode on ``rows`` (a2fm_mini test rows), ``samples`` rollouts per
+    question at ``temperature`` (routing is a distribution: greedy decoding would show only its mode)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlpost.data import build_prompts
@@ -89,12 +92,12 @@ def evaluate(model_dir: str | Path, rows: list[dict], max_tokens: int = 96, max_
     prompts = build_prompts(rows, tok, source="a2fm_mini test")
     wf = A2FMWorkflow(HFEngine(model, tok), tok, rho=0, max_turns=2, max_context=max_context, tool_workers=2,
                       justifications=SHORT_JUSTIFICATIONS)
-    params = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, seed=0)
-    kinds = [r["kind"] for r in rows]
+    params = SamplingParams(n=1, temperature=temperature, max_tokens=max_tokens, seed=seed)
+    kinds = [r["kind"] for r in rows for _ in range(samples)]
     out = {}
     for mode in (None,) + MODES:
         start = time.perf_counter()
-        trajs = wf.run([(p, mode) for p in prompts], params)
+        trajs = wf.run([(p, mode) for p in prompts for _ in range(samples)], params)
         score_apo_batch(trajs)
         out[mode or "adaptive"] = {**_summary(trajs, kinds), "seconds": time.perf_counter() - start}
         log.info("a2fm eval %s: accuracy %.3f", mode or "adaptive", out[mode or "adaptive"]["accuracy"])
@@ -118,13 +121,15 @@ def rl(sft_dir: str | Path, out_dir: str | Path, steps: int, seed: int = 0, over
 
 
 def run(output_dir: str | Path = "results/a2fm", seeds=(0,), steps: int = 30, *, n_eval: int = 96,
-        n_sft: int = 4000, sft_time_s: float | None = 240, rl_overrides=(), reuse: bool = True) -> dict:
+        n_sft: int = 4000, sft_time_s: float | None = 240, eval_samples: int = 4, rl_overrides=(),
+        reuse: bool = True) -> dict:
     from rlpost.tasks.a2fm_mini import make_split
     torch.set_num_threads(1)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = make_split("test", n_eval, seed=0)
     results: dict = {"config": {"seeds": list(seeds), "steps": steps, "n_eval": n_eval, "n_sft": n_sft,
+                                "eval_samples": eval_samples,
                                 "sft_time_s": sft_time_s, "model": MODEL, "prices_per_mtok": PRICES,
                                 "sft_routing": SFT_ROUTING}, "runs": {}}
     t0 = time.perf_counter()
@@ -133,9 +138,9 @@ def run(output_dir: str | Path = "results/a2fm", seeds=(0,), steps: int = 30, *,
         if not (reuse and (sft_dir / "config.json").exists()):
             pretrain(sft_dir, n_examples=n_sft, seed=seed, time_budget_s=sft_time_s)
         info = json.loads((sft_dir / "rlpost_study.json").read_text())
-        before = evaluate(sft_dir, rows)
+        before = evaluate(sft_dir, rows, samples=eval_samples, seed=seed)
         rl_dir = rl(sft_dir, out / "runs" / f"apo-s{seed}", steps, seed, rl_overrides)
-        after = evaluate(rl_dir, rows)
+        after = evaluate(rl_dir, rows, samples=eval_samples, seed=seed)
         metrics = [json.loads(line) for line in (rl_dir.parent / "metrics.jsonl").read_text().splitlines()]
         results["runs"][f"s{seed}"] = {"seed": seed, "sft": info["sft"], "before": before, "after": after,
                                        "rl_curve": [{k: r.get(k) for k in ("step", "reward/mean", "a2fm/non_instant_rate",
@@ -173,11 +178,12 @@ def _num(v, fmt="{:.0f}"):
 
 def write_table(results: dict, path: Path) -> None:
     cfg = results["config"]
-    lines = [f"# A²FM miniature: routing and accuracy before and after APO ({cfg['n_eval']} held-out questions, greedy)", "",
+    lines = [f"# A²FM miniature: routing and accuracy before and after APO ({cfg['n_eval']} held-out questions "
+             f"x {cfg.get('eval_samples', 4)} samples at temperature 1)", "",
              f"Tiny LLaMA (d={cfg['model']['hidden_size']}, {cfg['model']['num_layers']} layers) warm-started from scratch "
              f"on {cfg['n_sft']} route-then-align traces (SFT time budget {cfg['sft_time_s']} s), then {cfg['steps']} "
              f"APO steps. Seeds: {cfg['seeds']}. Question kinds (equal shares): instant = one single-digit sum, "
-             "reasoning = four-term sum, calc = 4-digit x 3-digit product, search = code of a fictional town "
+             "reasoning = four-term sum, calc = 3-digit x 2-digit product, search = code of a fictional town "
              "(held-out towns: only the corpus knows). Cost: token-priced, input 1 and output 4 per million tokens.", "",
              "## Adaptive policy", "",
              "| stage | accuracy % | non-instant routes % | instant % | reasoning % | agentic % | invalid % | "

@@ -19,8 +19,8 @@ For each seed and each method (``sos`` = SoS+ serial search, ``apr`` = spawn/joi
 Outputs: ``table.md``, ``results.json``, ``accuracy_vs_window.png``, ``accuracy_vs_budget.png`` and the
 runs under ``runs/`` (SFT models, RL runs with ``metrics.jsonl``).
 
-Scale: 3 numbers in 1..9, targets 10..30 (the paper: 4 numbers, targets up to 100), a 0.5M-parameter
-model trained for minutes on CPU (the paper: 228M, 19k steps on TPUs).
+Scale: 3 numbers in 1..9, targets 10..25, + and - only (the paper: 4 numbers, targets up to 100, + - * /),
+a 0.5M-parameter model trained for minutes on CPU (the paper: 228M, 19k steps on TPUs).
 """
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def run(output_dir: str | Path = "results/apr", seeds=(0,), steps: int = 20, *, 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     test = problems("test", n_eval, seed=0, count=TASK["count"], max_num=TASK["max_num"],
-                    target_range=TASK["target_range"])
+                    target_range=TASK["target_range"], ops=TASK["ops"])
     results: dict = {"config": {"seeds": list(seeds), "steps": steps, "n_eval": len(test), "n_traces": n_traces,
                                 "sft_time_s": sft_time_s, "windows": list(windows), "budgets": list(budgets),
                                 "task": {k: list(v) if isinstance(v, tuple) else v for k, v in TASK.items()},
@@ -200,7 +200,8 @@ def write_table(results: dict, path: Path) -> None:
     kinds = [k for k in METHODS if any(r["kind"] == k for r in results["runs"].values())]
     lines = [f"# APR miniature: APR vs SoS+ on held-out Countdown ({cfg['n_eval']} problems, greedy)", "",
              f"Task: {cfg['task']['count']} numbers in 1..{cfg['task']['max_num']}, targets "
-             f"{cfg['task']['target_range'][0]}..{cfg['task']['target_range'][1]}; tiny LLaMA "
+             f"{cfg['task']['target_range'][0]}..{cfg['task']['target_range'][1]}, operations {cfg['task']['ops']} "
+             f"(held-out problems: {cfg['n_eval']} prompts); tiny LLaMA "
              f"({cfg['model']['num_layers']} layers, d={cfg['model']['hidden_size']}) trained from scratch on "
              f"{cfg['n_traces']} solver traces per method (SFT time budget {cfg['sft_time_s']} s), then "
              f"{cfg['steps']} RL steps. Seeds: {cfg['seeds']}. Tokens: phrase tokenizer (protocol phrases = 1 token).", "",

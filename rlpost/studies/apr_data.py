@@ -10,8 +10,8 @@ import random
 from rlpost.tasks.apr_countdown import problems
 from rlpost.workflows.apr import apr_trace, sos_trace, validate_tree
 
-# Miniature defaults: 3 numbers in 1..9, targets 10..30 (the paper: 4 numbers, targets 10..100).
-TASK = {"count": 3, "max_num": 9, "target_range": (10, 30)}
+# Miniature defaults: 3 numbers in 1..9, targets 10..25, + and - only (the paper: 4 numbers, targets 10..100, + - * /).
+TASK = {"count": 3, "max_num": 9, "target_range": (10, 25), "ops": "+-"}
 BUDGET_BIN, BUDGET_CAP = 128, 768   # SoS+ token-budget bins of the miniature (phrase-tokenizer tokens)
 
 
@@ -25,17 +25,17 @@ def trace_pairs(kind: str, n_traces: int, seed: int = 0, beam: tuple[int, int] =
     task = {**TASK, **(task or {})}
     rng = random.Random(f"apr-data-{kind}-{seed}")
     probs = problems("train", n_traces, seed=seed, count=task["count"], max_num=task["max_num"],
-                     target_range=tuple(task["target_range"]), distinct=False)
+                     target_range=tuple(task["target_range"]), distinct=False, ops=task["ops"])
     pairs, solved, children, tokens = [], 0, 0, 0
     for target, nums in probs:
         b = rng.randint(*beam)
         if kind == "apr":
             tree = apr_trace(target, nums, rng, beam_size=b, sub_beam_size=rng.randint(b, max(b, beam[1])),
-                             p_parallel=p_parallel)
+                             p_parallel=p_parallel, ops=task["ops"])
             children += tree.num_children()
         elif kind == "sos":
             tree = sos_trace(target, nums, rng, beam_size=b, p_sub=p_sub, budget="tokens", count_tokens=count_tokens,
-                             budget_bin=budget_bin, budget_cap=budget_cap)
+                             budget_bin=budget_bin, budget_cap=budget_cap, ops=task["ops"])
         else:
             raise ValueError(f"kind must be 'apr' or 'sos', got {kind!r}")
         if check:

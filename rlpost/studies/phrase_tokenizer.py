@@ -4,7 +4,8 @@ A character-level tokenizer spends ~3x more tokens on APR's verbose protocol lin
 Llama-2 BPE does; adding each fixed phrase (``Exploring Operation: ``, ``<Calling Sub Searches>``, ...) as
 one token brings a trace to roughly BPE length (1,257 characters -> ~420 tokens) while numbers, ids
 and arithmetic stay character-level. The A²FM miniature does the same for its tags and tool-call JSON
-keys. They save and load like any tokenizer (``save_pretrained`` / ``AutoTokenizer.from_pretrained``);
+keys, and adds the 100 two-digit strings ``00``..``99`` (numbers are copied between question, tool call,
+tool response and answer: half as many tokens to copy for a tiny model). They save and load like any tokenizer (``save_pretrained`` / ``AutoTokenizer.from_pretrained``);
 decode(encode(text)) == text.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ A2FM_PHRASES = ["<classification>\n", "\n</classification>\n", "default_agent", 
                 "toolcalling_agent", "<answer>", "</answer>", "<reasoning>", "</reasoning>", "<plan>", "</plan>",
                 "<tool_call>\n", "\n</tool_call>", "\n<tool_response>\n", "\n</tool_response>\n",
                 "Results for tool call ", '{"name": "', '", "arguments": {"', '": "', '"}}', "calculator", "python",
-                "search", "expression", "code of ", "print(", "What is "]
+                "search", "expression", "code of ", "print(", "What is "] + [f"{i:02d}" for i in range(100)]
 
 
 def phrase_tokenizer(phrases: list[str]):

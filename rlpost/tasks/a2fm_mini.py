@@ -4,7 +4,7 @@ Four kinds of question (column ``kind``), answered by a short string (column ``a
 
 * ``instant``:   ``What is 3+4?`` (one single-digit sum: a direct answer suffices)
 * ``reasoning``: ``What is 3+4+5+2?`` (a chain of four single-digit terms: step-by-step partial sums)
-* ``calc``:      ``What is 4821*917?`` (a 4-digit by 3-digit product: needs the calculator or Python)
+* ``calc``:      ``What is 482*91?`` (a 3-digit by 2-digit product: needs the calculator or Python)
 * ``search``:    ``What is the code of Zorvak?`` (a fictional fact: only the shipped corpus knows it)
 
 The corpus (``rlpost/tasks/data/a2fm_corpus.jsonl``, made by :func:`build_corpus`) holds one document per
@@ -37,7 +37,7 @@ def _bucket(key: str) -> int:
 
 
 def build_corpus(n: int = 160, seed: int = 0) -> list[dict]:
-    """``n`` fictional places, each ``{"id", "title", "text"}`` with a 4-digit code and a population."""
+    """``n`` fictional places, each ``{"id", "title", "text"}`` with a 4-digit code."""
     rng = random.Random(f"a2fm-corpus-{seed}")
     names: list[str] = []
     while len(names) < n:
@@ -80,7 +80,7 @@ def question(kind: str, rng: random.Random, split: str, corpus: list[dict]) -> t
             key, q, ans, info = f"r{expr}", f"What is {expr}?", str(sum(terms)), {"terms": terms}
             test = _bucket(key) < 26
         elif kind == "calc":
-            a, b = rng.randint(1000, 9999), rng.randint(100, 999)
+            a, b = rng.randint(100, 999), rng.randint(10, 99)
             key, q, ans, info = f"c{a}*{b}", f"What is {a}*{b}?", str(a * b), {"expression": f"{a}*{b}"}
             test = _bucket(key) < 26
         elif kind == "search":

@@ -109,13 +109,13 @@ def token_budget_bin(n_tokens: int, bin_size: int = 512, cap: int | None = 4096)
     return min(b, cap) if cap else b
 
 
-def combine(a: int, b: int) -> list[tuple[int, str]]:
-    """Countdown moves on a pair: a+b, a*b, larger-smaller, and larger/smaller when exact."""
+def combine(a: int, b: int, ops: str = "+-*/") -> list[tuple[int, str]]:
+    """Countdown moves on a pair: a+b, a*b, larger-smaller, and larger/smaller when exact (those in ``ops``)."""
     hi, lo = (a, b) if a > b else (b, a)
-    out = [(a + b, f"{a}+{b}={a + b}"), (a * b, f"{a}*{b}={a * b}"), (hi - lo, f"{hi}-{lo}={hi - lo}")]
+    out = [("+", a + b, f"{a}+{b}={a + b}"), ("*", a * b, f"{a}*{b}={a * b}"), ("-", hi - lo, f"{hi}-{lo}={hi - lo}")]
     if lo != 0 and hi % lo == 0:
-        out.append((hi // lo, f"{hi}/{lo}={hi // lo}"))
-    return out
+        out.append(("/", hi // lo, f"{hi}/{lo}={hi // lo}"))
+    return [(value, text) for op, value, text in out if op in ops]
 
 
 def mult_heuristic(nums, target: int) -> int:
@@ -124,13 +124,13 @@ def mult_heuristic(nums, target: int) -> int:
     return sum(min(abs(n - f) for f in factors) for n in nums)
 
 
-def solvable(target: int, nums) -> bool:
+def solvable(target: int, nums, ops: str = "+-*/") -> bool:
     """Depth-first: can all of ``nums`` be combined into ``target``?"""
     if len(nums) == 1:
         return nums[0] == target
     for i, j in itertools.combinations(range(len(nums)), 2):
         rest = [n for k, n in enumerate(nums) if k not in (i, j)]
-        if any(solvable(target, rest + [v]) for v, _ in combine(nums[i], nums[j])):
+        if any(solvable(target, rest + [v], ops) for v, _ in combine(nums[i], nums[j], ops)):
             return True
     return False
 
@@ -199,12 +199,13 @@ def _path(goal: _Node, start: _Node, target: int) -> str:
     raise AssertionError("goal is not below start")
 
 
-def _expand(node: _Node, target: int, beam: int, rng: random.Random, heuristic) -> tuple[str, _Node | None, list[_Node]]:
+def _expand(node: _Node, target: int, beam: int, rng: random.Random, heuristic,
+            ops: str = "+-*/") -> tuple[str, _Node | None, list[_Node]]:
     """Write one node's expansion: keep the ``beam`` best successors (shuffled), report each."""
     successors = []
     for i, j in itertools.combinations(range(len(node.nums)), 2):
         rest = [n for k, n in enumerate(node.nums) if k not in (i, j)]
-        for value, op in combine(node.nums[i], node.nums[j]):
+        for value, op in combine(node.nums[i], node.nums[j], ops):
             nums = rest + [value]
             successors.append(_Node("", nums, node.ops + [op], heuristic(nums, target), node))
     successors.sort(key=lambda n: n.h)  # stable: ties keep generation order
@@ -226,7 +227,7 @@ def _expand(node: _Node, target: int, beam: int, rng: random.Random, heuristic) 
 
 
 def _parallel_search(target, start: _Node, beam, sub_beam, rng, p_parallel, level, spawn_levels, heuristic,
-                     root: _Node) -> tuple[SearchTree, _Node | None]:
+                     root: _Node, ops: str = "+-*/") -> tuple[SearchTree, _Node | None]:
     """Hybrid BFS/DFS of APR App. A.3: at levels < spawn_levels, a node with >1 successors is, with
     probability ``p_parallel``, explored by one child thread per successor (a spawn)."""
     call_prompt = thread_prompt(start.idx, target, start.nums, start.ops)
@@ -237,7 +238,7 @@ def _parallel_search(target, start: _Node, beam, sub_beam, rng, p_parallel, leve
         current = [heapq.heappop(heap)[2] for _ in range(min(beam, len(heap)))]
         for ci, node in enumerate(current):
             text += state_line(target, node.nums, node.ops) + "\n"
-            lines, goal, frontier = _expand(node, target, beam, rng, heuristic)
+            lines, goal, frontier = _expand(node, target, beam, rng, heuristic, ops)
             text += lines
             if goal is not None:
                 text += _path(goal, root, target)
@@ -246,7 +247,7 @@ def _parallel_search(target, start: _Node, beam, sub_beam, rng, p_parallel, leve
                 return tree, goal
             if level < spawn_levels and len(frontier) > 1 and rng.random() < p_parallel:
                 subs = [_parallel_search(target, c, sub_beam, sub_beam, rng, p_parallel, level + 1, spawn_levels,
-                                         heuristic, c) for c in frontier]
+                                         heuristic, c, ops) for c in frontier]
                 block = CALL_START + "\n" + "".join(
                     f"<Start Sub Search {i} at level {level + 1}> Moving to Node #{c.idx}\n"
                     for i, c in enumerate(frontier)) + CALL_END + "\n"
@@ -274,7 +275,8 @@ def _parallel_search(target, start: _Node, beam, sub_beam, rng, p_parallel, leve
     return tree, None
 
 
-def _serial_search(target, start: _Node, beam, rng, p_sub, level, heuristic, root: _Node) -> tuple[str, _Node | None]:
+def _serial_search(target, start: _Node, beam, rng, p_sub, level, heuristic, root: _Node,
+                   ops: str = "+-*/") -> tuple[str, _Node | None]:
     """SoS+ (the serial hybrid search): promising nodes get an inline sub-search, one after another."""
     text = ""
     heap, tie = [(start.h, 0, start)], itertools.count(1)
@@ -282,13 +284,13 @@ def _serial_search(target, start: _Node, beam, rng, p_sub, level, heuristic, roo
         current = [heapq.heappop(heap)[2] for _ in range(min(beam, len(heap)))]
         for ci, node in enumerate(current):
             text += state_line(target, node.nums, node.ops) + "\n"
-            lines, goal, frontier = _expand(node, target, beam, rng, heuristic)
+            lines, goal, frontier = _expand(node, target, beam, rng, heuristic, ops)
             text += lines
             if goal is not None:
                 return text + _path(goal, root, target), goal
             if frontier and rng.random() < p_sub:
                 for c in frontier:
-                    sub, g = _serial_search(target, c, beam, rng, p_sub, level + 1, heuristic, root)
+                    sub, g = _serial_search(target, c, beam, rng, p_sub, level + 1, heuristic, root, ops)
                     text += f"Start Sub Search at level {level + 1}: Moving to Node #{c.idx}\n" + sub
                     text += f"Exit Sub Search at level {level + 1}\n"
                     if g is not None:
@@ -318,7 +320,8 @@ def _tree_tokens(tree: SearchTree, count_tokens: Callable[[str], int]) -> int:
 
 def apr_trace(target: int, nums, rng: random.Random, beam_size: int | None = None, sub_beam_size: int | None = None,
               p_parallel: float = 0.9, spawn_levels: int = 1, budget: str | None = None,
-              count_tokens: Callable[[str], int] | None = None, heuristic=mult_heuristic) -> SearchTree:
+              count_tokens: Callable[[str], int] | None = None, heuristic=mult_heuristic,
+              ops: str = "+-*/") -> SearchTree:
     """An APR solver tree for one problem (App. A.3 Alg. 2 as in ``src/data/search.py``).
 
     Args:
@@ -327,6 +330,7 @@ def apr_trace(target: int, nums, rng: random.Random, beam_size: int | None = Non
         p_parallel: chance to spawn at a level-0 node with >1 successors. The code uses 0.9
             (``promising_threshold``); the paper text says 10 % (see the notes' open question 1).
         spawn_levels: threads at level < spawn_levels may spawn (1 = only the root, as in the paper).
+        ops: the allowed operations (Countdown: ``+-*/``; a miniature may use fewer, e.g. ``+-``).
         budget: None, ``"sub_calls"`` (root prompts get ``Sub Call Budget: k `` with k = child threads
             in the tree; children do not) or ``"tokens"`` (every prompt gets ``Token Budget: n ``,
             n = the tree's completion tokens rounded up to 512; needs ``count_tokens``).
@@ -334,7 +338,7 @@ def apr_trace(target: int, nums, rng: random.Random, beam_size: int | None = Non
     beam = beam_size or rng.randint(1, 10)
     sub_beam = sub_beam_size or rng.randint(beam, max(beam, 15))
     start = _Node("0", list(nums), [], heuristic(nums, target))
-    tree, _ = _parallel_search(target, start, beam, sub_beam, rng, p_parallel, 0, spawn_levels, heuristic, start)
+    tree, _ = _parallel_search(target, start, beam, sub_beam, rng, p_parallel, 0, spawn_levels, heuristic, start, ops)
     if budget == "sub_calls":
         _apply_prefix(tree, f"Sub Call Budget: {tree.num_children()} ", to_children=False)
     elif budget == "tokens":
@@ -348,7 +352,8 @@ def apr_trace(target: int, nums, rng: random.Random, beam_size: int | None = Non
 
 def sos_trace(target: int, nums, rng: random.Random, beam_size: int | None = None, p_sub: float = 0.5,
               budget: str | None = None, count_tokens: Callable[[str], int] | None = None,
-              heuristic=mult_heuristic, budget_bin: int = 512, budget_cap: int | None = 4096) -> SearchTree:
+              heuristic=mult_heuristic, budget_bin: int = 512, budget_cap: int | None = 4096,
+              ops: str = "+-*/") -> SearchTree:
     """A serial SoS+ trace (one call, no spawns), from the same root prompt as APR.
 
     ``p_sub`` is the chance that a node's successors get inline sub-searches (``sosp`` default 0.5);
@@ -358,7 +363,7 @@ def sos_trace(target: int, nums, rng: random.Random, beam_size: int | None = Non
     beam = beam_size or rng.randint(1, 5)
     start = _Node("0", list(nums), [], heuristic(nums, target))
     prompt = thread_prompt("0", target, nums, [])
-    text, goal = _serial_search(target, start, beam, rng, p_sub, 0, heuristic, start)
+    text, goal = _serial_search(target, start, beam, rng, p_sub, 0, heuristic, start, ops)
     tree = SearchTree(calls=[(prompt, text[len(state_line(target, nums, [])):])], solved=goal is not None)
     if budget == "tokens":
         if count_tokens is None:

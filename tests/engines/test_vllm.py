@@ -4,7 +4,6 @@ One in-process engine for the whole module (a vLLM start-up costs ~5-20 s on CPU
 vLLM's kernels vs transformers' -- measured max |diff| ~3e-6 for log-probs and ~1e-6 for entropies; the tests
 allow 1e-4.
 """
-import copy
 
 import pytest
 import torch

@@ -18,6 +18,16 @@ COMMON = ["trainer.progress_bar=false", "trainer.report_to=[]", "data.num_eval=4
           "rewards=[{name: arithmetic}, {name: format}]", "method={constrained: {}}"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread: on a shared CPU an oversubscribed OpenMP pool is 10-50x slower."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run(out, *overrides):
     code = main(["train", TINY, f"trainer.output_dir={out}", *COMMON, *overrides])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] if code == 0 else []
@@ -77,3 +87,20 @@ def test_constrained_method_config_errors(tmp_path, tiny_model_path, capsys):
     node = {"name": "constrained", "mode": "xi", "thresholds": {"arithmetic": 0.6, "rm_missing": 0.1}}
     assert run(tmp_path / "b", "trainer.max_steps=1", "algo.advantage=" + json.dumps(node))[0] == 2
     assert "no reward reports" in capsys.readouterr().err
+
+
+def test_recipe_configs_load():
+    import glob
+
+    from rlpost.algos import build_params
+    from rlpost.algos.constrained import ConstrainedAdvParams
+    from rlpost.config import component, load_config
+    paths = sorted(glob.glob("recipes/constrained_rlhf/*.yaml"))
+    assert len(paths) == 5
+    for path in paths:
+        cfg = load_config(path)
+        name, node = component(cfg.algo.advantage)
+        params = build_params(ConstrainedAdvParams, None, node, where=path)
+        names = [r.kwargs.get("name") for r in cfg.rewards if r.name in ("reward_model", "remote_reward_model")]
+        assert set(params.components) <= set(names), path
+        assert "constrained" in cfg.method

@@ -10,6 +10,16 @@ from rlpost.rewards import RewardManager
 from rlpost.rewards.reward_model import RemoteRewardModel, RewardModelReward
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread: on a shared CPU an oversubscribed OpenMP pool is 10-50x slower."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_preference_pairs_by_kind(char_tokenizer):
     correct = make_preference_pairs("arithmetic", "correct", n=20, tokenizer=char_tokenizer)
     assert all(p["chosen"] == p["answer"] != p["rejected"] for p in correct)
