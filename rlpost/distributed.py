@@ -283,13 +283,24 @@ class Runtime:
         shared = getattr(engine, "shared_across_ranks", None)
         if shared is None:
             shared = self.cfg.rollout.engine == "vllm_server"
-        if shared and not self.is_main:
+        if not shared:
+            engine.load_weights(tensors)
+            return
+        failure = None
+        if self.is_main:
+            try:
+                engine.load_weights(tensors)
+            except Exception as err:  # tell the other ranks, so that every rank stops now instead of timing out
+                failure = err
+        else:
             for _ in tensors:
                 pass
-        else:
-            engine.load_weights(tensors)
-        if shared:
-            self.barrier()
+        message = self.broadcast_object(None if failure is None else f"{type(failure).__name__}: {failure}")
+        if failure is not None:
+            raise failure
+        if message is not None:
+            from rlpost.engines.base import EngineError
+            raise EngineError(f"rank 0 could not send the weights to the rollout workers: {message}")
 
     # ------------------------------------------------------------------ learner
     def wrap_learner(self, learner) -> None:

@@ -126,25 +126,31 @@ def _lean(model, batch, temperature, need_entropy, need_sum_p_sq, chunk_size, pa
     head, post = lm.get_output_embeddings(), logits_postprocess(lm)
     _self_check(lm, head, post, hidden_all, out.logits)
     fn = _head_chunk(head, post, temperature, need_entropy, need_sum_p_sq)
-    grad = torch.is_grad_enabled() and hidden.requires_grad
-    run = (lambda h, t: checkpoint(fn, h, t, use_reentrant=False)) if grad else fn
-    parts = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        parts.append(run(hidden[start:start + chunk_size], ids[start:start + chunk_size]))
-    lp, ent, sq = (torch.cat([p[i] for p in parts]) for i in range(3))
+    # recompute each chunk in backward (one [chunk, V] block alive at a time); not with ZeRO-3-partitioned weights,
+    # which DeepSpeed cannot re-gather inside torch.utils.checkpoint's recomputation
+    recompute = torch.is_grad_enabled() and hidden.requires_grad and not _zero3_partitioned(head)
+    run = (lambda h, t: checkpoint(fn, h, t, use_reentrant=False)) if recompute else fn
+    starts = range(0, hidden.shape[0], chunk_size)
     # DeepSpeed ZeRO-3 gathers the head's weight collectively at every call (and again in the backward
     # recomputation): every rank must make as many calls, so ranks with fewer chunks add zero-weighted ones
-    for _ in range(len(parts), _chunks_on_every_rank(head, len(parts))):
+    calls = _chunks_on_every_rank(head, len(starts))
+    parts = [run(hidden[start:start + chunk_size], ids[start:start + chunk_size]) for start in starts]
+    lp, ent, sq = (torch.cat([p[i] for p in parts]) for i in range(3))
+    for _ in range(len(starts), calls):
         pad = run(hidden[:1] * 0.0, ids[:1])[0]
         lp = lp + 0.0 * pad.sum()
     return _shape(lp, ent, sq, B, T, need_entropy, need_sum_p_sq)
 
 
+def _zero3_partitioned(head) -> bool:
+    return hasattr(getattr(head, "weight", None), "ds_id")
+
+
 def _chunks_on_every_rank(head, count: int) -> int:
     """The largest chunk count over ranks when the head's weight is ZeRO-3 partitioned, else ``count``."""
-    weight = getattr(head, "weight", None)
-    if weight is None or not hasattr(weight, "ds_id"):
+    if not _zero3_partitioned(head):
         return count
+    weight = head.weight
     import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return count

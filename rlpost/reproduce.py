@@ -99,7 +99,8 @@ def _config_path(rel: str) -> Path:
     raise FileNotFoundError(f"{rel} not found under {ROOT} or {Path.cwd()}: run from the rlpost repository")
 
 
-def run_one(config: str, overrides: list[str], runs_dir: Path, force: bool = False) -> tuple[list[tuple[int, float]], float, Path]:
+def run_one(config: str, overrides: list[str], runs_dir: Path,
+            force: bool = False) -> tuple[list[tuple[int, float]], float, Path]:
     """Train one tiny run (or reuse a finished one with the same config); return its eval curve and wall time."""
     from rlpost.config import load_config, to_dict
     from rlpost.tracking import read_metrics
@@ -127,7 +128,8 @@ def run_one(config: str, overrides: list[str], runs_dir: Path, force: bool = Fal
         summary = json.loads(done.read_text())
         summary["reproduce_wall_s"] = wall
         done.write_text(json.dumps(summary, indent=2))
-    curve = [(r["step"], r["eval/accuracy"]) for r in read_metrics(out / "metrics.jsonl") if r.get("eval/accuracy") is not None]
+    curve = [(r["step"], r["eval/accuracy"]) for r in read_metrics(out / "metrics.jsonl")
+             if r.get("eval/accuracy") is not None]
     return curve, wall, out
 
 
@@ -238,13 +240,15 @@ def write_table(path: Path, recipe: str, results: list[RunResult], budget: Budge
         thr_text = f"{thr:.3f}" if thr is not None else "n/a (GRPO did not improve)"
         lines += [f"## {task}", "", f"Initial held-out accuracy (step 0): {s['initial_accuracy']:.3f}. "
                   f"Threshold for 'steps to threshold': {thr_text} (half of GRPO's mean gain unless --threshold).", "",
-                  "| method | final acc. mean ± std | min..max | best acc. (mean) | steps to threshold (mean, reached) | wall s/run |",
+                  "| method | final acc. mean ± std | min..max | best acc. (mean) "
+                  "| steps to threshold (mean, reached) | wall s/run |",
                   "|---|---|---|---|---|---|"]
         for method, m in s["methods"].items():
-            st = (f"{m['steps_to_threshold_mean']:.1f} ({m['reached']}/{m['n']})" if m["steps_to_threshold_mean"] is not None
-                  else f"- (0/{m['n']})")
-            lines.append(f"| {method} | {m['final_mean']:.3f} ± {m['final_std']:.3f} | {m['final_min']:.3f}..{m['final_max']:.3f}"
-                         f" | {m['best_mean']:.3f} | {st} | {m['wall_s_mean']:.0f} |")
+            st = (f"{m['steps_to_threshold_mean']:.1f} ({m['reached']}/{m['n']})"
+                  if m["steps_to_threshold_mean"] is not None else f"- (0/{m['n']})")
+            lines.append(f"| {method} | {m['final_mean']:.3f} ± {m['final_std']:.3f} "
+                         f"| {m['final_min']:.3f}..{m['final_max']:.3f} | {m['best_mean']:.3f} | {st} "
+                         f"| {m['wall_s_mean']:.0f} |")
         lines.append("")
     path.write_text("\n".join(lines))
     return summary
@@ -264,7 +268,8 @@ def plot_curves(path: Path, recipe: str, results: list[RunResult]) -> Path:
             by_step = [[dict(r.curve)[s] for r in runs if s in dict(r.curve)] for s in steps]
             mean = [sum(v) / len(v) for v in by_step]
             line, = ax.plot(steps, mean, marker="o", markersize=3, label=f"{method} (n={len(runs)})")
-            ax.fill_between(steps, [min(v) for v in by_step], [max(v) for v in by_step], color=line.get_color(), alpha=0.15)
+            ax.fill_between(steps, [min(v) for v in by_step], [max(v) for v in by_step], color=line.get_color(),
+                            alpha=0.15)
         ax.set_title(f"{RECIPES[recipe].label} vs baselines: {task}")
         ax.set_xlabel("RL step")
         ax.set_ylabel("held-out accuracy (greedy)")

@@ -51,6 +51,8 @@ def derived_seed(*parts) -> int:
 
 
 class Trainer:
+    dist = distributed.Runtime()  # single process until setup() joins a launcher's process group
+
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.out = Path(cfg.trainer.output_dir)
@@ -372,6 +374,8 @@ class Trainer:
         finished step (the weight sync runs after its step is counted), so `resume_from_checkpoint=latest` goes
         on from there; the error then propagates with the worker's log lines."""
         if not hasattr(self, "tracker") or self.step == 0:  # during setup / before any step: nothing to save
+            return
+        if self.dist.enabled:  # a checkpoint is collective and the other ranks need not be here: keep the last periodic one
             return
         err.checkpoint = self.save()
 

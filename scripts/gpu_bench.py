@@ -190,16 +190,10 @@ def _summary(step_times, gen_times, tokens, args, n_params) -> dict:
 # ---------------------------------------------------------------------------------------------- workers
 
 
-def run_rlpost(args, assets) -> dict:
-    import torch
-
-    from rlpost.config import load_config
-    from rlpost.trainer import Trainer
-    from rlpost.tracking import read_metrics
-
+def rlpost_overrides(args, assets, out: Path) -> list[str]:
+    """The rlpost run config as dotted overrides (the same settings as the TRL run)."""
     total = args.warmup + args.steps
-    out = Path(args.out) / "rlpost_run"
-    overrides = [
+    return [
         f"model.name_or_path={assets['model']}", f"model.dtype={'float32' if args.dry_run else 'bfloat16'}",
         "model.gradient_checkpointing=true", "data.task=null", f"data.train_path={assets['prompts']}",
         f"data.eval_path={assets['prompts']}", "data.num_eval=4", "data.answer_column=null",
@@ -214,6 +208,17 @@ def run_rlpost(args, assets) -> dict:
         f"trainer.max_steps={total}", "trainer.eval_steps=-1", "trainer.save_steps=0", "trainer.report_to=[]",
         "trainer.progress_bar=false", f"trainer.output_dir={out}", f"trainer.seed={args.seed}",
     ]
+
+
+def run_rlpost(args, assets) -> dict:
+    import torch
+
+    from rlpost.config import load_config
+    from rlpost.trainer import Trainer
+    from rlpost.tracking import read_metrics
+
+    out = Path(args.out) / "rlpost_run"
+    overrides = rlpost_overrides(args, assets, out)
     cfg = load_config(None, overrides)
     trainer = Trainer(cfg)
     gen_times: dict[int, float] = {}

@@ -119,3 +119,25 @@ def test_lora_run_learns_and_saves_a_peft_adapter(tmp_path, tiny_model_path):
         assert torch.allclose(trained(input_ids=x).logits, merged(input_ids=x).logits, atol=1e-4)
         assert not torch.allclose(trained(input_ids=x).logits,
                                   AutoModelForCausalLM.from_pretrained(tiny_model_path)(input_ids=x).logits, atol=1e-3)
+
+
+def test_continuing_an_adapter_starts_from_it_and_references_it(peft_model, random_tiny_model, tmp_path,
+                                                                char_tokenizer):
+    """model.lora.adapter_path: the policy starts from the saved adapter (trainable) and the reference model
+    (algo.beta > 0) is that starting policy, not the bare base model."""
+    from rlpost.models.lora import reference_model
+    from rlpost.models.loading import load_model
+    base_dir = tmp_path / "base"
+    copy.deepcopy(random_tiny_model).float().save_pretrained(base_dir)
+    char_tokenizer.save_pretrained(base_dir)
+    save_final(peft_model, char_tokenizer, tmp_path / "adapter", save_merged=False)
+    cfg = load_config(None, ["model.lora.r=4", f"model.lora.adapter_path={tmp_path / 'adapter'}"]).model
+    policy = load_model(str(base_dir), cfg, "cpu")
+    ref = reference_model(str(base_dir), cfg, "cpu", policy)
+    x = torch.randint(0, 50, (2, 8))
+    with torch.no_grad():
+        want = peft_model(input_ids=x).logits
+        assert torch.allclose(policy(input_ids=x).logits, want, atol=1e-5)
+        assert torch.allclose(ref(input_ids=x).logits, want, atol=1e-4)
+    assert any(p.requires_grad for n, p in policy.named_parameters() if "lora_" in n)
+    assert not any(p.requires_grad for p in ref.parameters())

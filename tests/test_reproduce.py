@@ -9,7 +9,8 @@ def test_steps_to_and_summary():
     assert steps_to([(0, 0.2), (5, 0.3), (10, 0.5)], 0.3) == 5
     assert steps_to([(0, 0.2), (5, 0.25)], 0.3) is None
     runs = [RunResult("GRPO", "t", s, [(0, 0.2), (5, 0.4), (10, 0.6)]) for s in range(2)]
-    runs += [RunResult("X", "t", 0, [(0, 0.2), (5, 0.5), (10, 0.5)]), RunResult("X", "t", 1, [(0, 0.2), (5, 0.3), (10, 0.3)])]
+    runs += [RunResult("X", "t", 0, [(0, 0.2), (5, 0.5), (10, 0.5)]),
+             RunResult("X", "t", 1, [(0, 0.2), (5, 0.3), (10, 0.3)])]
     s = summarize(runs)["t"]
     assert s["initial_accuracy"] == 0.2 and math.isclose(s["threshold"], 0.4)     # half of GRPO's gain
     assert s["methods"]["GRPO"]["steps_to_threshold"] == [5, 5]

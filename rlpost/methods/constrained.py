@@ -134,6 +134,8 @@ class ConstrainedRLHF(MethodHooks):
         out.update({f"constrained/threshold/{n}": v for n, v in thresholds.items()})
         if self.search is not None:
             if self.search.tick():
+                if trainer.engine_needs_sync:   # evaluate the updated policy (the trainer syncs after the hooks)
+                    trainer.engine.load_weights(trainer.model.named_parameters())
                 score = trainer.evaluate()
                 if self.eval_metric not in score:
                     raise KeyError(f"method.constrained.eval_metric {self.eval_metric!r} is not an evaluate() key: "

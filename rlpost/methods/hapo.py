@@ -25,10 +25,10 @@ from rlpost.config import ConfigError, component
 from rlpost.methods import METHODS, Extras, MethodHooks
 from rlpost.methods._util import active, advantage_names, ignored_knobs, name_of, params_of, user_set
 
-# A learner-side importance-sampling correction toward the *sampler's* log-probs (TRL's
-# vllm_importance_sampling_correction, verl's rollout_is, TIS) would treat HAPO's per-token temperatures
-# as engine noise and undo them. rlpost has no such option yet; any config field with one of these
-# names that is switched on is refused together with hapo_temperature.
+# A learner-side importance-sampling correction toward the *sampler's* log-probs (rlpost's
+# algo.vllm_importance_sampling_correction, TRL's namesake, verl's rollout_is, TIS) would treat HAPO's
+# per-token temperatures as engine noise and undo them: any switched-on config field of algo / rollout whose
+# name matches this pattern is refused together with hapo_temperature.
 _IS_CORRECTION = re.compile(r"importance_sampling_correction|^tis(_|$)|rollout_is|is_correction")
 
 
@@ -56,8 +56,9 @@ def validate(cfg) -> None:
         params_of(LOGITS_PROCESSORS, cfg.rollout.logits_processor, "rollout.logits_processor",
                   shared={"temperature": cfg.rollout.temperature})
         if cfg.rollout.engine == "vllm_server":
-            raise ConfigError("rollout.logits_processor hapo_temperature runs in the engine's sampler as Python code; "
-                              "rollout.engine=vllm_server workers cannot run it: use rollout.engine vllm (colocated) or hf")
+            raise ConfigError("rollout.logits_processor hapo_temperature runs in the engine's sampler as Python "
+                              "code, which rollout.engine=vllm_server workers cannot run: use rollout.engine vllm "
+                              "(colocated) or hf")
         if cfg.rollout.temperature == 0:
             raise ConfigError("rollout.logits_processor hapo_temperature scales the sampling temperature, "
                               "but rollout.temperature is 0 (greedy): set a base temperature > 0 (HAPO: 1.0)")

@@ -49,7 +49,8 @@ def validate(cfg) -> None:
                           "learner compute sum_v pi_v^2 per token in the old-policy forward")
     if active(cfg, "oblr") and weight != "logit_score_norm":
         raise ConfigError("method.oblr only switches on sum_v pi^2 for algo.advantage oblr with weight "
-                          "logit_score_norm; drop it (algo.lr_controller oblr_snr and the other weights need no method)")
+                          "logit_score_norm; drop it (algo.lr_controller oblr_snr and the other weights need "
+                          "no method)")
     if name_of(cfg.algo.advantage) == "oblr" and "scale_rewards" in user_set(cfg.algo):
         raise ConfigError("algo.advantage oblr ignores algo.scale_rewards (a variance-optimal baseline): "
                           "use algo.advantage.normalize_std: true to divide by the group reward std")

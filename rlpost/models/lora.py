@@ -48,7 +48,7 @@ def quantization_kwargs(model_cfg, device: torch.device) -> dict:
     if not getattr(model_cfg, "load_in_4bit", False):
         return {}
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes  # noqa: F401  (presence check)
     except ImportError:
         raise RuntimeError("model.load_in_4bit (QLoRA) needs bitsandbytes, which is not installed "
                            "(pip install bitsandbytes; its 4-bit kernels need a CUDA GPU). "
@@ -109,11 +109,17 @@ class AdapterDisabledView(torch.nn.Module):
 
 
 def reference_model(path: str, model_cfg, device: str, policy):
-    """The frozen reference policy: the adapter-disabled view of a LoRA policy, else a fresh frozen copy."""
+    """The frozen reference policy (the policy before training): the adapter-disabled view of a fresh LoRA policy;
+    the base with ``model.lora.adapter_path`` merged when training continues an adapter; else a frozen copy."""
     if is_peft_model(policy) and not model_cfg.lora.adapter_path:
         return AdapterDisabledView(policy)
     from rlpost.models.loading import load_model
-    return load_model(path, model_cfg, device, frozen=True)
+    ref = load_model(path, model_cfg, device, frozen=True)
+    if is_peft_model(policy):
+        from peft import PeftModel
+        ref = PeftModel.from_pretrained(ref, model_cfg.lora.adapter_path).merge_and_unload()
+        ref.eval().requires_grad_(False)
+    return ref
 
 
 # ---------------------------------------------------------------------------------------------- weights

@@ -39,8 +39,9 @@ MODES = ("instant", "reasoning", "agentic")
 PRICES = {"input": 1.0, "output": 4.0}   # token prices per million (cost = in * 1 + out * 4, tools free)
 
 
-def pretrain(out_dir: str | Path, *, n_examples: int = 4000, seed: int = 0, time_budget_s: float | None = 240,
-             epochs: float = 3.0, lr: float = 3e-3, tokens_per_batch: int = 6000, model: dict | None = None) -> Path:
+def pretrain(out_dir: str | Path, *, n_examples: int = 6000, seed: int = 0, time_budget_s: float | None = 1200,
+             epochs: float = 20.0, lr: float = 3e-3, tokens_per_batch: int = 3000, model: dict | None = None,
+             eval_every: int = 400) -> Path:
     """Warm-start a tiny model from scratch on route-then-align traces; saved to ``out_dir``."""
     torch.manual_seed(seed)
     tok = a2fm_tokenizer()
@@ -48,9 +49,34 @@ def pretrain(out_dir: str | Path, *, n_examples: int = 4000, seed: int = 0, time
     net, tok = scratch_model(seed=seed, tokenizer=tok, **{**MODEL, **(model or {})})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    cpu = time.process_time()
     result = sft(net, tok, pairs, epochs=epochs, tokens_per_batch=tokens_per_batch, lr=lr, seed=seed,
-                 time_budget_s=time_budget_s, metrics_path=out_dir / "sft_metrics.jsonl")
+                 time_budget_s=time_budget_s, metrics_path=out_dir / "sft_metrics.jsonl",
+                 callback=_heldout_probe(net, tok), callback_every=eval_every)
+    result["cpu_seconds"] = time.process_time() - cpu
     return save_model(net, tok, out_dir, {"data": stats, "sft": result, "routing": SFT_ROUTING})
+
+
+def _heldout_probe(model, tok, n: int = 32):
+    """callback(step) -> greedy held-out accuracy of the adaptive policy and of forced agentic rollouts."""
+    from rlpost.data import build_prompts
+    from rlpost.engines.base import SamplingParams
+    from rlpost.engines.hf import HFEngine
+    from rlpost.tasks.a2fm_mini import make_split
+    from rlpost.workflows.a2fm import A2FMWorkflow, score_apo_batch
+    rows = make_split("test", n, seed=1)
+    prompts = build_prompts(rows, tok, source="a2fm_mini test")
+    wf = A2FMWorkflow(HFEngine(model, tok), tok, rho=0, max_turns=2, max_context=640, tool_workers=2,
+                      justifications=SHORT_JUSTIFICATIONS)
+
+    def probe(step: int) -> dict:
+        out = {}
+        for mode in (None, "agentic"):
+            trajs = wf.run([(p, mode) for p in prompts], SamplingParams(n=1, temperature=0.0, max_tokens=96, seed=0))
+            score_apo_batch(trajs)
+            out[f"heldout_accuracy/{mode or 'adaptive'}"] = sum(t.reward for t in trajs) / len(trajs)
+        return out
+    return probe
 
 
 def _summary(trajs, kinds) -> dict:
@@ -121,7 +147,7 @@ def rl(sft_dir: str | Path, out_dir: str | Path, steps: int, seed: int = 0, over
 
 
 def run(output_dir: str | Path = "results/a2fm", seeds=(0,), steps: int = 30, *, n_eval: int = 96,
-        n_sft: int = 4000, sft_time_s: float | None = 240, eval_samples: int = 4, rl_overrides=(),
+        n_sft: int = 6000, sft_time_s: float | None = 1200, eval_samples: int = 4, rl_overrides=(),
         reuse: bool = True) -> dict:
     from rlpost.tasks.a2fm_mini import make_split
     torch.set_num_threads(1)
@@ -132,7 +158,7 @@ def run(output_dir: str | Path = "results/a2fm", seeds=(0,), steps: int = 30, *,
                                 "eval_samples": eval_samples,
                                 "sft_time_s": sft_time_s, "model": MODEL, "prices_per_mtok": PRICES,
                                 "sft_routing": SFT_ROUTING}, "runs": {}}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for seed in seeds:
         sft_dir = out / "runs" / f"sft-s{seed}"
         if not (reuse and (sft_dir / "config.json").exists()):
@@ -147,6 +173,7 @@ def run(output_dir: str | Path = "results/a2fm", seeds=(0,), steps: int = 30, *,
                                                                             "a2fm/acc/adaptive")} for r in metrics]}
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     results["seconds"] = time.perf_counter() - t0
+    results["cpu_seconds"] = time.process_time() - cpu0
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     write_table(results, out / "table.md")
     plot(results, out / "routing.png")
@@ -222,7 +249,10 @@ def write_table(results: dict, path: Path) -> None:
               "77.1 %, accuracy 53.8 %; cost per correct answer −45.2 % vs reasoning-only and −33.5 % vs agentic-only. "
               "See recipes/a2fm/README.md.", ""]
     if "seconds" in results:
-        lines.append(f"Wall time of this study: {results['seconds'] / 60:.1f} min.")
+        sft_cpu = _mean([r["sft"].get("cpu_seconds") for r in results["runs"].values()])
+        lines.append(f"Wall time of this run of the study: {results['seconds'] / 60:.1f} min; CPU time of its process "
+                     f"{results.get('cpu_seconds', 0) / 60:.1f} min (2 cores shared with other jobs)."
+                     + (f" The warm start (cached in runs/sft-s*/ when present) took {sft_cpu / 60:.1f} min CPU." if sft_cpu else ""))
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -52,23 +52,56 @@ def budget_prefix(window: int) -> int:
 
 # ------------------------------------------------------------------------------------ pretraining
 
-def pretrain(kind: str, out_dir: str | Path, *, n_traces: int = 4000, seed: int = 0, time_budget_s: float | None = 300,
-             epochs: float = 3.0, lr: float = 3e-3, tokens_per_batch: int = 8000, model: dict | None = None) -> Path:
-    """Train a tiny model from scratch on ``kind`` traces (``apr`` or ``sos``) and save it to ``out_dir``."""
+def pretrain(kind: str, out_dir: str | Path, *, n_traces: int = 6000, seed: int = 0, time_budget_s: float | None = 1200,
+             epochs: float = 20.0, lr: float = 3e-3, tokens_per_batch: int = 3000, model: dict | None = None,
+             eval_every: int = 400) -> Path:
+    """Train a tiny model from scratch on solver traces and save it to ``out_dir``.
+
+    ``kind``: ``apr`` (spawn/join trees), ``sos`` (SoS+ serial traces) or ``both``: one model on the union
+    of the two corpora (``n_traces`` solver runs each). Their prompts differ (SoS+ roots carry a
+    ``Token Budget`` prefix, APR roots none), so the prompt selects the behaviour, and the two methods
+    share what both must learn (the protocol, the arithmetic, copying states).
+    """
     torch.manual_seed(seed)
     model_cfg = {**MODEL, **(model or {})}
     tok = apr_tokenizer()
     count = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
-    pairs, stats = trace_pairs(kind, n_traces, seed=seed, count_tokens=count)
+    pairs, stats = [], {}
+    for k in (("apr", "sos") if kind == "both" else (kind,)):
+        p, stats[k] = trace_pairs(k, n_traces, seed=seed, count_tokens=count)
+        pairs += p
+        log.info("apr pretrain: %d %s sequences from %d solver traces (solver accuracy %.2f)", stats[k]["sequences"], k,
+                 stats[k]["traces"], stats[k]["solver_accuracy"])
     net, tok = scratch_model(seed=seed, tokenizer=tok, **model_cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log.info("apr pretrain %s: %d sequences from %d solver traces (solver accuracy %.2f)", kind,
-             stats["sequences"], stats["traces"], stats["solver_accuracy"])
+    cpu = time.process_time()
     result = sft(net, tok, pairs, epochs=epochs, tokens_per_batch=tokens_per_batch, lr=lr, seed=seed,
-                 time_budget_s=time_budget_s, metrics_path=out_dir / "sft_metrics.jsonl")
+                 time_budget_s=time_budget_s, metrics_path=out_dir / "sft_metrics.jsonl",
+                 callback=_heldout_probe(net, tok, kind), callback_every=eval_every)
+    result["cpu_seconds"] = time.process_time() - cpu
     return save_model(net, tok, out_dir, {"kind": kind, "data": stats, "sft": result, "model": model_cfg,
                                           "task": {k: list(v) if isinstance(v, tuple) else v for k, v in TASK.items()}})
+
+
+def _heldout_probe(model, tok, kind: str, n: int = 30, window: int = 768):
+    """callback(step) -> greedy held-out accuracy of the methods being trained (logged during SFT)."""
+    from rlpost.engines.base import SamplingParams
+    from rlpost.engines.hf import HFEngine
+    from rlpost.tasks.apr_countdown import problems
+    from rlpost.workflows.apr import AprWorkflow, countdown_reward
+    probs = problems("test", n, seed=1, count=TASK["count"], max_num=TASK["max_num"],
+                     target_range=TASK["target_range"], ops=TASK["ops"])
+    engine = HFEngine(model, tok)
+
+    def probe(step: int) -> dict:
+        out = {}
+        for k in (("apr", "sos") if kind == "both" else (kind,)):
+            trajs = AprWorkflow(engine, tok, max_context=window).rollout(
+                _prompts(k, probs, window), SamplingParams(n=1, temperature=0.0, max_tokens=window, seed=0))
+            out[f"heldout_accuracy/{k}"] = sum(countdown_reward(t.final_text, t.prompt.text) for t in trajs) / len(trajs)
+        return out
+    return probe
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -142,10 +175,14 @@ def rl(kind: str, sft_dir: str | Path, out_dir: str | Path, steps: int, seed: in
 
 # ------------------------------------------------------------------------------------ the study
 
-def run(output_dir: str | Path = "results/apr", seeds=(0,), steps: int = 20, *, n_eval: int = 100,
-        n_traces: int = 4000, sft_time_s: float | None = 300, windows=WINDOWS, budgets=BUDGETS,
+def run(output_dir: str | Path = "results/apr", seeds=(0,), steps: int = 15, *, n_eval: int = 100,
+        n_traces: int = 6000, sft_time_s: float | None = 1200, windows=WINDOWS, budgets=BUDGETS,
         methods=("sos", "apr"), rl_overrides=(), reuse: bool = True) -> dict:
-    """The whole miniature; returns the results dict (also written to ``results.json``)."""
+    """The whole miniature; returns the results dict (also written to ``results.json``).
+
+    One model per seed is trained from scratch on APR and SoS+ traces together (:func:`pretrain` with
+    ``kind="both"``; reused from ``runs/sft-s<seed>`` when present), then each method is RL-trained from it.
+    """
     from rlpost.tasks.apr_countdown import problems
     torch.set_num_threads(1)  # small models on shared CPUs: one thread is fastest (no OpenMP contention)
     out = Path(output_dir)
@@ -156,23 +193,27 @@ def run(output_dir: str | Path = "results/apr", seeds=(0,), steps: int = 20, *, 
                                 "sft_time_s": sft_time_s, "windows": list(windows), "budgets": list(budgets),
                                 "task": {k: list(v) if isinstance(v, tuple) else v for k, v in TASK.items()},
                                 "model": MODEL}, "runs": {}}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for seed in seeds:
+        sft_dir = out / "runs" / f"sft-s{seed}"
+        if not (reuse and (sft_dir / "config.json").exists()):
+            pretrain("both", sft_dir, n_traces=n_traces, seed=seed, time_budget_s=sft_time_s)
+        info = json.loads((sft_dir / "rlpost_study.json").read_text())
         for kind in methods:
             key = f"{kind}-s{seed}"
-            sft_dir = out / "runs" / f"{kind}-sft-s{seed}"
-            if not (reuse and (sft_dir / "config.json").exists()):
-                pretrain(kind, sft_dir, n_traces=n_traces, seed=seed, time_budget_s=sft_time_s)
-            info = json.loads((sft_dir / "rlpost_study.json").read_text())
             before = evaluate(sft_dir, kind, test, windows, budgets)
+            start = time.perf_counter()
             rl_dir = rl(kind, sft_dir, out / "runs" / f"{kind}-rl-s{seed}", steps, seed, rl_overrides)
+            rl_seconds = time.perf_counter() - start
             after = evaluate(rl_dir, kind, test, windows, budgets)
             rl_metrics = [json.loads(line) for line in (rl_dir.parent / "metrics.jsonl").read_text().splitlines()]
-            results["runs"][key] = {"kind": kind, "seed": seed, "sft": info["sft"], "data": info["data"],
-                                    "before": before, "after": after,
-                                    "rl_reward": [r.get("reward/mean") for r in rl_metrics if "reward/mean" in r]}
+            results["runs"][key] = {"kind": kind, "seed": seed, "sft": info["sft"], "data": info["data"][kind],
+                                    "before": before, "after": after, "rl_seconds": rl_seconds,
+                                    "rl_reward": [r.get("reward/mean") for r in rl_metrics if "reward/mean" in r],
+                                    "rl_children": [r.get("apr/children") for r in rl_metrics if "apr/children" in r]}
             (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     results["seconds"] = time.perf_counter() - t0
+    results["cpu_seconds"] = time.process_time() - cpu0
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     write_table(results, out / "table.md")
     plot(results, out)
@@ -203,15 +244,16 @@ def write_table(results: dict, path: Path) -> None:
              f"{cfg['task']['target_range'][0]}..{cfg['task']['target_range'][1]}, operations {cfg['task']['ops']} "
              f"(held-out problems: {cfg['n_eval']} prompts); tiny LLaMA "
              f"({cfg['model']['num_layers']} layers, d={cfg['model']['hidden_size']}) trained from scratch on "
-             f"{cfg['n_traces']} solver traces per method (SFT time budget {cfg['sft_time_s']} s), then "
-             f"{cfg['steps']} RL steps. Seeds: {cfg['seeds']}. Tokens: phrase tokenizer (protocol phrases = 1 token).", "",
+             f"{cfg['n_traces']} APR and {cfg['n_traces']} SoS+ solver traces (one model; the root prompt's budget "
+             f"prefix selects SoS+; SFT time budget {cfg['sft_time_s']} s), then {cfg['steps']} RL steps per method "
+             f"from it. Seeds: {cfg['seeds']}. Tokens: phrase tokenizer (protocol phrases = 1 token).", "",
              "## Accuracy (%) by context window (tokens per call)", "",
              "| method | stage | " + " | ".join(f"W={w}" for w in cfg["windows"]) + " |",
              "|---|---|" + "---|" * len(cfg["windows"])]
     for kind in kinds:
         for stage, name in (("before", "SFT"), ("after", "+RL")):
             lines.append(f"| {METHODS[kind]} | {name} | " + " | ".join(
-                f"{100 * _agg(results, kind, stage, 'windows', w):.1f}" for w in cfg["windows"]) + " |")
+                f"{100 * _agg(results, kind, stage, 'windows', w, 'accuracy'):.1f}" for w in cfg["windows"]) + " |")
     lines += ["", "## Cumulative accuracy (%) by total-token budget (largest window)", "",
               "| method | stage | " + " | ".join(f"B={b}" for b in cfg["budgets"]) + " |",
               "|---|---|" + "---|" * len(cfg["budgets"])]
@@ -228,17 +270,23 @@ def write_table(results: dict, path: Path) -> None:
             g = lambda k: _agg(results, kind, stage, "windows", w, k)  # noqa: E731
             lines.append(f"| {METHODS[kind]} | {name} | {100 * g('accuracy'):.1f} | {g('total_tokens'):.0f} | "
                          f"{g('sequential_tokens'):.0f} | {g('calls'):.2f} | {g('children'):.2f} | {g('error_rate'):.2f} |")
-    lines += ["", "## Training", "", "| run | SFT steps | SFT loss | solver accuracy of the data | RL reward (first -> last step) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "## Training", "", "| run | SFT steps | SFT loss | solver accuracy of its traces | RL reward (first -> last step) "
+              "| child threads in RL (first -> last) | RL wall time |", "|---|---|---|---|---|---|---|"]
     for key, r in results["runs"].items():
-        rew = r["rl_reward"]
+        rew, kids = r["rl_reward"], r.get("rl_children") or []
         lines.append(f"| {key} | {r['sft']['sft_steps']} | {r['sft']['final_loss']:.3f} | "
                      f"{100 * r['data']['solver_accuracy']:.1f}% | "
-                     f"{rew[0]:.3f} -> {rew[-1]:.3f} |" if rew else f"| {key} | - | - | - | - |")
+                     + (f"{rew[0]:.3f} -> {rew[-1]:.3f} | " if rew else "- | ")
+                     + (f"{kids[0]:.2f} -> {kids[-1]:.2f} | " if kids else "- | ")
+                     + f"{r.get('rl_seconds', 0) / 60:.1f} min |")
     lines += ["", "Paper (228M model, 4 numbers): at a 4k context APR 83.4 vs SoS+ 60.0 after RL; supervised APR 75.5 vs "
               "SoS+ 57.3 (greedy); RL raises APR's child threads 6.1 -> 8.2. See recipes/apr/README.md.", ""]
     if "seconds" in results:
-        lines.append(f"Wall time of this study: {results['seconds'] / 60:.1f} min.")
+        sft_cpu = _mean([r["sft"].get("cpu_seconds") for r in results["runs"].values()])
+        lines.append(f"Wall time of this run of the study: {results['seconds'] / 60:.1f} min; CPU time of its process "
+                     f"{results['cpu_seconds'] / 60:.1f} min (the machine's 2 cores were shared with other jobs). "
+                     f"SFT (cached in runs/sft-s*/ when present): {sft_cpu / 60:.1f} min CPU."
+                     if sft_cpu == sft_cpu else f"Wall time of this run of the study: {results['seconds'] / 60:.1f} min.")
     path.write_text("\n".join(lines) + "\n")
 
 
