@@ -145,7 +145,7 @@ def train(tmp_path, name, *overrides):
     return code, out, rows
 
 
-ARITH = ["trainer.max_steps=20", "trainer.eval_steps=0", "data.num_eval=64"]
+ARITH = ["trainer.max_steps=20", "trainer.eval_steps=0", "data.num_eval=64", "rollout.prompts_per_step=8"]
 
 
 def accuracy_gain(rows):
