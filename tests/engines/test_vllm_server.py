@@ -154,8 +154,10 @@ def accuracy_gain(rows):
 
 
 def test_arithmetic_gain_is_the_same_with_hf_vllm_and_two_workers(workers, tmp_path, monkeypatch):
-    """The tiny GRPO run (20 steps) with rollout.engine = hf, vllm (colocated) and vllm_server (the two workers):
-    each improves held-out accuracy, by amounts within 0.1 of the hf run's."""
+    """The tiny GRPO run (20 steps, 8 prompts x 8 samples) with rollout.engine = hf, vllm (colocated) and
+    vllm_server (the two workers): each improves held-out accuracy (64 prompts), by amounts within 0.1 of the hf
+    run's. Measured: hf +0.156, vllm +0.078, vllm_server +0.078 (identical samples to vllm: seeds are per row);
+    with 16 prompts per step all three gain +0.156 (docs/engines.md), at twice the cost."""
     urls = "[" + ",".join(h.url for h in workers) + "]"
     monkeypatch.setenv("RLPOST_SERVE_TOKEN", TOKEN)   # (a token in rollout.server_token would land in config.yaml)
     gains = {}
@@ -167,7 +169,7 @@ def test_arithmetic_gain_is_the_same_with_hf_vllm_and_two_workers(workers, tmp_p
             assert max(r["rollout/logprob_diff"] for r in rows if "loss" in r) < TOL
             assert max(r["rollout/kl_sampler_learner"] for r in rows if "loss" in r) < 1e-6
     print("accuracy gains", gains)
-    assert gains["hf"] >= 0.08, gains
+    assert gains["hf"] >= 0.08 and gains["vllm"] > 0 and gains["vllm_server"] > 0, gains
     assert abs(gains["vllm"] - gains["hf"]) <= 0.1 and abs(gains["vllm_server"] - gains["hf"]) <= 0.1, gains
 
 
