@@ -526,4 +526,8 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the resolved config; secrets (the serve token) are redacted."""
+    data = to_dict(cfg)
+    if data["rollout"].get("server_token"):
+        data["rollout"]["server_token"] = "<redacted>"
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

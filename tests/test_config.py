@@ -54,3 +54,10 @@ def test_rewards_list_and_saved_config_round_trip(tmp_path):
     again = load_config(tmp_path / "resolved.yaml")
     assert again == cfg
     assert yaml.safe_load((tmp_path / "resolved.yaml").read_text())["rollout"]["num_generations"] == 8
+
+
+def test_saved_config_redacts_the_serve_token(tmp_path):
+    cfg = load_config(None, ["rollout.server_token=s3cret"])
+    save_config(cfg, tmp_path / "c.yaml")
+    text = (tmp_path / "c.yaml").read_text()
+    assert "s3cret" not in text and "<redacted>" in text
