@@ -2,7 +2,7 @@
 and writes ``<output_dir>/table.md`` plus PNG plots (see recipes/<name>/README.md)."""
 
 STUDIES = {"apr": "rlpost.studies.apr", "a2fm": "rlpost.studies.a2fm"}
-DEFAULTS = {"apr": {"seeds": [0], "steps": 20}, "a2fm": {"seeds": [0], "steps": 30}}  # CPU-sized
+DEFAULTS = {"apr": {"seeds": [0], "steps": 15}, "a2fm": {"seeds": [0], "steps": 30}}  # CPU-sized
 
 
 def run_study(name: str, output_dir=None, seeds=None, steps=None, **kwargs) -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from rlpost.studies.a2fm_data import SFT_ROUTING, SHORT_JUSTIFICATIONS, sft_pairs
-from rlpost.studies.common import save_model, scratch_model, sft
+from rlpost.studies.common import save_model, sft
 from rlpost.studies.phrase_tokenizer import a2fm_tokenizer
 
 log = logging.getLogger("rlpost")
@@ -41,12 +41,14 @@ PRICES = {"input": 1.0, "output": 4.0}   # token prices per million (cost = in *
 
 def pretrain(out_dir: str | Path, *, n_examples: int = 6000, seed: int = 0, time_budget_s: float | None = 1200,
              epochs: float = 20.0, lr: float = 3e-3, tokens_per_batch: int = 3000, model: dict | None = None,
-             eval_every: int = 400) -> Path:
-    """Warm-start a tiny model from scratch on route-then-align traces; saved to ``out_dir``."""
+             eval_every: int = 400, init_from: str | Path | None = None) -> Path:
+    """Warm-start a tiny model from scratch on route-then-align traces; saved to ``out_dir``.
+    ``init_from``: continue training a model this function saved (counters are added up)."""
+    from rlpost.studies.apr import _add_stages, _init
     torch.manual_seed(seed)
     tok = a2fm_tokenizer()
     pairs, stats = sft_pairs(tok, n_examples, seed=seed)
-    net, tok = scratch_model(seed=seed, tokenizer=tok, **{**MODEL, **(model or {})})
+    net, tok, prev = _init(init_from, tok, seed, {**MODEL, **(model or {})})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cpu = time.process_time()
@@ -54,6 +56,7 @@ def pretrain(out_dir: str | Path, *, n_examples: int = 6000, seed: int = 0, time
                  time_budget_s=time_budget_s, metrics_path=out_dir / "sft_metrics.jsonl",
                  callback=_heldout_probe(net, tok), callback_every=eval_every)
     result["cpu_seconds"] = time.process_time() - cpu
+    result = _add_stages(prev, result)
     return save_model(net, tok, out_dir, {"data": stats, "sft": result, "routing": SFT_ROUTING})
 
 
@@ -147,7 +150,8 @@ def rl(sft_dir: str | Path, out_dir: str | Path, steps: int, seed: int = 0, over
 
 
 def run(output_dir: str | Path = "results/a2fm", seeds=(0,), steps: int = 30, *, n_eval: int = 96,
-        n_sft: int = 6000, sft_time_s: float | None = 1200, eval_samples: int = 4, rl_overrides=(),
+        n_sft: int = 6000, sft_time_s: float | None = 1200, sft_stages: int = 2, eval_samples: int = 4,
+        rl_overrides=(),
         reuse: bool = True) -> dict:
     from rlpost.tasks.a2fm_mini import make_split
     torch.set_num_threads(1)
@@ -155,7 +159,7 @@ def run(output_dir: str | Path = "results/a2fm", seeds=(0,), steps: int = 30, *,
     out.mkdir(parents=True, exist_ok=True)
     rows = make_split("test", n_eval, seed=0)
     results: dict = {"config": {"seeds": list(seeds), "steps": steps, "n_eval": n_eval, "n_sft": n_sft,
-                                "eval_samples": eval_samples,
+                                "eval_samples": eval_samples, "sft_stages": sft_stages,
                                 "sft_time_s": sft_time_s, "model": MODEL, "prices_per_mtok": PRICES,
                                 "sft_routing": SFT_ROUTING}, "runs": {}}
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -163,6 +167,9 @@ def run(output_dir: str | Path = "results/a2fm", seeds=(0,), steps: int = 30, *,
         sft_dir = out / "runs" / f"sft-s{seed}"
         if not (reuse and (sft_dir / "config.json").exists()):
             pretrain(sft_dir, n_examples=n_sft, seed=seed, time_budget_s=sft_time_s)
+            for stage in range(1, sft_stages):  # fresh traces, lower peak LR, from the previous stage
+                pretrain(sft_dir, n_examples=n_sft, seed=seed + 1000 * stage, time_budget_s=sft_time_s, lr=2e-3,
+                         init_from=sft_dir)
         info = json.loads((sft_dir / "rlpost_study.json").read_text())
         before = evaluate(sft_dir, rows, samples=eval_samples, seed=seed)
         rl_dir = rl(sft_dir, out / "runs" / f"apo-s{seed}", steps, seed, rl_overrides)
@@ -208,7 +215,8 @@ def write_table(results: dict, path: Path) -> None:
     lines = [f"# A²FM miniature: routing and accuracy before and after APO ({cfg['n_eval']} held-out questions "
              f"x {cfg.get('eval_samples', 4)} samples at temperature 1)", "",
              f"Tiny LLaMA (d={cfg['model']['hidden_size']}, {cfg['model']['num_layers']} layers) warm-started from scratch "
-             f"on {cfg['n_sft']} route-then-align traces (SFT time budget {cfg['sft_time_s']} s), then {cfg['steps']} "
+             f"on {cfg['n_sft']} route-then-align traces per stage ({cfg.get('sft_stages', 1)} SFT stages of at most "
+             f"{cfg['sft_time_s']} s), then {cfg['steps']} "
              f"APO steps. Seeds: {cfg['seeds']}. Question kinds (equal shares): instant = one single-digit sum, "
              "reasoning = four-term sum, calc = 3-digit x 2-digit product, search = code of a fictional town "
              "(held-out towns: only the corpus knows). Cost: token-priced, input 1 and output 4 per million tokens.", "",

@@ -54,13 +54,15 @@ def budget_prefix(window: int) -> int:
 
 def pretrain(kind: str, out_dir: str | Path, *, n_traces: int = 6000, seed: int = 0, time_budget_s: float | None = 1200,
              epochs: float = 20.0, lr: float = 3e-3, tokens_per_batch: int = 3000, model: dict | None = None,
-             eval_every: int = 400) -> Path:
+             eval_every: int = 400, init_from: str | Path | None = None) -> Path:
     """Train a tiny model from scratch on solver traces and save it to ``out_dir``.
 
     ``kind``: ``apr`` (spawn/join trees), ``sos`` (SoS+ serial traces) or ``both``: one model on the union
     of the two corpora (``n_traces`` solver runs each). Their prompts differ (SoS+ roots carry a
     ``Token Budget`` prefix, APR roots none), so the prompt selects the behaviour, and the two methods
     share what both must learn (the protocol, the arithmetic, copying states).
+    ``init_from``: continue training a model this function saved (fresh traces from ``seed``, a new
+    warm-up and schedule); its step and time counters are added up.
     """
     torch.manual_seed(seed)
     model_cfg = {**MODEL, **(model or {})}
@@ -72,7 +74,7 @@ def pretrain(kind: str, out_dir: str | Path, *, n_traces: int = 6000, seed: int 
         pairs += p
         log.info("apr pretrain: %d %s sequences from %d solver traces (solver accuracy %.2f)", stats[k]["sequences"], k,
                  stats[k]["traces"], stats[k]["solver_accuracy"])
-    net, tok = scratch_model(seed=seed, tokenizer=tok, **model_cfg)
+    net, tok, prev = _init(init_from, tok, seed, model_cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cpu = time.process_time()
@@ -80,8 +82,27 @@ def pretrain(kind: str, out_dir: str | Path, *, n_traces: int = 6000, seed: int 
                  time_budget_s=time_budget_s, metrics_path=out_dir / "sft_metrics.jsonl",
                  callback=_heldout_probe(net, tok, kind), callback_every=eval_every)
     result["cpu_seconds"] = time.process_time() - cpu
+    result = _add_stages(prev, result)
     return save_model(net, tok, out_dir, {"kind": kind, "data": stats, "sft": result, "model": model_cfg,
                                           "task": {k: list(v) if isinstance(v, tuple) else v for k, v in TASK.items()}})
+
+
+def _init(init_from, tok, seed: int, model_cfg: dict):
+    """(model, tokenizer, previous SFT record or None): from scratch, or a model a pretrain() saved."""
+    if init_from is None:
+        return (*scratch_model(seed=seed, tokenizer=tok, **model_cfg), None)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    info = json.loads((Path(init_from) / "rlpost_study.json").read_text())
+    return (AutoModelForCausalLM.from_pretrained(str(init_from)), AutoTokenizer.from_pretrained(str(init_from)),
+            info["sft"])
+
+
+def _add_stages(prev: dict | None, result: dict) -> dict:
+    if prev is None:
+        return result
+    stages = prev.get("stages", [prev]) + [result]
+    total = {k: sum(s.get(k, 0) for s in stages) for k in ("sft_steps", "seconds", "cpu_seconds")}
+    return {**result, **total, "stages": stages}
 
 
 def _heldout_probe(model, tok, kind: str, n: int = 30, window: int = 768):
@@ -176,12 +197,13 @@ def rl(kind: str, sft_dir: str | Path, out_dir: str | Path, steps: int, seed: in
 # ------------------------------------------------------------------------------------ the study
 
 def run(output_dir: str | Path = "results/apr", seeds=(0,), steps: int = 15, *, n_eval: int = 100,
-        n_traces: int = 6000, sft_time_s: float | None = 1200, windows=WINDOWS, budgets=BUDGETS,
-        methods=("sos", "apr"), rl_overrides=(), reuse: bool = True) -> dict:
+        n_traces: int = 6000, sft_time_s: float | None = 1500, sft_stages: int = 2, windows=WINDOWS,
+        budgets=BUDGETS, methods=("sos", "apr"), rl_overrides=(), reuse: bool = True) -> dict:
     """The whole miniature; returns the results dict (also written to ``results.json``).
 
     One model per seed is trained from scratch on APR and SoS+ traces together (:func:`pretrain` with
-    ``kind="both"``; reused from ``runs/sft-s<seed>`` when present), then each method is RL-trained from it.
+    ``kind="both"``, ``sft_stages`` stages of ``sft_time_s`` seconds, each on fresh traces; reused from
+    ``runs/sft-s<seed>`` when present), then each method is RL-trained from it.
     """
     from rlpost.tasks.apr_countdown import problems
     torch.set_num_threads(1)  # small models on shared CPUs: one thread is fastest (no OpenMP contention)
@@ -190,7 +212,8 @@ def run(output_dir: str | Path = "results/apr", seeds=(0,), steps: int = 15, *, 
     test = problems("test", n_eval, seed=0, count=TASK["count"], max_num=TASK["max_num"],
                     target_range=TASK["target_range"], ops=TASK["ops"])
     results: dict = {"config": {"seeds": list(seeds), "steps": steps, "n_eval": len(test), "n_traces": n_traces,
-                                "sft_time_s": sft_time_s, "windows": list(windows), "budgets": list(budgets),
+                                "sft_time_s": sft_time_s, "sft_stages": sft_stages, "windows": list(windows),
+                                "budgets": list(budgets),
                                 "task": {k: list(v) if isinstance(v, tuple) else v for k, v in TASK.items()},
                                 "model": MODEL}, "runs": {}}
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -198,6 +221,9 @@ def run(output_dir: str | Path = "results/apr", seeds=(0,), steps: int = 15, *, 
         sft_dir = out / "runs" / f"sft-s{seed}"
         if not (reuse and (sft_dir / "config.json").exists()):
             pretrain("both", sft_dir, n_traces=n_traces, seed=seed, time_budget_s=sft_time_s)
+            for stage in range(1, sft_stages):  # fresh traces, lower peak LR, from the previous stage
+                pretrain("both", sft_dir, n_traces=n_traces, seed=seed + 1000 * stage, time_budget_s=sft_time_s,
+                         lr=2e-3, init_from=sft_dir)
         info = json.loads((sft_dir / "rlpost_study.json").read_text())
         for kind in methods:
             key = f"{kind}-s{seed}"
@@ -245,7 +271,8 @@ def write_table(results: dict, path: Path) -> None:
              f"(held-out problems: {cfg['n_eval']} prompts); tiny LLaMA "
              f"({cfg['model']['num_layers']} layers, d={cfg['model']['hidden_size']}) trained from scratch on "
              f"{cfg['n_traces']} APR and {cfg['n_traces']} SoS+ solver traces (one model; the root prompt's budget "
-             f"prefix selects SoS+; SFT time budget {cfg['sft_time_s']} s), then {cfg['steps']} RL steps per method "
+             f"prefix selects SoS+; SFT: {cfg.get('sft_stages', 1)} stages of at most {cfg['sft_time_s']} s), then "
+             f"{cfg['steps']} RL steps per method "
              f"from it. Seeds: {cfg['seeds']}. Tokens: phrase tokenizer (protocol phrases = 1 token).", "",
              "## Accuracy (%) by context window (tokens per call)", "",
              "| method | stage | " + " | ".join(f"W={w}" for w in cfg["windows"]) + " |",

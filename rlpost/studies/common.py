@@ -96,7 +96,8 @@ def sft(model, tokenizer, pairs: list[tuple[str, str]], *, epochs: float = 1.0, 
         metrics_path: str | Path | None = None, callback=None, callback_every: int = 0) -> dict:
     """Train on completions (cross-entropy, token mean); AdamW, linear warm-up then cosine decay.
 
-    Stops after ``epochs`` passes over the pairs or once ``time_budget_s`` has elapsed. With
+    Stops after ``epochs`` passes over the pairs or once ``time_budget_s`` has elapsed; the cosine decay
+    follows whichever of the two budgets is further along (so a time-bounded run still anneals). With
     ``callback_every`` > 0, ``callback(step) -> dict`` runs every that many steps (model in eval mode)
     and its values are logged.
     """
@@ -108,15 +109,20 @@ def sft(model, tokenizer, pairs: list[tuple[str, str]], *, epochs: float = 1.0, 
     total = max(1, int(math.ceil(epochs * len(per_epoch))))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
 
+    clock = {"start": time.perf_counter()}
+
     def factor(step):
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total - warmup_steps)
+        if time_budget_s:  # decay by whichever budget binds first: steps or time
+            progress = max(progress, (time.perf_counter() - clock["start"]) / time_budget_s)
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     model.train()
     start, step, losses, queue = time.perf_counter(), 0, [], []
+    clock["start"] = start
     sink = open(metrics_path, "a") if metrics_path else None
     try:
         while step < total:
