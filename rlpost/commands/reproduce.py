@@ -26,7 +26,15 @@ def _seeds(text: str) -> list[int]:
 def run(args) -> int:
     from rlpost.config import ConfigError
     from rlpost.reproduce import Budget, reproduce
+    from rlpost.studies import STUDIES, run_study
 
+    if args.recipe in STUDIES:  # paper miniatures with their own protocol (rlpost/studies/)
+        out = run_study(args.recipe, output_dir=f"{args.out}/{args.recipe}", seeds=args.seeds, steps=args.steps)
+        print(f"table: {out.get('table')}")
+        return 0
+
+    args.steps = 40 if args.steps is None else args.steps
+    args.seeds = [0, 1, 2] if args.seeds is None else args.seeds
     budget = Budget(steps=args.steps, eval_every=args.eval_every, num_eval=args.num_eval)
     try:
         out = reproduce(args.recipe, steps=args.steps, seeds=args.seeds, tasks=args.tasks.split(","),
@@ -49,9 +57,10 @@ def register(subparsers) -> None:
                     "Countdown tasks for several seeds, then tabulate final held-out accuracy (mean, spread) and "
                     "steps to a threshold, and plot the accuracy curves.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", choices=sorted(RECIPES))
-    p.add_argument("--steps", type=int, default=40, help="RL steps per run (default 40)")
-    p.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="a count (3) or a list (0,1,2); default 3")
+    from rlpost.studies import STUDIES
+    p.add_argument("recipe", choices=sorted(set(RECIPES) | set(STUDIES)))
+    p.add_argument("--steps", type=int, default=None, help="RL steps per run (default 40; studies: their own)")
+    p.add_argument("--seeds", type=_seeds, default=None, help="a count (3) or a list (0,1,2); default 3")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
     p.add_argument("--methods", default=None, help="subset of the table's rows, e.g. GRPO,HAPO (default all three)")
     p.add_argument("--eval-every", type=int, default=5, help="held-out evaluation period in steps (default 5)")

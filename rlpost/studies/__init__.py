@@ -1,8 +1,10 @@
 """Paper miniatures behind ``rlpost reproduce <name>``: each module exposes ``run(output_dir, seeds, steps, ...)``
 and writes ``<output_dir>/table.md`` plus PNG plots (see recipes/<name>/README.md)."""
 
-STUDIES = {"apr": "rlpost.studies.apr", "a2fm": "rlpost.studies.a2fm"}
-DEFAULTS = {"apr": {"seeds": [0], "steps": 15}, "a2fm": {"seeds": [0], "steps": 30}}  # CPU-sized
+STUDIES = {"apr": "rlpost.studies.apr", "a2fm": "rlpost.studies.a2fm",
+           "constrained_rlhf": "rlpost.studies.constrained_rlhf", "implicit_sft": "rlpost.studies.implicit_sft"}
+DEFAULTS = {"apr": {"seeds": [0], "steps": 15}, "a2fm": {"seeds": [0], "steps": 30},  # CPU-sized
+            "constrained_rlhf": {"seeds": [0, 1, 2], "steps": 40}, "implicit_sft": {"seeds": [0, 1, 2], "steps": 128}}
 
 
 def run_study(name: str, output_dir=None, seeds=None, steps=None, **kwargs) -> dict:

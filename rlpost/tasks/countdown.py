@@ -68,7 +68,7 @@ def is_solution(expr: str, nums: list[int], target: int) -> bool:
     """True when ``expr`` uses exactly the multiset ``nums`` and evaluates to ``target``."""
     try:
         return literals(expr) == sorted(nums) and safe_eval(expr) == target
-    except (ValueError, SyntaxError, ZeroDivisionError, RecursionError):
+    except (ValueError, SyntaxError, ZeroDivisionError, RecursionError, TypeError):  # TypeError: e.g. "10j" literals
         return False
 
 
