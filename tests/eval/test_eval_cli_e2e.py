@@ -13,7 +13,7 @@ def test_eval_gsm8k_jsonl_and_synthetic(tmp_path, tiny_model_path, capsys):
     rows = [{"question": f"{a}+{b}=", "answer": f"Add them.\n#### {a + b}"} for a, b in [(12, 34), (50, 21), (33, 44), (19, 81)]]
     gsm.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "eval"
-    code = main(["eval", str(tiny_model_path), "--benchmark", f"gsm8k={gsm}", "--benchmark", "arithmetic",
+    code = main(["eval", str(tiny_model_path), "--engine", "hf", "--benchmark", f"gsm8k={gsm}", "--benchmark", "arithmetic",
                  "--n", "2", "--temperature", "1.0", "--max-tokens", "8", "--limit", "8", "--output-dir", str(out),
                  "--no-progress", "--n-bootstrap", "50"])
     assert code == 0
@@ -28,3 +28,14 @@ def test_eval_gsm8k_jsonl_and_synthetic(tmp_path, tiny_model_path, capsys):
     for bench in results.values():
         assert 0.0 <= bench["mean@2"] <= bench["pass@2"] <= 1.0
         assert bench["ci"]["mean@2"][0] <= bench["mean@2"] <= bench["ci"]["mean@2"][1]
+
+
+@pytest.mark.vllm
+def test_eval_with_vllm_engine(tmp_path, tiny_model_path):
+    out = tmp_path / "eval_vllm"
+    code = main(["eval", str(tiny_model_path), "--engine", "vllm", "--benchmark", "arithmetic", "--n", "2",
+                 "--temperature", "0", "--max-tokens", "8", "--limit", "8", "--output-dir", str(out),
+                 "--no-progress", "--n-bootstrap", "0"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())[str(tiny_model_path)]
+    assert 0.0 <= results["arithmetic"]["mean@2"] <= 1.0
