@@ -3,7 +3,7 @@ and writes ``<output_dir>/table.md`` plus PNG plots (see recipes/<name>/README.m
 
 STUDIES = {"apr": "rlpost.studies.apr", "a2fm": "rlpost.studies.a2fm",
            "constrained_rlhf": "rlpost.studies.constrained_rlhf", "implicit_sft": "rlpost.studies.implicit_sft"}
-DEFAULTS = {"apr": {"seeds": [0], "steps": 15}, "a2fm": {"seeds": [0], "steps": 30},  # CPU-sized
+DEFAULTS = {"apr": {"seeds": [0, 1, 2], "steps": 40}, "a2fm": {"seeds": [0, 1, 2], "steps": 100},  # RL seeds, one SFT
             "constrained_rlhf": {"seeds": [0, 1, 2], "steps": 40}, "implicit_sft": {"seeds": [0, 1, 2], "steps": 128}}
 
 

@@ -151,31 +151,37 @@ def rl(sft_dir: str | Path, out_dir: str | Path, steps: int, seed: int = 0, over
 
 def run(output_dir: str | Path = "results/a2fm", seeds=(0,), steps: int = 30, *, n_eval: int = 96,
         n_sft: int = 6000, sft_time_s: float | None = 1200, sft_stages: int = 2, eval_samples: int = 4,
-        rl_overrides=(),
-        reuse: bool = True) -> dict:
+        sft_seed: int | None = 0, rl_overrides=(), reuse: bool = True) -> dict:
+    """The whole miniature (see the module docstring). With ``sft_seed`` set (default 0) every APO seed in
+    ``seeds`` starts from that one warm-start model; ``sft_seed=None`` trains one per seed."""
     from rlpost.tasks.a2fm_mini import make_split
     torch.set_num_threads(1)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = make_split("test", n_eval, seed=0)
     results: dict = {"config": {"seeds": list(seeds), "steps": steps, "n_eval": n_eval, "n_sft": n_sft,
-                                "eval_samples": eval_samples, "sft_stages": sft_stages,
+                                "eval_samples": eval_samples, "sft_stages": sft_stages, "sft_seed": sft_seed,
                                 "sft_time_s": sft_time_s, "model": MODEL, "prices_per_mtok": PRICES,
                                 "sft_routing": SFT_ROUTING}, "runs": {}}
     t0, cpu0 = time.perf_counter(), time.process_time()
+    before_cache: dict = {}
     for seed in seeds:
-        sft_dir = out / "runs" / f"sft-s{seed}"
+        s_seed = seed if sft_seed is None else sft_seed
+        sft_dir = out / "runs" / f"sft-s{s_seed}"
         if not (reuse and (sft_dir / "config.json").exists()):
-            pretrain(sft_dir, n_examples=n_sft, seed=seed, time_budget_s=sft_time_s)
+            pretrain(sft_dir, n_examples=n_sft, seed=s_seed, time_budget_s=sft_time_s)
             for stage in range(1, sft_stages):  # fresh traces, lower peak LR, from the previous stage
-                pretrain(sft_dir, n_examples=n_sft, seed=seed + 1000 * stage, time_budget_s=sft_time_s, lr=2e-3,
+                pretrain(sft_dir, n_examples=n_sft, seed=s_seed + 1000 * stage, time_budget_s=sft_time_s, lr=2e-3,
                          init_from=sft_dir)
         info = json.loads((sft_dir / "rlpost_study.json").read_text())
-        before = evaluate(sft_dir, rows, samples=eval_samples, seed=seed)
+        if sft_dir not in before_cache:
+            before_cache[sft_dir] = evaluate(sft_dir, rows, samples=eval_samples, seed=0)
+        before = before_cache[sft_dir]
         rl_dir = rl(sft_dir, out / "runs" / f"apo-s{seed}", steps, seed, rl_overrides)
-        after = evaluate(rl_dir, rows, samples=eval_samples, seed=seed)
+        after = evaluate(rl_dir, rows, samples=eval_samples, seed=0)
         metrics = [json.loads(line) for line in (rl_dir.parent / "metrics.jsonl").read_text().splitlines()]
-        results["runs"][f"s{seed}"] = {"seed": seed, "sft": info["sft"], "before": before, "after": after,
+        results["runs"][f"s{seed}"] = {"seed": seed, "sft_seed": s_seed, "sft": info["sft"], "before": before,
+                                       "after": after,
                                        "rl_curve": [{k: r.get(k) for k in ("step", "reward/mean", "a2fm/non_instant_rate",
                                                                             "a2fm/acc/adaptive")} for r in metrics]}
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))

@@ -196,14 +196,16 @@ def rl(kind: str, sft_dir: str | Path, out_dir: str | Path, steps: int, seed: in
 
 # ------------------------------------------------------------------------------------ the study
 
-def run(output_dir: str | Path = "results/apr", seeds=(0,), steps: int = 15, *, n_eval: int = 100,
-        n_traces: int = 6000, sft_time_s: float | None = 1500, sft_stages: int = 2, windows=WINDOWS,
-        budgets=BUDGETS, methods=("sos", "apr"), rl_overrides=(), reuse: bool = True) -> dict:
+def run(output_dir: str | Path = "results/apr", seeds=(0,), steps: int = 40, *, n_eval: int = 100,
+        n_traces: int = 6000, sft_time_s: float | None = 1500, sft_stages: int = 2, sft_seed: int | None = 0,
+        windows=WINDOWS, budgets=BUDGETS, methods=("sos", "apr"), rl_overrides=(), reuse: bool = True) -> dict:
     """The whole miniature; returns the results dict (also written to ``results.json``).
 
-    One model per seed is trained from scratch on APR and SoS+ traces together (:func:`pretrain` with
-    ``kind="both"``, ``sft_stages`` stages of ``sft_time_s`` seconds, each on fresh traces; reused from
-    ``runs/sft-s<seed>`` when present), then each method is RL-trained from it.
+    One model is trained from scratch on APR and SoS+ traces together (:func:`pretrain` with ``kind="both"``,
+    ``sft_stages`` stages of ``sft_time_s`` seconds, each on fresh traces; reused from ``runs/sft-s<seed>``
+    when present), then each method is RL-trained from it once per seed in ``seeds``. With ``sft_seed``
+    set (default 0: the SFT costs most of the CPU budget) every RL seed starts from that one model;
+    ``sft_seed=None`` trains one model per seed.
     """
     from rlpost.tasks.apr_countdown import problems
     torch.set_num_threads(1)  # small models on shared CPUs: one thread is fastest (no OpenMP contention)
@@ -212,29 +214,33 @@ def run(output_dir: str | Path = "results/apr", seeds=(0,), steps: int = 15, *, 
     test = problems("test", n_eval, seed=0, count=TASK["count"], max_num=TASK["max_num"],
                     target_range=TASK["target_range"], ops=TASK["ops"])
     results: dict = {"config": {"seeds": list(seeds), "steps": steps, "n_eval": len(test), "n_traces": n_traces,
-                                "sft_time_s": sft_time_s, "sft_stages": sft_stages, "windows": list(windows),
-                                "budgets": list(budgets),
+                                "sft_time_s": sft_time_s, "sft_stages": sft_stages, "sft_seed": sft_seed,
+                                "windows": list(windows), "budgets": list(budgets),
                                 "task": {k: list(v) if isinstance(v, tuple) else v for k, v in TASK.items()},
-                                "model": MODEL}, "runs": {}}
+                                "model": MODEL, "rl_overrides": list(rl_overrides)}, "runs": {}}
     t0, cpu0 = time.perf_counter(), time.process_time()
+    before_cache: dict = {}
     for seed in seeds:
-        sft_dir = out / "runs" / f"sft-s{seed}"
+        s_seed = seed if sft_seed is None else sft_seed
+        sft_dir = out / "runs" / f"sft-s{s_seed}"
         if not (reuse and (sft_dir / "config.json").exists()):
-            pretrain("both", sft_dir, n_traces=n_traces, seed=seed, time_budget_s=sft_time_s)
+            pretrain("both", sft_dir, n_traces=n_traces, seed=s_seed, time_budget_s=sft_time_s)
             for stage in range(1, sft_stages):  # fresh traces, lower peak LR, from the previous stage
-                pretrain("both", sft_dir, n_traces=n_traces, seed=seed + 1000 * stage, time_budget_s=sft_time_s,
+                pretrain("both", sft_dir, n_traces=n_traces, seed=s_seed + 1000 * stage, time_budget_s=sft_time_s,
                          lr=2e-3, init_from=sft_dir)
         info = json.loads((sft_dir / "rlpost_study.json").read_text())
         for kind in methods:
             key = f"{kind}-s{seed}"
-            before = evaluate(sft_dir, kind, test, windows, budgets)
+            if (sft_dir, kind) not in before_cache:  # greedy: the same model gives the same numbers
+                before_cache[sft_dir, kind] = evaluate(sft_dir, kind, test, windows, budgets)
             start = time.perf_counter()
             rl_dir = rl(kind, sft_dir, out / "runs" / f"{kind}-rl-s{seed}", steps, seed, rl_overrides)
             rl_seconds = time.perf_counter() - start
             after = evaluate(rl_dir, kind, test, windows, budgets)
             rl_metrics = [json.loads(line) for line in (rl_dir.parent / "metrics.jsonl").read_text().splitlines()]
-            results["runs"][key] = {"kind": kind, "seed": seed, "sft": info["sft"], "data": info["data"][kind],
-                                    "before": before, "after": after, "rl_seconds": rl_seconds,
+            results["runs"][key] = {"kind": kind, "seed": seed, "sft_seed": s_seed, "sft": info["sft"],
+                                    "data": info["data"][kind], "before": before_cache[sft_dir, kind], "after": after,
+                                    "rl_seconds": rl_seconds,
                                     "rl_reward": [r.get("reward/mean") for r in rl_metrics if "reward/mean" in r],
                                     "rl_children": [r.get("apr/children") for r in rl_metrics if "apr/children" in r]}
             (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
@@ -249,6 +255,26 @@ def run(output_dir: str | Path = "results/apr", seeds=(0,), steps: int = 15, *, 
 def _mean(values):
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else float("nan")
+
+
+def _vals(results, kind, stage, *path) -> list:
+    vals = []
+    for r in results["runs"].values():
+        if r["kind"] == kind:
+            node = r[stage]
+            for p in path:
+                node = node.get(p, node.get(str(p))) if isinstance(node, dict) else None
+            vals.append(node)
+    return [v for v in vals if v is not None]
+
+
+def _pct_cell(results, kind, stage, *path) -> str:
+    """``mean`` in %, with ``(min-max)`` over seeds when they differ."""
+    vals = [100 * v for v in _vals(results, kind, stage, *path)]
+    if not vals:
+        return "-"
+    mean = sum(vals) / len(vals)
+    return f"{mean:.1f}" if max(vals) - min(vals) < 1e-9 else f"{mean:.1f} ({min(vals):.0f}-{max(vals):.0f})"
 
 
 def _agg(results, kind, stage, *path):
@@ -273,21 +299,24 @@ def write_table(results: dict, path: Path) -> None:
              f"{cfg['n_traces']} APR and {cfg['n_traces']} SoS+ solver traces (one model; the root prompt's budget "
              f"prefix selects SoS+; SFT: {cfg.get('sft_stages', 1)} stages of at most {cfg['sft_time_s']} s), then "
              f"{cfg['steps']} RL steps per method "
-             f"from it. Seeds: {cfg['seeds']}. Tokens: phrase tokenizer (protocol phrases = 1 token).", "",
+             f"from it. RL seeds: {cfg['seeds']} (all from the SFT model of seed {cfg.get('sft_seed')}; cells show the mean "
+             f"and, when seeds differ, the range). Tokens: phrase tokenizer (protocol phrases = 1 token). "
+             f"SoS+ at window W is conditioned on the largest budget bin <= W.", "",
              "## Accuracy (%) by context window (tokens per call)", "",
              "| method | stage | " + " | ".join(f"W={w}" for w in cfg["windows"]) + " |",
              "|---|---|" + "---|" * len(cfg["windows"])]
     for kind in kinds:
         for stage, name in (("before", "SFT"), ("after", "+RL")):
             lines.append(f"| {METHODS[kind]} | {name} | " + " | ".join(
-                f"{100 * _agg(results, kind, stage, 'windows', w, 'accuracy'):.1f}" for w in cfg["windows"]) + " |")
-    lines += ["", "## Cumulative accuracy (%) by total-token budget (largest window)", "",
+                _pct_cell(results, kind, stage, "windows", w, "accuracy") for w in cfg["windows"]) + " |")
+    lines += ["", f"## Cumulative accuracy (%) by total-token budget: solved with at most B generated tokens in total "
+              f"(from the W={max(cfg['windows'])} run; SoS+ conditioned on Token Budget {budget_prefix(max(cfg['windows']))})", "",
               "| method | stage | " + " | ".join(f"B={b}" for b in cfg["budgets"]) + " |",
               "|---|---|" + "---|" * len(cfg["budgets"])]
     for kind in kinds:
         for stage, name in (("before", "SFT"), ("after", "+RL")):
             lines.append(f"| {METHODS[kind]} | {name} | " + " | ".join(
-                f"{100 * _agg(results, kind, stage, 'budgets', b):.1f}" for b in cfg["budgets"]) + " |")
+                _pct_cell(results, kind, stage, "budgets", b) for b in cfg["budgets"]) + " |")
     w = max(cfg["windows"])
     lines += ["", f"## Compute at W={w} (means per problem)", "",
               "| method | stage | accuracy % | total tokens | sequential tokens | calls | child threads | error rate |",
