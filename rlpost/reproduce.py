@@ -6,9 +6,10 @@
 Every run is ``rlpost train`` on a tiny config with the same budget overrides (RL steps, prompts per
 step, group size, learning rate, evaluation set and schedule); only the algorithm differs. A run's
 output folder is keyed by a hash of its full config, so the GRPO / DAPO baselines are trained once and
-shared by every recipe (``runs/reproduce/<hash>``). Writes ``results/<recipe>/table.md`` (final held-out
-accuracy: mean, std and range over seeds; steps to a threshold), ``results/<recipe>/curves.png``
-(held-out accuracy against step, mean and min..max band) and ``results/<recipe>/runs.json`` (raw numbers).
+shared by every recipe (``runs/reproduce/tiny/<hash>``). Writes ``results/<recipe>/table.md`` (final
+held-out accuracy: mean, std and range over seeds; steps to a threshold; CPU time; the method's own
+signals), ``results/<recipe>/curves.png`` (held-out accuracy against step, mean and min..max band) and
+``results/<recipe>/runs.json`` (raw numbers).
 """
 from __future__ import annotations
 
@@ -30,16 +31,23 @@ class Recipe:
     label: str                    # name in the table
     config: str                   # tiny config, relative to the repository root
     note: str = ""                # what differs from GRPO, for the table's header
+    signals: tuple = ()           # the method's own metrics, averaged over a run's steps in the table
 
 
 RECIPES = {
     "hapo": Recipe("HAPO", "configs/tiny/arith_hapo.yaml", "DAPO + adaptive temperature, token-level group "
-                   "average, advantage redistribution, adaptive clip"),
+                   "average, advantage redistribution, adaptive clip",
+                   ("hapo/temperature_mean", "hapo/temperature_min", "hapo/temperature_max", "hapo/damp_frac",
+                    "hapo/boost_frac", "policy/entropy")),
     "adora": Recipe("ADORA", "configs/tiny/arith_adora.yaml", "GRPO advantages x 2 for groups with success "
-                    "rate <= 0.5 (difficulty criterion)"),
+                    "rate <= 0.5 (difficulty criterion)",
+                    ("adora/tas_frac", "adora/success_rate_mean", "adora/weight_mean")),
     "oblr_po": Recipe("OBLR-PO", "configs/tiny/arith_oblr_po.yaml", "gradient-weighted leave-one-out baseline + "
-                      "SNR learning-rate controller (reconstruction)"),
-    "gain_rl": Recipe("GAIN-RL", "configs/tiny/arith_gain_rl.yaml", "GRPO + angle-ranked Gaussian curriculum sampler"),
+                      "SNR learning-rate controller (reconstruction)",
+                      ("oblr/lr_scale", "oblr/snr", "oblr/weight_group_cv", "oblr/baseline_minus_mean_abs")),
+    "gain_rl": Recipe("GAIN-RL", "configs/tiny/arith_gain_rl.yaml", "GRPO + angle-ranked Gaussian curriculum sampler",
+                      ("gain_rl/mu", "gain_rl/delta_mu", "gain_rl/accuracy", "gain_rl/angle",
+                       "gain_rl/sampled_rank_mean", "gain_rl/sampled_score_mean")),
 }
 
 BASELINES = {
@@ -85,7 +93,9 @@ class RunResult:
     seed: int
     curve: list[tuple[int, float]] = field(default_factory=list)   # (step, eval/accuracy)
     wall_s: float = 0.0
+    cpu_s: float = 0.0            # process CPU time (all threads): comparable across machine load, unlike wall time
     out_dir: str = ""
+    signals: dict = field(default_factory=dict)   # metric -> mean over the run's training steps
 
     @property
     def final(self) -> float:
@@ -99,9 +109,9 @@ def _config_path(rel: str) -> Path:
     raise FileNotFoundError(f"{rel} not found under {ROOT} or {Path.cwd()}: run from the rlpost repository")
 
 
-def run_one(config: str, overrides: list[str], runs_dir: Path,
-            force: bool = False) -> tuple[list[tuple[int, float]], float, Path]:
-    """Train one tiny run (or reuse a finished one with the same config); return its eval curve and wall time."""
+def run_one(config: str, overrides: list[str], runs_dir: Path, force: bool = False) -> tuple[dict, list[dict], Path]:
+    """Train one tiny run (or reuse a finished one with the same config); return its timings
+    ``{"wall_s", "cpu_s"}``, its metrics.jsonl rows and its folder."""
     from rlpost.config import load_config, to_dict
     from rlpost.tracking import read_metrics
     from rlpost.trainer import Trainer
@@ -113,10 +123,8 @@ def run_one(config: str, overrides: list[str], runs_dir: Path,
     out = runs_dir / key
     cfg.trainer.output_dir = str(out)
     done = out / "summary.json"
-    if done.exists() and not force:
-        wall = json.loads(done.read_text()).get("reproduce_wall_s", float("nan"))
-    else:
-        start = time.perf_counter()
+    if not done.exists() or force:
+        start, cpu_start = time.perf_counter(), time.process_time()
         trainer = Trainer(cfg)
         try:
             trainer.setup()
@@ -124,18 +132,25 @@ def run_one(config: str, overrides: list[str], runs_dir: Path,
         finally:
             if hasattr(trainer, "engine"):
                 trainer.close()
-        wall = time.perf_counter() - start
         summary = json.loads(done.read_text())
-        summary["reproduce_wall_s"] = wall
+        summary["reproduce"] = {"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start}
         done.write_text(json.dumps(summary, indent=2))
-    curve = [(r["step"], r["eval/accuracy"]) for r in read_metrics(out / "metrics.jsonl")
-             if r.get("eval/accuracy") is not None]
-    return curve, wall, out
+    timing = json.loads(done.read_text()).get("reproduce", {})
+    return timing, read_metrics(out / "metrics.jsonl"), out
+
+
+def _signal_means(rows: list[dict], keys) -> dict:
+    out = {}
+    for key in keys:
+        vals = [r[key] for r in rows if r.get("step", 0) > 0 and isinstance(r.get(key), (int, float))]
+        out[key] = sum(vals) / len(vals) if vals else float("nan")
+    return out
 
 
 def reproduce(recipe: str, steps: int = 40, seeds: list[int] | None = None, tasks: list[str] | None = None,
-              out_root: str | Path = "results", runs_dir: str | Path = "runs/reproduce", budget: Budget | None = None,
-              methods: list[str] | None = None, threshold: float | None = None, force: bool = False) -> dict:
+              out_root: str | Path = "results", runs_dir: str | Path = "runs/reproduce/tiny",
+              budget: Budget | None = None, methods: list[str] | None = None, threshold: float | None = None,
+              force: bool = False) -> dict:
     """Run the comparison for ``recipe`` and write its table and curves; returns the raw results."""
     if recipe not in RECIPES:
         raise KeyError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
@@ -158,9 +173,11 @@ def reproduce(recipe: str, steps: int = 40, seeds: list[int] | None = None, task
             for seed in seeds:
                 overrides = extra + TASKS[task] + budget.overrides(seed)
                 log.info("reproduce %s: %s on %s, seed %d", recipe, label, task, seed)
-                curve, wall, out = run_one(rec.config, overrides, runs_dir, force)
-                results.append(RunResult(label, task, seed, curve, wall, str(out)))
-                log.info("  final held-out accuracy %.3f (%.0f s)", results[-1].final, wall)
+                timing, rows, out = run_one(rec.config, overrides, runs_dir, force)
+                curve = [(r["step"], r["eval/accuracy"]) for r in rows if r.get("eval/accuracy") is not None]
+                results.append(RunResult(label, task, seed, curve, timing.get("wall_s", float("nan")),
+                                         timing.get("cpu_s", float("nan")), str(out), _signal_means(rows, rec.signals)))
+                log.info("  final held-out accuracy %.3f (%.0f s)", results[-1].final, results[-1].wall_s)
     out_dir = Path(out_root) / recipe
     out_dir.mkdir(parents=True, exist_ok=True)
     table = write_table(out_dir / "table.md", recipe, results, budget, seeds, threshold)
@@ -168,7 +185,8 @@ def reproduce(recipe: str, steps: int = 40, seeds: list[int] | None = None, task
     (out_dir / "runs.json").write_text(json.dumps(
         {"recipe": recipe, "budget": budget.__dict__, "seeds": seeds, "tasks": tasks, "summary": table,
          "runs": [{"method": r.method, "task": r.task, "seed": r.seed, "curve": r.curve, "final": r.final,
-                   "wall_s": r.wall_s, "out_dir": r.out_dir} for r in results]}, indent=1))
+                   "wall_s": r.wall_s, "cpu_s": r.cpu_s, "signals": r.signals, "out_dir": r.out_dir}
+                  for r in results]}, indent=1))
     return {"table": str(out_dir / "table.md"), "curves": str(out_dir / "curves.png"), "summary": table}
 
 
@@ -216,7 +234,10 @@ def summarize(results: list[RunResult], threshold: float | None = None) -> dict:
                                "best_mean": _mean_std([max(a for _, a in r.curve) for r in mr if r.curve])[0],
                                "steps_to_threshold": reach, "reached": len(reached), "n": len(mr),
                                "steps_to_threshold_mean": sum(reached) / len(reached) if reached else None,
-                               "wall_s_mean": _mean_std([r.wall_s for r in mr])[0]}
+                               "wall_s_mean": _mean_std([r.wall_s for r in mr])[0],
+                               "cpu_s_mean": _mean_std([r.cpu_s for r in mr])[0],
+                               "signals": {k: _mean_std([r.signals.get(k, float("nan")) for r in mr])[0]
+                                           for k in dict.fromkeys(k for r in mr for k in r.signals)}}
         out[task] = {"initial_accuracy": init, "threshold": thr, "methods": methods}
     return out
 
@@ -231,7 +252,8 @@ def write_table(path: Path, recipe: str, results: list[RunResult], budget: Budge
              f"completions, learning rate {budget.learning_rate:g}; held-out greedy accuracy on {budget.num_eval} "
              f"prompts every {budget.eval_every} steps; seeds {', '.join(map(str, seeds))}. "
              "DAPO (and HAPO, built on it) refill filtered groups with dynamic sampling, so they generate more "
-             "completions per step; wall time is reported.", "",
+             "completions per step; their CPU time per run is reported (CPU seconds of the training process, "
+             "all threads: unlike wall time it does not depend on what else the shared machine runs).", "",
              "Generated by `rlpost reproduce " + recipe + f" --steps {budget.steps} --seeds {len(seeds)}`"
              " (rlpost/reproduce.py). Tiny models and tasks: differences of a few points are within seed noise; "
              "read the spread column before the mean.", ""]
@@ -241,15 +263,19 @@ def write_table(path: Path, recipe: str, results: list[RunResult], budget: Budge
         lines += [f"## {task}", "", f"Initial held-out accuracy (step 0): {s['initial_accuracy']:.3f}. "
                   f"Threshold for 'steps to threshold': {thr_text} (half of GRPO's mean gain unless --threshold).", "",
                   "| method | final acc. mean ± std | min..max | best acc. (mean) "
-                  "| steps to threshold (mean, reached) | wall s/run |",
+                  "| steps to threshold (mean, reached) | CPU s/run |",
                   "|---|---|---|---|---|---|"]
         for method, m in s["methods"].items():
             st = (f"{m['steps_to_threshold_mean']:.1f} ({m['reached']}/{m['n']})"
                   if m["steps_to_threshold_mean"] is not None else f"- (0/{m['n']})")
             lines.append(f"| {method} | {m['final_mean']:.3f} ± {m['final_std']:.3f} "
                          f"| {m['final_min']:.3f}..{m['final_max']:.3f} | {m['best_mean']:.3f} | {st} "
-                         f"| {m['wall_s_mean']:.0f} |")
+                         f"| {m['cpu_s_mean']:.0f} |")
         lines.append("")
+        signals = {method: m["signals"] for method, m in s["methods"].items() if m["signals"]}
+        for method, sig in signals.items():
+            lines += [f"{method}'s own signals (mean over training steps, then over seeds): " + ", ".join(
+                f"`{k}` {v:.3g}" for k, v in sig.items()) + ".", ""]
     path.write_text("\n".join(lines))
     return summary
 

@@ -26,9 +26,11 @@ def test_micro_reproduction(tmp_path):
                     runs_dir=tmp_path / "runs", budget=budget, methods=["GRPO", "ADORA"])
     table = (tmp_path / "results/adora/table.md").read_text()
     assert "| GRPO |" in table and "| ADORA |" in table and "## arithmetic" in table
+    assert "ADORA's own signals" in table and "`adora/tas_frac`" in table
     assert (tmp_path / "results/adora/curves.png").stat().st_size > 1000
     runs = json.loads((tmp_path / "results/adora/runs.json").read_text())["runs"]
     assert [r["curve"][-1][0] for r in runs] == [2, 2]
+    assert all(r["cpu_s"] > 0 for r in runs) and 0.0 <= runs[1]["signals"]["adora/tas_frac"] <= 1.0
     # a second call reuses the finished runs (same config hash) instead of training again
     before = sorted(p.name for p in (tmp_path / "runs").iterdir())
     reproduce("adora", steps=2, seeds=[0], tasks=["arithmetic"], out_root=tmp_path / "results",

@@ -8,7 +8,7 @@ EPILOG = """examples:
   rlpost reproduce hapo                                   # arithmetic + countdown, 3 seeds, 40 steps each
   rlpost reproduce gain_rl --tasks arithmetic --seeds 1 --steps 10
   rlpost reproduce adora --seeds 0,1,2,3,4 --threshold 0.5
-writes results/<recipe>/table.md, curves.png and runs.json; run folders go to runs/reproduce/<config hash>
+writes results/<recipe>/table.md, curves.png and runs.json; run folders go to runs/reproduce/tiny/<config hash>
 and are reused (GRPO and DAPO are trained once for all recipes; --force retrains).
 """
 
@@ -68,6 +68,6 @@ def register(subparsers) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="accuracy for 'steps to threshold' (default: half of GRPO's mean gain)")
     p.add_argument("--out", default="results", help="results root (default results/)")
-    p.add_argument("--runs-dir", default="runs/reproduce", help="run folders, reused across recipes")
+    p.add_argument("--runs-dir", default="runs/reproduce/tiny", help="run folders, reused across recipes")
     p.add_argument("--force", action="store_true", help="retrain runs that already finished")
     p.set_defaults(func=run)
