@@ -77,9 +77,12 @@ class Budget:
     prompts_per_step: int = 16
     num_generations: int = 8
     learning_rate: float = 1e-4
+    threads: int = 1              # torch intra-op threads: on a shared small machine, 2+ threads spin at barriers
+                                  # whenever another process holds a core (measured: ~8x slower per step)
 
     def overrides(self, seed: int) -> list[str]:
         return [f"trainer.max_steps={self.steps}", f"trainer.eval_steps={self.eval_every}",
+                f"trainer.num_threads={self.threads}",
                 f"data.num_eval={self.num_eval}", f"rollout.prompts_per_step={self.prompts_per_step}",
                 f"rollout.num_generations={self.num_generations}", f"optim.learning_rate={self.learning_rate}",
                 f"trainer.seed={seed}", "trainer.save_steps=0", "trainer.report_to=[none]",
@@ -249,7 +252,8 @@ def write_table(path: Path, recipe: str, results: list[RunResult], budget: Budge
     lines = [f"# {rec.label} in miniature: {rec.label} vs GRPO vs DAPO", "",
              f"{rec.label}: {rec.note}.", "",
              f"Budget per run: {budget.steps} RL steps x {budget.prompts_per_step} prompts x {budget.num_generations} "
-             f"completions, learning rate {budget.learning_rate:g}; held-out greedy accuracy on {budget.num_eval} "
+             f"completions, learning rate {budget.learning_rate:g}, {budget.threads} torch thread(s); held-out "
+             f"greedy accuracy on {budget.num_eval} "
              f"prompts every {budget.eval_every} steps; seeds {', '.join(map(str, seeds))}. "
              "DAPO (and HAPO, built on it) refill filtered groups with dynamic sampling, so they generate more "
              "completions per step; their CPU time per run is reported (CPU seconds of the training process, "

@@ -35,7 +35,7 @@ def run(args) -> int:
 
     args.steps = 40 if args.steps is None else args.steps
     args.seeds = [0, 1, 2] if args.seeds is None else args.seeds
-    budget = Budget(steps=args.steps, eval_every=args.eval_every, num_eval=args.num_eval)
+    budget = Budget(steps=args.steps, eval_every=args.eval_every, num_eval=args.num_eval, threads=args.threads)
     try:
         out = reproduce(args.recipe, steps=args.steps, seeds=args.seeds, tasks=args.tasks.split(","),
                         out_root=args.out, runs_dir=args.runs_dir, budget=budget, threshold=args.threshold,
@@ -65,6 +65,8 @@ def register(subparsers) -> None:
     p.add_argument("--methods", default=None, help="subset of the table's rows, e.g. GRPO,HAPO (default all three)")
     p.add_argument("--eval-every", type=int, default=5, help="held-out evaluation period in steps (default 5)")
     p.add_argument("--num-eval", type=int, default=128, help="held-out prompts (default 128)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per run (default 1: robust on a shared machine; runs go one after another)")
     p.add_argument("--threshold", type=float, default=None,
                    help="accuracy for 'steps to threshold' (default: half of GRPO's mean gain)")
     p.add_argument("--out", default="results", help="results root (default results/)")

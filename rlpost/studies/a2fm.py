@@ -212,6 +212,27 @@ def _pct(v):
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def _pct_range(results, stage, *path) -> str:
+    """Mean in %, with ``(min-max)`` over seeds when they differ."""
+    vals = []
+    for r in results["runs"].values():
+        node = r[stage]
+        for p in path:
+            node = node.get(p) if isinstance(node, dict) else None
+        if node is not None:
+            vals.append(100 * node)
+    if not vals:
+        return "-"
+    mean = sum(vals) / len(vals)
+    return f"{mean:.1f}" if max(vals) - min(vals) < 1e-9 else f"{mean:.1f} ({min(vals):.1f}-{max(vals):.1f})"
+
+
+def _window_mean(curve, key, first: bool, k: int = 10):
+    vals = [c[key] for c in curve if c.get(key) is not None]
+    vals = vals[:k] if first else vals[-k:]
+    return sum(vals) / len(vals) if vals else None
+
+
 def _num(v, fmt="{:.0f}"):
     return "-" if v is None else fmt.format(v)
 
@@ -223,7 +244,8 @@ def write_table(results: dict, path: Path) -> None:
              f"Tiny LLaMA (d={cfg['model']['hidden_size']}, {cfg['model']['num_layers']} layers) warm-started from scratch "
              f"on {cfg['n_sft']} route-then-align traces per stage ({cfg.get('sft_stages', 1)} SFT stages of at most "
              f"{cfg['sft_time_s']} s), then {cfg['steps']} "
-             f"APO steps. Seeds: {cfg['seeds']}. Question kinds (equal shares): instant = one single-digit sum, "
+             f"APO steps per seed from it. APO seeds: {cfg['seeds']} (cells: mean, and the range over seeds where shown). "
+             "Question kinds (equal shares): instant = one single-digit sum, "
              "reasoning = four-term sum, calc = 3-digit x 2-digit product, search = code of a fictional town "
              "(held-out towns: only the corpus knows). Cost: token-priced, input 1 and output 4 per million tokens.", "",
              "## Adaptive policy", "",
@@ -232,7 +254,8 @@ def write_table(results: dict, path: Path) -> None:
     for stage, name in (("before", "SFT"), ("after", "APO")):
         g = lambda *p: _get(results, stage, "adaptive", *p)  # noqa: E731
         cost = g("cost_per_correct")
-        lines.append(f"| {name} | {_pct(g('accuracy'))} | {_pct(g('non_instant_rate'))} | {_pct(g('routes', 'instant'))} | "
+        lines.append(f"| {name} | {_pct_range(results, stage, 'adaptive', 'accuracy')} | "
+                     f"{_pct_range(results, stage, 'adaptive', 'non_instant_rate')} | {_pct(g('routes', 'instant'))} | "
                      f"{_pct(g('routes', 'reasoning'))} | {_pct(g('routes', 'agentic'))} | {_pct(g('routes', 'invalid'))} | "
                      f"{_num(g('tokens_per_correct'))} | {_num(None if cost is None else cost * 1e6, '{:.0f}')} | "
                      f"{_num(g('tool_calls'), '{:.2f}')} |")
@@ -251,14 +274,16 @@ def write_table(results: dict, path: Path) -> None:
             lines.append(f"| {mode} | {name} | {_pct(_get(results, stage, mode, 'accuracy'))} | " + " | ".join(
                 _pct(_get(results, stage, mode, "by_kind", k, "accuracy")) for k in KINDS)
                 + f" | {_num(_get(results, stage, mode, 'tokens_per_correct'))} |")
-    lines += ["", "## APO training", "", "| run | SFT steps | SFT loss | reward first -> last | NITR (train, adaptive) first -> last |",
+    lines += ["", "## APO training (means over the first and the last 10 steps; 24 adaptive rollouts per step)", "",
+              "| run | SFT steps | SFT loss | reward first -> last | NITR of adaptive rollouts (train) first -> last |",
               "|---|---|---|---|---|"]
     for key, r in results["runs"].items():
         curve = [c for c in r["rl_curve"] if c.get("reward/mean") is not None]
-        nitr = [c["a2fm/non_instant_rate"] for c in curve if c.get("a2fm/non_instant_rate") is not None]
+        rew = [_window_mean(curve, "reward/mean", f) for f in (True, False)]
+        nitr = [_window_mean(curve, "a2fm/non_instant_rate", f) for f in (True, False)]
         lines.append(f"| {key} | {r['sft']['sft_steps']} | {r['sft']['final_loss']:.3f} | "
-                     f"{curve[0]['reward/mean']:.3f} -> {curve[-1]['reward/mean']:.3f} | "
-                     + (f"{100 * nitr[0]:.0f} -> {100 * nitr[-1]:.0f} |" if nitr else "- |"))
+                     f"{rew[0]:.3f} -> {rew[1]:.3f} | "
+                     + (f"{100 * nitr[0]:.0f} -> {100 * nitr[1]:.0f} |" if None not in nitr else "- |"))
     lines += ["", "Paper (32B; Fig. 3 right, all benchmarks but AIME): A²FM-SFT NITR 84.9 %, accuracy 46.9 % -> A²FM-RL NITR "
               "77.1 %, accuracy 53.8 %; cost per correct answer −45.2 % vs reasoning-only and −33.5 % vs agentic-only. "
               "See recipes/a2fm/README.md.", ""]

@@ -2,14 +2,14 @@
 
     rlpost reproduce apr           # or: python -c "from rlpost.studies import apr; apr.run('results/apr')"
 
-For each seed and each method (``sos`` = SoS+ serial search, ``apr`` = spawn/join trees):
-
-1. **From scratch**: a tiny LLaMA (:func:`rlpost.studies.common.scratch_model`, the phrase tokenizer of
-   :mod:`rlpost.studies.phrase_tokenizer`) is trained on the solver's traces (:mod:`.apr_data`): every call
-   of an APR tree is its own sequence; SoS+ traces carry a ``Token Budget`` prefix.
-2. **RL**: ``rlpost train recipes/apr/tiny.yaml`` on it (``rollout.workflow: apr``, reward ``apr_countdown``,
-   tree-level GRPO with population std, each call weighted 1/S). SoS+ goes through the same workflow
-   (a serial trace is a one-call tree), conditioned on the largest budget bin.
+1. **From scratch**: one tiny LLaMA (:func:`rlpost.studies.common.scratch_model`, the phrase tokenizer of
+   :mod:`rlpost.studies.phrase_tokenizer`) is trained on the solver's traces of both methods (:mod:`.apr_data`):
+   every call of an APR tree is its own sequence; SoS+ traces carry a ``Token Budget`` prefix, which is how
+   a root prompt selects SoS+ (APR roots have none). Two stages, each on fresh traces.
+2. **RL**, per method (``sos`` = SoS+ serial search, ``apr`` = spawn/join trees) and seed: ``rlpost train
+   recipes/apr/tiny.yaml`` from that model (``rollout.workflow: apr``, reward ``apr_countdown``, tree-level
+   GRPO with population std, each call weighted 1/S). SoS+ goes through the same workflow (a serial trace is a
+   one-call tree), conditioned on the largest budget bin.
 3. **Evaluation** on held-out problems, greedy, before and after RL:
    * context windows W: every call is capped at W tokens (prompt + completion; ``AprWorkflow(max_context=W)``);
      SoS+ is conditioned on ``Token Budget: W`` (nearest bin) and capped at W;

@@ -5,9 +5,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Small and fast: 4 prompts x 4 completions per step, 16 held-out prompts at the start and the end.
+# Small and fast: 4 prompts x 4 completions per step, 16 held-out prompts at the start and the end; one torch
+# thread (on a shared 2-core machine two intra-op threads spin at barriers and run several times slower).
 SMALL = ["rollout.prompts_per_step=4", "rollout.num_generations=4", "data.num_eval=16", "data.num_train=200",
-         "trainer.eval_steps=0", "trainer.save_steps=0", "trainer.report_to=[none]", "trainer.progress_bar=false"]
+         "trainer.eval_steps=0", "trainer.save_steps=0", "trainer.report_to=[none]", "trainer.progress_bar=false",
+         "trainer.num_threads=1"]
 
 
 def run_train(out: Path, config: str, *overrides: str, steps: int = 3) -> list[dict]:
