@@ -31,7 +31,7 @@ class Recipe:
     label: str                    # name in the table
     config: str                   # tiny config, relative to the repository root
     note: str = ""                # what differs from GRPO, for the table's header
-    signals: tuple = ()           # the method's own metrics, averaged over a run's steps in the table
+    signals: tuple = ()           # the method's own metrics, summarised per run (median over steps) in the table
 
 
 RECIPES = {
@@ -98,7 +98,7 @@ class RunResult:
     wall_s: float = 0.0
     cpu_s: float = 0.0            # process CPU time (all threads): comparable across machine load, unlike wall time
     out_dir: str = ""
-    signals: dict = field(default_factory=dict)   # metric -> mean over the run's training steps
+    signals: dict = field(default_factory=dict)   # metric -> median over the run's training steps
 
     @property
     def final(self) -> float:
@@ -142,11 +142,14 @@ def run_one(config: str, overrides: list[str], runs_dir: Path, force: bool = Fal
     return timing, read_metrics(out / "metrics.jsonl"), out
 
 
-def _signal_means(rows: list[dict], keys) -> dict:
+def _signal_medians(rows: list[dict], keys) -> dict:
+    """Median over a run's training steps of each metric (robust to single-step spikes, e.g. an SNR whose
+    noise estimate hit 0)."""
     out = {}
     for key in keys:
-        vals = [r[key] for r in rows if r.get("step", 0) > 0 and isinstance(r.get(key), (int, float))]
-        out[key] = sum(vals) / len(vals) if vals else float("nan")
+        vals = sorted(r[key] for r in rows if r.get("step", 0) > 0 and isinstance(r.get(key), (int, float)))
+        n = len(vals)
+        out[key] = (vals[n // 2] if n % 2 else 0.5 * (vals[n // 2 - 1] + vals[n // 2])) if n else float("nan")
     return out
 
 
@@ -179,7 +182,7 @@ def reproduce(recipe: str, steps: int = 40, seeds: list[int] | None = None, task
                 timing, rows, out = run_one(rec.config, overrides, runs_dir, force)
                 curve = [(r["step"], r["eval/accuracy"]) for r in rows if r.get("eval/accuracy") is not None]
                 results.append(RunResult(label, task, seed, curve, timing.get("wall_s", float("nan")),
-                                         timing.get("cpu_s", float("nan")), str(out), _signal_means(rows, rec.signals)))
+                                         timing.get("cpu_s", float("nan")), str(out), _signal_medians(rows, rec.signals)))
                 log.info("  final held-out accuracy %.3f (%.0f s)", results[-1].final, results[-1].wall_s)
     out_dir = Path(out_root) / recipe
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -278,7 +281,7 @@ def write_table(path: Path, recipe: str, results: list[RunResult], budget: Budge
         lines.append("")
         signals = {method: m["signals"] for method, m in s["methods"].items() if m["signals"]}
         for method, sig in signals.items():
-            lines += [f"{method}'s own signals (mean over training steps, then over seeds): " + ", ".join(
+            lines += [f"{method}'s own signals (median over training steps, mean over seeds): " + ", ".join(
                 f"`{k}` {v:.3g}" for k, v in sig.items()) + ".", ""]
     path.write_text("\n".join(lines))
     return summary
