@@ -25,6 +25,8 @@ class Batch:
     truncated:        [B] bool, the completion hit the length cap
     traj_index:       [B] long, the trajectory each row came from (APR trees and other multi-call
                       rollouts give several rows one trajectory; advantages are computed per trajectory)
+    prompt_lengths:   [B] long, prompt tokens at the start of each row (rows with equal prompts share their
+                      forward pass under optim.shared_prefix, rlpost/shared_prefix.py)
     """
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -38,6 +40,7 @@ class Batch:
     sample_weights: torch.Tensor
     truncated: torch.Tensor
     traj_index: torch.Tensor | None = None
+    prompt_lengths: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -65,6 +68,7 @@ def collate(trajectories: list[Trajectory], pad_id: int, mask_truncated: bool = 
     has_entropy = all(s.entropies is not None for _, _, s in rows)
     ents = torch.zeros((B, T)) if has_entropy else None
     rewards, groups, weights, truncated = torch.zeros(B), torch.zeros(B, dtype=torch.long), torch.ones(B), torch.zeros(B, dtype=torch.bool)
+    prompt_lengths = torch.tensor([len(s.prompt_ids) for _, _, s in rows], dtype=torch.long)
     for i, (traj, k, s) in enumerate(rows):
         P, C = len(s.prompt_ids), len(s.completion_ids)
         input_ids[i, : P + C] = torch.tensor(s.prompt_ids + s.completion_ids)
@@ -82,4 +86,5 @@ def collate(trajectories: list[Trajectory], pad_id: int, mask_truncated: bool = 
         truncated[i] = s.finish_reason == "length"
     if mask_truncated:
         mask = mask * (~truncated).float()[:, None]
-    return Batch(input_ids, attention, index, comp, mask, logps, ents, rewards, groups, weights, truncated, traj_index)
+    return Batch(input_ids, attention, index, comp, mask, logps, ents, rewards, groups, weights, truncated, traj_index,
+                 prompt_lengths)

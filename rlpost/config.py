@@ -153,6 +153,7 @@ class OptimConfig:
     steps_per_generation: int = 1             # optimizer steps per generation batch (mini-batches)
     logprob_chunk_size: int = 0               # >0: LM head + log-softmax over this many completion tokens at a time (no [B,W,V] logits)
     padding_free: bool = False                # pack each micro-batch into one row (position_ids restart per sample): no pad tokens
+    shared_prefix: bool = True                # the completions of a prompt share one forward over it (same values, less work)
 
 
 @dataclass

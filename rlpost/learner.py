@@ -20,6 +20,7 @@ import torch
 from rlpost.algos import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, LossInput
 from rlpost.algos.core import masked_mean
 from rlpost.algos.mismatch import ISCorrection, importance_weights, sampler_learner_kl
+from rlpost import shared_prefix as sp
 from rlpost.batch import Batch
 
 TOKEN_WEIGHTED_AGGREGATIONS = {"token-mean"}
@@ -44,24 +45,33 @@ class LearnerSettings:
     vllm_is: ISCorrection | None = None  # truncated IS correction of the sampler/learner mismatch (algos/mismatch.py)
     logprob_chunk_size: int = 0     # >0: LM head over this many completion tokens at a time (optim.logprob_chunk_size)
     padding_free: bool = False      # pack each micro-batch into one row without padding (optim.padding_free)
+    shared_prefix: bool = True      # rows with one prompt share a pass over it (optim.shared_prefix)
 
 
 def token_logprobs(model, batch: Batch, temperature: float, need_entropy: bool, need_sum_p_sq: bool = False,
-                   chunk_size: int = 0, packed: bool = False):
+                   chunk_size: int = 0, packed: bool = False, shared_prefix: bool = False):
     """log pi(o_t | .) of the completion tokens [B,T] (and entropies [B,T] or None) from one forward.
     With ``need_sum_p_sq`` a third value, sum_v pi_v^2 per token [B,T], is returned too.
 
     Logits are divided by the sampling temperature, matching the distribution the engine sampled from.
     Only the completion positions are gathered before the log-softmax, so memory is O(B*T*V), not O(B*W*V).
     ``chunk_size`` > 0 or ``packed``: the memory-lean path of rlpost/logprobs.py (same values).
+    ``shared_prefix``: rows with the same prompt share one pass over it (rlpost/shared_prefix.py, same values).
     """
     if chunk_size > 0 or packed:
         from rlpost.logprobs import lean_token_logprobs
         return lean_token_logprobs(model, batch, temperature, need_entropy, need_sum_p_sq, chunk_size, packed)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    B, T = batch.completion_index.shape
-    idx = batch.completion_index.clamp(max=logits.shape[1] - 1)
-    picked = logits.gather(1, idx[:, :, None].expand(B, T, logits.shape[-1])).float()  # [B,T,V]
+
+    def plain_logits():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        B, T = batch.completion_index.shape
+        idx = batch.completion_index.clamp(max=logits.shape[1] - 1)
+        return logits.gather(1, idx[:, :, None].expand(B, T, logits.shape[-1]))  # [B,T,V]
+
+    if shared_prefix and sp.usable(model) and sp.worthwhile(batch) and sp.verify_once(model, batch, plain_logits):
+        picked = sp.completion_logits(model, batch).float()
+    else:
+        picked = plain_logits().float()
     if temperature > 0:
         picked = picked / temperature
     logp_all = torch.log_softmax(picked, dim=-1)
@@ -74,7 +84,7 @@ def token_logprobs(model, batch: Batch, temperature: float, need_entropy: bool, 
 
 @torch.no_grad()
 def batched_logprobs(model, batch: Batch, settings: LearnerSettings, need_entropy: bool, need_sum_p_sq: bool = False,
-                     hooks=()):
+                     hooks=(), shared_prefix: bool = True):
     """No-grad log-probs, entropies (or None) and sum_p_sq (or None) for the whole batch in micro-batches.
     Each of ``hooks`` is called as ``hook(model, micro_batch)`` and must return a context manager, entered
     around that micro-batch's forward (e.g. a forward hook that reads hidden states)."""
@@ -87,7 +97,8 @@ def batched_logprobs(model, batch: Batch, settings: LearnerSettings, need_entrop
             for hook in hooks:
                 stack.enter_context(hook(model, mb))
             lp, h, *sq = token_logprobs(model, mb, settings.temperature, need_entropy, need_sum_p_sq,
-                                        settings.logprob_chunk_size, settings.padding_free)
+                                        settings.logprob_chunk_size, settings.padding_free,
+                                        shared_prefix and settings.shared_prefix and not hooks)
         out_lp.append(lp)
         out_h.append(h)
         out_sq += sq
@@ -120,8 +131,9 @@ class Learner:
         old_lp = old_h = sum_p_sq = None
         if reuse or s.need_entropy or s.need_sum_p_sq or self.old_forward_hooks:
             old_lp, old_h, sum_p_sq = batched_logprobs(self.model, batch, s, s.need_entropy, s.need_sum_p_sq,
-                                                       self.old_forward_hooks)
-        ref_lp = batched_logprobs(self.ref_model, batch, s, False)[0] if s.beta > 0 else None
+                                                       self.old_forward_hooks, shared_prefix=self.dist is None)
+        ref_lp = (batched_logprobs(self.ref_model, batch, s, False, shared_prefix=self.dist is None)[0]
+                  if s.beta > 0 else None)
         return {"old_logprobs": old_lp, "old_entropies": old_h, "ref_logprobs": ref_lp, "sum_p_sq": sum_p_sq}
 
     def update(self, batch: Batch, advantages: torch.Tensor, fixed: dict, row_extra: dict | None = None,
@@ -149,8 +161,7 @@ class Learner:
         num_micro = -(-len(rows) // s.micro_batch_size)
         if dist is not None:  # shares of the mini-batch summed over all ranks; as many backward passes on each rank
             mini_tokens, mini_rows, num_backward = dist.step_counts(batch.response_mask[rows].sum(), len(rows), num_micro)
-        # micro-batches of similar lengths pad less (each is trimmed to its own longest row)
-        rows = rows[torch.argsort(batch.attention_mask[rows].sum(-1), stable=True)]
+        rows = self._micro_batch_order(batch, rows)
         for start in range(0, len(rows), s.micro_batch_size):
             idx = rows[start:start + s.micro_batch_size]
             mb = batch.select(idx)
@@ -192,11 +203,24 @@ class Learner:
         metrics.update({"loss": total_loss, "grad_norm": float(grad_norm), "lr": scheduled[0] * scale})
         return metrics
 
+    def _micro_batch_order(self, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
+        """Rows in micro-batch order. Micro-batches of similar lengths pad less (each is trimmed to its own
+        longest row); under a shared-prefix pass the rows of one prompt also stay together (by prompt length,
+        then prompt, then total length), so that each prompt runs once."""
+        total = batch.attention_mask[rows].sum(-1)
+        if not (self.settings.shared_prefix and self.dist is None and batch.prompt_lengths is not None):
+            return rows[torch.argsort(total, stable=True)]
+        owners = sp.prompt_owners(batch)[0][rows].tolist()
+        prompt_len = batch.prompt_lengths[rows].tolist()
+        order = sorted(range(len(rows)), key=lambda i: (prompt_len[i], owners[i], int(total[i])))
+        return rows[torch.tensor(order, dtype=torch.long)]
+
     def _micro_loss(self, mb: Batch, adv: torch.Tensor, fixed: dict, extra: dict):
         s = self.settings
         need_h = s.need_entropy or s.entropy_coef > 0
         logp, entropy = token_logprobs(self.dist.train_model if self.dist is not None else self.model, mb, s.temperature,
-                                       need_h, chunk_size=s.logprob_chunk_size, packed=s.padding_free)
+                                       need_h, chunk_size=s.logprob_chunk_size, packed=s.padding_free,
+                                       shared_prefix=s.shared_prefix and self.dist is None)
         old_lp = fixed["old_logprobs"] if fixed["old_logprobs"] is not None else logp.detach()
         mask = mb.response_mask
         inp = LossInput(logprobs=logp, old_logprobs=old_lp, advantages=adv, response_mask=mask,

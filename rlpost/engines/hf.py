@@ -2,7 +2,8 @@
 
 Why not ``model.generate``: we need, per sampled token, the log-prob and entropy of the exact
 distribution it was drawn from, a logits-processor hook that sees every row, seeded sampling and stop
-strings, without ``generate``'s per-step overhead. The loop is: left-padded prefill, then one token per
+strings, without ``generate``'s per-step overhead. The loop is: left-padded prefill of each distinct prompt
+once (the n samples of a prompt share its KV cache rows by index), then one token per
 step for the rows still running: a row that finishes (EOS or a stop string) leaves the batch and its KV
 cache rows are dropped, so a long tail of unfinished rows does not pay for the finished ones.
 
@@ -88,11 +89,15 @@ class HFEngine:
             self.model.train(was_training)
 
     def _sample_loop(self, prompts: list[list[int]], params: SamplingParams) -> list[Sample]:
-        num_rows, width = len(prompts), max(len(p) for p in prompts)
+        num_rows = len(prompts)
         dev = self.device
-        input_ids = torch.full((num_rows, width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((num_rows, width), dtype=torch.long)
-        for i, p in enumerate(prompts):  # left padding
+        number: dict[tuple, int] = {}  # each distinct prompt is prefilled once, its cache rows repeated per sample
+        owners = torch.tensor([number.setdefault(tuple(p), len(number)) for p in prompts], dtype=torch.long, device=dev)
+        unique = list(number)
+        width = max(len(p) for p in unique)
+        input_ids = torch.full((len(unique), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(unique), width), dtype=torch.long)
+        for i, p in enumerate(unique):  # left padding
             input_ids[i, width - len(p):] = torch.tensor(p)
             attention[i, width - len(p):] = 1
         input_ids, attention = input_ids.to(dev), attention.to(dev)
@@ -101,8 +106,12 @@ class HFEngine:
         generator.manual_seed(params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
         eos = torch.tensor(self.eos_ids, device=dev)
 
-        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1, :]
+        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                         logits_to_keep=1)
+        cache, logits = out.past_key_values, out.logits[:, -1, :][owners]
+        if len(unique) < num_rows:
+            cache.reorder_cache(owners)
+        input_ids, attention, positions = input_ids[owners], attention[owners], positions[owners]
         next_pos = positions[:, -1] + 1
         tokens = torch.full((num_rows, params.max_tokens), self.pad_id, dtype=torch.long, device=dev)
         logprobs = torch.zeros((num_rows, params.max_tokens), device=dev)

@@ -1,0 +1,114 @@
+"""Shared-prefix forward: the completions of one prompt share a single pass over that prompt (optim.shared_prefix).
+
+GRPO-family methods sample n = num_generations completions per prompt q. The plain learner forward runs
+every row [q ; o_i] from scratch, B * (P + T) tokens for B = G * n rows. Here the G unique prompts run once
+with a KV cache (G * P tokens), each cache row is repeated for the completions that share it, and the
+completions run on top of it (B * T tokens):
+
+    log pi(o_t | q, o_<t) = log_softmax(f_theta([q ; o_<t]) / tau)[o_t]
+
+is the same function of the same parameters either way. The repetition is an ``index_select`` and therefore
+differentiable: gradients from all n completions of q are summed into q's keys and values, exactly what
+the per-row passes accumulate. Values and gradients equal the plain path's up to float rounding
+(tests/test_shared_prefix.py). The forward/backward work shrinks by about (P + T) / (P / n + T), the memory
+of activations likewise; logits exist only for the completion positions, [B, T, V].
+
+When the learner uses it (``optim.shared_prefix: true``, the default): a micro-batch whose rows repeat a
+prompt, in one process (DDP and DeepSpeed expect one forward per backward), without gradient checkpointing
+(transformers turns the KV cache off there), without the lean paths (``optim.logprob_chunk_size``,
+``optim.padding_free``) and not under forward hooks that read a full-sequence pass (GAIN-RL's angle). The first
+call per model compares the result with the plain forward once; an architecture whose cache does not
+reproduce it is switched back to the plain path with a warning instead of training on different numbers.
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_verified: "weakref.WeakSet" = weakref.WeakSet()
+_unsupported: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def prompt_owners(batch) -> tuple[torch.Tensor, list[int]]:
+    """For each row, the number of its unique prompt (in order of first appearance); and the first row of each."""
+    number: dict[tuple, int] = {}
+    owners, first_rows = [], []
+    for i, (row, length) in enumerate(zip(batch.input_ids.tolist(), batch.prompt_lengths.tolist())):
+        key = tuple(row[:length])
+        if key not in number:
+            number[key] = len(first_rows)
+            first_rows.append(i)
+        owners.append(number[key])
+    return torch.tensor(owners, dtype=torch.long, device=batch.input_ids.device), first_rows
+
+
+def worthwhile(batch) -> bool:
+    """True when some prompt occurs on more than one row (otherwise the plain pass is cheaper)."""
+    if batch.prompt_lengths is None or len(batch) < 2:
+        return False
+    return len(prompt_owners(batch)[1]) < len(batch)
+
+
+def completion_logits(model, batch) -> torch.Tensor:
+    """[B, T, V] logits whose row t predicts completion token t, from one pass per unique prompt.
+
+    Prompts are left-padded to their longest so that every prompt ends at the same cache position; the
+    completions continue at position ids P_i, P_i + 1, ... as in the plain right-padded pass.
+    """
+    owners, first_rows = prompt_owners(batch)
+    dev = batch.input_ids.device
+    row_prompt_len = batch.prompt_lengths.to(dev)
+    prompt_len = row_prompt_len[first_rows]                                   # [G]
+    width = int(prompt_len.max())
+    src = torch.arange(width, device=dev)[None] - (width - prompt_len)[:, None]   # left padding: source column
+    prompt_mask = (src >= 0).long()
+    prompt_ids = batch.input_ids[first_rows].gather(1, src.clamp(min=0))
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1)
+    first_logits = out.logits[:, -1][owners][:, None]                         # [B, 1, V]: predicts o_0
+    T = batch.completion_ids.shape[1]
+    if T == 1:
+        return first_logits
+    cache = out.past_key_values
+    cache.reorder_cache(owners)                                               # repeat each prompt's K/V rows
+    B = len(batch)
+    attention = torch.cat([prompt_mask[owners], prompt_mask.new_ones(B, T - 1)], dim=1)
+    steps = torch.arange(T - 1, device=dev)[None]
+    rest = model(input_ids=batch.completion_ids[:, :T - 1], attention_mask=attention,
+                 position_ids=row_prompt_len[:, None] + steps, past_key_values=cache, use_cache=True).logits
+    return torch.cat([first_logits, rest], dim=1)
+
+
+def usable(model) -> bool:
+    """Not yet found to disagree with the plain pass, and the KV cache is on (no gradient checkpointing)."""
+    from rlpost.logprobs import unwrap_causal_lm
+    lm = unwrap_causal_lm(model)
+    return lm not in _unsupported and not getattr(lm, "is_gradient_checkpointing", False)
+
+
+@torch.no_grad()
+def verify_once(model, batch, plain_logits_fn) -> bool:
+    """On the first call per model, compare with the plain pass at the completion positions; remember the answer."""
+    from rlpost.logprobs import unwrap_causal_lm
+    lm = unwrap_causal_lm(model)
+    if lm in _verified:
+        return True
+    if lm in _unsupported:
+        return False
+    mine = torch.log_softmax(completion_logits(model, batch).float(), -1)
+    ref = torch.log_softmax(plain_logits_fn().float(), -1)
+    mask = batch.response_mask.bool()
+    diff = float((mine - ref)[mask].abs().max()) if mask.any() else 0.0
+    tol = 1e-3 if next(lm.parameters()).dtype == torch.float32 else 5e-2
+    if diff <= tol:
+        _verified.add(lm)
+        return True
+    _unsupported.add(lm)
+    log.warning("optim.shared_prefix: %s's KV cache does not reproduce the plain forward (max log-prob difference "
+                "%.3g > %.0e); using the plain forward for this model", type(lm).__name__, diff, tol)
+    return False
