@@ -269,24 +269,29 @@ SECTION_ALIASES = {(k.split(".")[0], k.split(".")[1]): v for k, v in {
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """YAML file (optional) + ``key=value`` overrides -> validated :class:`Config`."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    raw = normalise_aliases(raw)
+    raw = normalise_aliases(read_yaml_sections(path))
     for item in overrides or []:
         key, value = parse_override(item)
         set_dotted(raw, key, value)
     cfg = from_dict(Config, raw, "")
     validate(cfg)
     return cfg
+
+
+def read_yaml_sections(path: str | Path | None) -> dict:
+    """The YAML file's top-level mapping ({} without a file); clear errors for a missing file or bad YAML."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return raw
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlpost.config import ConfigError, ModelConfig
-from rlpost.sft import (StageDataConfig, StageTrainerConfig, _model_path, _plot, _summary, _trl_common_args,
+from rlpost.tracking import plot_metrics
+from rlpost.sft import (StageDataConfig, StageTrainerConfig, _model_path, _summary, train_score_save, _trl_common_args,
                         heldout_rows, heldout_score, jsonl_callback, render_prompt, save_stage_config, source_rows)
 
 
@@ -101,18 +102,10 @@ def run_dpo(cfg: DPORunConfig) -> dict:
         metrics_path.write_text(json.dumps({"step": 0, "eval/heldout_score": initial}) + "\n")
     trainer = DPOTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
                          callbacks=[jsonl_callback(metrics_path, score if held_out else None, t.eval_steps)])
-    result = trainer.train()
-    final = score()
-    step = trainer.state.global_step
-    if final is not None:
-        with metrics_path.open("a") as f:
-            f.write(json.dumps({"step": step, "eval/heldout_score": final}) + "\n")
-    final_dir = out / "final_model"
-    trainer.model.save_pretrained(final_dir)
-    trainer.processing_class.save_pretrained(final_dir)
+    result, final, step, final_dir = train_score_save(trainer, score, metrics_path, out)
     summary = _summary(metrics_path, final_dir, step, time.perf_counter() - start,
                        {"heldout_score_initial": initial, "heldout_score": final, "beta": p.beta,
                         "learning_rate": p.learning_rate, "train_loss": result.training_loss})
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _plot(metrics_path, out / "curves.png", ("loss", "rewards/margins", "rewards/accuracies", "eval/heldout_score"))
+    plot_metrics(metrics_path, out / "curves.png", ("loss", "rewards/margins", "rewards/accuracies", "eval/heldout_score"))
     return summary

@@ -32,7 +32,9 @@ from pathlib import Path
 
 import yaml
 
-from rlpost.config import Component, ConfigError, ModelConfig, component, from_dict, parse_override, set_dotted
+from rlpost.config import (Component, ConfigError, ModelConfig, component, from_dict, parse_override,
+                           read_yaml_sections, set_dotted)
+from rlpost.tracking import plot_metrics
 
 log = logging.getLogger("rlpost")
 
@@ -97,17 +99,7 @@ class SFTRunConfig:
 
 def load_stage_config(cls, path: str | Path | None = None, overrides: list[str] | None = None):
     """YAML file (optional) + ``key=value`` overrides -> dataclass ``cls`` (same rules as rlpost train)."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    raw = read_yaml_sections(path)
     for item in overrides or []:
         key, text = item.split("=", 1) if "=" in item else (item, None)
         if text is None:
@@ -391,6 +383,18 @@ def run_sft(cfg: SFTRunConfig) -> dict:
     trainer = _trainer_class()(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer,
                                callbacks=[jsonl_callback(metrics_path, score if held_out else None, t.eval_steps)],
                                sft_loss=loss_name, sft_loss_params=loss_params, ref_model=ref_model)
+    result, final, step, final_dir = train_score_save(trainer, score, metrics_path, out)
+    summary = _summary(metrics_path, final_dir, step, time.perf_counter() - start,
+                       {"heldout_score_initial": initial, "heldout_score": final, "sft_loss": loss_name,
+                        "learning_rate": lr.base_lr * lr.lr_scale, "train_loss": result.training_loss})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_metrics(metrics_path, out / "curves.png", ("loss", "sft/implicit_reward", "sft/kl_to_initial", "eval/heldout_score"))
+    return summary
+
+
+def train_score_save(trainer, score, metrics_path: Path, out: Path):
+    """Run a TRL trainer, append the final held-out score to metrics.jsonl, save model + tokenizer (the tokenizer
+    carries a chat template set by chat_template_path). Returns (train result, final score, steps, final_dir)."""
     result = trainer.train()
     final = score()
     step = trainer.state.global_step
@@ -399,13 +403,8 @@ def run_sft(cfg: SFTRunConfig) -> dict:
             f.write(json.dumps({"step": step, "eval/heldout_score": final}) + "\n")
     final_dir = out / "final_model"
     trainer.model.save_pretrained(final_dir)
-    trainer.processing_class.save_pretrained(final_dir)   # carries a chat template set by chat_template_path
-    summary = _summary(metrics_path, final_dir, step, time.perf_counter() - start,
-                       {"heldout_score_initial": initial, "heldout_score": final, "sft_loss": loss_name,
-                        "learning_rate": lr.base_lr * lr.lr_scale, "train_loss": result.training_loss})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _plot(metrics_path, out / "curves.png", ("loss", "sft/implicit_reward", "sft/kl_to_initial", "eval/heldout_score"))
-    return summary
+    trainer.processing_class.save_pretrained(final_dir)
+    return result, final, step, final_dir
 
 
 def _summary(metrics_path: Path, final_dir: Path, steps: int, seconds: float, extra: dict) -> dict:
@@ -415,24 +414,4 @@ def _summary(metrics_path: Path, final_dir: Path, steps: int, seconds: float, ex
     return {"final_model": str(final_dir), "metrics": str(metrics_path), "steps": steps, "seconds": seconds,
             "first_loss": train_logs[0]["loss"] if train_logs else None, "last_loss": last.get("loss"),
             "last": last, **extra}
-
-
-def _plot(metrics_path: Path, png: Path, keys) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    keys = [k for k in keys if any(r.get(k) is not None for r in rows)]
-    if not keys:
-        return
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2))
-    for ax, key in zip(axes if len(keys) > 1 else [axes], keys):
-        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-        ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None)
-        ax.set_title(key)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
 

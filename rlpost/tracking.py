@@ -61,18 +61,20 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def plot_metrics(metrics_path: str | Path, out_png: str | Path, keys=("reward/mean", "eval/accuracy")) -> Path:
-    """One panel per key: value against step."""
+def plot_metrics(metrics_path: str | Path, out_png: str | Path, keys=("reward/mean", "eval/accuracy")) -> Path | None:
+    """One panel per key that has numeric values: value against step. None when no key has any."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_path)
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5))
-    for ax, key in zip(axes if len(keys) > 1 else [axes], keys):
-        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None)
+    series = {k: [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))] for k in keys}
+    series = {k: pts for k, pts in series.items() if pts}
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 3.5))
+    for ax, (key, pts) in zip(axes if len(series) > 1 else [axes], series.items()):
+        ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None)
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -22,8 +22,8 @@ def test_steps_to_and_summary():
 
 def test_micro_reproduction(tmp_path):
     budget = Budget(steps=2, eval_every=1, num_eval=8, prompts_per_step=4, num_generations=4)
-    out = reproduce("adora", steps=2, seeds=[0], tasks=["arithmetic"], out_root=tmp_path / "results",
-                    runs_dir=tmp_path / "runs", budget=budget, methods=["GRPO", "ADORA"])
+    reproduce("adora", steps=2, seeds=[0], tasks=["arithmetic"], out_root=tmp_path / "results",
+              runs_dir=tmp_path / "runs", budget=budget, methods=["GRPO", "ADORA"])
     table = (tmp_path / "results/adora/table.md").read_text()
     assert "| GRPO |" in table and "| ADORA |" in table and "## arithmetic" in table
     assert "ADORA's own signals" in table and "`adora/tas_frac`" in table

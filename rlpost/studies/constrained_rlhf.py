@@ -259,7 +259,7 @@ def write_table(path: Path, summary: dict, info: dict) -> None:
         lines.append(f"- `{name}` ({rm[name]['kind']} pairs): {rm[name]['train_accuracy']:.2f} / "
                      f"{rm[name]['eval_accuracy']:.2f}; AUC {a if a is None else round(a, 3)}, "
                      f"ρ(length) {q.get('spearman_vs_length', float('nan')):.2f}")
-    lines += ["", f"Per-seed final true scores: " + "; ".join(
+    lines += ["", "Per-seed final true scores: " + "; ".join(
         f"{LABELS.get(v, v)} {[round(p['final'], 3) for p in s['per_seed']]}" for v, s in summary.items()),
         "", f"Plot: curves.png. Runtime {info['seconds'] / 60:.1f} min on CPU.", ""]
     path.write_text("\n".join(lines))
