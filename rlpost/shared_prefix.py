@@ -93,22 +93,26 @@ def usable(model) -> bool:
 
 @torch.no_grad()
 def verify_once(model, batch, plain_logits_fn) -> bool:
-    """On the first call per model, compare with the plain pass at the completion positions; remember the answer."""
+    """On the first call per model, compare the completion tokens' log-probs with the plain pass; remember the answer."""
     from rlpost.logprobs import unwrap_causal_lm
     lm = unwrap_causal_lm(model)
     if lm in _verified:
         return True
     if lm in _unsupported:
         return False
-    mine = torch.log_softmax(completion_logits(model, batch).float(), -1)
-    ref = torch.log_softmax(plain_logits_fn().float(), -1)
+    ids = batch.completion_ids[:, :, None]
+    mine = torch.log_softmax(completion_logits(model, batch).float(), -1).gather(-1, ids).squeeze(-1)
+    ref = torch.log_softmax(plain_logits_fn().float(), -1).gather(-1, ids).squeeze(-1)
     mask = batch.response_mask.bool()
-    diff = float((mine - ref)[mask].abs().max()) if mask.any() else 0.0
-    tol = 1e-3 if next(lm.parameters()).dtype == torch.float32 else 5e-2
-    if diff <= tol:
+    gap = (mine - ref)[mask].abs() if mask.any() else torch.zeros(1)   # log-probs of the completion tokens
+    # fp32: both are the same math up to rounding. bf16/fp16: different kernel shapes round differently, so the
+    # mean gap is the test there (a misaligned cache is off by ~1 nat, far above either bound)
+    full_precision = next(lm.parameters()).dtype == torch.float32
+    max_gap, mean_gap = float(gap.max()), float(gap.mean())
+    if (max_gap <= 1e-3) if full_precision else (mean_gap <= 2e-2 and max_gap <= 0.5):
         _verified.add(lm)
         return True
     _unsupported.add(lm)
-    log.warning("optim.shared_prefix: %s's KV cache does not reproduce the plain forward (max log-prob difference "
-                "%.3g > %.0e); using the plain forward for this model", type(lm).__name__, diff, tol)
+    log.warning("optim.shared_prefix: %s's KV cache does not reproduce the plain forward (log-prob difference max "
+                "%.3g, mean %.3g); using the plain forward for this model", type(lm).__name__, max_gap, mean_gap)
     return False

@@ -9,7 +9,8 @@
 # 2. a 20-step GRPO run with rollout.engine=vllm (colocated, sleep mode on), accuracy at steps 0/10/20
 # 3. the same run with rollout.engine=hf, for the accuracy comparison
 # 4. one `rlpost serve` worker on the GPU + 5 steps with rollout.engine=vllm_server (weight_sync=file)
-# 5. the vLLM test modules (CPU-sized, they run on the GPU build too)
+# 5. the shared-prefix learner pass (optim.shared_prefix) in bf16 on CUDA: agreement and speed-up
+# 6. the vLLM test modules (CPU-sized, they run on the GPU build too)
 # Results go to $OUT (default runs/gpu_check); summary.txt collects the numbers.
 #
 # Not checked here: weight_sync=dist over NCCL needs the trainer and each worker on different GPUs (NCCL refuses
@@ -89,7 +90,15 @@ else
   accuracy "$OUT/grpo_server"
 fi
 
-echo "== 5. vLLM tests"
+echo "== 5. shared-prefix learner pass on CUDA in bf16: agreement with the plain pass and speed-up"
+if [[ $DRY == 1 ]]; then
+  $PY scripts/bench_shared_prefix.py --help > /dev/null && echo "bench_shared_prefix.py: ok"
+else
+  run bash -c "$PY scripts/bench_shared_prefix.py --model 20m --device cuda --dtype bfloat16 --groups 16 --n 8 \
+    --prompt-len 256 --completion-len 128 2>&1 | tail -3 | tee -a $SUMMARY"
+fi
+
+echo "== 6. vLLM tests"
 run $PY -m pytest tests/engines tests/algos/test_mismatch.py -q -x -m "vllm or not vllm"
 
 echo "== done: $SUMMARY"

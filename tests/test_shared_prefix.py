@@ -156,3 +156,20 @@ def test_engine_repeats_a_prompts_prefill_for_its_samples(random_tiny_model, cha
             assert s.prompt_ids == p
             assert s.completion_ids == alone.completion_ids
             assert s.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
+
+
+def test_bench_script_reports_agreement_and_speed(tmp_path):
+    """scripts/bench_shared_prefix.py end to end on the tiny model (CPU): tiny gaps, both timings printed."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "scripts/bench_shared_prefix.py"), "--groups", "2", "--n", "4",
+                           "--prompt-len", "24", "--completion-len", "8", "--repeats", "1"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gaps = re.search(r"log-prob difference\| ([\d.e+-]+); max relative gradient difference \(per tensor\) ([\d.e+-]+)",
+                     proc.stdout)
+    assert gaps and float(gaps.group(1)) < 1e-4 and float(gaps.group(2)) < 1e-4, proc.stdout
+    assert re.search(r"plain [\d.]+ ms, shared prefix [\d.]+ ms, speed-up [\d.]+x", proc.stdout), proc.stdout
