@@ -150,6 +150,8 @@ class OptimConfig:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0                 # used when warmup_steps == 0
     micro_batch_size: int = 16                # sequences per forward/backward (memory knob)
+    max_tokens_per_micro_batch: int = 0       # >0: micro-batches hold as many length-sorted rows as fit in this many
+                                              # padded tokens (rows x longest row), instead of micro_batch_size rows
     steps_per_generation: int = 1             # optimizer steps per generation batch (mini-batches)
     logprob_chunk_size: int = 0               # >0: LM head + log-softmax over this many completion tokens at a time (no [B,W,V] logits)
     padding_free: bool = False                # pack each micro-batch into one row (position_ids restart per sample): no pad tokens
@@ -234,6 +236,7 @@ ALIASES: dict[str, str] = {
     "warmup_ratio": "optim.warmup_ratio",
     "steps_per_generation": "optim.steps_per_generation",
     "per_device_train_batch_size": "optim.micro_batch_size",
+    "ppo_max_token_len_per_gpu": "optim.max_tokens_per_micro_batch",   # verl's dynamic batch size
     "output_dir": "trainer.output_dir",
     "max_steps": "trainer.max_steps",
     "seed": "trainer.seed",
@@ -475,6 +478,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("algo.num_iterations must be >= 1")
     if o.micro_batch_size < 1 or o.steps_per_generation < 1:
         raise ConfigError("optim.micro_batch_size and optim.steps_per_generation must be >= 1")
+    if o.max_tokens_per_micro_batch < 0:
+        raise ConfigError(f"optim.max_tokens_per_micro_batch must be >= 0 (0 = off), got {o.max_tokens_per_micro_batch}")
     if (r.prompts_per_step * r.num_generations) % o.steps_per_generation:
         raise ConfigError(f"optim.steps_per_generation ({o.steps_per_generation}) must divide the generation batch "
                           f"rollout.prompts_per_step * rollout.num_generations = {r.prompts_per_step * r.num_generations}")

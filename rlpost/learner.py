@@ -46,6 +46,7 @@ class LearnerSettings:
     logprob_chunk_size: int = 0     # >0: LM head over this many completion tokens at a time (optim.logprob_chunk_size)
     padding_free: bool = False      # pack each micro-batch into one row without padding (optim.padding_free)
     shared_prefix: bool = True      # rows with one prompt share a pass over it (optim.shared_prefix)
+    max_tokens_per_micro_batch: int = 0  # >0: token-budget micro-batches (optim.max_tokens_per_micro_batch)
 
 
 def token_logprobs(model, batch: Batch, temperature: float, need_entropy: bool, need_sum_p_sq: bool = False,
@@ -91,8 +92,12 @@ def batched_logprobs(model, batch: Batch, settings: LearnerSettings, need_entrop
     was_training = model.training
     model.eval()
     out_lp, out_h, out_sq = [], [], []
-    for start in range(0, len(batch), settings.micro_batch_size):
-        mb = batch.select(slice(start, start + settings.micro_batch_size))
+    order = torch.arange(len(batch))
+    if settings.max_tokens_per_micro_batch > 0 and not hooks:  # length-sorted rows pack the budget tightly (hooks
+        # such as GAIN-RL's collect per-row values in batch order, so they keep it)
+        order = torch.argsort(batch.attention_mask.sum(-1), stable=True)
+    for idx in micro_batches(batch, order, settings):
+        mb = batch.select(idx)
         with contextlib.ExitStack() as stack:
             for hook in hooks:
                 stack.enter_context(hook(model, mb))
@@ -103,8 +108,30 @@ def batched_logprobs(model, batch: Batch, settings: LearnerSettings, need_entrop
         out_h.append(h)
         out_sq += sq
     model.train(was_training)
-    return (torch.cat(out_lp), torch.cat(out_h) if need_entropy else None,
-            torch.cat(out_sq) if need_sum_p_sq else None)
+    inverse = torch.argsort(order)  # back to the batch's row order
+    return (torch.cat(out_lp)[inverse], torch.cat(out_h)[inverse] if need_entropy else None,
+            torch.cat(out_sq)[inverse] if need_sum_p_sq else None)
+
+
+def micro_batches(batch: Batch, rows: torch.Tensor, settings: LearnerSettings) -> list[torch.Tensor]:
+    """Split ``rows`` (in order) into micro-batches: ``micro_batch_size`` rows each, or, with
+    ``max_tokens_per_micro_batch`` > 0, as many consecutive rows as keep rows x longest row within the budget
+    (a row longer than the budget gets a micro-batch of its own). Rows should be length-sorted for the budget
+    to pack well; the learner's order does that."""
+    budget = settings.max_tokens_per_micro_batch
+    if budget <= 0:
+        return [rows[i:i + settings.micro_batch_size] for i in range(0, len(rows), settings.micro_batch_size)]
+    widths = batch.attention_mask[rows].sum(-1).tolist()
+    parts, start, longest = [], 0, 0
+    for i, width in enumerate(widths):
+        longest_if_added = max(longest, width)
+        if i > start and (i - start + 1) * longest_if_added > budget:
+            parts.append(rows[start:i])
+            start, longest_if_added = i, width
+        longest = longest_if_added
+    if len(rows):
+        parts.append(rows[start:])
+    return parts
 
 
 class Learner:
@@ -158,18 +185,18 @@ class Learner:
         metrics: dict[str, float] = {}
         total_loss = 0.0
         prefix_sq_norms = []  # ||accumulated grad after k micro-batches * K/k||^2, for LR controllers
-        num_micro = -(-len(rows) // s.micro_batch_size)
+        rows = self._micro_batch_order(batch, rows)
+        parts = micro_batches(batch, rows, s)
+        num_micro = len(parts)
         if dist is not None:  # shares of the mini-batch summed over all ranks; as many backward passes on each rank
             mini_tokens, mini_rows, num_backward = dist.step_counts(batch.response_mask[rows].sum(), len(rows), num_micro)
-        rows = self._micro_batch_order(batch, rows)
-        for start in range(0, len(rows), s.micro_batch_size):
-            idx = rows[start:start + s.micro_batch_size]
+        for micro_index, idx in enumerate(parts):
             mb = batch.select(idx)
             share = (float(mb.response_mask.sum()) / mini_tokens if s.loss_agg in TOKEN_WEIGHTED_AGGREGATIONS
                      else len(idx) / mini_rows)
             extra = {**step_extra, **{k: v[idx] for k, v in row_extra.items()}}
             loss, mb_metrics = self._micro_loss(mb, advantages[idx], {k: (v[idx] if v is not None else None) for k, v in fixed.items()}, extra)
-            (loss * share).backward() if dist is None else dist.backward(loss * share, start // s.micro_batch_size)
+            (loss * share).backward() if dist is None else dist.backward(loss * share, micro_index)
             if self.lr_controller is not None and self.lr_controller.needs_grad_stats:
                 k = len(prefix_sq_norms) + 1
                 prefix_sq_norms.append(float(_grad_norm(self.model)) ** 2 * (num_micro / k) ** 2)

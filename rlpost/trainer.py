@@ -145,7 +145,7 @@ class Trainer:
             steps_per_generation=cfg.optim.steps_per_generation, micro_batch_size=cfg.optim.micro_batch_size,
             max_grad_norm=cfg.optim.max_grad_norm, vllm_is=is_correction_from_config(a),
             logprob_chunk_size=cfg.optim.logprob_chunk_size, padding_free=cfg.optim.padding_free,
-            shared_prefix=cfg.optim.shared_prefix)
+            shared_prefix=cfg.optim.shared_prefix, max_tokens_per_micro_batch=cfg.optim.max_tokens_per_micro_batch)
         learner = Learner(self.model, optimizer, scheduler, settings, ref_model=self.ref_model,
                           lr_controller=self._build_lr_controller())
         self.dist.wrap_learner(learner)  # DDP / DeepSpeed (no-op in a single process)

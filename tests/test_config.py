@@ -22,6 +22,12 @@ def test_section_aliases_and_component_mappings():
     assert cfg.rollout.num_generations == 4
 
 
+def test_verl_token_budget_alias_and_its_bounds():
+    assert load_config(None, ["ppo_max_token_len_per_gpu=4096"]).optim.max_tokens_per_micro_batch == 4096
+    with pytest.raises(ConfigError, match="optim.max_tokens_per_micro_batch must be >= 0"):
+        load_config(None, ["optim.max_tokens_per_micro_batch=-1"])
+
+
 @pytest.mark.parametrize("override, message", [
     ("algo.los=dapo", "did you mean algo.loss"),
     ("rollout.temprature=0.5", "did you mean rollout.temperature"),

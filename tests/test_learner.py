@@ -28,11 +28,12 @@ def test_micro_batching_gives_the_same_update(random_tiny_model, char_tokenizer,
     batch = make_batch(char_tokenizer)
     adv = torch.randn(batch.response_mask.shape, generator=torch.Generator().manual_seed(1)) * batch.response_mask
     grads = []
-    for micro in (8, 3, 1):
+    # row counts, then token budgets (rows x longest row <= budget; 1 = one row per micro-batch)
+    for micro, budget in ((8, 0), (3, 0), (1, 0), (8, 30), (8, 1)):
         model = copy.deepcopy(random_tiny_model).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         settings = LearnerSettings("grpo", ClipParams(), agg, max_completion_length=5, micro_batch_size=micro,
-                                   max_grad_norm=0.0)
+                                   max_grad_norm=0.0, max_tokens_per_micro_batch=budget)
         learner = Learner(model, opt, build_scheduler(opt, OptimConfig(), 1), settings)
         # capture the accumulated gradient right before the optimizer step
         captured = {}
@@ -40,8 +41,28 @@ def test_micro_batching_gives_the_same_update(random_tiny_model, char_tokenizer,
         learner.update(batch, adv, learner.prepare(batch))
         grads.append(captured)
     for name in grads[0]:
-        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
-        assert torch.allclose(grads[0][name], grads[2][name], atol=1e-6), name
+        for other in grads[1:]:
+            assert torch.allclose(grads[0][name], other[name], atol=1e-6), name
+
+
+def test_token_budget_micro_batches_by_hand(char_tokenizer):
+    """Widths 7 7 8 9 11 (prompt 6 + completions 1 1 2 3 5), budget 24: rows 0-2 cost 3 x 8 = 24 (fits), adding
+    row 3 would cost 4 x 9 = 36; rows 3-4 cost 2 x 11 = 22. Without a budget: micro_batch_size rows each."""
+    from rlpost.learner import micro_batches
+    tok = char_tokenizer
+    prompt = tok("12+34=", add_special_tokens=False)["input_ids"]
+    assert len(prompt) == 6
+    trajs = [Trajectory(Prompt(0, "p"), group_id=0, samples=[Sample(prompt_ids=prompt, completion_ids=[7] * c,
+                                                                    logprobs=[-1.0] * c)], final_text="")
+             for c in (1, 1, 2, 3, 5)]
+    batch = collate(trajs, tok.pad_token_id)
+    rows = torch.arange(5)
+    budget = LearnerSettings("grpo", ClipParams(), "token-mean", 5, micro_batch_size=2, max_tokens_per_micro_batch=24)
+    assert [p.tolist() for p in micro_batches(batch, rows, budget)] == [[0, 1, 2], [3, 4]]
+    budget.max_tokens_per_micro_batch = 10  # shorter than two rows: one row each; row 4 (11) alone though over budget
+    assert [p.tolist() for p in micro_batches(batch, rows, budget)] == [[0], [1], [2], [3], [4]]
+    budget.max_tokens_per_micro_batch = 0
+    assert [p.tolist() for p in micro_batches(batch, rows, budget)] == [[0, 1], [2, 3], [4]]
 
 
 def test_schedules_with_warmup():
@@ -73,3 +94,18 @@ def test_optimizers_by_name(random_tiny_model, name):
 def test_unknown_optimizer_is_named(random_tiny_model):
     with pytest.raises(ValueError, match="optim.optimizer: unknown optimizer 'adamx'"):
         build_optimizer(random_tiny_model, OptimConfig(optimizer="adamx"))
+
+
+def test_token_budget_old_logprobs_keep_the_batch_order(random_tiny_model, char_tokenizer):
+    """The no-grad pass sorts rows by length for the budget and must return them in the batch's order."""
+    from rlpost.learner import batched_logprobs
+    batch = make_batch(char_tokenizer)
+    outs = []
+    for budget in (0, 25):
+        settings = LearnerSettings("grpo", ClipParams(), "token-mean", 5, micro_batch_size=3, need_entropy=True,
+                                   max_tokens_per_micro_batch=budget)
+        outs.append(batched_logprobs(random_tiny_model, batch, settings, need_entropy=True, need_sum_p_sq=True))
+    mask = batch.response_mask.bool()
+    for plain, budgeted in zip(*outs):
+        assert torch.allclose(plain[mask], budgeted[mask], atol=1e-5)
+    assert not torch.allclose(outs[0][0][mask], outs[0][0].flip(0)[mask.flip(0)], atol=1e-5)  # order matters

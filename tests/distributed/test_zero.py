@@ -35,7 +35,9 @@ COMMON = ["trainer.max_steps=3", "trainer.eval_steps=0", "data.num_eval=16", "tr
 LOSS_ATOL, GRAD_RTOL = 1e-5, 1e-4
 BACKENDS = {"ddp": ["distributed.backend=ddp"],
             "zero2": ["distributed.backend=deepspeed", "distributed.zero_stage=2"],
-            "zero3": ["distributed.backend=deepspeed", "distributed.zero_stage=3"]}
+            "zero3": ["distributed.backend=deepspeed", "distributed.zero_stage=3"],
+            # token-budget micro-batches: ranks may cut different numbers of micro-batches (zero-weighted extra passes)
+            "ddp_token_budget": ["distributed.backend=ddp", "optim.max_tokens_per_micro_batch=150"]}
 
 
 def _port() -> int:
