@@ -116,8 +116,8 @@ def run_one(config: str, overrides: list[str], runs_dir: Path, force: bool = Fal
     """Train one tiny run (or reuse a finished one with the same config); return its timings
     ``{"wall_s", "cpu_s"}``, its metrics.jsonl rows and its folder."""
     from rlpost.config import load_config, to_dict
+    from rlpost.studies.common import run_trainer
     from rlpost.tracking import read_metrics
-    from rlpost.trainer import Trainer
 
     cfg = load_config(_config_path(config), overrides)
     key_dict = to_dict(cfg)
@@ -128,13 +128,7 @@ def run_one(config: str, overrides: list[str], runs_dir: Path, force: bool = Fal
     done = out / "summary.json"
     if not done.exists() or force:
         start, cpu_start = time.perf_counter(), time.process_time()
-        trainer = Trainer(cfg)
-        try:
-            trainer.setup()
-            trainer.train()
-        finally:
-            if hasattr(trainer, "engine"):
-                trainer.close()
+        run_trainer(cfg)
         summary = json.loads(done.read_text())
         summary["reproduce"] = {"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu_start}
         done.write_text(json.dumps(summary, indent=2))

@@ -8,35 +8,21 @@ Data: synthetic route-then-align traces (rlpost.studies.a2fm_data) on rlpost/tas
 tool responses come from the real tools and are not trained on.
 """
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rlpost.studies.pretrain_cli import add_stage_args, run_stages  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/a2fm_pretrain/sft")
     p.add_argument("--examples", type=int, default=6000)
-    p.add_argument("--epochs", type=float, default=20.0)
-    p.add_argument("--time-budget", type=float, default=1200.0, help="seconds per stage (0: no limit)")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--stages", type=int, default=2,
-                   help="SFT stages, each on fresh traces within --time-budget; stage 2+ continues at LR 2e-3 (as the study)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
+    add_stage_args(p, time_budget=1200.0)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    import torch
-
     from rlpost.studies.a2fm import pretrain
-    torch.set_num_threads(args.threads)
-    out = pretrain(args.out, n_examples=args.examples, seed=args.seed, time_budget_s=args.time_budget or None,
-                   epochs=args.epochs, lr=args.lr)
-    for stage in range(1, args.stages):
-        out = pretrain(args.out, n_examples=args.examples, seed=args.seed + 1000 * stage,
-                       time_budget_s=args.time_budget or None, epochs=args.epochs, lr=2e-3, init_from=args.out)
+    out = run_stages(pretrain, args, n_examples=args.examples)
     print(f"model: {out}")
     return 0
 

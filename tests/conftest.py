@@ -33,3 +33,14 @@ def random_tiny_model(char_tokenizer):
     tok = char_tokenizer
     return build_model(TinySpec(hidden_size=64, num_heads=2, num_kv_heads=1, intermediate_size=128),
                        len(tok), tok.eos_token_id, tok.pad_token_id).eval()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread: on a shared CPU an oversubscribed OpenMP pool is 10-50x slower.
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

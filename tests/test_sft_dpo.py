@@ -5,21 +5,11 @@ import pytest
 
 from rlpost.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 SFT = "recipes/implicit_sft/tiny_sft.yaml"
 DPO = "recipes/implicit_sft/tiny_dpo.yaml"
 SMALL = ["data.num_train=32", "data.num_eval=16", "trainer.per_device_train_batch_size=8", "trainer.logging_steps=3",
          "sft.lr.base_lr=3e-4"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread: on a shared CPU an oversubscribed OpenMP pool is 10-50x slower."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rows(out):

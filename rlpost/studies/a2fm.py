@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from rlpost.studies.a2fm_data import SFT_ROUTING, SHORT_JUSTIFICATIONS, sft_pairs
-from rlpost.studies.common import save_model, sft
+from rlpost.studies.common import save_model, sft, train_rl, warm_start
 from rlpost.studies.phrase_tokenizer import a2fm_tokenizer
 
 log = logging.getLogger("rlpost")
@@ -135,18 +135,8 @@ def evaluate(model_dir: str | Path, rows: list[dict], samples: int = 4, temperat
 
 
 def rl(sft_dir: str | Path, out_dir: str | Path, steps: int, seed: int = 0, overrides=()) -> Path:
-    from rlpost.config import load_config
-    from rlpost.trainer import Trainer
-    extra = [f"model.name_or_path={sft_dir}", f"trainer.output_dir={out_dir}", f"trainer.max_steps={steps}",
-             f"trainer.seed={seed}", "trainer.progress_bar=false", "trainer.report_to=[]", "trainer.save_steps=0"]
-    cfg = load_config(RECIPE, extra + list(overrides))
-    trainer = Trainer(cfg)
-    try:
-        trainer.setup()
-        trainer.train()
-    finally:
-        trainer.close()
-    return Path(out_dir) / "final_model"
+    """RL with ``recipes/a2fm/tiny.yaml`` from ``sft_dir``; returns the final model folder."""
+    return train_rl(RECIPE, sft_dir, out_dir, steps, seed, overrides)
 
 
 def run(output_dir: str | Path = "results/a2fm", seeds=(0,), steps: int = 30, *, n_eval: int = 96,
@@ -167,13 +157,8 @@ def run(output_dir: str | Path = "results/a2fm", seeds=(0,), steps: int = 30, *,
     before_cache: dict = {}
     for seed in seeds:
         s_seed = seed if sft_seed is None else sft_seed
-        sft_dir = out / "runs" / f"sft-s{s_seed}"
-        if not (reuse and (sft_dir / "config.json").exists()):
-            pretrain(sft_dir, n_examples=n_sft, seed=s_seed, time_budget_s=sft_time_s)
-            for stage in range(1, sft_stages):  # fresh traces, lower peak LR, from the previous stage
-                pretrain(sft_dir, n_examples=n_sft, seed=s_seed + 1000 * stage, time_budget_s=sft_time_s, lr=2e-3,
-                         init_from=sft_dir)
-        info = json.loads((sft_dir / "rlpost_study.json").read_text())
+        sft_dir, info = warm_start(pretrain, out / "runs", s_seed, reuse=reuse, stages=sft_stages, n_examples=n_sft,
+                                   time_budget_s=sft_time_s)
         if sft_dir not in before_cache:
             before_cache[sft_dir] = evaluate(sft_dir, rows, samples=eval_samples, seed=0)
         before = before_cache[sft_dir]

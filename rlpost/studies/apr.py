@@ -27,12 +27,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from rlpost.studies.apr_data import BUDGET_BIN, BUDGET_CAP, TASK, trace_pairs
-from rlpost.studies.common import save_model, scratch_model, sft
+from rlpost.studies.common import save_model, scratch_model, sft, train_rl, warm_start
 from rlpost.studies.phrase_tokenizer import apr_tokenizer
 
 log = logging.getLogger("rlpost")
@@ -176,22 +177,11 @@ def evaluate(model_dir: str | Path, kind: str, problems, windows=WINDOWS, budget
 
 def rl(kind: str, sft_dir: str | Path, out_dir: str | Path, steps: int, seed: int = 0, overrides=()) -> Path:
     """RL with ``recipes/apr/tiny.yaml`` from ``sft_dir``; returns the final model folder."""
-    from rlpost.config import load_config
-    from rlpost.trainer import Trainer
     window = max(WINDOWS)
-    extra = [f"model.name_or_path={sft_dir}", f"trainer.output_dir={out_dir}", f"trainer.max_steps={steps}",
-             f"trainer.seed={seed}", "trainer.progress_bar=false", "trainer.report_to=[]", "trainer.save_steps=0",
-             f"rollout.max_completion_length={window}", f"rollout.workflow.max_context={window}"]
+    extra = [f"rollout.max_completion_length={window}", f"rollout.workflow.max_context={window}"]
     if kind == "sos":
         extra.append(f"data.task_kwargs.token_budget={budget_prefix(window)}")
-    cfg = load_config(RECIPE, extra + list(overrides))
-    trainer = Trainer(cfg)
-    try:
-        trainer.setup()
-        trainer.train()
-    finally:
-        trainer.close()
-    return Path(out_dir) / "final_model"
+    return train_rl(RECIPE, sft_dir, out_dir, steps, seed, extra + list(overrides))
 
 
 # ------------------------------------------------------------------------------------ the study
@@ -222,13 +212,8 @@ def run(output_dir: str | Path = "results/apr", seeds=(0,), steps: int = 40, *, 
     before_cache: dict = {}
     for seed in seeds:
         s_seed = seed if sft_seed is None else sft_seed
-        sft_dir = out / "runs" / f"sft-s{s_seed}"
-        if not (reuse and (sft_dir / "config.json").exists()):
-            pretrain("both", sft_dir, n_traces=n_traces, seed=s_seed, time_budget_s=sft_time_s)
-            for stage in range(1, sft_stages):  # fresh traces, lower peak LR, from the previous stage
-                pretrain("both", sft_dir, n_traces=n_traces, seed=s_seed + 1000 * stage, time_budget_s=sft_time_s,
-                         lr=2e-3, init_from=sft_dir)
-        info = json.loads((sft_dir / "rlpost_study.json").read_text())
+        sft_dir, info = warm_start(partial(pretrain, "both"), out / "runs", s_seed, reuse=reuse, stages=sft_stages,
+                                   n_traces=n_traces, time_budget_s=sft_time_s)
         for kind in methods:
             key = f"{kind}-s{seed}"
             if (sft_dir, kind) not in before_cache:  # greedy: the same model gives the same numbers
@@ -278,14 +263,7 @@ def _pct_cell(results, kind, stage, *path) -> str:
 
 
 def _agg(results, kind, stage, *path):
-    vals = []
-    for r in results["runs"].values():
-        if r["kind"] == kind:
-            node = r[stage]
-            for p in path:
-                node = node.get(p, node.get(str(p))) if isinstance(node, dict) else None
-            vals.append(node)
-    return _mean(vals)
+    return _mean(_vals(results, kind, stage, *path))
 
 
 def write_table(results: dict, path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Helpers shared by the study miniatures: tiny from-scratch models and a lean SFT loop on CPU.
+"""Helpers shared by the study miniatures: tiny from-scratch models, a lean SFT loop on CPU and RL runs.
 
 The SFT loop trains on (prompt, completion) text pairs, loss on the completion tokens and the EOS
 only (the prompt is context), with length-bucketed batches so little compute goes to padding.
@@ -172,3 +172,43 @@ def save_model(model, tokenizer, out_dir: str | Path, info: dict | None = None) 
     if info is not None:
         (out_dir / "rlpost_study.json").write_text(json.dumps(info, indent=2))
     return out_dir
+
+
+def run_trainer(cfg) -> None:
+    """Train ``cfg`` to the end with a :class:`~rlpost.trainer.Trainer`, closing it after (once it has an engine)."""
+    from rlpost.trainer import Trainer
+    trainer = Trainer(cfg)
+    try:
+        trainer.setup()
+        trainer.train()
+    finally:
+        if hasattr(trainer, "engine"):
+            trainer.close()
+
+
+def train_rl(recipe: str | Path, sft_dir: str | Path, out_dir: str | Path, steps: int, seed: int = 0,
+             overrides=()) -> Path:
+    """RL with ``recipe`` from ``sft_dir`` (no progress bar, reports or checkpoints); returns the final model folder."""
+    from rlpost.config import load_config
+    extra = [f"model.name_or_path={sft_dir}", f"trainer.output_dir={out_dir}", f"trainer.max_steps={steps}",
+             f"trainer.seed={seed}", "trainer.progress_bar=false", "trainer.report_to=[]", "trainer.save_steps=0"]
+    run_trainer(load_config(recipe, extra + list(overrides)))
+    return Path(out_dir) / "final_model"
+
+
+def pretrain_stages(pretrain, out_dir: str | Path, *, stages: int, seed: int, **kwargs) -> Path:
+    """``pretrain(out_dir, seed=seed, **kwargs)``, then ``stages - 1`` more stages on fresh traces (seed + 1000 *
+    stage) at peak LR 2e-3, each continuing from the model the previous one saved to ``out_dir``."""
+    out = pretrain(out_dir, seed=seed, **kwargs)
+    for stage in range(1, stages):
+        out = pretrain(out_dir, **{**kwargs, "seed": seed + 1000 * stage, "lr": 2e-3, "init_from": out_dir})
+    return out
+
+
+def warm_start(pretrain, runs_dir: str | Path, seed: int, *, reuse: bool, stages: int, **kwargs) -> tuple[Path, dict]:
+    """The SFT model ``runs_dir/sft-s<seed>`` (trained by :func:`pretrain_stages` unless ``reuse`` and it is
+    there) and the info its ``rlpost_study.json`` holds."""
+    sft_dir = Path(runs_dir) / f"sft-s{seed}"
+    if not (reuse and (sft_dir / "config.json").exists()):
+        pretrain_stages(pretrain, sft_dir, stages=stages, seed=seed, **kwargs)
+    return sft_dir, json.loads((sft_dir / "rlpost_study.json").read_text())

@@ -143,8 +143,8 @@ def run_config(variant: str, seed: int, steps: int, rms: dict, thresholds: dict 
 def train_run(raw: dict, force: bool = False) -> list[dict]:
     """Train one config (reused when finished with the same config); returns its metrics rows."""
     from rlpost.config import Config, from_dict, normalise_aliases, validate
+    from rlpost.studies.common import run_trainer
     from rlpost.tracking import read_metrics
-    from rlpost.trainer import Trainer
 
     out = Path(raw["trainer"]["output_dir"])
     stamp = out / "study_config.json"
@@ -154,13 +154,7 @@ def train_run(raw: dict, force: bool = False) -> list[dict]:
         shutil.rmtree(out)
     cfg = from_dict(Config, normalise_aliases(json.loads(json.dumps(raw))), "")
     validate(cfg)
-    trainer = Trainer(cfg)
-    try:
-        trainer.setup()
-        trainer.train()
-    finally:
-        if hasattr(trainer, "engine"):
-            trainer.close()
+    run_trainer(cfg)
     stamp.write_text(json.dumps(raw))
     return read_metrics(out / "metrics.jsonl")
 

@@ -226,50 +226,59 @@ def _expand(node: _Node, target: int, beam: int, rng: random.Random, heuristic,
     return text, None, frontier
 
 
+def _beam_order(start: _Node, beam: int):
+    """The visiting order of a beam search from ``start``: ``(nodes, push)``. ``nodes`` yields the queued nodes,
+    popped ``beam`` at a time (lowest ``h`` first, ties first-queued); ``push(successors)`` queues more."""
+    heap, tie = [(start.h, 0, start)], itertools.count(1)
+
+    def push(successors):
+        for c in successors:
+            heapq.heappush(heap, (c.h, next(tie), c))
+
+    def nodes():
+        while heap:
+            yield from [heapq.heappop(heap)[2] for _ in range(min(beam, len(heap)))]
+
+    return nodes(), push
+
+
 def _parallel_search(target, start: _Node, beam, sub_beam, rng, p_parallel, level, spawn_levels, heuristic,
                      root: _Node, ops: str = "+-*/") -> tuple[SearchTree, _Node | None]:
     """Hybrid BFS/DFS of APR App. A.3: at levels < spawn_levels, a node with >1 successors is, with
     probability ``p_parallel``, explored by one child thread per successor (a spawn)."""
     call_prompt = thread_prompt(start.idx, target, start.nums, start.ops)
-    text = f"Moving to Node #{start.idx}\n"
+    text = ""
     tree = SearchTree(calls=[])
-    heap, tie = [(start.h, 0, start)], itertools.count(1)
-    while heap:
-        current = [heapq.heappop(heap)[2] for _ in range(min(beam, len(heap)))]
-        for ci, node in enumerate(current):
-            text += state_line(target, node.nums, node.ops) + "\n"
-            lines, goal, frontier = _expand(node, target, beam, rng, heuristic, ops)
-            text += lines
-            if goal is not None:
-                text += _path(goal, root, target)
-                tree.calls.append((call_prompt, text[len(call_prompt):]))
-                tree.solved = True
-                return tree, goal
-            if level < spawn_levels and len(frontier) > 1 and rng.random() < p_parallel:
-                subs = [_parallel_search(target, c, sub_beam, sub_beam, rng, p_parallel, level + 1, spawn_levels,
-                                         heuristic, c, ops) for c in frontier]
-                block = CALL_START + "\n" + "".join(
-                    f"<Start Sub Search {i} at level {level + 1}> Moving to Node #{c.idx}\n"
-                    for i, c in enumerate(frontier)) + CALL_END + "\n"
-                tree.calls.append((call_prompt, text[len(call_prompt):] + block))
-                tree.children.append([t for t, _ in subs])
-                text += render_join([c.idx for c in frontier],
-                                    [_path(g, c, target).rstrip("\n") if g else None for c, (_, g) in zip(frontier, subs)],
-                                    level + 1)
-                call_prompt = text
-                for _, g in subs:
-                    if g is not None:
-                        text += f"{target},{target} equal: {GOAL}\n" + _path(g, root, target)
-                        tree.calls.append((call_prompt, text[len(call_prompt):]))
-                        tree.solved = True
-                        return tree, g
-            else:
-                for c in frontier:
-                    heapq.heappush(heap, (c.h, next(tie), c))
-            if ci < len(current) - 1:
-                text += f"Moving to Node #{current[ci + 1].idx}\n"
-        if heap:
-            text += f"Moving to Node #{heap[0][2].idx}\n"
+    nodes, push = _beam_order(start, beam)
+    for node in nodes:
+        text += f"Moving to Node #{node.idx}\n" + state_line(target, node.nums, node.ops) + "\n"
+        lines, goal, frontier = _expand(node, target, beam, rng, heuristic, ops)
+        text += lines
+        if goal is not None:
+            text += _path(goal, root, target)
+            tree.calls.append((call_prompt, text[len(call_prompt):]))
+            tree.solved = True
+            return tree, goal
+        if level < spawn_levels and len(frontier) > 1 and rng.random() < p_parallel:
+            subs = [_parallel_search(target, c, sub_beam, sub_beam, rng, p_parallel, level + 1, spawn_levels,
+                                     heuristic, c, ops) for c in frontier]
+            block = CALL_START + "\n" + "".join(
+                f"<Start Sub Search {i} at level {level + 1}> Moving to Node #{c.idx}\n"
+                for i, c in enumerate(frontier)) + CALL_END + "\n"
+            tree.calls.append((call_prompt, text[len(call_prompt):] + block))
+            tree.children.append([t for t, _ in subs])
+            text += render_join([c.idx for c in frontier],
+                                [_path(g, c, target).rstrip("\n") if g else None for c, (_, g) in zip(frontier, subs)],
+                                level + 1)
+            call_prompt = text
+            for _, g in subs:
+                if g is not None:
+                    text += f"{target},{target} equal: {GOAL}\n" + _path(g, root, target)
+                    tree.calls.append((call_prompt, text[len(call_prompt):]))
+                    tree.solved = True
+                    return tree, g
+        else:
+            push(frontier)
     text += "No solution found.\n"
     tree.calls.append((call_prompt, text[len(call_prompt):]))
     return tree, None
@@ -279,30 +288,25 @@ def _serial_search(target, start: _Node, beam, rng, p_sub, level, heuristic, roo
                    ops: str = "+-*/") -> tuple[str, _Node | None]:
     """SoS+ (the serial hybrid search): promising nodes get an inline sub-search, one after another."""
     text = ""
-    heap, tie = [(start.h, 0, start)], itertools.count(1)
-    while heap:
-        current = [heapq.heappop(heap)[2] for _ in range(min(beam, len(heap)))]
-        for ci, node in enumerate(current):
-            text += state_line(target, node.nums, node.ops) + "\n"
-            lines, goal, frontier = _expand(node, target, beam, rng, heuristic, ops)
-            text += lines
-            if goal is not None:
-                return text + _path(goal, root, target), goal
-            if frontier and rng.random() < p_sub:
-                for c in frontier:
-                    sub, g = _serial_search(target, c, beam, rng, p_sub, level + 1, heuristic, root, ops)
-                    text += f"Start Sub Search at level {level + 1}: Moving to Node #{c.idx}\n" + sub
-                    text += f"Exit Sub Search at level {level + 1}\n"
-                    if g is not None:
-                        return text, g
-                    text += "No solution found in sub search\n"
-            else:
-                for c in frontier:
-                    heapq.heappush(heap, (c.h, next(tie), c))
-            if ci < len(current) - 1:
-                text += f"Moving to Node #{current[ci + 1].idx}\n"
-        if heap:
-            text += f"Moving to Node #{heap[0][2].idx}\n"
+    nodes, push = _beam_order(start, beam)
+    for node in nodes:
+        if node is not start:  # the caller writes the move to the start node
+            text += f"Moving to Node #{node.idx}\n"
+        text += state_line(target, node.nums, node.ops) + "\n"
+        lines, goal, frontier = _expand(node, target, beam, rng, heuristic, ops)
+        text += lines
+        if goal is not None:
+            return text + _path(goal, root, target), goal
+        if frontier and rng.random() < p_sub:
+            for c in frontier:
+                sub, g = _serial_search(target, c, beam, rng, p_sub, level + 1, heuristic, root, ops)
+                text += f"Start Sub Search at level {level + 1}: Moving to Node #{c.idx}\n" + sub
+                text += f"Exit Sub Search at level {level + 1}\n"
+                if g is not None:
+                    return text, g
+                text += "No solution found in sub search\n"
+        else:
+            push(frontier)
     return text + "No solution found.\n", None
 
 

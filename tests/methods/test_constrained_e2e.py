@@ -10,22 +10,12 @@ import torch
 
 from rlpost.cli import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 TINY = "configs/tiny/arith_grpo.yaml"
 COMMON = ["trainer.progress_bar=false", "trainer.report_to=[]", "data.num_eval=4", "trainer.eval_steps=0",
           "rollout.prompts_per_step=4", "num_generations=2", "rollout.max_completion_length=4",
           "optim.steps_per_generation=2", "optim.micro_batch_size=4",
           "rewards=[{name: arithmetic}, {name: format}]", "method={constrained: {}}"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread: on a shared CPU an oversubscribed OpenMP pool is 10-50x slower."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run(out, *overrides):

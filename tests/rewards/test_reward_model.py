@@ -9,15 +9,7 @@ from rlpost.reward_modeling import make_preference_pairs, pair_accuracy, train_r
 from rlpost.rewards import RewardManager
 from rlpost.rewards.reward_model import RemoteRewardModel, RewardModelReward
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread: on a shared CPU an oversubscribed OpenMP pool is 10-50x slower."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_preference_pairs_by_kind(char_tokenizer):

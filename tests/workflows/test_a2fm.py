@@ -2,42 +2,13 @@
 import pytest
 
 from rlpost.engines.base import SamplingParams
-from rlpost.types import Prompt, Sample, Trajectory
+from rlpost.types import Prompt, Trajectory
 from rlpost.workflows import WORKFLOWS
 from rlpost.workflows.a2fm import (A2FMParams, A2FMWorkflow, a2fm_metrics, apo_advantages, apo_easiness, apo_reward,
                                    check_format, exact_match, forced_prefix, parse_route, route_tag, score_apo_batch,
                                    score_apo_group)
 
-
-class CharTokenizer:
-    def encode(self, text, add_special_tokens=True):
-        return [ord(c) for c in text]
-
-    def decode(self, ids):
-        return "".join(map(chr, ids))
-
-
-class ScriptedEngine:
-    """Engine protocol; ``respond(context_text) -> text``; stop strings end the text and are kept."""
-
-    def __init__(self, respond):
-        self.tok, self.respond, self.calls = CharTokenizer(), respond, []
-
-    def generate(self, requests, params):
-        contexts = [self.tok.decode(r.prompt_ids) for r in requests]
-        self.calls.append(contexts)
-        out = []
-        for r, ctx in zip(requests, contexts):
-            for _ in range(params.n):
-                text, finish = self.respond(ctx), "stop"
-                hits = [text.find(s) + len(s) for s in params.stop if s in text]
-                if hits:
-                    text = text[:min(hits)]
-                if len(text) > params.max_tokens:
-                    text, finish = text[:params.max_tokens], "length"
-                ids = self.tok.encode(text)
-                out.append(Sample(list(r.prompt_ids), ids, [-0.5] * len(ids), text=text, finish_reason=finish))
-        return out
+from scripted_engine import CharTokenizer, ScriptedEngine
 
 
 SP = SamplingParams(temperature=1.0, max_tokens=10_000)
