@@ -35,7 +35,7 @@ class ModelConfig:
     dtype: str = "float32"                    # float32 | bfloat16 | float16 | auto
     gradient_checkpointing: bool = False      # recompute activations in backward: less memory, ~30% slower
     trust_remote_code: bool = False           # run code shipped with a hub checkpoint (off by default)
-    attn_implementation: str | None = None    # e.g. sdpa, eager, flash_attention_2
+    attn_implementation: str | None = None    # e.g. sdpa, eager, flash_attention_2; unset: transformers default (sdpa; on CPU with GQA rlpost's sdpa_gqa, same values)
     revision: str | None = None               # hub revision
     model_init_kwargs: dict = field(default_factory=dict)  # extra from_pretrained kwargs
     lora: "LoraSettings" = field(default_factory=lambda: LoraSettings())  # LoRA adapters (peft); r: 0 = off

@@ -44,6 +44,9 @@ def load_model(path: str, model_cfg, device: str = "auto", frozen: bool = False)
                                                  revision=model_cfg.revision, **kwargs)
     if not quant:
         model.to(pick_device(device))
+    if not model_cfg.attn_implementation:  # CPU + grouped-query attention: no K/V copy under masks (same values)
+        from rlpost.models.attention import use_on_cpu
+        use_on_cpu(model)
     if frozen:
         model.eval().requires_grad_(False)
     else:
