@@ -128,6 +128,10 @@ class AlgoConfig:
     vllm_importance_sampling_mode: str = "sequence_mask"  # token_truncate | token_mask | sequence_truncate | sequence_mask
     vllm_importance_sampling_clip_max: float = 3.0  # C_max: ratios above are clipped (truncate) or zeroed (mask)
     vllm_importance_sampling_clip_min: float | None = None  # C_min: ratios below are clipped / zeroed (None: no lower bound)
+    top_entropy_quantile: float = 1.0         # rho: the policy loss keeps the batch's top-rho tokens by entropy (1 = all; Wang et al. 2025: 0.2)
+    sync_ref_model: bool = False              # TR-DPO-style reference update every ref_model_sync_steps (needs beta > 0)
+    ref_model_mixup_alpha: float = 0.6        # pi_ref <- alpha * pi_theta + (1 - alpha) * pi_ref
+    ref_model_sync_steps: int = 512           # RL steps between reference updates
 
 
 @dataclass
@@ -253,6 +257,10 @@ ALIASES: dict[str, str] = {
     "model_name_or_path": "model.name_or_path",
     "shuffle_dataset": "data.shuffle_dataset",
     "max_prompt_length": None,  # removed from TRL (PR #4847): rejected with a pointer
+    "top_entropy_quantile": "algo.top_entropy_quantile",
+    "sync_ref_model": "algo.sync_ref_model",
+    "ref_model_mixup_alpha": "algo.ref_model_mixup_alpha",
+    "ref_model_sync_steps": "algo.ref_model_sync_steps",
     "vllm_importance_sampling_correction": "algo.vllm_importance_sampling_correction",
     "vllm_importance_sampling_mode": "algo.vllm_importance_sampling_mode",
     "vllm_importance_sampling_clip_max": "algo.vllm_importance_sampling_clip_max",
@@ -478,6 +486,22 @@ def validate(cfg: Config) -> None:
         raise ConfigError("algo.num_iterations must be >= 1")
     if o.micro_batch_size < 1 or o.steps_per_generation < 1:
         raise ConfigError("optim.micro_batch_size and optim.steps_per_generation must be >= 1")
+    if not 0.0 < a.top_entropy_quantile <= 1.0:
+        raise ConfigError(f"algo.top_entropy_quantile must be in (0, 1] (1 = every token), got {a.top_entropy_quantile}")
+    if a.top_entropy_quantile < 1.0 and cfg.distributed.backend != "none":
+        raise ConfigError("algo.top_entropy_quantile < 1 is single-process for now (the entropy quantile is taken over "
+                          "the whole batch); set distributed.backend=none or algo.top_entropy_quantile=1")
+    if a.sync_ref_model:
+        if a.beta <= 0:
+            raise ConfigError("algo.sync_ref_model needs a reference model: set algo.beta > 0")
+        if not 0.0 <= a.ref_model_mixup_alpha <= 1.0 or a.ref_model_sync_steps < 1:
+            raise ConfigError("algo.ref_model_mixup_alpha must be in [0, 1] and algo.ref_model_sync_steps >= 1, got "
+                              f"{a.ref_model_mixup_alpha} and {a.ref_model_sync_steps}")
+        if cfg.model.lora.r > 0:
+            raise ConfigError("algo.sync_ref_model does not work with model.lora: the reference is the adapter-free "
+                              "base model itself (as in TRL, which refuses it with PEFT too)")
+        if cfg.distributed.backend == "deepspeed" and cfg.distributed.zero_stage == 3:
+            raise ConfigError("algo.sync_ref_model with ZeRO-3 (partitioned parameters) is not supported; use ZeRO-2 or ddp")
     if o.max_tokens_per_micro_batch < 0:
         raise ConfigError(f"optim.max_tokens_per_micro_batch must be >= 0 (0 = off), got {o.max_tokens_per_micro_batch}")
     if (r.prompts_per_step * r.num_generations) % o.steps_per_generation:

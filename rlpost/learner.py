@@ -19,6 +19,7 @@ import torch
 
 from rlpost.algos import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, LossInput
 from rlpost.algos.core import masked_mean
+from rlpost.algos.forking_tokens import high_entropy_mask
 from rlpost.algos.mismatch import ISCorrection, importance_weights, sampler_learner_kl
 from rlpost import shared_prefix as sp
 from rlpost.batch import Batch
@@ -47,6 +48,7 @@ class LearnerSettings:
     padding_free: bool = False      # pack each micro-batch into one row without padding (optim.padding_free)
     shared_prefix: bool = True      # rows with one prompt share a pass over it (optim.shared_prefix)
     max_tokens_per_micro_batch: int = 0  # >0: token-budget micro-batches (optim.max_tokens_per_micro_batch)
+    top_entropy_quantile: float = 1.0  # <1: policy loss on the batch's top-rho tokens by old entropy (algos/forking_tokens.py)
 
 
 def token_logprobs(model, batch: Batch, temperature: float, need_entropy: bool, need_sum_p_sq: bool = False,
@@ -156,12 +158,16 @@ class Learner:
         s = self.settings
         reuse = s.num_iterations > 1 or s.steps_per_generation > 1
         old_lp = old_h = sum_p_sq = None
-        if reuse or s.need_entropy or s.need_sum_p_sq or self.old_forward_hooks:
-            old_lp, old_h, sum_p_sq = batched_logprobs(self.model, batch, s, s.need_entropy, s.need_sum_p_sq,
+        forking = s.top_entropy_quantile < 1.0
+        need_h = s.need_entropy or forking
+        if reuse or need_h or s.need_sum_p_sq or self.old_forward_hooks:
+            old_lp, old_h, sum_p_sq = batched_logprobs(self.model, batch, s, need_h, s.need_sum_p_sq,
                                                        self.old_forward_hooks, shared_prefix=self.dist is None)
         ref_lp = (batched_logprobs(self.ref_model, batch, s, False, shared_prefix=self.dist is None)[0]
                   if s.beta > 0 else None)
-        return {"old_logprobs": old_lp, "old_entropies": old_h, "ref_logprobs": ref_lp, "sum_p_sq": sum_p_sq}
+        entropy_mask = high_entropy_mask(old_h, batch.response_mask, s.top_entropy_quantile) if forking else None
+        return {"old_logprobs": old_lp, "old_entropies": old_h, "ref_logprobs": ref_lp, "sum_p_sq": sum_p_sq,
+                "entropy_mask": entropy_mask}
 
     def update(self, batch: Batch, advantages: torch.Tensor, fixed: dict, row_extra: dict | None = None,
                step_extra: dict | None = None) -> dict[str, float]:
@@ -255,6 +261,9 @@ class Learner:
                         old_entropies=fixed["old_entropies"], extra=extra)
         loss_mat, metrics = self.loss_fn(inp, s.loss_params)
         loss_mat = loss_mat * mb.sample_weights[:, None]  # the policy term only (APR: KL is not divided by S)
+        if fixed.get("entropy_mask") is not None:  # forking tokens: policy term on high-entropy tokens only
+            loss_mat = loss_mat * fixed["entropy_mask"]
+            metrics["policy/entropy_mask_frac"] = masked_mean(fixed["entropy_mask"], mask).item()
         if s.beta > 0:
             kl = self.kl_fn(logp, fixed["ref_logprobs"])
             loss_mat = loss_mat + s.beta * kl

@@ -32,6 +32,7 @@ from rlpost.models.loading import load_model, load_tokenizer, resolve_model_path
 from rlpost.models.lora import reference_model
 from rlpost.rewards import RewardManager
 from rlpost.samplers import build_sampler
+from rlpost.models.reference import mix_into_reference
 from rlpost.tracking import Tracker, plot_metrics
 from rlpost.types import Prompt, Trajectory
 from rlpost.workflows import WORKFLOWS
@@ -145,7 +146,8 @@ class Trainer:
             steps_per_generation=cfg.optim.steps_per_generation, micro_batch_size=cfg.optim.micro_batch_size,
             max_grad_norm=cfg.optim.max_grad_norm, vllm_is=is_correction_from_config(a),
             logprob_chunk_size=cfg.optim.logprob_chunk_size, padding_free=cfg.optim.padding_free,
-            shared_prefix=cfg.optim.shared_prefix, max_tokens_per_micro_batch=cfg.optim.max_tokens_per_micro_batch)
+            shared_prefix=cfg.optim.shared_prefix, max_tokens_per_micro_batch=cfg.optim.max_tokens_per_micro_batch,
+            top_entropy_quantile=a.top_entropy_quantile)
         learner = Learner(self.model, optimizer, scheduler, settings, ref_model=self.ref_model,
                           lr_controller=self._build_lr_controller())
         self.dist.wrap_learner(learner)  # DDP / DeepSpeed (no-op in a single process)
@@ -180,6 +182,8 @@ class Trainer:
             for method in self.methods.values():
                 update_metrics.update(method.after_update(self, batch, fixed, trajectories, update_metrics))
             self.step += 1
+            if cfg.algo.sync_ref_model and self.step % cfg.algo.ref_model_sync_steps == 0:
+                mix_into_reference(self.ref_model, self.model, cfg.algo.ref_model_mixup_alpha)
             self.dist.sync_engine(self.engine, self.model) if self.engine_needs_sync else None
             last = {"step": self.step, **gen_metrics, **adv_metrics, **update_metrics,
                     "tokens": self.dist.global_count(int(sum(len(s.completion_ids) for t in trajectories for s in t.samples))),
@@ -321,7 +325,9 @@ class Trainer:
         return {"optimizer": self.learner.optimizer.state_dict(), "scheduler": self.learner.scheduler.state_dict(),
                 "sampler": self.sampler.state_dict(),
                 "methods": {name: m.state_dict() for name, m in self.methods.items()},
-                "lr_controller": self.learner.lr_controller.state_dict() if self.learner.lr_controller else None}
+                "lr_controller": self.learner.lr_controller.state_dict() if self.learner.lr_controller else None,
+                # a reference that moves (algo.sync_ref_model) is training state
+                "ref_model": self.ref_model.state_dict() if self.cfg.algo.sync_ref_model else None}
 
     def save(self) -> Path:
         if self.dist.enabled:  # collective: rank 0 writes the checkpoint, every rank its RNG state / ZeRO shard
@@ -347,6 +353,8 @@ class Trainer:
             method.load_state_dict(state.get("methods", {}).get(name, {}))
         if self.learner.lr_controller is not None and state.get("lr_controller") is not None:
             self.learner.lr_controller.load_state_dict(state["lr_controller"])
+        if self.cfg.algo.sync_ref_model and state.get("ref_model") is not None:
+            self.ref_model.load_state_dict(state["ref_model"])
         ckpt.set_rng_state(self.dist.rng_state(path, state))
         self.step = state["step"]
         if self.engine_needs_sync:
