@@ -177,7 +177,8 @@ class TrainerConfig:
     resume_from_checkpoint: str | None = None  # "latest", or a checkpoint folder
     report_to: list = field(default_factory=lambda: ["tensorboard"])  # tensorboard | wandb | trackio | none
     run_name: str | None = None
-    log_completions: bool = False             # print one sampled completion per step
+    log_completions: bool = False             # every step's completions (prompt, completion, rewards, advantage) to completions.jsonl
+    num_completions_to_print: int = 1         # with log_completions: how many of them to print each step
     progress_bar: bool = True
     num_threads: int | None = None            # torch intra-op threads (None: torch's default)
     device: str = "auto"                      # auto | cpu | cuda
@@ -250,6 +251,7 @@ ALIASES: dict[str, str] = {
     "report_to": "trainer.report_to",
     "run_name": "trainer.run_name",
     "log_completions": "trainer.log_completions",
+    "num_completions_to_print": "trainer.num_completions_to_print",
     "resume_from_checkpoint": "trainer.resume_from_checkpoint",
     "gradient_checkpointing": "model.gradient_checkpointing",
     "trust_remote_code": "model.trust_remote_code",

@@ -14,7 +14,9 @@ class Tracker:
         self.dir = Path(output_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
-        self._truncate_after(resume_step)
+        self.completions_path = self.dir / "completions.jsonl"   # trainer.log_completions
+        for path in (self.path, self.completions_path):
+            _truncate_after(path, resume_step)
         self.tb = self.wandb = self.trackio = None
         if "tensorboard" in report_to:
             from torch.utils.tensorboard import SummaryWriter
@@ -25,16 +27,6 @@ class Tracker:
         if "trackio" in report_to:
             import trackio
             self.trackio = trackio.init(project="rlpost", name=run_name, config=config)
-
-    def _truncate_after(self, step: int) -> None:
-        """On resume, drop lines logged after the checkpoint so the file equals an uninterrupted run's."""
-        if not self.path.exists():
-            return
-        if step == 0:
-            self.path.unlink()
-            return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, metrics: dict) -> None:
         clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
@@ -50,11 +42,30 @@ class Tracker:
         if self.trackio:
             self.trackio.log(clean, step=step)
 
+    def log_completions(self, rows: list[dict], print_count: int = 0) -> None:
+        """Append one JSON line per completion to ``completions.jsonl``; log the first ``print_count`` of them."""
+        with self.completions_path.open("a") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        for row in rows[:print_count]:
+            log.info("step %d | reward %.3f | advantage %+.3f | %r -> %r", row["step"], row["reward"],
+                     row["advantage"], row["prompt"][-60:], row["completion"][:200])
+
     def close(self) -> None:
         if self.tb:
             self.tb.close()
         if self.wandb:
             self.wandb.finish()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """On resume, drop lines logged after the checkpoint so the file equals an uninterrupted run's."""
+    if not path.exists():
+        return
+    if step == 0:
+        path.unlink()
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 def read_metrics(path: str | Path) -> list[dict]:

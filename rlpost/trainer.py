@@ -178,6 +178,9 @@ class Trainer:
             fixed = self.learner.prepare(batch)                          # old / reference log-probs
             extras = self.method_extras(batch, fixed, trajectories)
             advantages, adv_metrics = self.compute_advantages(batch, fixed, extras.advantage)
+            if cfg.trainer.log_completions and self.dist.is_main:
+                self.tracker.log_completions(completion_rows(self.step + 1, trajectories, batch, advantages),
+                                             cfg.trainer.num_completions_to_print)
             update_metrics = self.learner.update(batch, advantages, fixed, extras.loss_rows, extras.loss_step)
             for method in self.methods.values():
                 update_metrics.update(method.after_update(self, batch, fixed, trajectories, update_metrics))
@@ -283,8 +286,6 @@ class Trainer:
             m[f"reward/{name}/mean"] = float(np.mean(present)) if present else 0.0
         if callable(getattr(self.workflow, "metrics", None)):  # workflow counters (apr/..., a2fm/...)
             m.update(self.workflow.metrics(trajs))
-        if self.cfg.trainer.log_completions:
-            log.info("step %d sample: %r -> %r (reward %.2f)", self.step, trajs[0].prompt.text[-60:], trajs[0].final_text, trajs[0].reward)
         return m
 
     def compute_advantages(self, batch, fixed, extra: dict | None = None) -> tuple[torch.Tensor, dict]:
@@ -402,3 +403,19 @@ def _registry_entry(registry, name, key):
         return registry.entry(name)
     except KeyError as err:
         raise ConfigError(f"{key}: {err.args[0]}") from None
+
+
+def completion_rows(step: int, trajectories, batch, advantages: torch.Tensor) -> list[dict]:
+    """One row per trajectory for completions.jsonl: prompt, completion, reward (and its components), the
+    trajectory's advantage (mean over its trained tokens), completion tokens and whether it was truncated."""
+    mask = batch.response_mask
+    traj_index = batch.traj_index if batch.traj_index is not None else torch.arange(len(batch))
+    adv_sum = torch.zeros(len(trajectories)).index_add_(0, traj_index, (advantages * mask).sum(-1))
+    tokens = torch.zeros(len(trajectories)).index_add_(0, traj_index, mask.sum(-1))
+    rows = []
+    for j, t in enumerate(trajectories):
+        rows.append({"step": step, "group": t.group_id, "prompt": t.prompt.text, "completion": t.final_text,
+                     "reward": t.reward, **{f"reward/{k}": v for k, v in t.reward_components.items()},
+                     "advantage": float(adv_sum[j] / tokens[j].clamp(min=1)),
+                     "tokens": int(sum(len(s.completion_ids) for s in t.samples)), "truncated": t.truncated})
+    return rows

@@ -93,3 +93,26 @@ def test_kl_reference_model_and_dynamic_sampling(tmp_path, tiny_model_path):
     code, out = run(tmp_path, "nokl", "trainer.max_steps=1", "rollout.prompts_per_step=2", "num_generations=2",
                     "trainer.report_to=[]")
     assert code == 0 and "kl" not in metrics(out)[1]
+
+
+def test_log_completions_writes_every_completion_and_survives_resume(tmp_path, tiny_model_path, caplog):
+    import logging
+    common = ["trainer.max_steps=3", "trainer.save_steps=2", "rollout.prompts_per_step=2", "num_generations=4",
+              "trainer.report_to=[]", "log_completions=true", "num_completions_to_print=2"]
+    with caplog.at_level(logging.INFO):
+        assert run(tmp_path, "full", *common)[0] == 0
+    rows = [json.loads(line) for line in (tmp_path / "full" / "completions.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] * 8 + [2] * 8 + [3] * 8  # every completion of every step
+    first = rows[0]
+    assert {"prompt", "completion", "reward", "reward/arithmetic", "advantage", "tokens", "truncated", "group"} <= set(first)
+    step1 = rows[:8]
+    for g in {r["group"] for r in step1}:  # GRPO advantages are centred within each group
+        assert abs(sum(r["advantage"] for r in step1 if r["group"] == g)) < 1e-4
+    metrics_step1 = metrics(tmp_path / "full")[1]
+    assert sum(r["reward"] for r in step1) / 8 == pytest.approx(metrics_step1["reward/mean"])
+    assert sum("| reward" in m for m in caplog.messages) == 2 * 3  # printed 2 per step
+    # resume from the step-2 checkpoint of a run that went on to step 3: the file equals the uninterrupted one's
+    assert run(tmp_path, "part", *common)[0] == 0
+    code, out = run(tmp_path, "part", *common, "trainer.resume_from_checkpoint=latest")
+    assert code == 0
+    assert (out / "completions.jsonl").read_text() == (tmp_path / "full" / "completions.jsonl").read_text()
