@@ -71,8 +71,9 @@ def token_logprobs(model, batch: Batch, temperature: float, need_entropy: bool, 
         idx = batch.completion_index.clamp(max=logits.shape[1] - 1)
         return logits.gather(1, idx[:, :, None].expand(B, T, logits.shape[-1]))  # [B,T,V]
 
-    if shared_prefix and sp.usable(model) and sp.worthwhile(batch) and sp.verify_once(model, batch, plain_logits):
-        picked = sp.completion_logits(model, batch).float()
+    owners_first = sp.sharing(batch) if shared_prefix and sp.usable(model) else None
+    if owners_first is not None and sp.verify_once(model, batch, plain_logits, owners_first):
+        picked = sp.completion_logits(model, batch, owners_first).float()
     else:
         picked = plain_logits().float()
     if temperature > 0:

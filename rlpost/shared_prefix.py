@@ -46,20 +46,22 @@ def prompt_owners(batch) -> tuple[torch.Tensor, list[int]]:
     return torch.tensor(owners, dtype=torch.long, device=batch.input_ids.device), first_rows
 
 
-def worthwhile(batch) -> bool:
-    """True when some prompt occurs on more than one row (otherwise the plain pass is cheaper)."""
+def sharing(batch) -> tuple[torch.Tensor, list[int]] | None:
+    """:func:`prompt_owners` when some prompt occurs on more than one row, else None (the plain pass is cheaper)."""
     if batch.prompt_lengths is None or len(batch) < 2:
-        return False
-    return len(prompt_owners(batch)[1]) < len(batch)
+        return None
+    owners, first_rows = prompt_owners(batch)
+    return (owners, first_rows) if len(first_rows) < len(batch) else None
 
 
-def completion_logits(model, batch) -> torch.Tensor:
+def completion_logits(model, batch, owners_first: tuple[torch.Tensor, list[int]] | None = None) -> torch.Tensor:
     """[B, T, V] logits whose row t predicts completion token t, from one pass per unique prompt.
 
     Prompts are left-padded to their longest so that every prompt ends at the same cache position; the
-    completions continue at position ids P_i, P_i + 1, ... as in the plain right-padded pass.
+    completions continue at position ids P_i, P_i + 1, ... as in the plain right-padded pass. ``owners_first``:
+    :func:`prompt_owners` of the batch when the caller has it.
     """
-    owners, first_rows = prompt_owners(batch)
+    owners, first_rows = owners_first if owners_first is not None else prompt_owners(batch)
     dev = batch.input_ids.device
     row_prompt_len = batch.prompt_lengths.to(dev)
     prompt_len = row_prompt_len[first_rows]                                   # [G]
@@ -92,7 +94,7 @@ def usable(model) -> bool:
 
 
 @torch.no_grad()
-def verify_once(model, batch, plain_logits_fn) -> bool:
+def verify_once(model, batch, plain_logits_fn, owners_first=None) -> bool:
     """On the first call per model, compare the completion tokens' log-probs with the plain pass; remember the answer."""
     from rlpost.logprobs import unwrap_causal_lm
     lm = unwrap_causal_lm(model)
@@ -101,7 +103,7 @@ def verify_once(model, batch, plain_logits_fn) -> bool:
     if lm in _unsupported:
         return False
     ids = batch.completion_ids[:, :, None]
-    mine = torch.log_softmax(completion_logits(model, batch).float(), -1).gather(-1, ids).squeeze(-1)
+    mine = torch.log_softmax(completion_logits(model, batch, owners_first).float(), -1).gather(-1, ids).squeeze(-1)
     ref = torch.log_softmax(plain_logits_fn().float(), -1).gather(-1, ids).squeeze(-1)
     mask = batch.response_mask.bool()
     gap = (mine - ref)[mask].abs() if mask.any() else torch.zeros(1)   # log-probs of the completion tokens

@@ -47,8 +47,8 @@ def test_prompt_owners_groups_equal_prompts():
     owners, first = sp.prompt_owners(batch)
     assert owners.tolist() == [0, 1, 2, 0, 1, 2]
     assert first == [0, 1, 2]
-    assert sp.worthwhile(batch)
-    assert not sp.worthwhile(batch.select(torch.tensor([0, 1, 2])))  # every prompt once: plain pass
+    assert sp.sharing(batch)[1] == [0, 1, 2]
+    assert sp.sharing(batch.select(torch.tensor([0, 1, 2]))) is None  # every prompt once: plain pass
 
 
 def test_values_equal_plain_path(model):
@@ -106,7 +106,7 @@ def test_lora_policy_and_adapter_disabled_reference(model):
 def test_disagreeing_cache_falls_back_to_the_plain_path(model, monkeypatch, caplog):
     batch = grouped_batch(model.config.vocab_size, seed=4)
     real = sp.completion_logits
-    monkeypatch.setattr(sp, "completion_logits", lambda m, b: real(m, b) * 1.5)  # wrong numbers
+    monkeypatch.setattr(sp, "completion_logits", lambda m, b, *rest: real(m, b, *rest) * 1.5)  # wrong numbers
     with torch.no_grad(), caplog.at_level(logging.WARNING):
         ref = token_logprobs(model, batch, 1.0, False)[0]
         out = token_logprobs(model, batch, 1.0, False, shared_prefix=True)[0]
