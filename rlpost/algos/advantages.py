@@ -1,4 +1,4 @@
-"""Outcome-reward advantage estimators: GRPO (group/batch/no scaling), Dr.GRPO, RLOO.
+"""Outcome-reward advantage estimators: GRPO (group/batch/no scaling), Dr.GRPO, RLOO, REINFORCE++ (+ baseline).
 
 Every estimator returns per-token advantages [B,T] (a sequence advantage broadcast over its
 completion tokens and zeroed outside the mask) and a metrics dict.
@@ -79,6 +79,42 @@ def rloo(inp: AdvantageInput, params=None):
     mean, _, size = group_stats(rewards, inp.group_ids)
     seq_adv = torch.where(size > 1, size / (size - 1).clamp(min=1) * (rewards - mean), torch.zeros_like(rewards))
     return broadcast(seq_adv.float(), inp.response_mask), _sequence_metrics(seq_adv, rewards, inp.group_ids)
+
+
+def whiten_tokens(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mu) / sqrt(var + eps) with mu, var (unbiased) over the masked tokens of the whole batch; 0 off the mask."""
+    n = mask.sum()
+    mu = (values * mask).sum() / n.clamp(min=1)
+    var = (((values - mu) * mask) ** 2).sum() / (n - 1).clamp(min=1)
+    return (values - mu) * torch.rsqrt(var + eps) * mask
+
+
+@ADVANTAGES.register("reinforce_pp")
+def reinforce_pp(inp: AdvantageInput, params=None):
+    """REINFORCE++ (Hu et al. 2025; verl ``reinforce_plus_plus``) with the KL in the loss (``algo.beta``):
+    the return of every token is the outcome reward, whitened over all response tokens of the batch,
+
+        A_{i,t} = (R_i - mu_tok) / sqrt(var_tok + 1e-8),   mu_tok, var_tok over the batch's response tokens.
+
+    No group baseline: the batch is the baseline. (verl can also put a per-token KL into the reward, which makes
+    returns differ per token; rlpost keeps the KL in the loss.)"""
+    rewards = inp.rewards.to(torch.float64)
+    mask = inp.response_mask.to(torch.float64)
+    adv = whiten_tokens(rewards[:, None] * mask, mask)
+    return adv.float(), _sequence_metrics(adv.sum(-1) / mask.sum(-1).clamp(min=1), rewards, inp.group_ids)
+
+
+@ADVANTAGES.register("reinforce_pp_baseline")
+def reinforce_pp_baseline(inp: AdvantageInput, params=None):
+    """REINFORCE++-baseline (verl ``reinforce_plus_plus_baseline``): the group mean as baseline, then whitening
+    over all response tokens of the batch (a batch-level, token-weighted scale instead of GRPO's group std),
+
+        A_{i,t} = whiten_tok( R_i - mean_{j in g(i)} R_j )."""
+    rewards = inp.rewards.to(torch.float64)
+    mean, _, _ = group_stats(rewards, inp.group_ids)
+    mask = inp.response_mask.to(torch.float64)
+    adv = whiten_tokens((rewards - mean)[:, None] * mask, mask)
+    return adv.float(), _sequence_metrics(adv.sum(-1) / mask.sum(-1).clamp(min=1), rewards, inp.group_ids)
 
 
 def per_trajectory(fn, params, inp: AdvantageInput, traj_index: torch.Tensor):

@@ -44,6 +44,22 @@ def test_rloo_by_hand():
     assert adv[:, 0].tolist() == pytest.approx([1.0, -0.5, -0.5, 0.0])
 
 
+def test_reinforce_pp_baseline_by_hand():
+    # rewards 1 0 | 1 1 (two groups), completion lengths 1 2 1 1 -> centred 0.5 -0.5 | 0 0
+    # tokens 0.5, -0.5, -0.5, 0, 0: mean -0.1; centred 0.6 -0.4 -0.4 0.1 0.1; sum sq 0.70; unbiased var 0.70/4 = 0.175
+    inp = adv_input([1, 0, 1, 1], [0, 0, 1, 1], T=2)
+    inp.response_mask = torch.tensor([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    adv, _ = ADVANTAGES.get("reinforce_pp_baseline")(inp, None)
+    s = 0.175 ** 0.5
+    assert adv.tolist() == [pytest.approx([0.6 / s, 0.0]), pytest.approx([-0.4 / s, -0.4 / s]),
+                            pytest.approx([0.1 / s, 0.0]), pytest.approx([0.1 / s, 0.0])]
+    # no group baseline: tokens 1, 0, 0, 1, 1: mean 0.6, centred .4 -.6 -.6 .4 .4, sum sq 1.2, var 0.3
+    adv, _ = ADVANTAGES.get("reinforce_pp")(inp, None)
+    s = 0.3 ** 0.5
+    assert adv.tolist() == [pytest.approx([0.4 / s, 0.0]), pytest.approx([-0.6 / s, -0.6 / s]),
+                            pytest.approx([0.4 / s, 0.0]), pytest.approx([0.4 / s, 0.0])]
+
+
 def test_advantage_respects_mask():
     inp = adv_input([1, 0], [0, 0], T=3)
     inp.response_mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
