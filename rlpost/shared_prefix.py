@@ -73,17 +73,65 @@ def completion_logits(model, batch, owners_first: tuple[torch.Tensor, list[int]]
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
                 logits_to_keep=1)
     first_logits = out.logits[:, -1][owners][:, None]                         # [B, 1, V]: predicts o_0
-    T = batch.completion_ids.shape[1]
+    B, T = batch.completion_ids.shape
     if T == 1:
         return first_logits
     cache = out.past_key_values
-    cache.reorder_cache(owners)                                               # repeat each prompt's K/V rows
-    B = len(batch)
-    attention = torch.cat([prompt_mask[owners], prompt_mask.new_ones(B, T - 1)], dim=1)
-    steps = torch.arange(T - 1, device=dev)[None]
-    rest = model(input_ids=batch.completion_ids[:, :T - 1], attention_mask=attention,
-                 position_ids=row_prompt_len[:, None] + steps, past_key_values=cache, use_cache=True).logits
-    return torch.cat([first_logits, rest], dim=1)
+    lengths = batch.attention_mask.sum(-1).to(dev) - row_prompt_len          # completion tokens of each row
+    buckets = length_buckets(lengths) if _plain_layers(cache) else [torch.arange(B, device=dev)]
+    if len(buckets) == 1:                                                     # one pass: repeat the prompt rows in place
+        cache.reorder_cache(owners)
+        return torch.cat([first_logits, _continue(model, batch, cache, owners, prompt_mask, row_prompt_len, T)], 1)
+    # rows of similar completion length together: each bucket pads only to its own longest completion
+    parts = []
+    for rows in buckets:
+        width = int(lengths[rows].max().clamp(min=1))
+        part = first_logits[rows]
+        if width > 1:
+            bucket_cache = _select_rows(cache, owners[rows], model)
+            rest = _continue(model, batch, bucket_cache, owners[rows], prompt_mask, row_prompt_len, width, rows)
+            part = torch.cat([part, rest], dim=1)
+        parts.append(torch.nn.functional.pad(part, (0, 0, 0, T - part.shape[1])))  # zeros past the bucket's width
+    order = torch.cat(buckets)
+    return torch.cat(parts)[torch.argsort(order)]
+
+
+def _continue(model, batch, cache, owner_rows, prompt_mask, row_prompt_len, width: int, rows=None) -> torch.Tensor:
+    """Logits [b, width - 1, V] of completion tokens 1 .. width-1 for ``rows`` (all rows when None), on top of
+    ``cache`` (one prompt cache row per row)."""
+    ids = batch.completion_ids if rows is None else batch.completion_ids[rows]
+    prompt_len = row_prompt_len if rows is None else row_prompt_len[rows]
+    attention = torch.cat([prompt_mask[owner_rows], prompt_mask.new_ones(len(ids), width - 1)], dim=1)
+    steps = torch.arange(width - 1, device=ids.device)[None]
+    return model(input_ids=ids[:, :width - 1], attention_mask=attention, position_ids=prompt_len[:, None] + steps,
+                 past_key_values=cache, use_cache=True).logits
+
+
+def length_buckets(lengths: torch.Tensor, max_buckets: int = 4, tolerated_waste: float = 0.15) -> list[torch.Tensor]:
+    """Row indices sorted by completion length, cut into up to ``max_buckets`` equal-count runs; one bucket when
+    padding every row to the longest wastes at most ``tolerated_waste`` of the padded tokens."""
+    real, longest = float(lengths.sum()), float(lengths.max())
+    if longest * len(lengths) * (1.0 - tolerated_waste) <= real or len(lengths) < 2 * max_buckets:
+        return [torch.arange(len(lengths), device=lengths.device)]
+    order = torch.argsort(lengths, stable=True)
+    return [chunk for chunk in torch.tensor_split(order, max_buckets) if len(chunk)]
+
+
+def _plain_layers(cache) -> bool:
+    """Every layer a full-attention DynamicLayer (sliding-window and other layer kinds keep the one-pass path)."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" for layer in layers)
+
+
+def _select_rows(cache, index: torch.Tensor, model):
+    """A new DynamicCache holding rows ``index`` of ``cache`` (differentiable: gradients reach the prompt pass)."""
+    from transformers import DynamicCache
+
+    from rlpost.logprobs import unwrap_causal_lm
+    picked = DynamicCache(config=unwrap_causal_lm(model).config)
+    for layer_idx, layer in enumerate(cache.layers):
+        picked.update(layer.keys.index_select(0, index), layer.values.index_select(0, index), layer_idx)
+    return picked
 
 
 def usable(model) -> bool:

@@ -173,3 +173,31 @@ def test_bench_script_reports_agreement_and_speed(tmp_path):
                      proc.stdout)
     assert gaps and float(gaps.group(1)) < 1e-4 and float(gaps.group(2)) < 1e-4, proc.stdout
     assert re.search(r"plain [\d.]+ ms, shared prefix [\d.]+ ms, speed-up [\d.]+x", proc.stdout), proc.stdout
+
+
+def test_length_buckets_by_hand():
+    lengths = torch.tensor([9, 1, 2, 8, 1, 3, 7, 2])
+    # padded to 9: 72 tokens for 33 real ones (54% waste) -> 4 equal-count runs of the length-sorted rows
+    assert [b.tolist() for b in sp.length_buckets(lengths)] == [[1, 4], [2, 7], [5, 6], [3, 0]]
+    assert len(sp.length_buckets(torch.tensor([5, 5, 5, 4, 5, 5, 5, 5]))) == 1   # 2.5% waste: one pass
+    assert len(sp.length_buckets(torch.tensor([9, 1, 2]))) == 1                  # too few rows to split
+
+
+def test_length_buckets_give_the_plain_values_and_gradients(model, monkeypatch):
+    """Completion lengths 1..9 in 24 rows: the bucketed pass runs (counted) and matches the plain one."""
+    batch = grouped_batch(model.config.vocab_size, groups=3, n=8, seed=6)
+    calls = []
+    real = sp._select_rows
+    monkeypatch.setattr(sp, "_select_rows", lambda *a: calls.append(1) or real(*a))
+    mask = batch.response_mask.bool()
+
+    def run(**k):
+        model.zero_grad(set_to_none=True)
+        lp, ent = token_logprobs(model, batch, 1.0, True, **k)
+        ((lp + 0.1 * ent) * batch.response_mask).sum().backward()
+        return lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    (ref_lp, ref_g), (lp, g) = run(), run(shared_prefix=True)
+    assert len(calls) >= 2
+    assert torch.allclose(lp[mask], ref_lp[mask], atol=ATOL)
+    for name in ref_g:
+        assert torch.allclose(g[name], ref_g[name], atol=ATOL), name
