@@ -11,7 +11,10 @@ is the same function of the same parameters either way. The repetition is an ``i
 differentiable: gradients from all n completions of q are summed into q's keys and values, exactly what
 the per-row passes accumulate. Values and gradients equal the plain path's up to float rounding
 (tests/test_shared_prefix.py). The forward/backward work shrinks by about (P + T) / (P / n + T), the memory
-of activations likewise; logits exist only for the completion positions, [B, T, V].
+of activations likewise; logits exist only for the completion positions, [B, T, V]. When completion lengths
+vary a lot (padding to the longest would waste > 15% of the completion tokens), the rows are cut into up to 4
+buckets of similar length, each continuing from its own selection of prompt-cache rows and padded only to its
+own longest completion (full-attention caches only; other cache kinds keep the single pass).
 
 When the learner uses it (``optim.shared_prefix: true``, the default): a micro-batch whose rows repeat a
 prompt, in one process (DDP and DeepSpeed expect one forward per backward), without gradient checkpointing
