@@ -87,6 +87,8 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0                            # 0 = off
+    min_p: float = 0.0                        # keep tokens with p >= min_p * p_max (after temperature); 0 = off
+    repetition_penalty: float = 1.0           # >1 discourages tokens already seen (sampling only: the learner does not apply it)
     stop: list = field(default_factory=list)  # stop strings
     return_entropy: bool = False              # per-token entropies from the sampler (HAPO needs them)
     logits_processor: Component | None = None  # registered logits processor (e.g. hapo adaptive temperature)
@@ -219,6 +221,8 @@ ALIASES: dict[str, str] = {
     "temperature": "rollout.temperature",
     "top_p": "rollout.top_p",
     "top_k": "rollout.top_k",
+    "min_p": "rollout.min_p",
+    "repetition_penalty": "rollout.repetition_penalty",
     "generation_batch_size": "rollout.generation_batch_size",
     "vllm_gpu_memory_utilization": "rollout.gpu_memory_utilization",
     "vllm_max_model_length": "rollout.max_model_len",
@@ -478,6 +482,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("rollout.max_completion_length must be >= 1")
     if not 0.0 < r.top_p <= 1.0:
         raise ConfigError(f"rollout.top_p must be in (0, 1], got {r.top_p}")
+    if not 0.0 <= r.min_p <= 1.0:
+        raise ConfigError(f"rollout.min_p must be in [0, 1] (0 = off), got {r.min_p}")
+    if r.repetition_penalty <= 0:
+        raise ConfigError(f"rollout.repetition_penalty must be > 0 (1 = off), got {r.repetition_penalty}")
     if r.temperature < 0:
         raise ConfigError(f"rollout.temperature must be >= 0, got {r.temperature}")
     if a.epsilon_high is not None and a.epsilon_high < 0 or a.epsilon < 0:

@@ -210,6 +210,7 @@ class Trainer:
     def sampling_params(self, purpose: str, round_: int = 0) -> SamplingParams:
         r = self.cfg.rollout
         params = SamplingParams(n=r.num_generations, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                min_p=r.min_p, repetition_penalty=r.repetition_penalty,
                                 max_tokens=r.max_completion_length, stop=list(r.stop),
                                 seed=derived_seed(self.cfg.trainer.seed, self.step, purpose, round_),
                                 return_entropy=r.return_entropy)

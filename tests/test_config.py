@@ -22,6 +22,15 @@ def test_section_aliases_and_component_mappings():
     assert cfg.rollout.num_generations == 4
 
 
+def test_sampling_knobs_by_trl_name_and_bounds():
+    cfg = load_config(None, ["repetition_penalty=1.1", "min_p=0.05"])
+    assert (cfg.rollout.repetition_penalty, cfg.rollout.min_p) == (1.1, 0.05)
+    with pytest.raises(ConfigError, match="rollout.min_p must be in"):
+        load_config(None, ["min_p=1.5"])
+    with pytest.raises(ConfigError, match="rollout.repetition_penalty must be > 0"):
+        load_config(None, ["repetition_penalty=0"])
+
+
 def test_verl_token_budget_alias_and_its_bounds():
     assert load_config(None, ["ppo_max_token_len_per_gpu=4096"]).optim.max_tokens_per_micro_batch == 4096
     with pytest.raises(ConfigError, match="optim.max_tokens_per_micro_batch must be >= 0"):

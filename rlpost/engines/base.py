@@ -27,6 +27,8 @@ class SamplingParams:
     temperature: float = 1.0          # 0 = greedy
     top_p: float = 1.0
     top_k: int = 0                    # 0 = off
+    min_p: float = 0.0                # keep tokens with p >= min_p * p_max (after temperature); 0 = off
+    repetition_penalty: float = 1.0   # tokens already in prompt or completion: z / r if z > 0 else z * r; 1 = off
     max_tokens: int = 64
     stop: list[str] = field(default_factory=list)   # stop strings (kept in the text, then generation ends)
     seed: int | None = None

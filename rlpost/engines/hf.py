@@ -8,8 +8,12 @@ step for the rows still running: a row that finishes (EOS or a stop string) leav
 cache rows are dropped, so a long tail of unfinished rows does not pay for the finished ones.
 
 Log-probs and entropies refer to the temperature-scaled distribution softmax(z / T) after the logits
-processors and before top-k/top-p truncation — the same quantity the learner recomputes, so the
-sampler/learner mismatch is zero up to numerics. With temperature 0 (greedy) they refer to softmax(z).
+processors (and the repetition penalty, when one is set) and before min-p/top-k/top-p truncation — the same
+quantity the learner recomputes, so the sampler/learner mismatch is zero up to numerics. With temperature 0
+(greedy) they refer to softmax(z). The order is vLLM's: processors, repetition penalty, temperature, min-p,
+top-k, top-p. A repetition penalty is a sampling-time change the learner does not make (as in TRL): with
+``rollout.repetition_penalty`` != 1 the sampler's and learner's log-probs differ by design
+(``rollout/logprob_diff``; ``algo.vllm_importance_sampling_correction`` weighs it).
 """
 from __future__ import annotations
 
@@ -33,6 +37,31 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
         sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     return logits
+
+
+def filter_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Set logits of tokens with p < min_p * max_v p_v to -inf (p = softmax(logits); vLLM's min-p)."""
+    if min_p <= 0.0:
+        return logits
+    probs = torch.softmax(logits, dim=-1)
+    return logits.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), float("-inf"))
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty (as vLLM and transformers apply it): for every token already in the prompt or the
+    completion (``seen`` [N, V] bool), z -> z / r when z > 0 and z * r otherwise."""
+    if penalty == 1.0:
+        return logits
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def seen_tokens(rows: list[list[int]], vocab_size: int, device) -> torch.Tensor:
+    """[N, V] bool: token v occurs in row n."""
+    seen = torch.zeros(len(rows), vocab_size, dtype=torch.bool, device=device)
+    for n, ids in enumerate(rows):
+        if ids:
+            seen[n, torch.tensor(ids, device=device)] = True
+    return seen
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -120,15 +149,19 @@ class HFEngine:
         finished = torch.zeros(num_rows, dtype=torch.bool, device=dev)
         active = torch.arange(num_rows, device=dev)  # rows still generating; finished rows leave the batch
         history = input_ids
+        penalise = params.repetition_penalty != 1.0
+        seen = seen_tokens([list(p) for p in prompts], logits.shape[-1], dev) if penalise else None
 
         for step in range(params.max_tokens):
             logits = logits.float()
             for proc in params.logits_processors:
                 logits = proc(step, history, logits)
+            if penalise:
+                logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
             scaled = logits / params.temperature if params.temperature > 0 else logits
             logp_full = torch.log_softmax(scaled, dim=-1)
             if params.temperature > 0:
-                filtered = filter_top_k_top_p(scaled, params.top_k, params.top_p)
+                filtered = filter_top_k_top_p(filter_min_p(scaled, params.min_p), params.top_k, params.top_p)
                 next_tok = torch.multinomial(torch.softmax(filtered, dim=-1), 1, generator=generator).squeeze(-1)
             else:
                 next_tok = scaled.argmax(-1)
@@ -145,11 +178,14 @@ class HFEngine:
                 break
             if params.logits_processors:
                 history = torch.cat([history, next_tok[:, None]], dim=-1)
+            if penalise:
+                seen[torch.arange(len(next_tok), device=dev), next_tok] = True
             if bool(done_now.any()):  # compact: drop finished rows from the batch and the KV cache
                 keep = torch.nonzero(~done_now).flatten()
                 cache.reorder_cache(keep)
                 active, attention, next_pos, next_tok = active[keep], attention[keep], next_pos[keep], next_tok[keep]
                 history = history[keep]
+                seen = seen[keep] if penalise else None
             attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=-1)
             out = self.model(input_ids=next_tok[:, None], attention_mask=attention, position_ids=next_pos[:, None],
                              past_key_values=cache, use_cache=True)

@@ -13,9 +13,11 @@ process, as TRL's colocate mode does), which is what lets three things work with
 Log-prob convention. The hf engine returns log softmax(z/T) of the sampled token, after the logits processors
 and before top-k/top-p. vLLM returns "raw" logprobs (log softmax(z), before processors and temperature) unless
 ``logprobs_mode="processed_logprobs"``, which gives log softmax of the logits it actually sampled from: after
-processors and temperature, and after top-k/top-p, i.e. renormalised over the kept tokens. rlpost uses
-``processed_logprobs``: without top-k/top-p it is exactly the hf convention; with them the processor records
-log(kept mass) per token and the engine adds it back. Greedy (T = 0) gives log softmax(z), as in the hf engine.
+processors, repetition penalty and temperature, and after min-p/top-k/top-p, i.e. renormalised over the kept
+tokens. rlpost uses ``processed_logprobs``: without truncation it is exactly the hf convention; with min-p/top-k/
+top-p the processor records log(kept mass) per token and the engine adds it back. Greedy (T = 0) gives
+log softmax(z), as in the hf engine. vLLM applies the repetition penalty after rlpost's processor, so the processor
+applies it itself (to its own copy) where it computes entropies and kept mass.
 
 Each (request, sample) becomes its own vLLM request with ``n=1`` and seed ``seed + global_row`` (vLLM's own
 parallel sampling gives child ``j`` seed ``seed + j`` in the same way); ``seed_offset`` keeps row seeds global
@@ -53,6 +55,7 @@ def sampling_kwargs(params: SamplingParams) -> dict:
     """Our SamplingParams -> vllm.SamplingParams keywords (one sampled sequence; n is expanded by the caller)."""
     return dict(n=1, temperature=params.temperature, top_p=params.top_p,
                 top_k=params.top_k if params.top_k > 0 else -1,      # vLLM: -1 (or 0 in new versions) = off
+                min_p=params.min_p, repetition_penalty=params.repetition_penalty,
                 max_tokens=params.max_tokens, stop=list(params.stop) or None, include_stop_str_in_output=True,
                 logprobs=0)                                          # 0: only the sampled token's logprob
 
@@ -122,7 +125,8 @@ class VLLMEngine:
         self._wake()
         n = params.n
         spec = CallSpec(processors=list(params.logits_processors), temperature=params.temperature,
-                        top_k=params.top_k, top_p=params.top_p, want_entropy=params.return_entropy, pad_id=self.pad_id)
+                        top_k=params.top_k, top_p=params.top_p, want_entropy=params.return_entropy, pad_id=self.pad_id,
+                        min_p=params.min_p, repetition_penalty=params.repetition_penalty)
         needs_processor = bool(spec.processors) or spec.want_entropy or spec.truncates
         call_id = uuid.uuid4().hex
         base = sampling_kwargs(params)

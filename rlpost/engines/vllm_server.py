@@ -273,6 +273,7 @@ class VLLMServerEngine:
                 "they would have to run inside the workers. Use rollout.engine=vllm (colocated) or hf.")
         self._check_open()
         wire = {"n": params.n, "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k,
+                "min_p": params.min_p, "repetition_penalty": params.repetition_penalty,
                 "max_tokens": params.max_tokens, "stop": list(params.stop), "seed": params.seed,
                 "return_entropy": params.return_entropy}
         W = min(len(self.urls), len(requests))

@@ -11,7 +11,7 @@ worker), which rlpost/engines/vllm_engine.py arranges for the colocated engine a
 - ``RlpostLogitsProcessor`` (vLLM V1 logits-processor API, passed as ``LLM(logits_processors=[...])``): for the
   rows of a ``generate`` call that registered a :class:`CallSpec`, it runs rlpost's Python logits processors
   (``fn(step, input_ids [N,L], logits [N,V]) -> logits``, before temperature, like the hf engine), and records
-  per sampled token the entropy of softmax(z/T) and, when top-k/top-p is on, log of the probability mass the
+  per sampled token the entropy of softmax(z/T) and, when min-p/top-k/top-p is on, log of the probability mass the
   filter keeps (vLLM's ``processed_logprobs`` are normalised over the kept tokens only; adding that term gives
   rlpost's convention, log softmax(z/T) before truncation).
 """
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from rlpost.engines.hf import filter_top_k_top_p
+from rlpost.engines.hf import apply_repetition_penalty, filter_min_p, filter_top_k_top_p, seen_tokens
 
 ROW_KEY = "rlpost_row"  # SamplingParams.extra_args key: "<call id>:<row>"
 
@@ -38,13 +38,15 @@ class CallSpec:
     top_p: float
     want_entropy: bool
     pad_id: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
     # filled during generation: (step, rows [n], values [n]) per batch group, turned into per-row lists at the end
     entropy_records: list = field(default_factory=list)
     mass_records: list = field(default_factory=list)
 
     @property
     def truncates(self) -> bool:
-        return self.temperature > 0 and (0 < self.top_k or self.top_p < 1.0)
+        return self.temperature > 0 and (0 < self.top_k or self.top_p < 1.0 or self.min_p > 0)
 
     def per_row(self, records: list, num_rows: int) -> list[dict[int, float]]:
         """records -> [row] {step: value} (a later write for the same step wins, e.g. after a preemption)."""
@@ -122,6 +124,9 @@ class RlpostLogitsProcessor(LogitsProcessor):
                     z = proc(step, history, z)
                 logits.index_copy_(0, idx, z.to(logits.dtype))
             if spec.want_entropy or spec.truncates:
+                if spec.repetition_penalty != 1.0:  # vLLM penalises after this processor: mirror it for the records
+                    seen = seen_tokens([self.rows[i][2] + list(self.rows[i][3]) for i in indices], z.shape[-1], z.device)
+                    z = apply_repetition_penalty(z, seen, spec.repetition_penalty)
                 scaled = z / spec.temperature if spec.temperature > 0 else z
                 logp = torch.log_softmax(scaled, dim=-1)
                 if spec.want_entropy:
@@ -129,7 +134,7 @@ class RlpostLogitsProcessor(LogitsProcessor):
                     ent = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
                     spec.entropy_records.append((step, rows, ent.detach().cpu()))
                 if spec.truncates:
-                    kept = filter_top_k_top_p(scaled, spec.top_k, spec.top_p)
+                    kept = filter_top_k_top_p(filter_min_p(scaled, spec.min_p), spec.top_k, spec.top_p)
                     log_mass = torch.logsumexp(kept, -1) - torch.logsumexp(scaled, -1)
                     spec.mass_records.append((step, rows, log_mass.detach().cpu()))
         return logits

@@ -102,3 +102,46 @@ def test_load_weights_changes_outputs(engine, char_tokenizer, random_tiny_model)
     assert after != before
     with pytest.raises(KeyError, match="unknown parameter"):
         eng.load_weights([("nope.weight", torch.zeros(1))])
+
+
+def test_min_p_and_repetition_penalty_by_hand():
+    from rlpost.engines.hf import apply_repetition_penalty, filter_min_p, seen_tokens
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    # min_p 0.2: keep p >= 0.2 * 0.5 = 0.1 -> the first three
+    assert (~torch.isinf(filter_min_p(logits, 0.2)[0])).tolist() == [True, True, True, False]
+    assert torch.equal(filter_min_p(logits, 0.0), logits)
+    z = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    seen = seen_tokens([[0, 1, 1]], 4, "cpu")
+    assert seen.tolist() == [[True, True, False, False]]
+    # seen tokens: 2 / 2 = 1 (positive: divided), -1 * 2 = -2 (negative: multiplied); unseen unchanged
+    assert apply_repetition_penalty(z, seen, 2.0).tolist() == [[1.0, -2.0, 0.5, 3.0]]
+
+
+def penalised_reference(model, sample, temperature: float, penalty: float):
+    """Log-probs and entropies of the sampled tokens under softmax(z'/T), z' = logits with the repetition penalty
+    over the prompt and the completion so far (the engines' convention), from one forward pass."""
+    from rlpost.engines.hf import apply_repetition_penalty, seen_tokens
+    ids = sample.prompt_ids + sample.completion_ids
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, len(sample.prompt_ids) - 1:-1].float()
+    P = len(sample.prompt_ids)
+    seen = seen_tokens([ids[:P + t] for t in range(len(sample.completion_ids))], logits.shape[-1], "cpu")
+    logp = torch.log_softmax(apply_repetition_penalty(logits, seen, penalty) / temperature, -1)
+    chosen = logp.gather(-1, torch.tensor(sample.completion_ids)[:, None]).squeeze(-1)
+    return chosen, -(logp.exp() * logp).sum(-1), logp
+
+
+def test_engine_repetition_penalty_and_min_p_follow_the_convention(engine, char_tokenizer):
+    """Sampler log-probs / entropies = softmax(z'/T) with the penalty, before min-p truncation; sampled tokens
+    pass the min-p filter; a strong penalty changes what is sampled."""
+    reqs = [GenRequest(prompt_ids(char_tokenizer)), GenRequest(prompt_ids(char_tokenizer, "7+8="))]
+    params = dict(n=3, temperature=0.8, max_tokens=8, seed=0, return_entropy=True)
+    samples = engine.generate(reqs, SamplingParams(**params, repetition_penalty=1.8, min_p=0.1))
+    for s in samples:
+        lp, ent, logp = penalised_reference(engine.model, s, 0.8, 1.8)
+        assert torch.allclose(torch.tensor(s.logprobs), lp, atol=1e-4)
+        assert torch.allclose(torch.tensor(s.entropies), ent, atol=1e-4)
+        chosen_p = lp.exp()
+        assert (chosen_p >= 0.1 * logp.exp().amax(-1) - 1e-6).all()   # every sampled token passed min-p
+    plain = engine.generate(reqs, SamplingParams(**params))
+    assert [s.completion_ids for s in plain] != [s.completion_ids for s in samples]

@@ -139,6 +139,20 @@ def test_hapo_temperature_processor_runs(engine, tok):
     assert metrics["hapo/temperature_min"] < 1.0 < metrics["hapo/temperature_max"]   # per-token temperatures
 
 
+def test_repetition_penalty_and_min_p_match_the_hf_convention(engine, tok, model):
+    """vLLM applies the penalty after rlpost's processor and min-p before top-k/top-p; the returned log-probs and
+    entropies still follow the hf engine's convention (penalised softmax(z'/T) before truncation)."""
+    from test_hf_engine import penalised_reference
+    samples = engine.generate(requests(tok), SamplingParams(n=3, temperature=0.9, top_k=20, min_p=0.05,
+                                                            repetition_penalty=1.5, max_tokens=8, seed=4,
+                                                            return_entropy=True))
+    model.eval()
+    for s in samples:
+        lp, ent, _ = penalised_reference(model, s, 0.9, 1.5)
+        assert torch.allclose(torch.tensor(s.logprobs), lp, atol=TOL), (s.logprobs, lp)
+        assert torch.allclose(torch.tensor(s.entropies), ent, atol=TOL)
+
+
 def test_score_matches_learner(engine, tok, model):
     samples = engine.generate(requests(tok), SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=4))
     scores = engine.score([(s.prompt_ids, s.completion_ids) for s in samples])
@@ -198,3 +212,4 @@ def test_close_frees_the_engine(engine, tok):
     with pytest.raises(EngineError, match="after close"):
         engine.generate(requests(tok), SamplingParams())
     engine.close()  # idempotent
+
