@@ -290,9 +290,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for item in overrides or []:
         key, value = parse_override(item)
         set_dotted(raw, key, value)
+    reward_weights = raw.pop("reward_weights", None)   # TRL's name: one weight per reward function, in order
     cfg = from_dict(Config, raw, "")
+    if reward_weights is not None:
+        apply_reward_weights(cfg, reward_weights)
     validate(cfg)
     return cfg
+
+
+def apply_reward_weights(cfg: Config, weights) -> None:
+    """``reward_weights=[w1, w2, ...]`` sets ``rewards[k].weight`` (TRL's GRPOConfig.reward_weights)."""
+    names = [r.name for r in cfg.rewards]
+    if not isinstance(weights, list) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+        raise ConfigError(f"reward_weights: expected a list of numbers, one per reward function, got {weights!r}")
+    if len(weights) != len(names):
+        raise ConfigError(f"reward_weights has {len(weights)} weights for {len(names)} reward functions "
+                          f"(rewards: {', '.join(names)})")
+    for reward, weight in zip(cfg.rewards, weights):
+        reward.weight = float(weight)
 
 
 def read_yaml_sections(path: str | Path | None) -> dict:

@@ -31,6 +31,15 @@ def test_sampling_knobs_by_trl_name_and_bounds():
         load_config(None, ["repetition_penalty=0"])
 
 
+def test_trl_reward_weights_set_each_reward_in_order():
+    cfg = load_config(None, ["rewards=[arithmetic, format]", "reward_weights=[1.0, 0.25]"])
+    assert [(r.name, r.weight) for r in cfg.rewards] == [("arithmetic", 1.0), ("format", 0.25)]
+    with pytest.raises(ConfigError, match="reward_weights has 1 weights for 2 reward functions"):
+        load_config(None, ["rewards=[arithmetic, format]", "reward_weights=[1.0]"])
+    with pytest.raises(ConfigError, match="reward_weights: expected a list of numbers"):
+        load_config(None, ["reward_weights=high"])
+
+
 def test_verl_token_budget_alias_and_its_bounds():
     assert load_config(None, ["ppo_max_token_len_per_gpu=4096"]).optim.max_tokens_per_micro_batch == 4096
     with pytest.raises(ConfigError, match="optim.max_tokens_per_micro_batch must be >= 0"):
