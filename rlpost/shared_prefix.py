@@ -154,7 +154,13 @@ def verify_once(model, batch, plain_logits_fn, owners_first=None) -> bool:
     if lm in _unsupported:
         return False
     ids = batch.completion_ids[:, :, None]
-    mine = torch.log_softmax(completion_logits(model, batch, owners_first).float(), -1).gather(-1, ids).squeeze(-1)
+    try:
+        mine = torch.log_softmax(completion_logits(model, batch, owners_first).float(), -1).gather(-1, ids).squeeze(-1)
+    except (TypeError, ValueError, NotImplementedError, AttributeError) as err:  # a forward without cache support
+        _unsupported.add(lm)
+        log.warning("optim.shared_prefix: %s cannot run the shared-prefix pass (%s: %s); using the plain forward",
+                    type(lm).__name__, type(err).__name__, err)
+        return False
     ref = torch.log_softmax(plain_logits_fn().float(), -1).gather(-1, ids).squeeze(-1)
     mask = batch.response_mask.bool()
     gap = (mine - ref)[mask].abs() if mask.any() else torch.zeros(1)   # log-probs of the completion tokens

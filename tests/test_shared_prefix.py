@@ -201,3 +201,15 @@ def test_length_buckets_give_the_plain_values_and_gradients(model, monkeypatch):
     assert torch.allclose(lp[mask], ref_lp[mask], atol=ATOL)
     for name in ref_g:
         assert torch.allclose(g[name], ref_g[name], atol=ATOL), name
+
+
+def test_a_forward_that_cannot_take_the_cache_falls_back(model, monkeypatch, caplog):
+    batch = grouped_batch(model.config.vocab_size, seed=7)
+
+    def no_cache(*a, **k):
+        raise TypeError("forward() got an unexpected keyword argument 'past_key_values'")
+    monkeypatch.setattr(sp, "completion_logits", no_cache)
+    with torch.no_grad(), caplog.at_level(logging.WARNING):
+        ref = token_logprobs(model, batch, 1.0, False)[0]
+        out = token_logprobs(model, batch, 1.0, False, shared_prefix=True)[0]
+    assert torch.equal(out, ref) and "cannot run the shared-prefix pass" in caplog.text and not sp.usable(model)

@@ -70,6 +70,13 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+def _accepts(model, name: str) -> bool:
+    """The model's forward takes keyword ``name`` (peft wrappers pass keywords on to the base model)."""
+    import inspect
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return name in inspect.signature(target.forward).parameters
+
+
 @ENGINES.register("hf")
 class HFEngine:
     """Rollout engine on a transformers model, usually the learner's own model object (no sync needed)."""
@@ -80,6 +87,8 @@ class HFEngine:
         self.device = torch.device(device) if device else next(model.parameters()).device
         self.eos_ids = self._eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        # the prefill needs the last position's logits only (transformers' logits_to_keep, where the forward has it)
+        self.prefill_kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
 
     @staticmethod
     def _eos_ids(model, tokenizer) -> list[int]:
@@ -136,7 +145,7 @@ class HFEngine:
         eos = torch.tensor(self.eos_ids, device=dev)
 
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
-                         logits_to_keep=1)
+                         **self.prefill_kwargs)
         cache, logits = out.past_key_values, out.logits[:, -1, :][owners]
         if len(unique) < num_rows:
             cache.reorder_cache(owners)
