@@ -19,8 +19,9 @@ own longest completion (full-attention caches only; other cache kinds keep the s
 When the learner uses it (``optim.shared_prefix: true``, the default): a micro-batch whose rows repeat a
 prompt, in one process (DDP broadcasts buffers at every forward, so ranks would have to make equally many
 calls, which the per-micro-batch choice and the length buckets do not guarantee; DeepSpeed expects one forward
-per backward), without gradient checkpointing (transformers turns the KV cache off there), without the lean paths (``optim.logprob_chunk_size``,
-``optim.padding_free``) and not under forward hooks that read a full-sequence pass (GAIN-RL's angle). The first
+per backward), without gradient checkpointing (transformers turns the KV cache off there), without the lean
+paths (``optim.logprob_chunk_size``, ``optim.padding_free``) and not under forward hooks that read a
+full-sequence pass (GAIN-RL's angle). The first
 call per model compares the result with the plain forward once; an architecture whose cache does not
 reproduce it is switched back to the plain path with a warning instead of training on different numbers.
 """
