@@ -30,9 +30,9 @@ from rlpost.learner import Learner, LearnerSettings, build_optimizer, build_sche
 from rlpost.methods import Extras, build_methods, validate_methods
 from rlpost.models.loading import load_model, load_tokenizer, resolve_model_path
 from rlpost.models.lora import reference_model
+from rlpost.models.reference import mix_into_reference
 from rlpost.rewards import RewardManager
 from rlpost.samplers import build_sampler
-from rlpost.models.reference import mix_into_reference
 from rlpost.tracking import Tracker, plot_metrics
 from rlpost.types import Prompt, Trajectory
 from rlpost.workflows import WORKFLOWS
