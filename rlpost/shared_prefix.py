@@ -12,7 +12,8 @@ differentiable: gradients from all n completions of q are summed into q's keys a
 the per-row passes accumulate. Values and gradients equal the plain path's up to float rounding
 (tests/test_shared_prefix.py). The forward/backward work shrinks by about (P + T) / (P / n + T), the memory
 of activations likewise; logits exist only for the completion positions, [B, T, V]. When completion lengths
-vary a lot (padding to the longest would waste > 15% of the completion tokens), the rows are cut into up to 4
+vary a lot (padding to the longest would waste > 15% of the completion tokens, and at least 256 tokens per extra
+pass), the rows are cut into up to 4
 buckets of similar length, each continuing from its own selection of prompt-cache rows and padded only to its
 own longest completion (full-attention caches only; other cache kinds keep the single pass).
 
@@ -112,11 +113,15 @@ def _continue(model, batch, cache, owner_rows, prompt_mask, row_prompt_len, widt
                  past_key_values=cache, use_cache=True).logits
 
 
-def length_buckets(lengths: torch.Tensor, max_buckets: int = 4, tolerated_waste: float = 0.15) -> list[torch.Tensor]:
+def length_buckets(lengths: torch.Tensor, max_buckets: int = 4, tolerated_waste: float = 0.15,
+                   min_waste_tokens: int = 256) -> list[torch.Tensor]:
     """Row indices sorted by completion length, cut into up to ``max_buckets`` equal-count runs; one bucket when
-    padding every row to the longest wastes at most ``tolerated_waste`` of the padded tokens."""
+    padding every row to the longest wastes at most ``tolerated_waste`` of the padded tokens or fewer than
+    ``min_waste_tokens`` per extra bucket (then the extra forward calls would cost more than the padding)."""
     real, longest = float(lengths.sum()), float(lengths.max())
-    if longest * len(lengths) * (1.0 - tolerated_waste) <= real or len(lengths) < 2 * max_buckets:
+    waste = longest * len(lengths) - real
+    if (waste <= tolerated_waste * longest * len(lengths) or waste < min_waste_tokens * (max_buckets - 1)
+            or len(lengths) < 2 * max_buckets):
         return [torch.arange(len(lengths), device=lengths.device)]
     order = torch.argsort(lengths, stable=True)
     return [chunk for chunk in torch.tensor_split(order, max_buckets) if len(chunk)]

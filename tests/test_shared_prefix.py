@@ -177,18 +177,21 @@ def test_bench_script_reports_agreement_and_speed(tmp_path):
 
 def test_length_buckets_by_hand():
     lengths = torch.tensor([9, 1, 2, 8, 1, 3, 7, 2])
-    # padded to 9: 72 tokens for 33 real ones (54% waste) -> 4 equal-count runs of the length-sorted rows
-    assert [b.tolist() for b in sp.length_buckets(lengths)] == [[1, 4], [2, 7], [5, 6], [3, 0]]
-    assert len(sp.length_buckets(torch.tensor([5, 5, 5, 4, 5, 5, 5, 5]))) == 1   # 2.5% waste: one pass
-    assert len(sp.length_buckets(torch.tensor([9, 1, 2]))) == 1                  # too few rows to split
+    # padded to 9: 72 tokens for 33 real ones (39 wasted, 54%) -> 4 equal-count runs of the length-sorted rows
+    assert [b.tolist() for b in sp.length_buckets(lengths, min_waste_tokens=13)] == [[1, 4], [2, 7], [5, 6], [3, 0]]
+    assert len(sp.length_buckets(lengths, min_waste_tokens=14)) == 1             # 39 < 14 x 3 extra passes
+    assert len(sp.length_buckets(lengths)) == 1                                  # default: >= 256 per extra pass
+    assert len(sp.length_buckets(torch.tensor([5, 5, 5, 4, 5, 5, 5, 5]), min_waste_tokens=0)) == 1  # 2.5% waste
+    assert len(sp.length_buckets(torch.tensor([9, 1, 2]), min_waste_tokens=0)) == 1  # too few rows to split
 
 
 def test_length_buckets_give_the_plain_values_and_gradients(model, monkeypatch):
     """Completion lengths 1..9 in 24 rows: the bucketed pass runs (counted) and matches the plain one."""
     batch = grouped_batch(model.config.vocab_size, groups=3, n=8, seed=6)
     calls = []
-    real = sp._select_rows
+    real, real_buckets = sp._select_rows, sp.length_buckets
     monkeypatch.setattr(sp, "_select_rows", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(sp, "length_buckets", lambda lengths: real_buckets(lengths, min_waste_tokens=0))  # tiny batch
     mask = batch.response_mask.bool()
 
     def run(**k):
