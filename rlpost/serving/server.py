@@ -6,7 +6,8 @@ Endpoints (JSON; with a token configured every request needs ``Authorization: Be
 
     GET  /health              {"status": "ok", "pid", "model", "log_file", "host", "port"}
     POST /generate            {"requests": [{"prompt_ids": [...]}], "params": {n, temperature, top_p, top_k,
-                               max_tokens, stop, seed, return_entropy}, "seed_offset": 0}
+                               min_p, repetition_penalty, max_tokens, stop, seed, return_entropy},
+                               "seed_offset": 0}
                               -> {"samples": [{completion_ids, logprobs, text, finish_reason, entropies,
                                   request_index}]}   (request-major, n per request)
     POST /init_communicator   {"host", "port", "rank", "world_size", "backend", "timeout_s"}: join the trainer's
