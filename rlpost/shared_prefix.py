@@ -12,19 +12,19 @@ differentiable: gradients from all n completions of q are summed into q's keys a
 the per-row passes accumulate. Values and gradients equal the plain path's up to float rounding
 (tests/test_shared_prefix.py). The forward/backward work shrinks by about (P + T) / (P / n + T), the memory
 of activations likewise; logits exist only for the completion positions, [B, T, V]. When completion lengths
-vary a lot (padding to the longest would waste > 15% of the completion tokens, and at least 256 tokens per extra
-pass), the rows are cut into up to 4
-buckets of similar length, each continuing from its own selection of prompt-cache rows and padded only to its
-own longest completion (full-attention caches only; other cache kinds keep the single pass).
+vary a lot (padding to the longest would waste > 15% of the completion tokens, and at least 256 tokens per
+extra pass), the rows are cut into up to 4 buckets of similar length, each continuing from its own selection
+of prompt-cache rows and padded only to its own longest completion (full-attention caches only; other cache
+kinds keep the single pass).
 
 When the learner uses it (``optim.shared_prefix: true``, the default): a micro-batch whose rows repeat a
 prompt, in one process (DDP broadcasts buffers at every forward, so ranks would have to make equally many
 calls, which the per-micro-batch choice and the length buckets do not guarantee; DeepSpeed expects one forward
 per backward), without gradient checkpointing (transformers turns the KV cache off there), without the lean
 paths (``optim.logprob_chunk_size``, ``optim.padding_free``) and not under forward hooks that read a
-full-sequence pass (GAIN-RL's angle). The first
-call per model compares the result with the plain forward once; an architecture whose cache does not
-reproduce it is switched back to the plain path with a warning instead of training on different numbers.
+full-sequence pass (GAIN-RL's angle). The first call per model compares the result with the plain forward
+once; an architecture whose cache does not reproduce it is switched back to the plain path with a warning
+instead of training on different numbers.
 """
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ import logging
 import weakref
 
 import torch
+
+from rlpost.engines.hf import forward_accepts
+from rlpost.logprobs import unwrap_causal_lm
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +79,9 @@ def completion_logits(model, batch, owners_first: tuple[torch.Tensor, list[int]]
     prompt_mask = (src >= 0).long()
     prompt_ids = batch.input_ids[first_rows].gather(1, src.clamp(min=0))
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    keep_last = {"logits_to_keep": 1} if forward_accepts(unwrap_causal_lm(model), "logits_to_keep") else {}
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1)
+                **keep_last)
     first_logits = out.logits[:, -1][owners][:, None]                         # [B, 1, V]: predicts o_0
     B, T = batch.completion_ids.shape
     if T == 1:
@@ -137,7 +141,6 @@ def _select_rows(cache, index: torch.Tensor, model):
     """A new DynamicCache holding rows ``index`` of ``cache`` (differentiable: gradients reach the prompt pass)."""
     from transformers import DynamicCache
 
-    from rlpost.logprobs import unwrap_causal_lm
     picked = DynamicCache(config=unwrap_causal_lm(model).config)
     for layer_idx, layer in enumerate(cache.layers):
         picked.update(layer.keys.index_select(0, index), layer.values.index_select(0, index), layer_idx)
@@ -146,7 +149,6 @@ def _select_rows(cache, index: torch.Tensor, model):
 
 def usable(model) -> bool:
     """Not yet found to disagree with the plain pass, and the KV cache is on (no gradient checkpointing)."""
-    from rlpost.logprobs import unwrap_causal_lm
     lm = unwrap_causal_lm(model)
     return lm not in _unsupported and not getattr(lm, "is_gradient_checkpointing", False)
 
@@ -154,7 +156,6 @@ def usable(model) -> bool:
 @torch.no_grad()
 def verify_once(model, batch, plain_logits_fn, owners_first=None) -> bool:
     """On the first call per model, compare the completion tokens' log-probs with the plain pass; remember the answer."""
-    from rlpost.logprobs import unwrap_causal_lm
     lm = unwrap_causal_lm(model)
     if lm in _verified:
         return True

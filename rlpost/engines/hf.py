@@ -70,7 +70,7 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def _accepts(model, name: str) -> bool:
+def forward_accepts(model, name: str) -> bool:
     """The model's forward takes keyword ``name`` (peft wrappers pass keywords on to the base model)."""
     import inspect
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -88,7 +88,7 @@ class HFEngine:
         self.eos_ids = self._eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         # the prefill needs the last position's logits only (transformers' logits_to_keep, where the forward has it)
-        self.prefill_kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+        self.prefill_kwargs = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
 
     @staticmethod
     def _eos_ids(model, tokenizer) -> list[int]:
