@@ -421,6 +421,12 @@ class Runtime:
         return state["rng"]
 
     def close(self) -> None:
+        if self.ds_engine is not None:  # ZeRO-3: release its hooks and optimizer state before the process group
+            try:
+                self.ds_engine.destroy()
+            except Exception:  # pragma: no cover - best effort at exit
+                pass
+            self.ds_engine = None
         if self.enabled and is_initialized():
             try:
                 _dist().destroy_process_group()
