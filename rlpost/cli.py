@@ -15,8 +15,12 @@ TRAIN_EPILOG = """examples:
 """
 
 MAKE_TINY_EPILOG = """examples:
-  rlpost make-tiny                         # qwen2 on arithmetic, into the cache
+  rlpost make-tiny                         # rebuild qwen2 on arithmetic, into the cache
   rlpost make-tiny --arch llama --out models/tiny-llama
+  python scripts/make_tiny_checkpoints.py  # rebuild every shipped checkpoint in place
+
+tiny:<arch>:<task> in a config loads the shipped checkpoint (rlpost/models/tiny_checkpoints/), not a rebuild:
+a rebuild lands in the same accuracy band but not on the same bits (float arithmetic differs between machines).
 """
 
 
@@ -53,13 +57,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_make_tiny(args) -> int:
-    from rlpost.models.tiny import TinySpec, ensure_tiny, make_tiny
+    from rlpost.models.tiny import TinySpec, cache_root, make_tiny
 
     spec = TinySpec(arch=args.arch, task=args.task, seed=args.seed)
-    path = make_tiny(spec, args.out) if args.out else ensure_tiny(spec)
+    path = make_tiny(spec, args.out or cache_root() / "tiny" / spec.key())
     info = json.loads((path / "rlpost_tiny.json").read_text())
     print(f"tiny {args.arch} model for {args.task}: {path} (warm-start {info['sft_steps']} SFT steps, "
-          f"held-out accuracy {info['held_out_accuracy']:.2f})")
+          f"held-out accuracy {info['held_out_accuracy']:.3f}, band [{spec.acc_low:.2f}, {spec.acc_high:.2f}])")
     return 0
 
 
@@ -78,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-tiny", help="build a tiny Qwen2/LLaMA model + char tokenizer, warm-started on a task",
                        description="Build a tiny model from code (head_dim >= 32), warm-start it with a short SFT "
-                                   "until held-out accuracy is between 10% and 50%, and save it with save_pretrained.",
+                                   "that stops at the first held-out evaluation (every 5 steps) inside the task's "
+                                   "accuracy band (arithmetic 20-30%, countdown 10-20%), and save it with "
+                                   "save_pretrained.",
                        epilog=MAKE_TINY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="qwen2", choices=["qwen2", "llama"])
     p.add_argument("--task", default="arithmetic")

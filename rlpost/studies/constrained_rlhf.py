@@ -40,16 +40,28 @@ RM_KINDS = {"rm_answer": "last_digit", "rm_length": "length"}
 
 # --------------------------------------------------------------------------------------------- reward models
 
-def train_rms(rm_dir: Path, base_model: str, pairs: int, steps: int, seed: int = 0, force: bool = False) -> dict:
-    """Train (or reuse) the two tiny RMs; returns {name: {path, train_accuracy, eval_accuracy}}."""
+# The two RMs the study and recipes/constrained_rlhf/tiny_*.yaml use, committed (built by
+# scripts/make_tiny_checkpoints.py with the study's defaults): an RM trained on another machine is another RM.
+SHIPPED_RM_DIR = Path(__file__).resolve().parents[2] / "reward_models" / "tiny"
+
+
+def train_rms(rm_dir: Path, base_model: str, pairs: int, steps: int, seed: int = 0, force: bool = False,
+              use_shipped: bool = True) -> dict:
+    """The two tiny RMs; returns {name: {path, train_accuracy, eval_accuracy}}. A shipped RM
+    (``reward_models/tiny/<name>``) built with the same settings is used as it is unless ``force``; otherwise
+    the RM is trained into ``rm_dir`` (or reused from there)."""
     from rlpost.reward_modeling import make_preference_pairs, train_reward_model
 
     out = {}
     for name, kind in RM_KINDS.items():
-        path = rm_dir / name
-        meta_path = path / "rlpost_rm.json"
         want = {"kind": kind, "pairs": pairs, "steps": steps, "seed": seed, "base_model": base_model}
+        path = SHIPPED_RM_DIR / name
+        meta_path = path / "rlpost_rm.json"
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        if force or not use_shipped or meta.get("study") != want:
+            path = rm_dir / name
+            meta_path = path / "rlpost_rm.json"
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         if force or meta.get("study") != want:
             log.info("training reward model %s (%s pairs, %d steps)", name, kind, steps)
             train = make_preference_pairs("arithmetic", kind, n=pairs, seed=seed)

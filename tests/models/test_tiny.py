@@ -40,7 +40,51 @@ def test_head_dim_and_refs_are_validated():
         parse_tiny_ref("tiny:qwen2")
 
 
-def test_warm_started_model_is_in_the_band(tiny_model_path):
-    info = json.loads((tiny_model_path / "rlpost_tiny.json").read_text())
-    assert 0.10 <= info["held_out_accuracy"] <= 0.50
-    assert info["spec"]["arch"] == "qwen2"
+SHIPPED = [("qwen2", "arithmetic", 0.20, 0.30), ("llama", "arithmetic", 0.20, 0.30), ("qwen2", "countdown", 0.10, 0.20)]
+
+
+@pytest.mark.parametrize("arch, task, low, high", SHIPPED)
+def test_tiny_refs_load_the_shipped_checkpoints_without_building(arch, task, low, high, tmp_path, monkeypatch):
+    """tiny:<arch>:<task> is the committed folder (safetensors + tokenizer + card), whatever the cache holds:
+    nothing warm-starts, so every machine starts from the same bits."""
+    import rlpost.models.tiny as tiny
+    monkeypatch.setenv("RLPOST_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(tiny, "make_tiny", lambda *a, **k: pytest.fail("a shipped tiny model was rebuilt"))
+    path = tiny.ensure_tiny(f"tiny:{arch}:{task}")
+    assert path == tiny.SHIPPED_DIR / f"{arch}-{task}"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "CARD.md"} <= {p.name for p in path.iterdir()}
+    info = json.loads((path / "rlpost_tiny.json").read_text())
+    assert info["spec"]["arch"] == arch and info["spec"]["task"] == task
+    assert low <= info["held_out_accuracy"] <= high and (info["spec"]["acc_low"], info["spec"]["acc_high"]) == (low, high)
+    assert f"{info['held_out_accuracy']:.3f}" in (path / "CARD.md").read_text()
+    assert AutoModelForCausalLM.from_pretrained(path).config.model_type == arch
+    assert not (tmp_path / "empty-cache").exists()
+
+
+def test_other_seeds_and_sizes_are_not_the_shipped_checkpoint():
+    from rlpost.models.tiny import shipped_checkpoint
+    assert shipped_checkpoint(TinySpec()) is not None
+    assert shipped_checkpoint(TinySpec(seed=1)) is None
+    assert shipped_checkpoint(TinySpec(hidden_size=64, num_heads=2)) is None
+
+
+def test_warm_start_stops_at_the_first_evaluation_inside_the_band(monkeypatch):
+    """The stopping rule: evaluate every ``eval_every`` steps, stop at the first accuracy in [acc_low, acc_high]
+    (a trajectory that differs in the last bit still stops inside the band)."""
+    import rlpost.models.tiny as tiny
+    accs = iter([0.05, 0.12, 0.19, 0.24, 0.27])
+    seen = []
+
+    def fake_accuracy(*args, **kwargs):
+        seen.append(1)
+        return next(accs)
+    monkeypatch.setattr(tiny, "greedy_accuracy", fake_accuracy)
+    tok = build_char_tokenizer()
+    spec = TinySpec(hidden_size=64, num_heads=2, num_kv_heads=1, intermediate_size=64, eval_every=2, batch_size=4)
+    model = build_model(spec, len(tok), tok.eos_token_id, tok.pad_token_id)
+    stats = tiny.warm_start(model, tok, spec)
+    assert (stats["sft_steps"], stats["held_out_accuracy"], len(seen)) == (8, 0.24, 4)
+    with pytest.raises(RuntimeError, match="never entered"):
+        monkeypatch.setattr(tiny, "greedy_accuracy", lambda *a, **k: 0.5)
+        tiny.warm_start(model, tok, TinySpec(hidden_size=64, num_heads=2, num_kv_heads=1, intermediate_size=64,
+                                             eval_every=2, batch_size=4, max_sft_steps=4))
