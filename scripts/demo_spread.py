@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,17 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CAPPED = {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"}
-
-
-def cpu_vector_flags() -> str:
-    """The AVX flags of this CPU (what decides the native float path), e.g. ``avx2 avx512f``."""
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-    wanted = [f for f in flags if f in ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_tile")]
-    return " ".join(wanted) or "no avx"
+sys.path.insert(0, str(ROOT))
+from rlpost.provenance import CAPPED_ENV as CAPPED, cpu_vector_flags  # noqa: E402
 
 
 def accuracy_curve(metrics: Path) -> list[tuple[int, float]]:

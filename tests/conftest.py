@@ -1,4 +1,4 @@
-"""Shared fixtures. No test reaches a hub; the tiny model is built once per machine into .cache/."""
+"""Shared fixtures. No test reaches a hub; tiny models are the shipped checkpoints (nothing is warm-started)."""
 import os
 from pathlib import Path
 
@@ -12,8 +12,31 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def learning_seed() -> int:
+    """The training seed of the tests that assert a learning outcome (marker ``learning``). CI runs seed 0;
+    ``python scripts/learning_spread.py`` runs them for seeds 0, 1, 2 on the native and a capped float path and
+    prints the spread of every value they report, which is what their margins rest on."""
+    return int(os.environ.get("RLPOST_TEST_SEED", "0"))
+
+
+@pytest.fixture(scope="session")
+def report_learning():
+    """``report_learning(name, value)``: record a learned quantity (a gain, an accuracy) for
+    scripts/learning_spread.py (appended to ``$RLPOST_LEARNING_LOG`` when set; a no-op otherwise)."""
+    import json
+
+    def report(name: str, value: float) -> None:
+        log = os.environ.get("RLPOST_LEARNING_LOG")
+        if log:
+            with open(log, "a") as f:
+                f.write(json.dumps({"name": name, "value": float(value),
+                                    "seed": int(os.environ.get("RLPOST_TEST_SEED", "0"))}) + "\n")
+    return report
+
+
+@pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    """The warm-started tiny Qwen2 arithmetic model (built on first use, then cached)."""
+    """The shipped tiny Qwen2 arithmetic checkpoint (rlpost/models/tiny_checkpoints/qwen2-arithmetic)."""
     from rlpost.models.tiny import ensure_tiny
     return ensure_tiny("tiny:qwen2:arithmetic")
 

@@ -91,6 +91,9 @@ TASK_WARM_START: dict[str, dict] = {
 
 # Committed checkpoints (seed 0, default size): see CARD.md in each folder.
 SHIPPED_DIR = Path(__file__).resolve().parent / "tiny_checkpoints"
+# Shipped models trained from scratch on protocol traces with their own tokenizers (not by make-tiny): their
+# rebuild scripts. tiny:llama:apr_countdown and tiny:llama:a2fm_mini resolve to the shipped folders.
+PRETRAINED_ONLY = {"apr_countdown": "scripts/apr_pretrain.py", "a2fm_mini": "scripts/a2fm_pretrain.py"}
 
 
 def cache_root() -> Path:
@@ -242,6 +245,10 @@ def ensure_tiny(ref_or_spec: str | TinySpec) -> Path:
     shipped = shipped_checkpoint(spec)
     if shipped is not None:
         return shipped
+    if spec.task in PRETRAINED_ONLY:
+        raise ValueError(f"tiny:{spec.arch}:{spec.task}: only the shipped seed-0 checkpoint exists "
+                         f"(rlpost/models/tiny_checkpoints/{spec.shipped_name()}); build another with "
+                         f"{PRETRAINED_ONLY[spec.task]} and pass its folder as model.name_or_path")
     path = cache_root() / "tiny" / spec.key()
     if not (path / "config.json").exists():
         log.warning("building tiny model %s (no shipped checkpoint: a one-off warm-start whose result depends on "

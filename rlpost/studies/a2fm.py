@@ -157,8 +157,9 @@ def run(output_dir: str | Path = "results/a2fm", seeds=(0,), steps: int = 30, *,
     before_cache: dict = {}
     for seed in seeds:
         s_seed = seed if sft_seed is None else sft_seed
+        default_sft = (n_sft, sft_time_s, sft_stages) == (6000, 1200, 2)    # what the shipped checkpoint used
         sft_dir, info = warm_start(pretrain, out / "runs", s_seed, reuse=reuse, stages=sft_stages, n_examples=n_sft,
-                                   time_budget_s=sft_time_s)
+                                   time_budget_s=sft_time_s, shipped="llama-a2fm_mini" if default_sft else None)
         if sft_dir not in before_cache:
             before_cache[sft_dir] = evaluate(sft_dir, rows, samples=eval_samples, seed=0)
         before = before_cache[sft_dir]

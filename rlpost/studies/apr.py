@@ -212,8 +212,10 @@ def run(output_dir: str | Path = "results/apr", seeds=(0,), steps: int = 40, *, 
     before_cache: dict = {}
     for seed in seeds:
         s_seed = seed if sft_seed is None else sft_seed
+        default_sft = (n_traces, sft_time_s, sft_stages) == (6000, 1500, 2)  # what the shipped checkpoint used
         sft_dir, info = warm_start(partial(pretrain, "both"), out / "runs", s_seed, reuse=reuse, stages=sft_stages,
-                                   n_traces=n_traces, time_budget_s=sft_time_s)
+                                   n_traces=n_traces, time_budget_s=sft_time_s,
+                                   shipped="llama-apr_countdown" if default_sft else None)
         for kind in methods:
             key = f"{kind}-s{seed}"
             if (sft_dir, kind) not in before_cache:  # greedy: the same model gives the same numbers

@@ -205,9 +205,15 @@ def pretrain_stages(pretrain, out_dir: str | Path, *, stages: int, seed: int, **
     return out
 
 
-def warm_start(pretrain, runs_dir: str | Path, seed: int, *, reuse: bool, stages: int, **kwargs) -> tuple[Path, dict]:
-    """The SFT model ``runs_dir/sft-s<seed>`` (trained by :func:`pretrain_stages` unless ``reuse`` and it is
-    there) and the info its ``rlpost_study.json`` holds."""
+def warm_start(pretrain, runs_dir: str | Path, seed: int, *, reuse: bool, stages: int, shipped: str | None = None,
+               **kwargs) -> tuple[Path, dict]:
+    """The SFT model and the info its ``rlpost_study.json`` holds: the committed checkpoint ``shipped``
+    (a folder of rlpost/models/tiny_checkpoints, used for seed 0 with the default settings when ``reuse``: an SFT of
+    this length on another machine is another model), else ``runs_dir/sft-s<seed>`` (trained by
+    :func:`pretrain_stages` unless ``reuse`` and it is there)."""
+    from rlpost.models.tiny import SHIPPED_DIR
+    if shipped and reuse and seed == 0 and (SHIPPED_DIR / shipped / "rlpost_study.json").exists():
+        return SHIPPED_DIR / shipped, json.loads((SHIPPED_DIR / shipped / "rlpost_study.json").read_text())
     sft_dir = Path(runs_dir) / f"sft-s{seed}"
     if not (reuse and (sft_dir / "config.json").exists()):
         pretrain_stages(pretrain, sft_dir, stages=stages, seed=seed, **kwargs)
