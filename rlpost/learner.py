@@ -265,6 +265,10 @@ class Learner:
         if fixed.get("entropy_mask") is not None:  # forking tokens: policy term on high-entropy tokens only
             loss_mat = loss_mat * fixed["entropy_mask"]
             metrics["policy/entropy_mask_frac"] = masked_mean(fixed["entropy_mask"], mask).item()
+        if s.vllm_is is not None:  # tokens came from the sampler, not pi_old: truncated importance weights on the
+            # policy-gradient term only (as TRL and verl); the KL and entropy terms below are not reweighted
+            is_weights, is_metrics = importance_weights(old_lp, mb.sampler_logprobs, mask, s.vllm_is)
+            loss_mat, metrics = loss_mat * is_weights, {**metrics, **is_metrics}
         if s.beta > 0:
             kl = self.kl_fn(logp, fixed["ref_logprobs"])
             loss_mat = loss_mat + s.beta * kl
@@ -273,9 +277,6 @@ class Learner:
             metrics["policy/entropy"] = masked_mean(entropy.detach(), mask).item()
             if s.entropy_coef > 0:
                 loss_mat = loss_mat - s.entropy_coef * entropy
-        if s.vllm_is is not None:  # tokens came from the sampler, not pi_old: truncated importance weights
-            is_weights, is_metrics = importance_weights(old_lp, mb.sampler_logprobs, mask, s.vllm_is)
-            loss_mat, metrics = loss_mat * is_weights, {**metrics, **is_metrics}
         with torch.no_grad():
             metrics["rollout/logprob_diff"] = masked_mean((logp.detach() - mb.sampler_logprobs).abs(), mask).item()
             metrics["rollout/kl_sampler_learner"] = sampler_learner_kl(old_lp, mb.sampler_logprobs, mask).item()

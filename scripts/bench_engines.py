@@ -100,6 +100,8 @@ def bench_one(name: str, path: str, engine_name: str, args) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
+    from rlpost.provenance import describe
+    print(f"\nbench_engines, {describe()}")
     print("\n| model | params | engine | sequences | tokens | seconds | tokens/s | vs hf | CPU s | tokens/CPU-s | vs hf |")
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     hf = {}

@@ -159,6 +159,8 @@ def main() -> None:
         args.model = str(ensure_tiny("tiny:qwen2:arithmetic"))
     elif args.model == "random-tiny":
         args.model = build_random_tiny("runs/bench/random-tiny")
+    from rlpost.provenance import describe
+    print(f"bench_vs_trl, {describe()}")
     print(f"model {args.model}; {PROMPTS} prompts x {GENERATIONS} generations, {args.steps} steps, "
           f"{args.repeats} alternating repeats, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
           + (f", rlpost overrides {args.override}" if args.override else "") + "\n")

@@ -95,8 +95,12 @@ def test_qlora_needs_bitsandbytes_and_cuda():
         quantization_kwargs(cfg, torch.device("cpu"))
 
 
+LORA_MIN_REWARD_GAIN = 0.04   # PLACEHOLDER until measured
+
+
 @pytest.mark.slow
-def test_lora_run_learns_and_saves_a_peft_adapter(tmp_path, tiny_model_path):
+@pytest.mark.learning
+def test_lora_run_learns_and_saves_a_peft_adapter(tmp_path, tiny_model_path, learning_seed, report_learning):
     """25 GRPO steps with rank-16 adapters at lr 1e-3 (about 30-45 s on 2 CPU cores): the mean reward of the last
     five steps is clearly above the first five (measured 0.12 -> 0.22), only adapters were trained, and the
     final adapter loads with peft (its logits equal those of the merged copy)."""
@@ -104,12 +108,13 @@ def test_lora_run_learns_and_saves_a_peft_adapter(tmp_path, tiny_model_path):
     out = tmp_path / "lora"
     code = main(["train", "configs/tiny/arith_grpo.yaml", f"trainer.output_dir={out}", "trainer.max_steps=25",
                  "trainer.eval_steps=0", "data.num_eval=8", "trainer.progress_bar=false", "trainer.report_to=[]",
-                 "model.lora.r=16", "model.lora.alpha=32", "optim.learning_rate=1e-3"])
+                 "model.lora.r=16", "model.lora.alpha=32", "optim.learning_rate=1e-3", f"trainer.seed={learning_seed}"])
     assert code == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rewards = [r["reward/mean"] for r in rows if "reward/mean" in r]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
-    assert last > first + 0.04, (first, last, rewards)
+    report_learning("lora_reward_gain_last5_vs_first5", last - first)
+    assert last > first + LORA_MIN_REWARD_GAIN, (first, last, rewards)
     final = out / "final_model"
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     trained = PeftModel.from_pretrained(base, final)

@@ -27,6 +27,10 @@ def test_micro_reproduction(tmp_path):
     table = (tmp_path / "results/adora/table.md").read_text()
     assert "| GRPO |" in table and "| ADORA |" in table and "## arithmetic" in table
     assert "ADORA's own signals" in table and "`adora/tas_frac`" in table
+    from rlpost.models.tiny import ensure_tiny
+    from rlpost.provenance import checkpoint_digest, float_path
+    digest = checkpoint_digest(ensure_tiny("tiny:qwen2:arithmetic"))
+    assert f"float path: {float_path()}" in table and f"`tiny:qwen2:arithmetic` (sha256 {digest})" in table
     assert (tmp_path / "results/adora/curves.png").stat().st_size > 1000
     runs = json.loads((tmp_path / "results/adora/runs.json").read_text())["runs"]
     assert [r["curve"][-1][0] for r in runs] == [2, 2]

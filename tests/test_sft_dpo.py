@@ -21,17 +21,20 @@ def losses(out):
 
 
 @pytest.fixture(scope="module")
-def sft_run(tmp_path_factory, tiny_model_path):
+def sft_run(tmp_path_factory, tiny_model_path, learning_seed):
     out = tmp_path_factory.mktemp("sft") / "nll"
-    code = main(["sft", SFT, f"trainer.output_dir={out}", "trainer.max_steps=12", *SMALL])
+    code = main(["sft", SFT, f"trainer.output_dir={out}", "trainer.max_steps=12", f"trainer.seed={learning_seed}",
+                 *SMALL])
     return code, out
 
 
-def test_sft_cli_nll_loss_decreases_and_logs_implicit_reward(sft_run, capsys):
+@pytest.mark.learning
+def test_sft_cli_nll_loss_decreases_and_logs_implicit_reward(sft_run, capsys, report_learning):
     code, out = sft_run
     assert code == 0
     logged = rows(out)
     first, last = losses(out)[0], losses(out)[-1]
+    report_learning("sft_loss_drop", first - last)
     assert last < first, (first, last)
     train = [r for r in logged if "loss" in r]
     for key in ("sft/nll", "sft/implicit_reward", "sft/kl_to_initial", "learning_rate", "grad_norm"):
@@ -58,14 +61,17 @@ def test_sft_f_divergence_objective_and_lr_reduction(tmp_path, tiny_model_path):
     assert max(r["learning_rate"] for r in train) <= 3e-4 * 0.5 + 1e-12
 
 
-def test_dpo_cli_from_sft_checkpoint(sft_run, tmp_path):
+@pytest.mark.learning
+def test_dpo_cli_from_sft_checkpoint(sft_run, tmp_path, learning_seed, report_learning):
     _, sft_out = sft_run
     out = tmp_path / "dpo"
     code = main(["dpo", DPO, f"model.name_or_path={sft_out / 'final_model'}", f"trainer.output_dir={out}",
-                 "trainer.max_steps=9", "dpo.learning_rate=5e-4", "data.num_train=16", *SMALL[1:4]])
+                 "trainer.max_steps=9", "dpo.learning_rate=5e-4", "data.num_train=16", f"trainer.seed={learning_seed}",
+                 *SMALL[1:4]])
     assert code == 0
     train = [r for r in rows(out) if "loss" in r]
     assert train[0]["loss"] == pytest.approx(0.6931, abs=0.02)   # policy == reference at the start
+    report_learning("dpo_loss_drop", train[0]["loss"] - train[-1]["loss"])
     assert train[-1]["loss"] < train[0]["loss"]
     assert "rewards/margins" in train[-1] and "rewards/accuracies" in train[-1]
     assert (out / "final_model" / "config.json").exists()

@@ -126,3 +126,40 @@ def test_learner_applies_the_weights(random_tiny_model, char_tokenizer):
     assert plain["rollout/kl_sampler_learner"] == pytest.approx(0.0, abs=1e-6)
     assert masked["loss"] == 0.0 and masked["rollout/is_ratio/outside_frac"] == 1.0
     assert masked["rollout/kl_sampler_learner"] > 1.0
+
+
+def test_weights_scale_the_policy_term_only(random_tiny_model, char_tokenizer):
+    """With beta > 0, IS weights multiply the policy-gradient term and leave the KL penalty alone (TRL, verl).
+    A sampler 5 nats below the learner on every token masks every row (sequence_mask), so the loss is exactly
+    beta * token-mean(k3), k3 = exp(ref - logp) - (ref - logp) - 1, computed here from the two models' log-probs."""
+    from rlpost.learner import batched_logprobs
+    torch.manual_seed(0)
+    ref = copy.deepcopy(random_tiny_model).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    beta = 0.3
+
+    def run(corr, shift):
+        model = copy.deepcopy(random_tiny_model).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        settings = LearnerSettings("grpo", ClipParams(), "token-mean", max_completion_length=3, max_grad_norm=0.0,
+                                   vllm_is=corr, beta=beta, kl_estimator="k3")
+        learner = Learner(model, opt, build_scheduler(opt, OptimConfig(), 1), settings, ref_model=ref)
+        batch = _batch(char_tokenizer, 0.0)
+        logp = batched_logprobs(model, batch, settings, False)[0]
+        batch.sampler_logprobs = logp - shift
+        adv = torch.tensor([[1.0], [-1.0], [1.0], [1.0]]).expand(4, 3) * batch.response_mask
+        ref_lp = batched_logprobs(ref, batch, settings, False)[0]
+        return learner.update(batch, adv, learner.prepare(batch)), logp, ref_lp, batch.response_mask
+
+    metrics, logp, ref_lp, mask = run(ISCorrection("sequence_mask"), 5.0)
+    d = ref_lp - logp
+    k3 = (torch.exp(d) - d - 1.0) * mask
+    expected = beta * (k3.sum() / mask.sum()).item()
+    assert metrics["rollout/is_ratio/outside_frac"] == 1.0 and expected > 1e-4
+    assert metrics["loss"] == pytest.approx(expected, rel=1e-4)
+    assert metrics["kl"] == pytest.approx(expected / beta, rel=1e-4)
+    # no correction: the policy term -token-mean(A * ratio) = -(1 - 1 + 1 + 1) / 4 = -0.5 at ratio 1, plus the KL
+    plain, *_ = run(None, 0.0)
+    assert plain["loss"] == pytest.approx(expected - 0.5, rel=1e-4)
