@@ -1,6 +1,7 @@
 """LoRA through peft (model.lora): merged weights for engine sync, adapters that peft loads, a run that learns."""
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -95,26 +96,54 @@ def test_qlora_needs_bitsandbytes_and_cuda():
         quantization_kwargs(cfg, torch.device("cpu"))
 
 
-LORA_MIN_REWARD_GAIN = 0.04   # PLACEHOLDER until measured
+def test_lora_update_raises_the_surrogate_through_the_adapters_only(random_tiny_model, char_tokenizer):
+    """One learner update of a peft model (B = 0 at the start, so it starts at the base model): the GRPO surrogate
+    sum_t A_t * log pi(y_t) rises (first order: SGD moves along its gradient), and only adapter weights move. A
+    property of the math on any float path, unlike a reward threshold after a short run (measured with
+    scripts/learning_spread.py: a 25-40-step LoRA run's reward gain ranged -0.04..+0.07 over seeds)."""
+    from rlpost.algos.losses import ClipParams
+    from rlpost.batch import collate
+    from rlpost.config import OptimConfig
+    from rlpost.learner import Learner, LearnerSettings, batched_logprobs, build_scheduler
+    from rlpost.types import Prompt, Sample, Trajectory
+    torch.manual_seed(0)
+    model = get_peft_model(copy.deepcopy(random_tiny_model).float(),
+                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear")).train()
+    prompt = char_tokenizer("12+34=", add_special_tokens=False)["input_ids"]
+    trajs = [Trajectory(Prompt(0, "p"), 0, [Sample(prompt_ids=prompt, completion_ids=[10 + i, 20 + i, 30],
+                                                    logprobs=[0.0] * 3)], "", reward=float(i % 2)) for i in range(4)]
+    batch = collate(trajs, char_tokenizer.pad_token_id)
+    adv = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]]).expand(4, 3) * batch.response_mask
+    settings = LearnerSettings("grpo", ClipParams(), "token-mean", max_completion_length=3, max_grad_norm=0.0)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    learner = Learner(model, opt, build_scheduler(opt, OptimConfig(), 1), settings)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    with torch.no_grad():
+        before = batched_logprobs(model, batch, settings, False)[0]
+    learner.update(batch, adv, learner.prepare(batch))
+    with torch.no_grad():
+        after = batched_logprobs(model, batch, settings, False)[0]
+    gain = ((after - before) * adv).sum().item()
+    assert gain > 1e-4, gain
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
+    assert any("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
 
 
 @pytest.mark.slow
-@pytest.mark.learning
-def test_lora_run_learns_and_saves_a_peft_adapter(tmp_path, tiny_model_path, learning_seed, report_learning):
-    """25 GRPO steps with rank-16 adapters at lr 1e-3 (about 30-45 s on 2 CPU cores): the mean reward of the last
-    five steps is clearly above the first five (measured 0.12 -> 0.22), only adapters were trained, and the
-    final adapter loads with peft (its logits equal those of the merged copy)."""
+def test_lora_run_trains_and_saves_a_peft_adapter(tmp_path, tiny_model_path):
+    """25 GRPO steps with rank-16 adapters at lr 1e-3 through `rlpost train` (seconds on 2 CPU cores): the run
+    logs finite losses with non-zero gradients, the final adapter loads with peft, its logits equal those of the
+    merged copy and differ from the base model's. (Whether the reward rises in 25 steps depends on the seed and
+    the float path; the learning direction is tested above.)"""
     from rlpost.cli import main
     out = tmp_path / "lora"
     code = main(["train", "configs/tiny/arith_grpo.yaml", f"trainer.output_dir={out}", "trainer.max_steps=25",
                  "trainer.eval_steps=0", "data.num_eval=8", "trainer.progress_bar=false", "trainer.report_to=[]",
-                 "model.lora.r=16", "model.lora.alpha=32", "optim.learning_rate=1e-3", f"trainer.seed={learning_seed}"])
+                 "model.lora.r=16", "model.lora.alpha=32", "optim.learning_rate=1e-3"])
     assert code == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    rewards = [r["reward/mean"] for r in rows if "reward/mean" in r]
-    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
-    report_learning("lora_reward_gain_last5_vs_first5", last - first)
-    assert last > first + LORA_MIN_REWARD_GAIN, (first, last, rewards)
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == 25 and all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in steps)
     final = out / "final_model"
     base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     trained = PeftModel.from_pretrained(base, final)

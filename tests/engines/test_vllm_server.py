@@ -146,8 +146,10 @@ def train(tmp_path, name, *overrides):
 
 
 ARITH = ["trainer.max_steps=20", "trainer.eval_steps=0", "data.num_eval=128", "rollout.prompts_per_step=16"]
-MIN_ENGINE_GAIN = -1.0        # PLACEHOLDER until measured
-MAX_ENGINE_GAIN_DIFF = 1.0    # PLACEHOLDER until measured
+# |hf gain - vllm gain| over 20 steps: measured -0.047..+0.039 (scripts/learning_spread.py, seeds 0-2 x native and
+# capped float path; the gains themselves were -0.06..+0.06: 20 steps do not yet move held-out accuracy, see
+# tests/test_train_e2e.py::test_grpo_learns_held_out_arithmetic for the learning claim). 0.15 is 3x the widest.
+MAX_ENGINE_GAIN_DIFF = 0.15
 
 
 def accuracy_gain(rows):
@@ -156,13 +158,12 @@ def accuracy_gain(rows):
 
 
 @pytest.mark.learning
-def test_arithmetic_gain_is_the_same_with_hf_vllm_and_two_workers(workers, tmp_path, monkeypatch, learning_seed,
-                                                                   report_learning):
+def test_hf_vllm_and_two_workers_train_alike(workers, tmp_path, monkeypatch, learning_seed, report_learning):
     """The tiny GRPO run (20 steps, 16 prompts x 8 samples, from the shipped checkpoint) with rollout.engine = hf,
-    vllm (colocated) and vllm_server (the two workers): vllm_server draws the very samples of vllm (seeds are per
-    row), so the two runs log the same rewards and accuracies; every engine improves held-out accuracy (128
-    prompts) and hf's gain is within noise of vLLM's. Margins from scripts/learning_spread.py (seeds 0-2 x
-    native/capped float path): see the bounds below."""
+    vllm (colocated) and vllm_server (the two workers). vllm_server draws the very samples of vllm (seeds are per
+    row): the two runs log the same rewards and held-out accuracies, step by step. hf samples with its own
+    generator, so its run differs in detail: its held-out change stays within MAX_ENGINE_GAIN_DIFF of vLLM's. Both
+    vLLM paths keep the sampler's log-probs equal to the learner's."""
     urls = "[" + ",".join(h.url for h in workers) + "]"
     monkeypatch.setenv("RLPOST_SERVE_TOKEN", TOKEN)   # (a token in rollout.server_token would land in config.yaml)
     gains, runs = {}, {}
@@ -176,11 +177,13 @@ def test_arithmetic_gain_is_the_same_with_hf_vllm_and_two_workers(workers, tmp_p
             assert max(r["rollout/logprob_diff"] for r in rows if "loss" in r) < TOL
             assert max(r["rollout/kl_sampler_learner"] for r in rows if "loss" in r) < 1e-6
     print("accuracy gains", gains)
-    same = lambda key: [round(r[key], 4) for r in runs["vllm"] if key in r] == \
-        [round(r[key], 4) for r in runs["vllm_server"] if key in r]  # noqa: E731
-    assert same("reward/mean") and same("eval/accuracy"), "vllm_server should sample exactly what vllm samples"
+
+    def series(engine, key):
+        return [round(r[key], 4) for r in runs[engine] if key in r]
+    assert series("vllm", "reward/mean") == series("vllm_server", "reward/mean")
+    assert series("vllm", "eval/accuracy") == series("vllm_server", "eval/accuracy")
+    assert len(series("hf", "reward/mean")) == len(series("vllm", "reward/mean")) == 20
     report_learning("engine_gain_hf_minus_vllm", gains["hf"] - gains["vllm"])
-    assert min(gains.values()) >= MIN_ENGINE_GAIN, gains
     assert abs(gains["hf"] - gains["vllm"]) <= MAX_ENGINE_GAIN_DIFF, gains
 
 

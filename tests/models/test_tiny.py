@@ -88,3 +88,13 @@ def test_warm_start_stops_at_the_first_evaluation_inside_the_band(monkeypatch):
         monkeypatch.setattr(tiny, "greedy_accuracy", lambda *a, **k: 0.5)
         tiny.warm_start(model, tok, TinySpec(hidden_size=64, num_heads=2, num_kv_heads=1, intermediate_size=64,
                                              eval_every=2, batch_size=4, max_sft_steps=4))
+
+
+def test_the_apr_checkpoint_is_shipped_and_other_seeds_say_how_to_build_one():
+    import rlpost.models.tiny as tiny
+    path = tiny.ensure_tiny("tiny:llama:apr_countdown")
+    assert path == tiny.SHIPPED_DIR / "llama-apr_countdown" and (path / "CARD.md").exists()
+    info = json.loads((path / "rlpost_study.json").read_text())
+    assert info["kind"] == "both" and info["model"]["arch"] == "llama"
+    with pytest.raises(ValueError, match="scripts/apr_pretrain.py"):
+        tiny.ensure_tiny("tiny:llama:apr_countdown:1")
