@@ -72,8 +72,12 @@ def load_vllm_engine(checkpoint: str, args: argparse.Namespace):
 
     from rlpost.engines.vllm_engine import VLLMEngine
 
+    import torch
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    dtype = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[args.dtype]
+    # "auto" as for the hf engine: the checkpoint's dtype on a GPU, float32 on CPU (vLLM's own CPU default is
+    # bfloat16, which evaluates another model than the hf engine and the learner see)
+    auto = "auto" if torch.cuda.is_available() else "float32"
+    dtype = {"auto": auto, "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[args.dtype]
     engine = VLLMEngine(checkpoint, tokenizer, dtype=dtype, seed=args.seed,
                         max_completion_length=args.max_tokens or 1024, gpu_memory_utilization=0.3)
     return engine, tokenizer
@@ -97,7 +101,8 @@ def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--engine", default=None, choices=EVAL_ENGINES.names(),
                         help="generation backend (default: vllm where installed, else hf)")
     parser.add_argument("--device", default="auto", help="hf engine: cuda, cpu or auto")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="hf engine weights")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                        help="weights: auto = bf16 (hf) / the checkpoint's dtype (vllm) on a GPU, fp32 on CPU")
     parser.add_argument("--limit", type=int, default=None,
                         help="evaluate a seeded random subset of this many problems per benchmark")
     parser.add_argument("--output-dir", "-o", default="runs/eval", help="where samples, summaries and tables go")
