@@ -471,7 +471,20 @@ def from_dict(cls, raw: Any, prefix: str):
                            for i, v in enumerate(value)]
         else:
             kwargs[key] = _check_scalar(value, tp, dotted)
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    obj.__dict__["_explicit"] = frozenset(raw)   # the keys the YAML or the command line set (see explicit_fields)
+    return obj
+
+
+def explicit_fields(section) -> dict:
+    """The fields of a config section that the user set (in the YAML or on the command line, even to the global
+    default's value) or that differ from the defaults (set by code), so that a component's own defaults (e.g.
+    GSPO's epsilon 3e-4, HAPO's epsilon_high 0.28) win unless the user set the knob: ``algo.loss=gspo
+    algo.epsilon=0.2`` runs GSPO with epsilon 0.2."""
+    defaults = type(section)()
+    given = section.__dict__.get("_explicit", frozenset())
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
+            if f.name in given or getattr(section, f.name) != getattr(defaults, f.name)}
 
 
 def component(spec: Component | None) -> tuple[str | None, dict]:

@@ -392,11 +392,9 @@ class Trainer:
 
 
 def user_set_fields(section) -> dict:
-    """The fields of a config section that differ from their defaults, so that a component's own
-    defaults (e.g. GSPO's epsilon 3e-4, HAPO's epsilon_high 0.28) win unless the user set the knob."""
-    defaults = type(section)()
-    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
-            if getattr(section, f.name) != getattr(defaults, f.name)}
+    """The fields of a config section the user set (:func:`rlpost.config.explicit_fields`)."""
+    from rlpost.config import explicit_fields
+    return explicit_fields(section)
 
 
 def _registry_entry(registry, name, key):

@@ -85,3 +85,28 @@ def test_saved_config_redacts_the_serve_token(tmp_path):
     save_config(cfg, tmp_path / "c.yaml")
     text = (tmp_path / "c.yaml").read_text()
     assert "s3cret" not in text and "<redacted>" in text
+
+
+@pytest.mark.parametrize("overrides, want", [
+    ([], 3e-4),                                   # GSPO's own default
+    (["algo.epsilon=0.2"], 0.2),                  # explicit, although 0.2 is the global default
+    (["epsilon=0.2"], 0.2),                       # the TRL name too
+    (["algo.epsilon=0.3"], 0.3),
+])
+def test_explicit_values_win_over_a_components_defaults_even_when_equal_to_the_global_default(overrides, want):
+    import copy
+
+    from rlpost.algos import POLICY_LOSSES, build_params
+    from rlpost.trainer import user_set_fields
+    cfg = load_config("configs/tiny/arith_grpo.yaml", ["algo.loss=gspo", *overrides])
+    entry = POLICY_LOSSES.entry("gspo")
+    for algo in (cfg.algo, copy.deepcopy(cfg.algo)):
+        assert build_params(entry.params, user_set_fields(algo), {}, where="algo.loss").epsilon == want
+
+
+def test_explicit_values_in_the_yaml_count_too(tmp_path):
+    from rlpost.config import explicit_fields
+    path = tmp_path / "c.yaml"
+    path.write_text("algo:\n  loss: gspo\n  epsilon: 0.2\n")
+    assert explicit_fields(load_config(path).algo)["epsilon"] == 0.2
+    assert "epsilon" not in explicit_fields(load_config(None, ["algo.loss=gspo"]).algo)

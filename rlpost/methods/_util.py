@@ -15,10 +15,9 @@ def name_of(spec) -> str | None:
 
 
 def user_set(section) -> dict:
-    """The fields of a config section that differ from their defaults (the trainer's ``user_set_fields``)."""
-    defaults = type(section)()
-    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)
-            if getattr(section, f.name) != getattr(defaults, f.name)}
+    """The fields of a config section the user set (:func:`rlpost.config.explicit_fields`)."""
+    from rlpost.config import explicit_fields
+    return explicit_fields(section)
 
 
 def params_of(registry, spec, where: str, shared: dict | None = None):
