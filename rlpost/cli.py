@@ -27,6 +27,7 @@ a rebuild lands in the same accuracy band but not on the same bits (float arithm
 def cmd_train(args) -> int:
     from rlpost.config import ConfigError, load_config
     from rlpost.engines.base import EngineError
+    from rlpost.learner import NonFiniteGradientError
     from rlpost.trainer import Trainer
 
     try:
@@ -41,6 +42,9 @@ def cmd_train(args) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteGradientError as err:
+        print(f"\ntraining stopped: {err}", file=sys.stderr)
+        return 4
     except EngineError as err:
         saved = getattr(err, "checkpoint", None)
         print(f"\nengine error: {err}\n" + (f"\ncheckpoint of the last finished step: {saved}\nresume with "

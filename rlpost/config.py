@@ -152,6 +152,8 @@ class OptimConfig:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0                # 0 disables clipping
+    max_consecutive_skipped_steps: int = 3    # optimizer steps with a non-finite gradient norm are skipped (counted in
+                                              # train/skipped_steps); this many in a row stop the run (0: never stop)
     lr_scheduler_type: str = "constant"       # constant | linear | cosine (all with warm-up)
     warmup_steps: int = 0
     warmup_ratio: float = 0.0                 # used when warmup_steps == 0

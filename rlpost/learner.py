@@ -12,6 +12,7 @@ aggregated loss is weighted by its share of the mini-batch's tokens (``token-mea
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from rlpost.algos.mismatch import ISCorrection, importance_weights, sampler_lear
 from rlpost import shared_prefix as sp
 from rlpost.batch import Batch
 
+log = logging.getLogger(__name__)
 TOKEN_WEIGHTED_AGGREGATIONS = {"token-mean"}
 
 
@@ -49,6 +51,11 @@ class LearnerSettings:
     shared_prefix: bool = True      # rows with one prompt share a pass over it (optim.shared_prefix)
     max_tokens_per_micro_batch: int = 0  # >0: token-budget micro-batches (optim.max_tokens_per_micro_batch)
     top_entropy_quantile: float = 1.0  # <1: policy loss on the batch's top-rho tokens by old entropy (algos/forking_tokens.py)
+    max_consecutive_skipped_steps: int = 3  # non-finite gradient norms in a row before NonFiniteGradientError (0: never)
+
+
+class NonFiniteGradientError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite gradient norm (optim.max_consecutive_skipped_steps)."""
 
 
 def token_logprobs(model, batch: Batch, temperature: float, need_entropy: bool, need_sum_p_sq: bool = False,
@@ -153,6 +160,7 @@ class Learner:
         self.old_forward_hooks: list = []
         # multi-process learner (rlpost/distributed.py): None in a single process
         self.dist = None
+        self.consecutive_skips = 0  # optimizer steps in a row skipped for a non-finite gradient norm
 
     def prepare(self, batch: Batch) -> dict[str, torch.Tensor | None]:
         """Old-policy and reference log-probs that stay fixed during the update."""
@@ -234,8 +242,27 @@ class Learner:
             g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        metrics.update({"loss": total_loss, "grad_norm": float(grad_norm), "lr": scheduled[0] * scale})
+        metrics.update({"loss": total_loss, "grad_norm": float(grad_norm), "lr": scheduled[0] * scale,
+                        "train/skipped_steps": self._count_skip(grad_norm)})
         return metrics
+
+    def _count_skip(self, grad_norm: torch.Tensor) -> float:
+        """1.0 when this optimizer step was skipped for a non-finite gradient norm (the weights did not move; the
+        LR schedule still advances, as with a skipped mixed-precision step), else 0.0. Warns on every skip and
+        raises NonFiniteGradientError after ``max_consecutive_skipped_steps`` in a row."""
+        if bool(torch.isfinite(grad_norm)):
+            self.consecutive_skips = 0
+            return 0.0
+        self.consecutive_skips += 1
+        limit = self.settings.max_consecutive_skipped_steps
+        log.warning("optimizer step skipped: gradient norm is %s (%d in a row; the run stops at %s)",
+                    float(grad_norm), self.consecutive_skips, limit or "never")
+        if limit and self.consecutive_skips >= limit:
+            raise NonFiniteGradientError(
+                f"{self.consecutive_skips} optimizer steps in a row had a non-finite gradient norm ({float(grad_norm)}): "
+                "the loss or the rewards/advantages hold NaN or inf (lower optim.learning_rate, check the reward "
+                "functions); optim.max_consecutive_skipped_steps sets this limit (0: never stop)")
+        return 1.0
 
     def _micro_batch_order(self, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
         """Rows in micro-batch order. Micro-batches of similar lengths pad less (each is trimmed to its own

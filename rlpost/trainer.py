@@ -145,6 +145,7 @@ class Trainer:
             beta=a.beta, kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef, num_iterations=a.num_iterations,
             steps_per_generation=cfg.optim.steps_per_generation, micro_batch_size=cfg.optim.micro_batch_size,
             max_grad_norm=cfg.optim.max_grad_norm, vllm_is=is_correction_from_config(a),
+            max_consecutive_skipped_steps=cfg.optim.max_consecutive_skipped_steps,
             logprob_chunk_size=cfg.optim.logprob_chunk_size, padding_free=cfg.optim.padding_free,
             shared_prefix=cfg.optim.shared_prefix, max_tokens_per_micro_batch=cfg.optim.max_tokens_per_micro_batch,
             top_entropy_quantile=a.top_entropy_quantile)

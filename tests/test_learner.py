@@ -109,3 +109,38 @@ def test_token_budget_old_logprobs_keep_the_batch_order(random_tiny_model, char_
     for plain, budgeted in zip(*outs):
         assert torch.allclose(plain[mask], budgeted[mask], atol=1e-5)
     assert not torch.allclose(outs[0][0][mask], outs[0][0].flip(0)[mask.flip(0)], atol=1e-5)  # order matters
+
+
+def test_non_finite_gradient_steps_are_skipped_counted_and_stop_the_run(random_tiny_model, char_tokenizer, caplog):
+    """A NaN advantage makes the gradient norm NaN: the optimizer step is skipped (weights unchanged), the step
+    logs train/skipped_steps = 1 with a warning, a finite step resets the count, and the
+    optim.max_consecutive_skipped_steps-th skip in a row raises NonFiniteGradientError naming that key."""
+    import copy
+
+    from rlpost.algos.losses import ClipParams
+    from rlpost.batch import collate
+    from rlpost.config import OptimConfig
+    from rlpost.learner import Learner, LearnerSettings, NonFiniteGradientError, build_scheduler
+    from rlpost.types import Prompt, Sample, Trajectory
+    model = copy.deepcopy(random_tiny_model).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    settings = LearnerSettings("grpo", ClipParams(), "token-mean", max_completion_length=3,
+                               max_consecutive_skipped_steps=2)
+    learner = Learner(model, opt, build_scheduler(opt, OptimConfig(), 10), settings)
+    prompt = char_tokenizer("1+2=", add_special_tokens=False)["input_ids"]
+    batch = collate([Trajectory(Prompt(0, "p"), 0, [Sample(prompt_ids=prompt, completion_ids=[10 + i, 20],
+                                                           logprobs=[0.0] * 2)], "") for i in range(2)],
+                    char_tokenizer.pad_token_id)
+    good = torch.tensor([[1.0], [-1.0]]).expand(2, 2) * batch.response_mask
+    bad = good.clone()
+    bad[0, 0] = float("nan")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with caplog.at_level("WARNING"):
+        m = learner.update(batch, bad, learner.prepare(batch))
+    assert m["train/skipped_steps"] == 1.0 and math.isnan(m["grad_norm"])
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert "optimizer step skipped" in caplog.text
+    assert learner.update(batch, good, learner.prepare(batch))["train/skipped_steps"] == 0.0  # resets the count
+    learner.update(batch, bad, learner.prepare(batch))
+    with pytest.raises(NonFiniteGradientError, match="optim.max_consecutive_skipped_steps"):
+        learner.update(batch, bad, learner.prepare(batch))
