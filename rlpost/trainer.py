@@ -33,6 +33,7 @@ from rlpost.models.lora import reference_model
 from rlpost.models.reference import mix_into_reference
 from rlpost.rewards import RewardManager
 from rlpost.samplers import build_sampler
+from rlpost.timing import PhaseTimes
 from rlpost.tracking import Tracker, plot_metrics
 from rlpost.types import Prompt, Trajectory
 from rlpost.workflows import WORKFLOWS
@@ -58,6 +59,7 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.trainer.output_dir)
         self.step = 0
+        self.times = PhaseTimes()   # timing/<phase> of each step (rlpost/timing.py)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> "Trainer":
@@ -173,28 +175,34 @@ class Trainer:
         last = {}
         for _ in bar:
             start = time.perf_counter()
+            self.times.reset()
             trajectories, gen_metrics = self.generate()                   # rollout + score (+ dynamic sampling)
             trajectories = self.dist.local_groups(trajectories)           # replicated rollouts: this rank's groups
             batch = collate(trajectories, self.tokenizer.pad_token_id, cfg.algo.mask_truncated_completions)
-            fixed = self.learner.prepare(batch)                          # old / reference log-probs
+            with self.times("logprobs"):
+                fixed = self.learner.prepare(batch)                      # old / reference log-probs
             extras = self.method_extras(batch, fixed, trajectories)
             advantages, adv_metrics = self.compute_advantages(batch, fixed, extras.advantage)
             if cfg.trainer.log_completions and self.dist.is_main:
                 self.tracker.log_completions(completion_rows(self.step + 1, trajectories, batch, advantages),
                                              cfg.trainer.num_completions_to_print)
-            update_metrics = self.learner.update(batch, advantages, fixed, extras.loss_rows, extras.loss_step)
-            for method in self.methods.values():
-                update_metrics.update(method.after_update(self, batch, fixed, trajectories, update_metrics))
+            with self.times("update"):
+                update_metrics = self.learner.update(batch, advantages, fixed, extras.loss_rows, extras.loss_step)
+                for method in self.methods.values():
+                    update_metrics.update(method.after_update(self, batch, fixed, trajectories, update_metrics))
             self.step += 1
             if cfg.algo.sync_ref_model and self.step % cfg.algo.ref_model_sync_steps == 0:
                 mix_into_reference(self.ref_model, self.model, cfg.algo.ref_model_mixup_alpha)
-            self.dist.sync_engine(self.engine, self.model) if self.engine_needs_sync else None
+            with self.times("weight_sync"):
+                self.dist.sync_engine(self.engine, self.model) if self.engine_needs_sync else None
             last = {"step": self.step, **gen_metrics, **adv_metrics, **update_metrics,
                     "tokens": self.dist.global_count(int(sum(len(s.completion_ids) for t in trajectories for s in t.samples))),
                     "step_time": time.perf_counter() - start}
             last["perf/tokens_per_s"] = last["tokens"] / last["step_time"]
             if self._due(cfg.trainer.eval_steps) or self.step == cfg.trainer.max_steps:
-                last.update(self.evaluate())
+                with self.times("eval"):
+                    last.update(self.evaluate())
+            last.update(self.times.metrics())
             self.tracker.log(last)
             bar.set_postfix(reward=f"{last['reward/mean']:.3f}", **({"acc": f"{last['eval/accuracy']:.2f}"} if "eval/accuracy" in last else {}))
             if self._due(cfg.trainer.save_steps) and self.step < cfg.trainer.max_steps:
@@ -239,10 +247,12 @@ class Trainer:
                 if self.dist.done(groups_needed):
                     break
                 continue
-            trajs = self.workflow.rollout(prompts, self.sampling_params("rollout", round_))
+            with self.times("generate"):
+                trajs = self.workflow.rollout(prompts, self.sampling_params("rollout", round_))
             for t in trajs:  # groups of different refill rounds never merge
                 t.group_id += round_ * len(self.train_prompts)
-            component_metrics = self.score(trajs)
+            with self.times("score"):
+                component_metrics = self.score(trajs)
             if round_ == 0:  # over all ranks' trajectories
                 metrics = self._rollout_metrics(*self.dist.gather_for_metrics(trajs, component_metrics))
             if not a.dynamic_sampling:

@@ -47,6 +47,12 @@ def test_train_cli_end_to_end(tmp_path, tiny_model_path, capsys):
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
     for key in ("reward/mean", "loss", "tokens", "step_time", "grad_norm", "policy/clipfrac"):
         assert key in rows[1], key
+    # per-phase timers: each step's phases are logged, and they add up to no more than the step's time
+    phases = {k: v for k, v in rows[1].items() if k.startswith("timing/")}
+    assert {"timing/generate", "timing/score", "timing/logprobs", "timing/update", "timing/weight_sync"} <= set(phases)
+    assert all(v >= 0 for v in phases.values())
+    assert sum(v for k, v in phases.items() if k != "timing/eval") <= rows[1]["step_time"]
+    assert "timing/eval" in rows[-1] and "timing/eval" not in rows[1]
     assert "eval/accuracy" in rows[0] and "eval/accuracy" in rows[-1]
     printed = capsys.readouterr().out
     assert "metrics:" in printed and "final model:" in printed and "plot:" in printed
