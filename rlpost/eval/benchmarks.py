@@ -177,7 +177,11 @@ def resolve_benchmark(arg: str | BenchmarkSpec) -> BenchmarkSpec:
         return arg
     if "=" in arg:
         name, path = arg.split("=", 1)
-        return dataclasses.replace(BENCHMARKS.get(name.strip()), data=path.strip(), config=None)
+        name, path = name.strip(), path.strip()
+        if (path.endswith(DATA_SUFFIXES) or "/" in path and Path(path).suffix) and not Path(path).exists():
+            raise FileNotFoundError(f"benchmark {name}: no file {path!r}")
+        # the file's rows replace the benchmark's own (generated benchmarks included: rows_fn is dropped)
+        return dataclasses.replace(BENCHMARKS.get(name), data=path, config=None, rows_fn=None)
     if arg in BENCHMARKS:
         return BENCHMARKS.get(arg)
     if Path(arg).exists() or arg.endswith(DATA_SUFFIXES):

@@ -142,8 +142,12 @@ def run_eval(args: argparse.Namespace, engine_factory: Callable | None = None) -
     engine_factory: ``fn(checkpoint, args) -> (engine, tokenizer)``; default ``EVAL_ENGINES[args.engine]``.
     """
     factory = engine_factory or EVAL_ENGINES.get(args.engine or default_engine())
-    specs = [resolve_benchmark(b) for b in args.benchmark]  # fail on a bad name before loading any model
-    rows = {spec.name: load_rows(spec, limit=args.limit, seed=args.seed) for spec in specs}
+    try:  # fail on a bad name or file in one line, before loading any model
+        specs = [resolve_benchmark(b) for b in args.benchmark]
+        rows = {spec.name: load_rows(spec, limit=args.limit, seed=args.seed) for spec in specs}
+    except (KeyError, FileNotFoundError, ValueError) as err:
+        print(f"eval: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
     out_dir = Path(args.output_dir)
     paper_rows = json.loads(Path(args.paper_table).read_text()) if args.paper_table else None
 

@@ -250,3 +250,27 @@ def test_read_rows_file_types(tmp_path):
     with pytest.raises(ValueError, match="unsupported"):
         (tmp_path / "a.txt").write_text("x")
         read_rows(str(tmp_path / "a.txt"))
+
+
+def test_name_equals_path_reads_that_file_even_for_a_generated_benchmark(tmp_path):
+    """`--benchmark arithmetic=PATH` evaluates PATH's rows (not the generated ones); a missing file is an error."""
+    import json as _json
+
+    from rlpost.eval.benchmarks import load_rows, resolve_benchmark
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join(_json.dumps({"prompt": f"{a} + {a} = ?", "answer": str(2 * a)}) for a in (1, 2, 3)))
+    spec = resolve_benchmark(f"arithmetic={path}")
+    rows = load_rows(spec)
+    assert [r["answer"] for r in rows] == ["2", "4", "6"] and spec.rows_fn is None
+    with pytest.raises(FileNotFoundError, match="benchmark arithmetic: no file"):
+        resolve_benchmark(f"arithmetic={tmp_path / 'missing.jsonl'}")
+
+
+def test_cli_bad_benchmark_or_missing_file_is_one_line_and_exit_2(tmp_path, capsys):
+    parser = add_eval_args(argparse.ArgumentParser())
+    for bench, message in [("gsm8kk", "did you mean 'gsm8k'"),
+                           (f"arithmetic={tmp_path / 'nope.jsonl'}", "benchmark arithmetic: no file")]:
+        args = parser.parse_args(["ckpt/a", "--benchmark", bench, "--output-dir", str(tmp_path / "out")])
+        assert run_eval(args, engine_factory=lambda *a: pytest.fail("no engine before the benchmarks resolve")) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
