@@ -47,6 +47,16 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, state: 
     return final
 
 
+def remove_stale_temporaries(output_dir: str | Path) -> list[Path]:
+    """Delete what a killed run left half-written: ``checkpoints/.step-N.*`` folders (a checkpoint being saved)
+    and ``final_model/.tmp*`` files. Called when a run starts in ``output_dir``; returns what it removed."""
+    out = Path(output_dir)
+    stale = sorted(checkpoint_dir(out).glob(".step-*")) + sorted((out / "final_model").glob(".tmp*"))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return stale
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     root = checkpoint_dir(output_dir)
     if not root.exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,25 @@ class Tracker:
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    """On resume, drop lines logged after the checkpoint so the file equals an uninterrupted run's."""
+    """On resume, drop lines logged after the checkpoint so the file equals an uninterrupted run's; a line cut
+    short by a kill (not JSON) is dropped too. A run that starts from step 0 where a file is already there keeps
+    it aside as ``<name>.old`` (and says so) instead of deleting it."""
     if not path.exists():
         return
     if step == 0:
-        path.unlink()
+        aside = path.with_name(path.name + ".old")
+        os.replace(path, aside)
+        log.warning("%s existed from an earlier run and this run starts at step 0: kept aside as %s", path, aside)
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    kept = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            log.warning("%s line %d is not JSON (cut short by an interrupted run?): dropped", path, number)
+            continue
+        if row is not None and row["step"] <= step:
+            kept.append(line)
     path.write_text("".join(line + "\n" for line in kept))
 
 

@@ -94,9 +94,15 @@ class Trainer:
         for method in self.methods.values():
             method.setup(self)
 
+        if self.dist.is_main:
+            for path in ckpt.remove_stale_temporaries(self.out):
+                log.warning("removed %s (left half-written by an interrupted run)", path)
         resume_path = ckpt.resolve_resume(self.out, cfg.trainer.resume_from_checkpoint)
         if resume_path is not None:
             self._load(resume_path)
+        elif cfg.trainer.resume_from_checkpoint == "latest":
+            log.warning("trainer.resume_from_checkpoint=latest: no checkpoint in %s, starting from step 0",
+                        ckpt.checkpoint_dir(self.out))
         self.tracker = (Tracker(self.out, cfg.trainer.report_to, cfg.trainer.run_name, to_dict(cfg), resume_step=self.step)
                         if self.dist.is_main else distributed.NullTracker())
         return self

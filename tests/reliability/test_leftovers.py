@@ -1,0 +1,51 @@
+"""What an interrupted run leaves behind does not break or silently erase the next one (rlpost train, tiny model)."""
+import json
+import logging
+
+import pytest
+
+from rlpost.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+FAST = ["trainer.progress_bar=false", "trainer.eval_steps=0", "data.num_eval=4", "rollout.prompts_per_step=2",
+        "rollout.num_generations=2", "trainer.report_to=[jsonl]"]
+
+
+def train(out, *overrides):
+    return main(["train", "configs/tiny/arith_grpo.yaml", f"trainer.output_dir={out}", *FAST, *overrides])
+
+
+def steps(out):
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_half_written_checkpoint_and_final_model_files_are_removed_at_start(tmp_path, caplog):
+    out = tmp_path / "run"
+    (out / "checkpoints" / ".step-7.x1y2" / "model").mkdir(parents=True)
+    (out / "final_model").mkdir(parents=True)
+    (out / "final_model" / ".tmp_model.safetensors").write_bytes(b"half")
+    with caplog.at_level(logging.WARNING):
+        assert train(out, "trainer.max_steps=1", "trainer.save_steps=0") == 0
+    assert not list((out / "checkpoints").glob(".step-*")) and not list((out / "final_model").glob(".tmp*"))
+    assert "left half-written by an interrupted run" in caplog.text
+
+
+def test_resume_drops_a_metrics_line_cut_short_by_a_kill(tmp_path, caplog):
+    out = tmp_path / "run"
+    assert train(out, "trainer.max_steps=2", "trainer.save_steps=1") == 0
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "reward/me')                     # a kill during the write of step 3
+    with caplog.at_level(logging.WARNING):
+        assert train(out, "trainer.max_steps=3", "trainer.save_steps=1", "trainer.resume_from_checkpoint=latest") == 0
+    assert steps(out) == [0, 1, 2, 3] and "is not JSON" in caplog.text
+
+
+def test_resume_latest_without_a_checkpoint_says_so_and_keeps_the_old_metrics(tmp_path, caplog):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 0, "eval/accuracy": 0.5}\n{"step": 1, "loss": 0.1}\n')
+    with caplog.at_level(logging.WARNING):
+        assert train(out, "trainer.max_steps=1", "trainer.save_steps=0", "trainer.resume_from_checkpoint=latest") == 0
+    assert "no checkpoint in" in caplog.text and "kept aside" in caplog.text
+    assert (out / "metrics.jsonl.old").read_text().startswith('{"step": 0, "eval/accuracy": 0.5}')
+    assert steps(out) == [0, 1]
