@@ -5,6 +5,7 @@ algorithm math lives here: every algorithmic choice is a registered function nam
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -79,6 +80,10 @@ class Trainer:
         self.ref_model = reference_model(self.model_path, cfg.model, cfg.trainer.device, self.model) if cfg.algo.beta > 0 else None
 
         self.train_prompts = self._prompts(cfg.data.train_path, cfg.data.train_split, cfg.data.num_train, "train")
+        if cfg.rollout.prompts_per_step > len(self.train_prompts):
+            log.warning("rollout.prompts_per_step (%d) is larger than the training set (%d prompts): prompts repeat "
+                        "within a step (each draw is its own group of %d)", cfg.rollout.prompts_per_step,
+                        len(self.train_prompts), cfg.rollout.num_generations)
         self.eval_prompts = self._prompts(cfg.data.eval_path, cfg.data.eval_split, cfg.data.num_eval, "test")
         self.rewards = RewardManager.from_config(cfg.rewards)
         self.sampler = build_sampler(cfg.data.sampler, len(self.train_prompts), cfg.trainer.seed, cfg.data.shuffle_dataset)
@@ -253,10 +258,10 @@ class Trainer:
                 if self.dist.done(groups_needed):
                     break
                 continue
+            draws = [copy.copy(p) for p in prompts]   # one object per draw: a prompt drawn twice is two groups
             with self.times("generate"):
-                trajs = self.workflow.rollout(prompts, self.sampling_params("rollout", round_))
-            for t in trajs:  # groups of different refill rounds never merge
-                t.group_id += round_ * len(self.train_prompts)
+                trajs = self.workflow.rollout(draws, self.sampling_params("rollout", round_))
+            assign_group_ids(trajs, draws, round_, rounds, len(self.train_prompts))
             with self.times("score"):
                 component_metrics = self.score(trajs)
             if round_ == 0:  # over all ranks' trajectories
@@ -412,6 +417,20 @@ def user_set_fields(section) -> dict:
     """The fields of a config section the user set (:func:`rlpost.config.explicit_fields`)."""
     from rlpost.config import explicit_fields
     return explicit_fields(section)
+
+
+def assign_group_ids(trajs, draws, round_: int, rounds: int, num_prompts: int) -> None:
+    """Groups never merge: group_id = prompt.id + N * (round + R * k), with N prompts in the training set, R refill
+    rounds and k the draw's occurrence of that prompt in this round (0 for its first draw). Distinct prompts in a
+    single round keep group_id = prompt.id. Workflows return each trajectory with the Prompt object it was drawn
+    as (``draws`` holds one object per draw)."""
+    occurrence, seen = {}, {}
+    for d in draws:
+        occurrence[id(d)] = seen.get(d.id, 0)
+        seen[d.id] = occurrence[id(d)] + 1
+    for t in trajs:
+        k = occurrence.get(id(t.prompt), 0)
+        t.group_id = t.prompt.id + num_prompts * (round_ + rounds * k)
 
 
 def _registry_entry(registry, name, key):

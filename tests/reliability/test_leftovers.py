@@ -49,3 +49,20 @@ def test_resume_latest_without_a_checkpoint_says_so_and_keeps_the_old_metrics(tm
     assert "no checkpoint in" in caplog.text and "kept aside" in caplog.text
     assert (out / "metrics.jsonl.old").read_text().startswith('{"step": 0, "eval/accuracy": 0.5}')
     assert steps(out) == [0, 1]
+
+
+def test_a_step_larger_than_the_dataset_never_merges_groups(tmp_path, caplog):
+    """5 prompts per step from a 3-prompt training set: prompts repeat, with a warning, and every group still holds
+    exactly num_generations completions (before: a prompt drawn twice formed one group of 4)."""
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        assert main(["train", "configs/tiny/arith_grpo.yaml", f"trainer.output_dir={out}", *FAST,
+                     "rollout.prompts_per_step=5", "data.num_train=3", "trainer.max_steps=2", "trainer.save_steps=0",
+                     "trainer.log_completions=true", "trainer.num_completions_to_print=0"]) == 0
+    assert "larger than the training set (3 prompts)" in caplog.text
+    rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    for step in (1, 2):
+        groups = [r["group"] for r in rows if r["step"] == step]
+        assert len(groups) == 10 and all(groups.count(g) == 2 for g in groups), groups
+        prompts = [r["prompt"] for r in rows if r["step"] == step]
+        assert len(set(prompts)) <= 3 < len(set(groups))                     # repeated prompts, distinct groups
