@@ -110,6 +110,8 @@ class Trainer:
                         ckpt.checkpoint_dir(self.out))
         self.tracker = (Tracker(self.out, cfg.trainer.report_to, cfg.trainer.run_name, to_dict(cfg), resume_step=self.step)
                         if self.dist.is_main else distributed.NullTracker())
+        if self.engine_needs_sync:  # before the first generation: a reused `rlpost serve` worker (or a resumed run's
+            self.dist.sync_engine(self.engine, self.model)  # engine) may hold other weights than this run's
         return self
 
     def _prompts(self, path, split, n, task_split) -> list[Prompt]:

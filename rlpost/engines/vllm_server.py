@@ -198,6 +198,7 @@ class VLLMServerEngine:
         self.tokenizer = tokenizer
         self.token, self.timeout_s = token, timeout_s
         self.weight_sync, self.weight_sync_dir = weight_sync, weight_sync_dir
+        self.weights_fingerprint = None   # of the weights last sent and confirmed by every worker
         self.workers = workers or []                      # handles of workers this engine owns (stopped on close)
         self.sessions = [requests.Session() for _ in self.urls]
         self.pool = ThreadPoolExecutor(max_workers=len(self.urls) + 1, thread_name_prefix="rlpost-client")
@@ -293,22 +294,33 @@ class VLLMServerEngine:
         return samples
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Send the weights to every worker and check that each now holds exactly them: every worker answers
+        with the fingerprint of what it loaded (rlpost.serving.weights.weights_fingerprint), which must equal
+        the fingerprint of what was sent."""
+        from rlpost.serving.weights import weights_fingerprint
         self._check_open()
+        named = [(name, t.detach()) for name, t in named_tensors]
+        expected = weights_fingerprint(named)
         if self.weight_sync == "file":
-            self._load_weights_file(named_tensors)
+            replies = self._load_weights_file(named)
         else:
-            self._load_weights_dist(named_tensors)
+            replies = self._load_weights_dist(named)
+        for url, reply in zip(self.urls, replies):
+            if reply.get("weights_fingerprint") != expected:
+                raise EngineError(f"vllm_server: worker {url} reports weights {reply.get('weights_fingerprint')} "
+                                  f"after the sync, not the {expected} that were sent")
+        self.weights_fingerprint = expected
 
-    def _load_weights_file(self, named_tensors) -> None:
+    def _load_weights_file(self, named_tensors) -> list[dict]:
         from rlpost.serving.weights import save_weights_file
         path = save_weights_file(named_tensors, self.weight_sync_dir)
         try:
-            self._on_all([(i, "/update_weights", {"transport": "file", "path": path}, "update_weights (file)")
-                          for i in range(len(self.urls))])
+            return self._on_all([(i, "/update_weights", {"transport": "file", "path": path}, "update_weights (file)")
+                                 for i in range(len(self.urls))])
         finally:
             Path(path).unlink(missing_ok=True)
 
-    def _load_weights_dist(self, named_tensors) -> None:
+    def _load_weights_dist(self, named_tensors) -> list[dict]:
         from rlpost.serving.weights import tensor_meta
         tensors, meta = tensor_meta(named_tensors)
         if self.comm is None:
@@ -320,10 +332,10 @@ class VLLMServerEngine:
             self.comm.send(tensors, meta)
         except Exception as err:  # a worker left the group (died) or the broadcast timed out
             send_error = err
-        errors = []
+        errors, replies = [], []
         for f in futures:
             try:
-                f.result()
+                replies.append(f.result())
             except EngineError as err:
                 errors.append(err)
         if errors:
@@ -331,6 +343,7 @@ class VLLMServerEngine:
         if send_error is not None:
             raise EngineError(f"vllm_server: weight broadcast failed: {send_error}" +
                               "".join(_format_tail(*self.log_tail(i)) for i in range(len(self.urls))))
+        return replies
 
     def _init_communicator(self, device: torch.device) -> None:
         from rlpost.serving.weights import Communicator

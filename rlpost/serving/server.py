@@ -4,7 +4,8 @@
 
 Endpoints (JSON; with a token configured every request needs ``Authorization: Bearer <token>``, else 401):
 
-    GET  /health              {"status": "ok", "pid", "model", "log_file", "host", "port"}
+    GET  /health              {"status": "ok", "pid", "model", "log_file", "host", "port", "weights_version",
+                               "weights_fingerprint"} (version 0 / fingerprint null: the weights of `model`)
     POST /generate            {"requests": [{"prompt_ids": [...]}], "params": {n, temperature, top_p, top_k,
                                min_p, repetition_penalty, max_tokens, stop, seed, return_entropy},
                                "seed_offset": 0}
@@ -63,6 +64,8 @@ class Worker:
         self.engine = self.pool.submit(engine_factory).result()   # built on the thread that will use it
         self.comm = None
         self.server = None  # the uvicorn.Server, set by serve()
+        self.weights_version = 0          # weight updates received since start (0: the weights of `model`)
+        self.weights_fingerprint = None   # rlpost.serving.weights.weights_fingerprint of the last update
 
     async def call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -100,8 +103,12 @@ class Worker:
             weights = self.comm.recv(body["meta"])
         else:
             raise ValueError(f"unknown weight transport {body['transport']!r} (file or dist)")
+        from rlpost.serving.weights import weights_fingerprint
         self.engine.load_weights(weights)
-        return {"ok": True, "tensors": len(weights), "seconds": time.perf_counter() - start}
+        self.weights_version += 1
+        self.weights_fingerprint = weights_fingerprint(weights)
+        return {"ok": True, "tensors": len(weights), "seconds": time.perf_counter() - start,
+                "weights_version": self.weights_version, "weights_fingerprint": self.weights_fingerprint}
 
     def close_communicator(self) -> dict:
         if self.comm is not None:
@@ -141,7 +148,8 @@ def create_app(worker: "Worker"):
     @app.get("/health")
     async def health():
         return {"status": "ok", "pid": os.getpid(), "model": worker.model, "log_file": worker.log_file,
-                "host": worker.host, "port": worker.port}
+                "host": worker.host, "port": worker.port, "weights_version": worker.weights_version,
+                "weights_fingerprint": worker.weights_fingerprint}
 
     @app.get("/log_tail")
     async def log_tail(lines: int = 50):

@@ -43,6 +43,20 @@ def load_weights_file(path: str) -> list[tuple[str, torch.Tensor]]:
     return list(torch.load(path, map_location="cpu", weights_only=True, mmap=True).items())
 
 
+def weights_fingerprint(named_tensors) -> str:
+    """A cheap fingerprint of a set of weights (16 hex digits): sha256 over each tensor's name, dtype, shape, its
+    float64 sum and up to 64 evenly strided values. Both sides of a sync compute it (the trainer on what it sends,
+    the worker on what it loaded), so a run can check which weights a worker holds without hashing every byte."""
+    import hashlib
+    h = hashlib.sha256()
+    for name, t in sorted(named_tensors, key=lambda nt: nt[0]):
+        flat = t.detach().reshape(-1).to("cpu", torch.float64)
+        stride = max(1, flat.numel() // 64)
+        h.update(f"{name}|{str(t.dtype)}|{list(t.shape)}|{flat.sum().item():.10e}|".encode())
+        h.update(flat[::stride][:64].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def tensor_meta(named_tensors) -> tuple[list[tuple[str, torch.Tensor]], list[list]]:
     tensors = [(name, t.detach()) for name, t in named_tensors]
     return tensors, [[name, str(t.dtype).removeprefix("torch."), list(t.shape)] for name, t in tensors]

@@ -187,6 +187,33 @@ def test_hf_vllm_and_two_workers_train_alike(workers, tmp_path, monkeypatch, lea
     assert abs(gains["hf"] - gains["vllm"]) <= MAX_ENGINE_GAIN_DIFF, gains
 
 
+def test_a_reused_worker_serves_this_runs_weights(workers, client, tiny_model_path, tmp_path, monkeypatch):
+    """Workers left holding other weights (a previous run's) before a new run starts: the run pushes its weights
+    before its first generation, so step 1 samples from this run's policy (sampler = learner log-probs), and
+    /health reports a new weights version whose fingerprint is what the trainer sent."""
+    from rlpost.serving.weights import weights_fingerprint
+    stale = load_model(str(tiny_model_path), ModelConfig(), "cpu")
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in stale.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    client.weight_sync, client.weight_sync_dir = "file", str(tmp_path)
+    client.load_weights(stale.named_parameters())                 # what a previous run leaves on the workers
+    health = lambda: [http.get(f"{h.url}/health", headers=auth(), timeout=10).json() for h in workers]  # noqa: E731
+    before = health()
+    assert {b["weights_fingerprint"] for b in before} == {weights_fingerprint(list(stale.named_parameters()))}
+    monkeypatch.setenv("RLPOST_SERVE_TOKEN", TOKEN)
+    urls = "[" + ",".join(h.url for h in workers) + "]"
+    code, out, rows = train(tmp_path, "reuse", "trainer.max_steps=1", "trainer.eval_steps=0", "data.num_eval=8",
+                            "rollout.prompts_per_step=4", "rollout.engine=vllm_server", f"rollout.server_urls={urls}")
+    assert code == 0
+    assert rows[1]["rollout/logprob_diff"] < TOL                    # a stale worker: ~0.25
+    after = health()
+    assert all(a["weights_version"] >= b["weights_version"] + 2 for a, b in zip(after, before))  # start + step 1
+    final = load_model(str(out / "final_model"), ModelConfig(), "cpu")
+    assert {a["weights_fingerprint"] for a in after} == {weights_fingerprint(list(final.named_parameters()))}
+
+
 def test_killed_worker_stops_training_with_its_log_and_a_checkpoint(workers, tmp_path, capsys, monkeypatch):
     """A worker killed after step 2: the trainer writes the step-2 checkpoint, then `rlpost train` exits non-zero
     with the worker's last log lines; the checkpoint resumes."""
