@@ -124,9 +124,47 @@ class Worker:
             self.pool.shutdown(wait=False)
 
 
+def request_models():
+    """Pydantic models of the request bodies: a malformed body is answered 422 with the reason (FastAPI), never
+    500. Unknown keys are refused, so a misspelt sampling parameter is not silently ignored."""
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class Strict(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    class WireParams(Strict):   # rlpost.engines.base.SamplingParams without logits processors
+        n: int = Field(1, ge=1)
+        temperature: float = Field(1.0, ge=0)
+        top_p: float = Field(1.0, gt=0, le=1)
+        top_k: int = Field(0, ge=0)
+        min_p: float = Field(0.0, ge=0, le=1)
+        repetition_penalty: float = Field(1.0, gt=0)
+        max_tokens: int = Field(64, ge=1)
+        stop: list[str] = []
+        seed: int | None = None
+        return_entropy: bool = False
+
+    class WireRequest(Strict):
+        prompt_ids: list[int] = Field(min_length=1)
+
+    class GenerateBody(Strict):
+        requests: list[WireRequest]
+        params: WireParams = WireParams()
+        seed_offset: int = 0
+
+    class UpdateWeightsBody(Strict):
+        transport: str = Field(pattern="^(file|dist)$")
+        path: str | None = None
+        meta: list | None = None
+
+    return GenerateBody, UpdateWeightsBody
+
+
 def create_app(worker: "Worker"):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
+
+    GenerateBody, UpdateWeightsBody = request_models()
 
     app = FastAPI(title="rlpost rollout worker", docs_url=None, redoc_url=None, openapi_url=None)
     expected = f"Bearer {worker.token}".encode() if worker.token else None
@@ -156,16 +194,16 @@ def create_app(worker: "Worker"):
         return {"log_file": worker.log_file, "lines": tail_lines(worker.log_file, lines)}
 
     @app.post("/generate")
-    async def generate(request: Request):
-        return await worker.call(worker.generate, await request.json())
+    async def generate(body: GenerateBody):
+        return await worker.call(worker.generate, body.model_dump())
 
     @app.post("/init_communicator")
     async def init_communicator(request: Request):
         return await worker.call(worker.init_communicator, await request.json())
 
     @app.post("/update_weights")
-    async def update_weights(request: Request):
-        return await worker.call(worker.update_weights, await request.json())
+    async def update_weights(body: UpdateWeightsBody):
+        return await worker.call(worker.update_weights, body.model_dump())
 
     @app.post("/close_communicator")
     async def close_communicator():

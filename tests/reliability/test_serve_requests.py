@@ -1,0 +1,65 @@
+"""`rlpost serve` answers malformed request bodies with 4xx and the reason, never 500 (the app on a fake engine)."""
+import pytest
+from fastapi.testclient import TestClient
+
+from rlpost.serving.server import create_app
+
+
+class FakeWorker:
+    token, model, log_file, host, port = None, "m", None, "127.0.0.1", 0
+    weights_version, weights_fingerprint, server = 0, None, None
+
+    class engine:  # noqa: N801
+        @staticmethod
+        def reset_prefix_cache():
+            return None
+
+    async def call(self, fn, *args):
+        return fn(*args)
+
+    def generate(self, body):
+        return {"samples": [], "echo": body}
+
+    def update_weights(self, body):
+        return {"ok": True, "echo": body}
+
+
+@pytest.fixture(scope="module")
+def client():
+    return TestClient(create_app(FakeWorker()), raise_server_exceptions=False)
+
+
+GOOD = {"requests": [{"prompt_ids": [1, 2, 3]}], "params": {"n": 2, "max_tokens": 8}}
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("not json", "json"),
+    ([], "dict"),
+    ({}, "requests"),
+    ({"requests": "x"}, "requests"),
+    ({"requests": [{"prompt_ids": ["a"]}]}, "prompt_ids"),
+    ({"requests": [{"prompt_ids": []}]}, "prompt_ids"),
+    ({**GOOD, "params": {"max_tokens": -1}}, "max_tokens"),
+    ({**GOOD, "params": {"temprature": 0.5}}, "temprature"),      # a misspelt sampling parameter
+    ({**GOOD, "extra": 1}, "extra"),
+])
+def test_malformed_generate_bodies_get_422_with_the_reason(client, body, reason):
+    kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, str) else {"json": body}
+    resp = client.post("/generate", **kwargs)
+    assert resp.status_code == 422, (resp.status_code, resp.text)
+    assert reason in resp.text.lower()
+
+
+def test_a_good_body_reaches_the_engine_with_defaults_filled_in(client):
+    resp = client.post("/generate", json=GOOD)
+    assert resp.status_code == 200
+    echo = resp.json()["echo"]
+    assert echo["requests"] == [{"prompt_ids": [1, 2, 3]}] and echo["params"]["temperature"] == 1.0
+    assert echo["params"]["n"] == 2 and echo["seed_offset"] == 0
+
+
+def test_update_weights_body_is_checked(client):
+    assert client.post("/update_weights", json={"transport": "carrier-pigeon"}).status_code == 422
+    assert client.post("/update_weights", json={"transport": "file", "path": "/x"}).status_code == 200
+    health = client.get("/health").json()
+    assert health["weights_version"] == 0 and health["weights_fingerprint"] is None
