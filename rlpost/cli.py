@@ -24,24 +24,43 @@ a rebuild lands in the same accuracy band but not on the same bits (float arithm
 """
 
 
+def bad_input_errors() -> tuple[type[BaseException], ...]:
+    """The error types that mean bad input (a config key, a file, a row, a reward function): one line, exit 2."""
+    from rlpost.config import ConfigError
+    from rlpost.data import DataError
+    return ConfigError, DataError, KeyError, FileNotFoundError, PermissionError, NotADirectoryError
+
+
+def input_error(err: BaseException, args) -> int:
+    """Print ``err`` as one line (its traceback only with --debug) and return exit code 2."""
+    if getattr(args, "debug", False):
+        raise err
+    from rlpost.config import ConfigError
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    kind = "config error" if isinstance(err, ConfigError) else "error"
+    print(f"{kind}: {' '.join(str(text).split())}", file=sys.stderr)
+    return 2
+
+
 def cmd_train(args) -> int:
-    from rlpost.config import ConfigError, load_config
+    from rlpost.config import load_config
     from rlpost.engines.base import EngineError
     from rlpost.learner import NonFiniteGradientError
     from rlpost.trainer import Trainer
 
+    from rlpost.config import ConfigError
+    from rlpost.data import DataError
+
+    trainer = None
     try:
         cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    trainer = Trainer(cfg)
-    try:
+        trainer = Trainer(cfg)
         trainer.setup()
         summary = trainer.train()
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    except bad_input_errors() as err:
+        if isinstance(err, (ConfigError, DataError)) or trainer is None or trainer.step == 0:
+            return input_error(err, args)   # bad input, found before or during training
+        raise
     except NonFiniteGradientError as err:
         print(f"\ntraining stopped: {err}", file=sys.stderr)
         return 4
@@ -51,7 +70,7 @@ def cmd_train(args) -> int:
               "trainer.resume_from_checkpoint=latest" if saved else ""), file=sys.stderr)
         return 3
     finally:
-        if hasattr(trainer, "engine"):
+        if trainer is not None and hasattr(trainer, "engine"):
             trainer.close()
     last = summary["last"]
     print(f"\nfinished {last.get('step')} steps: reward/mean {last.get('reward/mean', float('nan')):.3f}, "
@@ -74,6 +93,7 @@ def cmd_make_tiny(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlpost", description="RL post-training for Hugging Face language models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error (exit 2)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run RL training from a YAML config",

@@ -5,6 +5,7 @@ formatted with the tokenizer's chat template; every other column is kept for the
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,12 @@ def load_rows(source: str | list[dict], split: str = "train") -> list[dict]:
     import datasets
 
     path = Path(source)
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{source}: the file is empty (no rows)")
+    if path.is_file() and path.suffix.lower() == ".jsonl":
+        return read_jsonl_rows(path)
+    if not path.exists() and str(source).startswith(("/", "./", "../", "~")):
+        raise DataError(f"{source}: no such file or folder")
     try:
         if path.is_file():
             fmt = _FORMATS.get(path.suffix.lower())
@@ -39,6 +46,25 @@ def load_rows(source: str | list[dict], split: str = "train") -> list[dict]:
     except Exception as err:  # datasets raises many types; keep the cause, name the source
         raise DataError(f"could not load dataset {source!r} (split {split!r}): {err}") from err
     return [dict(r) for r in ds]
+
+
+def read_jsonl_rows(path: Path) -> list[dict]:
+    """One JSON object per line (blank lines skipped); a bad line is a DataError naming the file and line number."""
+    rows = []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}, line {number}: not valid JSON ({err.msg}, column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {number}: expected a JSON object per line, got {type(row).__name__}")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows (only blank lines)")
+    return rows
 
 
 def format_prompt(tokenizer, prompt: Any, system_prompt: str | None, chat_template: bool, where: str) -> tuple[str, list | None]:

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -70,7 +71,7 @@ class Trainer:
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
         seed_everything(cfg.trainer.seed)
-        self.out.mkdir(parents=True, exist_ok=True)
+        writable_output_dir(self.out)
         if self.dist.is_main:
             save_config(cfg, self.out / "config.yaml")
 
@@ -419,6 +420,18 @@ def user_set_fields(section) -> dict:
     """The fields of a config section the user set (:func:`rlpost.config.explicit_fields`)."""
     from rlpost.config import explicit_fields
     return explicit_fields(section)
+
+
+def writable_output_dir(path: Path) -> None:
+    """Create ``path`` and check that files can be written there; a ConfigError naming trainer.output_dir if not
+    (before any model loads, rather than at the first checkpoint)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".rlpost-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"trainer.output_dir: cannot write to {str(path)!r} ({err.strerror or err})") from None
 
 
 def assign_group_ids(trajs, draws, round_: int, rounds: int, num_prompts: int) -> None:

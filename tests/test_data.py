@@ -37,8 +37,10 @@ def test_missing_column_and_empty_dataset_are_clear(char_tokenizer, tmp_path):
     with pytest.raises(DataError, match="unsupported file type"):
         (tmp_path / "x.txt").write_text("hi")
         load_rows(str(tmp_path / "x.txt"))
-    with pytest.raises(DataError, match="could not load dataset"):
+    with pytest.raises(DataError, match="nothing-here: no such file or folder"):
         load_rows(str(tmp_path / "nothing-here"))
+    with pytest.raises(DataError, match="could not load dataset 'no-such-org/no-such-set'"):   # a hub id, offline
+        load_rows("no-such-org/no-such-set")
 
 
 def test_synthetic_tasks_are_seeded_and_disjoint():

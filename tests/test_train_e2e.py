@@ -98,12 +98,12 @@ def broken_reward(prompts, completions, **kwargs):
     raise ValueError("cannot score")
 
 
-def test_bad_dataset_is_reported(tmp_path, tiny_model_path):
-    from rlpost.data import DataError
+def test_bad_dataset_is_reported(tmp_path, tiny_model_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text('{"question": "1+1=", "answer": "2"}\n')
-    with pytest.raises(DataError, match=r"d.jsonl, row 0: missing column 'prompt' \(set data.prompt_column\)"):
-        run(tmp_path, "bd", f"data.train_path={data}", f"data.eval_path={data}", "trainer.max_steps=1")
+    code, _ = run(tmp_path, "bd", f"data.train_path={data}", f"data.eval_path={data}", "trainer.max_steps=1")
+    assert code == 2
+    assert "d.jsonl, row 0: missing column 'prompt' (set data.prompt_column)" in capsys.readouterr().err
 
 
 def test_kl_reference_model_and_dynamic_sampling(tmp_path, tiny_model_path):

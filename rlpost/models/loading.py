@@ -15,6 +15,9 @@ def resolve_model_path(model_cfg) -> str:
     if ref.startswith("tiny:"):
         from rlpost.models.tiny import ensure_tiny
         return str(ensure_tiny(ref))
+    if ref.startswith(("/", "./", "../", "~")) and not Path(ref).expanduser().exists():
+        from rlpost.config import ConfigError
+        raise ConfigError(f"model.name_or_path: no such folder {ref!r} (a local path; hub ids look like 'org/name')")
     return ref
 
 

@@ -1,0 +1,45 @@
+"""Bad input through `rlpost train`: one clear line naming the key, file, line or reward function; exit code 2; no
+traceback (unless --debug)."""
+import pytest
+
+from rlpost.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (d / "bad.jsonl").write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": "2+2", "answer": \n')
+    (d / "empty.jsonl").write_text("")
+    (d / "nocol.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
+    return d
+
+
+CASES = [
+    ("data.train_path={d}/bad.jsonl", "bad.jsonl, line 2: not valid JSON"),
+    ("data.train_path={d}/empty.jsonl", "empty.jsonl: the file is empty"),
+    ("data.train_path={d}/nocol.jsonl", "missing column 'prompt' (set data.prompt_column)"),
+    ("model.name_or_path={d}/no-such-model", "model.name_or_path: no such folder"),
+    ("rewards=[nosuchmod:fn]", "cannot import reward function 'nosuchmod:fn'"),
+    ("trainer.output_dir=/proc/rlpost-cannot-write", "trainer.output_dir: cannot write to"),
+    ("algo.loss=nope", "algo.loss: unknown policy loss 'nope'"),
+]
+
+
+@pytest.mark.parametrize("override, message", CASES)
+def test_bad_input_is_one_line_and_exit_2(files, tmp_path, capsys, override, message):
+    code = main(["train", "configs/tiny/arith_grpo.yaml", f"trainer.output_dir={tmp_path / 'out'}",
+                 "trainer.max_steps=1", "trainer.progress_bar=false", override.format(d=files)])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith(("error:", "config error:"))]
+    assert len(lines) == 1 and message in lines[0], err[-2000:]
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(files, tmp_path):
+    from rlpost.data import DataError
+    with pytest.raises(DataError, match="line 2"):
+        main(["--debug", "train", "configs/tiny/arith_grpo.yaml", f"trainer.output_dir={tmp_path / 'out'}",
+              f"data.train_path={files}/bad.jsonl"])
