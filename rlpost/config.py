@@ -75,6 +75,8 @@ class DataConfig:
     chat_template: bool = True                # format prompts with the tokenizer's chat template
     shuffle_dataset: bool = True              # shuffle training prompts each epoch
     sampler: Component = "uniform"            # prompt sampler: uniform | gain_rl | ...
+    overlong_prompts: str = "error"           # a prompt with no room for max_completion_length tokens in the model's
+                                              # context: error | drop (with a counted warning) | truncate_left
 
 
 @dataclass

@@ -86,6 +86,9 @@ class Trainer:
                         "within a step (each draw is its own group of %d)", cfg.rollout.prompts_per_step,
                         len(self.train_prompts), cfg.rollout.num_generations)
         self.eval_prompts = self._prompts(cfg.data.eval_path, cfg.data.eval_split, cfg.data.num_eval, "test")
+        room = self._context_length() - cfg.rollout.max_completion_length
+        self.train_prompts = fit_prompts(self.train_prompts, self.tokenizer, room, cfg.data.overlong_prompts, "training")
+        self.eval_prompts = fit_prompts(self.eval_prompts, self.tokenizer, room, cfg.data.overlong_prompts, "evaluation")
         self.rewards = RewardManager.from_config(cfg.rewards)
         self.sampler = build_sampler(cfg.data.sampler, len(self.train_prompts), cfg.trainer.seed, cfg.data.shuffle_dataset)
 
@@ -114,6 +117,10 @@ class Trainer:
         if self.engine_needs_sync:  # before the first generation: a reused `rlpost serve` worker (or a resumed run's
             self.dist.sync_engine(self.engine, self.model)  # engine) may hold other weights than this run's
         return self
+
+    def _context_length(self) -> int:
+        """Tokens the model can attend to: rollout.max_model_len when set, else the model's max_position_embeddings."""
+        return self.cfg.rollout.max_model_len or getattr(self.model.config, "max_position_embeddings", None) or 10**9
 
     def _prompts(self, path, split, n, task_split) -> list[Prompt]:
         d = self.cfg.data
@@ -420,6 +427,37 @@ def user_set_fields(section) -> dict:
     """The fields of a config section the user set (:func:`rlpost.config.explicit_fields`)."""
     from rlpost.config import explicit_fields
     return explicit_fields(section)
+
+
+def fit_prompts(prompts: list[Prompt], tokenizer, room: int, policy: str, which: str) -> list[Prompt]:
+    """Prompts longer than ``room`` tokens (the context minus rollout.max_completion_length), handled before step 0
+    by data.overlong_prompts: ``error`` (a ConfigError naming the first one), ``drop`` (a counted warning) or
+    ``truncate_left`` (keep the last ``room`` tokens: the question usually sits at the end)."""
+    if policy not in ("error", "drop", "truncate_left"):
+        raise ConfigError(f"data.overlong_prompts: {policy!r} is not one of error, drop, truncate_left")
+    lengths = [len(tokenizer(p.text, add_special_tokens=False)["input_ids"]) for p in prompts]
+    over = [i for i, n in enumerate(lengths) if n > room]
+    if not over:
+        return prompts
+    first = over[0]
+    if policy == "error" or room <= 0:
+        raise ConfigError(f"{len(over)} of {len(prompts)} {which} prompts do not fit the model's context with "
+                          f"rollout.max_completion_length room (first: row {prompts[first].id}, {lengths[first]} tokens > "
+                          f"{room}); set data.overlong_prompts=drop or truncate_left, a smaller max_completion_length "
+                          "or a larger rollout.max_model_len")
+    log.warning("data.overlong_prompts=%s: %d of %d %s prompts are longer than %d tokens", policy, len(over),
+                len(prompts), which, room)
+    if policy == "drop":
+        dropped = set(over)
+        kept = [p for i, p in enumerate(prompts) if i not in dropped]
+        if not kept:
+            raise ConfigError(f"data.overlong_prompts=drop: every {which} prompt is longer than {room} tokens")
+        return kept
+    out = list(prompts)
+    for i in over:
+        ids = tokenizer(prompts[i].text, add_special_tokens=False)["input_ids"][-room:]
+        out[i] = dataclasses.replace(prompts[i], text=tokenizer.decode(ids))
+    return out
 
 
 def writable_output_dir(path: Path) -> None:

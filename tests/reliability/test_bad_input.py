@@ -43,3 +43,44 @@ def test_debug_shows_the_traceback(files, tmp_path):
     with pytest.raises(DataError, match="line 2"):
         main(["--debug", "train", "configs/tiny/arith_grpo.yaml", f"trainer.output_dir={tmp_path / 'out'}",
               f"data.train_path={files}/bad.jsonl"])
+
+
+@pytest.fixture(scope="module")
+def long_data(tmp_path_factory):
+    """4 short prompts and one of ~700 characters (the char tokenizer: ~700 tokens; the tiny model has 512
+    positions)."""
+    import json
+    path = tmp_path_factory.mktemp("long") / "long.jsonl"
+    rows = [{"prompt": f"{a} + {a} = ?", "answer": str(2 * a)} for a in range(10, 14)]
+    rows.insert(2, {"prompt": "please " * 100 + "1 + 1 = ?", "answer": "2"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_overlong_prompts_fail_before_step_0_by_default(long_data, tmp_path, capsys):
+    code = main(["train", "configs/tiny/arith_grpo.yaml", f"trainer.output_dir={tmp_path / 'out'}",
+                 f"data.train_path={long_data}", "trainer.max_steps=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 of 5 training prompts do not fit the model's context" in err and "row 2" in err
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("policy", ["drop", "truncate_left"])
+def test_overlong_prompts_can_be_dropped_or_truncated(long_data, tmp_path, caplog, policy):
+    import logging
+
+    from rlpost.config import load_config
+    from rlpost.trainer import Trainer
+    cfg = load_config("configs/tiny/arith_grpo.yaml", [f"trainer.output_dir={tmp_path / 'out'}",
+                                                       f"data.train_path={long_data}", f"data.overlong_prompts={policy}"])
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(cfg).setup()
+    try:
+        room = 512 - cfg.rollout.max_completion_length
+        lengths = [len(trainer.tokenizer(p.text, add_special_tokens=False)["input_ids"]) for p in trainer.train_prompts]
+        assert max(lengths) <= room and f"data.overlong_prompts={policy}: 1 of 5 training prompts" in caplog.text
+        assert len(lengths) == (4 if policy == "drop" else 5)
+        if policy == "truncate_left":
+            assert trainer.train_prompts[2].text.endswith("1 + 1 = ?<|im_end|>\n<|im_start|>assistant\n")
+    finally:
+        trainer.close()
