@@ -90,11 +90,13 @@ def test_warm_start_stops_at_the_first_evaluation_inside_the_band(monkeypatch):
                                              eval_every=2, batch_size=4, max_sft_steps=4))
 
 
-def test_the_apr_checkpoint_is_shipped_and_other_seeds_say_how_to_build_one():
+@pytest.mark.parametrize("task, script", [("apr_countdown", "apr_pretrain.py"), ("a2fm_mini", "a2fm_pretrain.py")])
+def test_the_apr_and_a2fm_checkpoints_are_shipped_and_other_seeds_say_how_to_build_one(task, script):
     import rlpost.models.tiny as tiny
-    path = tiny.ensure_tiny("tiny:llama:apr_countdown")
-    assert path == tiny.SHIPPED_DIR / "llama-apr_countdown" and (path / "CARD.md").exists()
+    path = tiny.ensure_tiny(f"tiny:llama:{task}")
+    assert path == tiny.SHIPPED_DIR / f"llama-{task}" and (path / "CARD.md").exists()
     info = json.loads((path / "rlpost_study.json").read_text())
-    assert info["kind"] == "both" and info["model"]["arch"] == "llama"
-    with pytest.raises(ValueError, match="scripts/apr_pretrain.py"):
-        tiny.ensure_tiny("tiny:llama:apr_countdown:1")
+    assert info["sft"]["sft_steps"] > 1000 and len(info["sft"]["stages"]) == 2
+    assert AutoModelForCausalLM.from_pretrained(path).config.model_type == "llama"
+    with pytest.raises(ValueError, match=f"scripts/{script}"):
+        tiny.ensure_tiny(f"tiny:llama:{task}:1")
