@@ -27,7 +27,7 @@ from rlpost.algos.losses import DEFAULT_AGGREGATION
 from rlpost.batch import collate
 from rlpost.config import Config, ConfigError, component, save_config, to_dict
 from rlpost.data import build_prompts, task_or_file_rows
-from rlpost.engines.base import SamplingParams
+from rlpost.engines.base import EngineError, SamplingParams
 from rlpost.learner import Learner, LearnerSettings, build_optimizer, build_scheduler
 from rlpost.methods import Extras, build_methods, validate_methods
 from rlpost.models.loading import load_model, load_tokenizer, resolve_model_path
@@ -214,11 +214,15 @@ class Trainer:
             self.step += 1
             if cfg.algo.sync_ref_model and self.step % cfg.algo.ref_model_sync_steps == 0:
                 mix_into_reference(self.ref_model, self.model, cfg.algo.ref_model_mixup_alpha)
-            with self.times("weight_sync"):
-                self.dist.sync_engine(self.engine, self.model) if self.engine_needs_sync else None
             last = {"step": self.step, **gen_metrics, **adv_metrics, **update_metrics,
-                    "tokens": self.dist.global_count(int(sum(len(s.completion_ids) for t in trajectories for s in t.samples))),
-                    "step_time": time.perf_counter() - start}
+                    "tokens": self.dist.global_count(int(sum(len(s.completion_ids) for t in trajectories for s in t.samples)))}
+            try:
+                with self.times("weight_sync"):
+                    self.dist.sync_engine(self.engine, self.model) if self.engine_needs_sync else None
+            except EngineError:  # the engine handler checkpointed this step: log its row too, so resume misses none
+                self.tracker.log({**last, "step_time": time.perf_counter() - start, **self.times.metrics()})
+                raise
+            last["step_time"] = time.perf_counter() - start
             last["perf/tokens_per_s"] = last["tokens"] / last["step_time"]
             if self._due(cfg.trainer.eval_steps) or self.step == cfg.trainer.max_steps:
                 with self.times("eval"):

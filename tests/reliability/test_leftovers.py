@@ -66,3 +66,39 @@ def test_a_step_larger_than_the_dataset_never_merges_groups(tmp_path, caplog):
         assert len(groups) == 10 and all(groups.count(g) == 2 for g in groups), groups
         prompts = [r["prompt"] for r in rows if r["step"] == step]
         assert len(set(prompts)) <= 3 < len(set(groups))                     # repeated prompts, distinct groups
+
+
+def test_a_weight_sync_that_fails_still_logs_its_step_and_resume_misses_none(tmp_path, monkeypatch):
+    """An engine whose weight sync fails after step 2 (a worker dying mid-sync): the run stops with exit 3, the
+    checkpoint is step 2 and metrics.jsonl has step 2's row; resuming continues with step 3 (before: 1, 3, 4)."""
+    from rlpost.engines.base import EngineError
+    from rlpost.trainer import Trainer
+    calls = {"n": 0}
+
+    class SyncFails:
+        """The hf engine with a separate model copy, as a remote engine has; its 3rd weight sync fails."""
+        def __init__(self, inner):
+            import copy
+            self.inner, self.model = inner, copy.deepcopy(inner.model)
+
+        def generate(self, requests, params):
+            return self.inner.generate(requests, params)
+
+        def load_weights(self, named):
+            calls["n"] += 1
+            if calls["n"] == 3:             # 1: before step 1 (setup), 2: after step 1, 3: after step 2
+                raise EngineError("worker 0 died during update_weights")
+            self.inner.load_weights(named)
+
+        def close(self):
+            self.inner.close()
+
+    build = Trainer._build_engine
+    monkeypatch.setattr(Trainer, "_build_engine", lambda self: type(build(self))(SyncFails(build(self).engine),
+                                                                             self._engine_failed))
+    out = tmp_path / "run"
+    assert train(out, "trainer.max_steps=4", "trainer.save_steps=0") == 3
+    assert steps(out) == [0, 1, 2] and (out / "checkpoints" / "step-2").exists()
+    monkeypatch.undo()
+    assert train(out, "trainer.max_steps=4", "trainer.save_steps=0", "trainer.resume_from_checkpoint=latest") == 0
+    assert steps(out) == [0, 1, 2, 3, 4]
