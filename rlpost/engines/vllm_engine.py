@@ -60,6 +60,25 @@ def sampling_kwargs(params: SamplingParams) -> dict:
                 logprobs=0)                                          # 0: only the sampled token's logprob
 
 
+class _ExpectedReloadWarnings(logging.Filter):
+    """Drops vLLM's "<Layer>: Failed to load weights" on a weight sync for the layers that have no weights of their
+    own in a state dict: RotaryEmbedding (buffers computed from the config) and ParallelLMHead when the LM head is
+    tied to the embeddings (rlpost sends HF state-dict names, where the tied head has no entry). vLLM then keeps
+    their tensors as they are, which is right; that the sync is complete is checked by the worker's weights
+    fingerprint (rlpost.serving.weights.weights_fingerprint) and by the log-prob agreement tests."""
+
+    EXPECTED = {"RotaryEmbedding", "ParallelLMHead", "VocabParallelEmbedding"}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "%s: Failed to load weights" and record.args and record.args[0] in self.EXPECTED)
+
+
+def _quiet_expected_reload_warnings() -> None:
+    log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    if not any(isinstance(f, _ExpectedReloadWarnings) for f in log.filters):
+        log.addFilter(_ExpectedReloadWarnings())
+
+
 @ENGINES.register("vllm")
 class VLLMEngine:
     """``vllm.LLM`` in this process; see the module docstring for the conventions."""
@@ -70,6 +89,7 @@ class VLLMEngine:
                  seed: int = 0, trust_remote_code: bool = False, revision: str | None = None):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"   # in-process worker: see the module docstring
         from vllm import LLM
+        _quiet_expected_reload_warnings()
         from vllm.platforms import current_platform
 
         from rlpost.engines.vllm_worker import RlpostLogitsProcessor

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -35,6 +36,8 @@ from rlpost.eval.metrics import summarize
 # settings that must agree between an interrupted run and its resume
 _META_KEYS = ("benchmark", "checkpoint", "n", "temperature", "top_p", "max_tokens", "num_rows", "rows_hash",
               "chat_template")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -152,6 +155,9 @@ def evaluate(engine, tokenizer, spec: BenchmarkSpec | str, rows: Sequence[dict] 
         samples_path.parent.mkdir(parents=True, exist_ok=True)
         if resume and samples_path.exists():
             done = _read_done(samples_path, meta, n, len(rows))
+            if done:
+                log.info("eval %s: resuming from %s, %d of %d problems already done", spec.name, samples_path,
+                         len(done), len(rows))
         # Rewrite with the complete problems only: drops half-written batches and cut-off lines.
         tmp = samples_path.with_suffix(".tmp")
         with tmp.open("w") as f:

@@ -192,7 +192,7 @@ def test_resolve_benchmark(tmp_path):
         assert isinstance(BENCHMARKS.get(name), BenchmarkSpec)
 
 
-def test_cli_end_to_end_and_resume(tmp_path):
+def test_cli_end_to_end_and_resume(tmp_path, caplog):
     data = tmp_path / "sums.jsonl"
     data.write_text("".join(json.dumps({"question": f"{a}+{a}=", "answer": f"#### {2 * a}"}) + "\n"
                             for a in range(10, 15)))
@@ -214,10 +214,12 @@ def test_cli_end_to_end_and_resume(tmp_path):
     table = (out / "results.md").read_text()
     assert "| ckpt/a |" in table and "GSM8K" in table and "Arithmetic" in table
     assert set(json.loads((out / "results.json").read_text())) == {"ckpt/a", "ckpt/b"}
-    # the rerun resumes from the samples files: no generation at all
+    # the rerun resumes from the samples files: no generation at all, and says so
     engines.clear()
-    assert run_eval(args, engine_factory=factory) == 0
+    with caplog.at_level("INFO"):
+        assert run_eval(args, engine_factory=factory) == 0
     assert all(e.calls == 0 for e in engines)
+    assert "eval arithmetic: resuming from" in caplog.text and "4 of 4 problems already done" in caplog.text
 
 
 def test_real_char_tokenizer_round_trip():
