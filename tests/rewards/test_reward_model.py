@@ -40,9 +40,10 @@ def trained_rm(tmp_path_factory, tiny_model_path, char_tokenizer, learning_seed)
 
 @pytest.mark.learning
 def test_rm_training_separates_chosen_from_rejected(trained_rm, tiny_model_path, learning_seed, report_learning):
-    """Against a no-update control: the same body with its fresh score head (same seed) ranks the 16 pairs at
-    chance. Measured (scripts/learning_spread.py, seeds 0-2 x native/capped float path): control 0.31-0.69, trained
-    1.000 in all six runs; the 0.8 bar leaves three pairs of margin."""
+    """Against a no-update control: the same body with a fresh score head (same seed) ranks the 16 pairs at chance
+    or below. Measured (scripts/learning_spread.py, seeds 0-2 x native/capped float path, 2026-12-03): control
+    0.312-0.438, trained 0.812-0.938, trained - control >= 0.437. The bars (>= 0.7, >= control + 0.25) leave two to
+    three pairs of margin."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     path, pairs, result = trained_rm
@@ -53,8 +54,8 @@ def test_rm_training_separates_chosen_from_rejected(trained_rm, tiny_model_path,
     control_accuracy = pair_accuracy(control, tok, pairs)
     report_learning("rm_control_pair_accuracy", control_accuracy)
     report_learning("rm_trained_pair_accuracy", result["train_accuracy"])
-    assert result["train_accuracy"] >= 0.8, result["train_accuracy"]
-    assert result["train_accuracy"] >= control_accuracy + 0.1, (result["train_accuracy"], control_accuracy)
+    assert result["train_accuracy"] >= 0.7, result["train_accuracy"]
+    assert result["train_accuracy"] >= control_accuracy + 0.25, (result["train_accuracy"], control_accuracy)
     losses = [h["loss"] for h in result["log_history"] if "loss" in h]
     assert losses[-1] < losses[0]
     meta = json.loads((path / "rlpost_rm.json").read_text())
