@@ -277,7 +277,7 @@ def write_table(results: dict, path: Path) -> None:
         sft_cpu = _mean([r["sft"].get("cpu_seconds") for r in results["runs"].values()])
         lines.append(f"Wall time of this run of the study: {results['seconds'] / 60:.1f} min; CPU time of its process "
                      f"{results.get('cpu_seconds', 0) / 60:.1f} min (2 cores shared with other jobs)."
-                     + (f" The warm start (cached in runs/sft-s*/ when present) took {sft_cpu / 60:.1f} min CPU." if sft_cpu else ""))
+                     + (f" The warm start (shipped for the default settings, else cached in runs/sft-s*/) took {sft_cpu / 60:.1f} min CPU." if sft_cpu else ""))
     path.write_text("\n".join(lines) + "\n")
 
 

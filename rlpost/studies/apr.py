@@ -321,7 +321,7 @@ def write_table(results: dict, path: Path) -> None:
         sft_cpu = _mean([r["sft"].get("cpu_seconds") for r in results["runs"].values()])
         lines.append(f"Wall time of this run of the study: {results['seconds'] / 60:.1f} min; CPU time of its process "
                      f"{results['cpu_seconds'] / 60:.1f} min (the machine's 2 cores were shared with other jobs). "
-                     f"SFT (cached in runs/sft-s*/ when present): {sft_cpu / 60:.1f} min CPU."
+                     f"SFT (shipped for the default settings, else cached in runs/sft-s*/): {sft_cpu / 60:.1f} min CPU."
                      if sft_cpu == sft_cpu else f"Wall time of this run of the study: {results['seconds'] / 60:.1f} min.")
     path.write_text("\n".join(lines) + "\n")
 
