@@ -71,7 +71,8 @@ def train_rms(rm_dir: Path, base_model: str, pairs: int, steps: int, seed: int =
             meta = json.loads(meta_path.read_text())
             meta["study"] = want
             meta_path.write_text(json.dumps(meta, indent=2))
-        out[name] = {"path": str(path), "kind": kind, "train_accuracy": meta["train_accuracy"],
+        shown = path.relative_to(Path.cwd()) if path.is_absolute() and path.is_relative_to(Path.cwd()) else path
+        out[name] = {"path": str(shown), "kind": kind, "train_accuracy": meta["train_accuracy"],
                      "eval_accuracy": meta["eval_accuracy"]}
     return out
 
