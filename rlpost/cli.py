@@ -43,13 +43,11 @@ def input_error(err: BaseException, args) -> int:
 
 
 def cmd_train(args) -> int:
-    from rlpost.config import load_config
+    from rlpost.config import ConfigError, load_config
+    from rlpost.data import DataError
     from rlpost.engines.base import EngineError
     from rlpost.learner import NonFiniteGradientError
     from rlpost.trainer import Trainer
-
-    from rlpost.config import ConfigError
-    from rlpost.data import DataError
 
     trainer = None
     try:

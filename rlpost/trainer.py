@@ -26,6 +26,7 @@ from rlpost.algos.dynamic_sampling import informative_groups
 from rlpost.algos.losses import DEFAULT_AGGREGATION
 from rlpost.batch import collate
 from rlpost.config import Config, ConfigError, component, save_config, to_dict
+from rlpost.config import explicit_fields as user_set_fields  # the keys the user set (YAML or CLI)
 from rlpost.data import build_prompts, task_or_file_rows
 from rlpost.engines.base import EngineError, SamplingParams
 from rlpost.learner import Learner, LearnerSettings, build_optimizer, build_scheduler
@@ -427,19 +428,14 @@ class Trainer:
         err.checkpoint = self.save()
 
 
-def user_set_fields(section) -> dict:
-    """The fields of a config section the user set (:func:`rlpost.config.explicit_fields`)."""
-    from rlpost.config import explicit_fields
-    return explicit_fields(section)
-
-
 def fit_prompts(prompts: list[Prompt], tokenizer, room: int, policy: str, which: str) -> list[Prompt]:
     """Prompts longer than ``room`` tokens (the context minus rollout.max_completion_length), handled before step 0
     by data.overlong_prompts: ``error`` (a ConfigError naming the first one), ``drop`` (a counted warning) or
     ``truncate_left`` (keep the last ``room`` tokens: the question usually sits at the end)."""
     if policy not in ("error", "drop", "truncate_left"):
         raise ConfigError(f"data.overlong_prompts: {policy!r} is not one of error, drop, truncate_left")
-    lengths = [len(tokenizer(p.text, add_special_tokens=False)["input_ids"]) for p in prompts]
+    ids = [tokenizer(p.text, add_special_tokens=False)["input_ids"] for p in prompts]
+    lengths = [len(x) for x in ids]
     over = [i for i, n in enumerate(lengths) if n > room]
     if not over:
         return prompts
@@ -459,8 +455,7 @@ def fit_prompts(prompts: list[Prompt], tokenizer, room: int, policy: str, which:
         return kept
     out = list(prompts)
     for i in over:
-        ids = tokenizer(prompts[i].text, add_special_tokens=False)["input_ids"][-room:]
-        out[i] = dataclasses.replace(prompts[i], text=tokenizer.decode(ids))
+        out[i] = dataclasses.replace(prompts[i], text=tokenizer.decode(ids[i][-room:]))
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from rlpost.config import ConfigError, component
+from rlpost.config import explicit_fields as user_set  # the keys the user set (YAML or CLI)
 
 
 def name_of(spec) -> str | None:
@@ -12,12 +13,6 @@ def name_of(spec) -> str | None:
         return component(spec)[0]
     except ConfigError:
         return None
-
-
-def user_set(section) -> dict:
-    """The fields of a config section the user set (:func:`rlpost.config.explicit_fields`)."""
-    from rlpost.config import explicit_fields
-    return explicit_fields(section)
 
 
 def params_of(registry, spec, where: str, shared: dict | None = None):

@@ -44,16 +44,17 @@ def load_weights_file(path: str) -> list[tuple[str, torch.Tensor]]:
 
 
 def weights_fingerprint(named_tensors) -> str:
-    """A cheap fingerprint of a set of weights (16 hex digits): sha256 over each tensor's name, dtype, shape, its
-    float64 sum and up to 64 evenly strided values. Both sides of a sync compute it (the trainer on what it sends,
-    the worker on what it loaded), so a run can check which weights a worker holds without hashing every byte."""
+    """A cheap fingerprint of a set of weights (16 hex digits): sha256 over each tensor's name, dtype, shape and up
+    to 64 evenly strided values (only those are copied, so a sync of a large model stays cheap). Both sides of a sync
+    compute it (the trainer on what it sends, the worker on what it loaded), so a run can check which weights a
+    worker holds without hashing every byte; a training step moves almost every value, so stale weights differ."""
     import hashlib
     h = hashlib.sha256()
     for name, t in sorted(named_tensors, key=lambda nt: nt[0]):
-        flat = t.detach().reshape(-1).to("cpu", torch.float64)
+        flat = t.detach().reshape(-1)
         stride = max(1, flat.numel() // 64)
-        h.update(f"{name}|{str(t.dtype)}|{list(t.shape)}|{flat.sum().item():.10e}|".encode())
-        h.update(flat[::stride][:64].numpy().tobytes())
+        h.update(f"{name}|{str(t.dtype)}|{list(t.shape)}|".encode())
+        h.update(flat[::stride][:64].to("cpu", torch.float64).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
