@@ -6,8 +6,9 @@ Every field is documented once, here, by the comment on its line. TRL ``GRPOConf
 where the concept exists, and TRL's spelling is accepted anywhere as an alias (``ALIASES``), so a TRL user
 can write ``num_generations=8`` or ``beta=0.04`` at the top level. Unknown keys fail with the closest
 known key; wrong types name the key and the expected type. Components chosen by name
-(``algo.advantage``, ``algo.loss`` ...) take either a name or ``{name: ..., <its params>}``; their params are
-validated against the registered dataclass when the trainer builds them.
+(``algo.advantage``, ``algo.loss`` ...) take either a name or ``{name: ..., <its params>}``; :func:`load_config`
+resolves them all (rlpost/resolve.py: names, param names and types, method and distributed rules) before
+anything loads, and ``rlpost validate`` prints the result.
 """
 from __future__ import annotations
 
@@ -299,6 +300,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if reward_weights is not None:
         apply_reward_weights(cfg, reward_weights)
     validate(cfg)
+    from rlpost.resolve import resolve_train
+    resolve_train(cfg)   # every registry name, component param and method rule, before anything loads
     return cfg
 
 
@@ -442,6 +445,17 @@ def _check_scalar(value: Any, tp, key: str) -> Any:
             return str(value)
         raise ConfigError(f"{key}: expected str, got {value!r}")
     return value
+
+
+def check_field_types(cls, values: dict, where: str) -> dict:
+    """``values`` for dataclass ``cls`` with each value checked (and converted: YAML's "1e-6" is a float)
+    against the field's annotation; a mismatch raises ConfigError naming ``where``, the key and the type."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):   # an annotation that does not resolve here: leave the values as they are
+        return dict(values)
+    return {key: value if key not in hints or (isinstance(value, bool) and hints[key] is str)  # TRL's scale_rewards: false
+            else _check_scalar(value, hints[key], f"{where}.{key}") for key, value in values.items()}
 
 
 def _fail(key, tp, value):
@@ -602,9 +616,9 @@ def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config; secrets (the serve token) are redacted."""
-    data = to_dict(cfg)
+def save_config(cfg: "Config | dict", path: str | Path) -> None:
+    """Write a config (or its resolved mapping, rlpost/resolve.py); secrets (the serve token) are redacted."""
+    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
     if data["rollout"].get("server_token"):
         data["rollout"]["server_token"] = "<redacted>"
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

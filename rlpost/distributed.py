@@ -627,7 +627,14 @@ def setup(cfg) -> Runtime:
 
 
 def _check(cfg, runtime: Runtime) -> None:
-    r, a, w = cfg.rollout, cfg.algo, runtime.world_size
+    check_world_rules(cfg, runtime.world_size)
+    if cfg.trainer.eval_benchmarks and not runtime.is_main:
+        log.debug("benchmark evaluation runs on every rank; rank 0 logs it")
+
+
+def check_world_rules(cfg, world_size: int) -> None:
+    """The config rules that depend on the number of learner ranks (also run by ``rlpost validate``)."""
+    r, a, d, w = cfg.rollout, cfg.algo, cfg.distributed, world_size
     if r.prompts_per_step % w:
         raise ConfigError(f"rollout.prompts_per_step ({r.prompts_per_step}) must divide by the number of learner "
                           f"ranks ({w}): each rank trains on whole groups")
@@ -636,8 +643,7 @@ def _check(cfg, runtime: Runtime) -> None:
         raise ConfigError(f"optim.steps_per_generation ({cfg.optim.steps_per_generation}) must divide each rank's "
                           f"share of the generation batch ({local_rows} = prompts_per_step / {w} ranks * "
                           "num_generations)")
-    if a.dynamic_sampling and (runtime.zero3 or not runtime.split):
+    zero3 = d.backend == "deepspeed" and d.zero_stage == 3
+    if a.dynamic_sampling and (zero3 or d.rollout != "split"):
         raise ConfigError("algo.dynamic_sampling with several learner ranks needs distributed.rollout=split and "
                           "not ZeRO-3 (ranks refill different numbers of groups; ZeRO-3 generation is collective)")
-    if cfg.trainer.eval_benchmarks and not runtime.is_main:
-        log.debug("benchmark evaluation runs on every rank; rank 0 logs it")

@@ -161,6 +161,22 @@ def lr_params(cfg: SFTRunConfig):
         raise ConfigError(f"sft.lr: {err}") from None
 
 
+def resolve_stage(cfg) -> dict:
+    """An sft/dpo config as a plain mapping with its loss and LR recipe expanded (``rlpost validate``), checked
+    like a run config: the task's name, the sequence length against a known model's context window."""
+    from rlpost.resolve import check_context, expanded, registry_entry
+    out = dataclasses.asdict(cfg)
+    if cfg.data.task is not None and cfg.data.train_path is None:
+        from rlpost.tasks import TASKS
+        registry_entry(TASKS, cfg.data.task, "data.task")
+    if cfg.trainer.max_length:
+        check_context(cfg.model, cfg.trainer.max_length, "trainer.max_length")
+    if isinstance(cfg, SFTRunConfig):
+        out["sft"]["loss"] = expanded(*sft_loss_params(cfg))
+        out["sft"]["lr"] = dataclasses.asdict(lr_params(cfg))
+    return out
+
+
 def save_stage_config(cfg, path: Path) -> None:
     path.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
 

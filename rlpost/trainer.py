@@ -30,10 +30,11 @@ from rlpost.config import explicit_fields as user_set_fields  # the keys the use
 from rlpost.data import build_prompts, task_or_file_rows
 from rlpost.engines.base import EngineError, SamplingParams
 from rlpost.learner import Learner, LearnerSettings, build_optimizer, build_scheduler
-from rlpost.methods import Extras, build_methods, validate_methods
+from rlpost.methods import Extras, build_methods
 from rlpost.models.loading import load_model, load_tokenizer, resolve_model_path
 from rlpost.models.lora import reference_model
 from rlpost.models.reference import mix_into_reference
+from rlpost.resolve import resolve_train
 from rlpost.rewards import RewardManager
 from rlpost.samplers import build_sampler
 from rlpost.timing import PhaseTimes
@@ -67,14 +68,14 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def setup(self) -> "Trainer":
         cfg = self.cfg
-        validate_methods(cfg)  # each method module's combination rules, before any model is loaded
+        resolved = resolve_train(cfg)  # names, params, method rules (rlpost/resolve.py), before any model is loaded
         self.dist = distributed.setup(cfg)  # multi-process learner (torchrun ...); a no-op in a single process
         if cfg.trainer.num_threads:
             torch.set_num_threads(cfg.trainer.num_threads)
         seed_everything(cfg.trainer.seed)
         writable_output_dir(self.out)
         if self.dist.is_main:
-            save_config(cfg, self.out / "config.yaml")
+            save_config(resolved, self.out / "config.yaml")   # components expanded to their resolved params
 
         self.model_path = resolve_model_path(cfg.model)
         self.tokenizer = load_tokenizer(self.model_path, cfg.model)

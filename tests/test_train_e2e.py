@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlpost.cli import main
@@ -58,6 +59,10 @@ def test_train_cli_end_to_end(tmp_path, tiny_model_path, capsys):
     assert "metrics:" in printed and "final model:" in printed and "plot:" in printed
     assert (out / "curves.png").stat().st_size > 1000
     assert (out / "config.yaml").exists() and any((out / "tensorboard").iterdir())
+    saved = yaml.safe_load((out / "config.yaml").read_text())   # resolved: components expanded to all their params
+    assert saved["algo"]["loss"] == {"name": "dapo", "epsilon": 0.2, "epsilon_high": 0.2, "dual_clip_c": None,
+                                     "delta": None, "importance_sampling_level": "token"}
+    assert saved["algo"]["loss_agg"] == "token-mean" and saved["algo"]["advantage"]["name"] == "grpo"
     # the final model loads in plain transformers
     model = AutoModelForCausalLM.from_pretrained(out / "final_model")
     tok = AutoTokenizer.from_pretrained(out / "final_model")

@@ -59,11 +59,13 @@ def build_params(params_cls: type | None, shared: dict[str, Any] | None = None,
 
     ``shared`` holds the TRL-named knobs of the config section (epsilon, epsilon_high, scale_rewards...);
     only those the dataclass declares are used. ``overrides`` is the component's own YAML node and must
-    name only declared fields (the error names ``where`` and the known fields).
+    name only declared fields, with values of the declared types (a ConfigError names ``where``, the key
+    and the known fields or the expected type).
     """
+    from rlpost.config import ConfigError, check_field_types
     if params_cls is None:
         if overrides:
-            raise ValueError(f"{where} takes no parameters, got {sorted(overrides)}")
+            raise ConfigError(f"{where} takes no parameters, got {sorted(overrides)}")
         return None
     names = {f.name for f in dataclasses.fields(params_cls)}
     kwargs = {k: v for k, v in (shared or {}).items() if k in names}
@@ -72,9 +74,9 @@ def build_params(params_cls: type | None, shared: dict[str, Any] | None = None,
             import difflib
             close = difflib.get_close_matches(key, sorted(names), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown key {where}.{key}{hint} known: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown key {where}.{key}{hint} known: {', '.join(sorted(names))}")
         kwargs[key] = value
-    return params_cls(**kwargs)
+    return params_cls(**check_field_types(params_cls, kwargs, where))
 
 
 def group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

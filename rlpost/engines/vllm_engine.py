@@ -42,6 +42,12 @@ log = logging.getLogger("rlpost")
 DEFAULT_PROMPT_BUDGET = 1024  # tokens reserved for the prompt when rollout.max_model_len is unset
 
 
+def context_overrides(model_init_kwargs: dict) -> dict:
+    """The context-window settings of ``model.model_init_kwargs`` (``rope_scaling``, ``max_position_embeddings``),
+    which transformers' from_pretrained applies to the learner's model, as vLLM ``hf_overrides`` for the sampler."""
+    return {k: model_init_kwargs[k] for k in ("rope_scaling", "max_position_embeddings") if k in model_init_kwargs}
+
+
 def default_max_model_len(model_path: str, max_completion_length: int, trust_remote_code: bool = False) -> int:
     """Prompt budget + completion cap, rounded up to a multiple of 256, capped at the model's context length."""
     from transformers import AutoConfig
@@ -86,7 +92,8 @@ class VLLMEngine:
     def __init__(self, model_path: str, tokenizer, *, dtype: str = "auto", gpu_memory_utilization: float = 0.3,
                  max_model_len: int | None = None, max_completion_length: int = 256,
                  enable_prefix_caching: bool = True, enforce_eager: bool = True, enable_sleep_mode: bool = False,
-                 seed: int = 0, trust_remote_code: bool = False, revision: str | None = None):
+                 seed: int = 0, trust_remote_code: bool = False, revision: str | None = None,
+                 hf_overrides: dict | None = None):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"   # in-process worker: see the module docstring
         from vllm import LLM
         _quiet_expected_reload_warnings()
@@ -111,7 +118,8 @@ class VLLMEngine:
                            enable_prefix_caching=enable_prefix_caching, enforce_eager=enforce_eager,
                            enable_sleep_mode=enable_sleep_mode, logprobs_mode="processed_logprobs",
                            logits_processors=[RlpostLogitsProcessor],
-                           worker_extension_cls="rlpost.engines.vllm_worker.RlpostWorkerExtension")
+                           worker_extension_cls="rlpost.engines.vllm_worker.RlpostWorkerExtension",
+                           **({"hf_overrides": hf_overrides} if hf_overrides else {}))
         except ValueError as err:
             if "memory" in str(err).lower():
                 raise ValueError(f"vLLM could not reserve memory: {err}\n(rollout.gpu_memory_utilization is the "
@@ -130,7 +138,8 @@ class VLLMEngine:
                    max_model_len=r.max_model_len, max_completion_length=r.max_completion_length,
                    enable_prefix_caching=r.enable_prefix_caching, enforce_eager=r.enforce_eager,
                    enable_sleep_mode=r.enable_sleep_mode, seed=cfg.trainer.seed,
-                   trust_remote_code=m.trust_remote_code, revision=m.revision)
+                   trust_remote_code=m.trust_remote_code, revision=m.revision,
+                   hf_overrides=context_overrides(m.model_init_kwargs))
 
     # ------------------------------------------------------------------ generation
     def generate(self, requests: list[GenRequest], params: SamplingParams, seed_offset: int = 0) -> list[Sample]:
