@@ -333,10 +333,10 @@ class Trainer:
         entropies = fixed["old_entropies"] if fixed["old_entropies"] is not None else batch.sampler_entropies
         multi_call = batch.traj_index is not None and batch.traj_index.unique().numel() < len(batch)
         shaped, kl_metrics = self.kl_shaped_rewards(batch, fixed, multi_call)
-        inp = AdvantageInput(rewards=batch.rewards, group_ids=batch.group_ids, response_mask=batch.response_mask,
-                             entropies=entropies, extra={"old_logprobs": fixed.get("old_logprobs"),
-                                                         "sum_p_sq": fixed.get("sum_p_sq"),
-                                                         "truncated": batch.truncated, **(extra or {})}, **shaped)
+        inp = AdvantageInput(**{"rewards": batch.rewards, **shaped}, group_ids=batch.group_ids,
+                             response_mask=batch.response_mask, entropies=entropies,
+                             extra={"old_logprobs": fixed.get("old_logprobs"), "sum_p_sq": fixed.get("sum_p_sq"),
+                                    "truncated": batch.truncated, **(extra or {})})
         if multi_call:
             # multi-call trajectories (APR trees): group stats over trajectories, each row gets its tree's advantage
             advantages, metrics = per_trajectory(self.advantage_fn, self.advantage_params, inp, batch.traj_index)
