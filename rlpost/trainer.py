@@ -81,6 +81,10 @@ class Trainer:
         self.tokenizer = load_tokenizer(self.model_path, cfg.model)
         self.model = load_model(self.model_path, cfg.model, cfg.trainer.device)
         self.kl_controller = kl_reward_controller(cfg.algo.kl_reward)   # None when algo.kl_reward is off
+        if cfg.algo.beta > 0 and cfg.algo.kl_estimator == "k1":
+            log.warning("algo.beta > 0 with algo.kl_estimator=k1: the gradient of a k1 KL loss, grad log pi, has zero "
+                        "expectation on fresh samples, so it barely regularises; use kl_estimator=k3 or put the KL in "
+                        "the reward (algo.kl_reward, docs/algos/kl.md)")
         needs_ref = cfg.algo.beta > 0 or self.kl_controller is not None
         self.ref_model = reference_model(self.model_path, cfg.model, cfg.trainer.device, self.model) if needs_ref else None
 
