@@ -120,8 +120,9 @@ class AlgoConfig:
     dual_clip_c: float | None = None          # dual-clip bound for negative advantages (e.g. 3.0)
     delta: float | None = None                # two-sided clip cap on the ratio for A < 0
     importance_sampling_level: str = "token"  # token | sequence (GSPO)
-    beta: float = 0.0                         # KL coefficient; 0 loads no reference model
-    kl_estimator: str = "k3"                  # k1 | k2 | k3
+    beta: float = 0.0                         # KL *loss* coefficient (beta * KL_t added to the loss); 0 loads no reference model
+    kl_estimator: str = "k3"                  # KL loss estimator: k1 | k2 | k3 (k1 in the loss has zero expected gradient)
+    kl_reward: "KLRewardSettings" = field(default_factory=lambda: KLRewardSettings())  # KL in the reward; coef 0 = off
     entropy_coef: float = 0.0                 # entropy bonus weight (subtracted from the loss)
     num_iterations: int = 1                   # inner epochs per generation batch (PPO-style mu)
     mask_truncated_completions: bool = False  # drop completions that hit the length cap from the loss
@@ -137,6 +138,18 @@ class AlgoConfig:
     sync_ref_model: bool = False              # TR-DPO-style reference update every ref_model_sync_steps (needs beta > 0)
     ref_model_mixup_alpha: float = 0.6        # pi_ref <- alpha * pi_theta + (1 - alpha) * pi_ref
     ref_model_sync_steps: int = 512           # RL steps between reference updates
+
+
+@dataclass
+class KLRewardSettings:
+    """``algo.kl_reward``: a per-token penalty −coef·KL_t(π_old ‖ π_ref) on the sampled tokens, added to the
+    rewards before the advantage (outcome estimators see score − coef·Σ_t KL_t). Math and controllers:
+    rlpost/algos/kl_reward.py; when to use it rather than the KL loss (algo.beta): docs/algos/kl.md."""
+    coef: float = 0.0                         # beta (the adaptive controller's start); 0 = off, no reference model for it
+    controller: str = "fixed"                 # fixed | adaptive (Ziegler et al. 2019: beta *= 1 + clip(KL/target - 1, +-0.2) * n/horizon)
+    target: float | None = None               # adaptive: target KL per sequence (the step's mean of sum_t KL_t); required
+    horizon: float = 10000.0                  # adaptive: n / horizon is the gain, n = completions in the step (Ziegler: 10000)
+    estimator: str = "k1"                     # per-token KL of the penalty: k1 (log pi_old - log pi_ref; verl's default) | k2 | k3
 
 
 @dataclass
@@ -547,9 +560,10 @@ def validate(cfg: Config) -> None:
     if a.top_entropy_quantile < 1.0 and cfg.distributed.backend != "none":
         raise ConfigError("algo.top_entropy_quantile < 1 is single-process for now (the entropy quantile is taken over "
                           "the whole batch); set distributed.backend=none or algo.top_entropy_quantile=1")
+    _validate_kl_reward(a.kl_reward)
     if a.sync_ref_model:
-        if a.beta <= 0:
-            raise ConfigError("algo.sync_ref_model needs a reference model: set algo.beta > 0")
+        if a.beta <= 0 and a.kl_reward.coef <= 0:
+            raise ConfigError("algo.sync_ref_model needs a reference model: set algo.beta > 0 or algo.kl_reward.coef > 0")
         if not 0.0 <= a.ref_model_mixup_alpha <= 1.0 or a.ref_model_sync_steps < 1:
             raise ConfigError("algo.ref_model_mixup_alpha must be in [0, 1] and algo.ref_model_sync_steps >= 1, got "
                               f"{a.ref_model_mixup_alpha} and {a.ref_model_sync_steps}")
@@ -583,6 +597,27 @@ def validate(cfg: Config) -> None:
         if name not in ("tensorboard", "wandb", "trackio", "none", "jsonl"):
             raise ConfigError(f"trainer.report_to: unknown tracker {name!r} (tensorboard, wandb, trackio, none)")
     _validate_scale_options(cfg)
+
+
+def _validate_kl_reward(k: KLRewardSettings) -> None:
+    """algo.kl_reward: coef >= 0; a known controller and estimator; adaptive needs target > 0 and horizon > 0."""
+    if k.coef < 0:
+        raise ConfigError(f"algo.kl_reward.coef must be >= 0 (0 = off), got {k.coef}")
+    if k.controller not in ("fixed", "adaptive"):
+        raise ConfigError(f"algo.kl_reward.controller must be fixed or adaptive, got {k.controller!r}")
+    if k.estimator not in ("k1", "k2", "k3"):
+        raise ConfigError(f"algo.kl_reward.estimator must be k1, k2 or k3, got {k.estimator!r}")
+    if k.controller == "adaptive":
+        if k.target is None or k.target <= 0:
+            raise ConfigError(f"algo.kl_reward.target must be > 0 with controller adaptive (a sequence KL, e.g. 6.0 "
+                              f"in Ziegler et al.), got {k.target}")
+        if k.horizon <= 0:
+            raise ConfigError(f"algo.kl_reward.horizon must be > 0, got {k.horizon}")
+        if k.coef <= 0:
+            raise ConfigError("algo.kl_reward.controller adaptive multiplies algo.kl_reward.coef: set coef > 0 (its start)")
+    elif k.target is not None:
+        raise ConfigError("algo.kl_reward.target is used by controller adaptive only; set algo.kl_reward.controller=adaptive "
+                          "or drop the target")
 
 
 def _validate_scale_options(cfg: Config) -> None:

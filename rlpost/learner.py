@@ -45,6 +45,7 @@ class LearnerSettings:
     max_grad_norm: float = 1.0
     need_entropy: bool = False      # compute current and old per-token entropies (HAPO)
     need_sum_p_sq: bool = False     # compute sum_v pi_v^2 per token in the old-policy pass (OBLR-PO)
+    need_old_ref: bool = False      # old and reference log-probs in prepare() even with beta = 0 (algo.kl_reward)
     vllm_is: ISCorrection | None = None  # truncated IS correction of the sampler/learner mismatch (algos/mismatch.py)
     logprob_chunk_size: int = 0     # >0: LM head over this many completion tokens at a time (optim.logprob_chunk_size)
     padding_free: bool = False      # pack each micro-batch into one row without padding (optim.padding_free)
@@ -169,11 +170,11 @@ class Learner:
         old_lp = old_h = sum_p_sq = None
         forking = s.top_entropy_quantile < 1.0
         need_h = s.need_entropy or forking
-        if reuse or need_h or s.need_sum_p_sq or self.old_forward_hooks:
+        if reuse or need_h or s.need_sum_p_sq or self.old_forward_hooks or s.need_old_ref:
             old_lp, old_h, sum_p_sq = batched_logprobs(self.model, batch, s, need_h, s.need_sum_p_sq,
                                                        self.old_forward_hooks, shared_prefix=self.dist is None)
         ref_lp = (batched_logprobs(self.ref_model, batch, s, False, shared_prefix=self.dist is None)[0]
-                  if s.beta > 0 else None)
+                  if s.beta > 0 or s.need_old_ref else None)
         entropy_mask = high_entropy_mask(old_h, batch.response_mask, s.top_entropy_quantile) if forking else None
         return {"old_logprobs": old_lp, "old_entropies": old_h, "ref_logprobs": ref_lp, "sum_p_sq": sum_p_sq,
                 "entropy_mask": entropy_mask}

@@ -23,6 +23,7 @@ from rlpost import distributed
 from rlpost.algos import ADVANTAGES, AdvantageInput, build_params
 from rlpost.algos.advantages import per_trajectory
 from rlpost.algos.dynamic_sampling import informative_groups
+from rlpost.algos.kl_reward import build_kl_controller, kl_penalty, sequence_kl, shape_rewards
 from rlpost.algos.losses import DEFAULT_AGGREGATION
 from rlpost.batch import collate
 from rlpost.config import Config, ConfigError, component, save_config, to_dict
@@ -80,7 +81,13 @@ class Trainer:
         self.model_path = resolve_model_path(cfg.model)
         self.tokenizer = load_tokenizer(self.model_path, cfg.model)
         self.model = load_model(self.model_path, cfg.model, cfg.trainer.device)
-        self.ref_model = reference_model(self.model_path, cfg.model, cfg.trainer.device, self.model) if cfg.algo.beta > 0 else None
+        self.kl_controller = kl_reward_controller(cfg.algo.kl_reward)   # None when algo.kl_reward is off
+        if cfg.algo.beta > 0 and cfg.algo.kl_estimator == "k1":
+            log.warning("algo.beta > 0 with algo.kl_estimator=k1: the gradient of a k1 KL loss, grad log pi, has zero "
+                        "expectation on fresh samples, so it barely regularises; use kl_estimator=k3 or put the KL in "
+                        "the reward (algo.kl_reward, docs/algos/kl.md)")
+        needs_ref = cfg.algo.beta > 0 or self.kl_controller is not None
+        self.ref_model = reference_model(self.model_path, cfg.model, cfg.trainer.device, self.model) if needs_ref else None
 
         self.train_prompts = self._prompts(cfg.data.train_path, cfg.data.train_split, cfg.data.num_train, "train")
         if cfg.rollout.prompts_per_step > len(self.train_prompts):
@@ -173,7 +180,7 @@ class Trainer:
             max_consecutive_skipped_steps=cfg.optim.max_consecutive_skipped_steps,
             logprob_chunk_size=cfg.optim.logprob_chunk_size, padding_free=cfg.optim.padding_free,
             shared_prefix=cfg.optim.shared_prefix, max_tokens_per_micro_batch=cfg.optim.max_tokens_per_micro_batch,
-            top_entropy_quantile=a.top_entropy_quantile)
+            top_entropy_quantile=a.top_entropy_quantile, need_old_ref=self.kl_controller is not None)
         learner = Learner(self.model, optimizer, scheduler, settings, ref_model=self.ref_model,
                           lr_controller=self._build_lr_controller())
         self.dist.wrap_learner(learner)  # DDP / DeepSpeed (no-op in a single process)
@@ -329,14 +336,38 @@ class Trainer:
 
     def compute_advantages(self, batch, fixed, extra: dict | None = None) -> tuple[torch.Tensor, dict]:
         entropies = fixed["old_entropies"] if fixed["old_entropies"] is not None else batch.sampler_entropies
-        inp = AdvantageInput(rewards=batch.rewards, group_ids=batch.group_ids, response_mask=batch.response_mask,
-                             entropies=entropies, extra={"old_logprobs": fixed.get("old_logprobs"),
-                                                         "sum_p_sq": fixed.get("sum_p_sq"),
-                                                         "truncated": batch.truncated, **(extra or {})})
-        if batch.traj_index is not None and batch.traj_index.unique().numel() < len(batch):
+        multi_call = batch.traj_index is not None and batch.traj_index.unique().numel() < len(batch)
+        shaped, kl_metrics = self.kl_shaped_rewards(batch, fixed, multi_call)
+        inp = AdvantageInput(**{"rewards": batch.rewards, **shaped}, group_ids=batch.group_ids,
+                             response_mask=batch.response_mask, entropies=entropies,
+                             extra={"old_logprobs": fixed.get("old_logprobs"), "sum_p_sq": fixed.get("sum_p_sq"),
+                                    "truncated": batch.truncated, **(extra or {})})
+        if multi_call:
             # multi-call trajectories (APR trees): group stats over trajectories, each row gets its tree's advantage
-            return per_trajectory(self.advantage_fn, self.advantage_params, inp, batch.traj_index)
-        return self.advantage_fn(inp, self.advantage_params)
+            advantages, metrics = per_trajectory(self.advantage_fn, self.advantage_params, inp, batch.traj_index)
+        else:
+            advantages, metrics = self.advantage_fn(inp, self.advantage_params)
+        return advantages, {**metrics, **kl_metrics}
+
+    def kl_shaped_rewards(self, batch, fixed, multi_call: bool) -> tuple[dict, dict]:
+        """algo.kl_reward: the AdvantageInput fields rewards (score − β Σ_t KL_t), token_rewards and kl_penalty
+        (rlpost/algos/kl_reward.py), and the controller's update from this step's mean sequence KL over all ranks
+        (the penalty uses the coefficient from before the update). ({}, {}) when off."""
+        if self.kl_controller is None:
+            return {}, {}
+        k, mask = self.cfg.algo.kl_reward, batch.response_mask
+        traj_index = batch.traj_index if multi_call else None
+        coef = self.kl_controller.coef
+        kl_tokens = kl_penalty(fixed["old_logprobs"], fixed["ref_logprobs"], mask, 1.0, k.estimator)      # [B,T]
+        rewards, token_rewards, _ = shape_rewards(batch.rewards, coef * kl_tokens, mask, traj_index)
+        seq_kl = sequence_kl(kl_tokens, traj_index)                    # [B]: Σ_t KL_t of the row's trajectory
+        count = len(seq_kl) if traj_index is None else int(traj_index.unique().numel())   # samples n (trajectories)
+        total = self.dist.all_reduce_sum(float(kl_tokens.to(torch.float64).sum()))
+        count = self.dist.global_count(count)
+        kl_mean = total / max(count, 1)                                # mean over trajectories of their sequence KL
+        self.kl_controller.update(kl_mean, count)
+        return ({"rewards": rewards, "token_rewards": None if multi_call else token_rewards, "kl_penalty": coef * seq_kl},
+                {"kl_reward/coef": coef, "kl_reward/kl_mean": kl_mean})
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -366,6 +397,7 @@ class Trainer:
                 "sampler": self.sampler.state_dict(),
                 "methods": {name: m.state_dict() for name, m in self.methods.items()},
                 "lr_controller": self.learner.lr_controller.state_dict() if self.learner.lr_controller else None,
+                "kl_reward": self.kl_controller.state_dict() if self.kl_controller is not None else None,
                 # a reference that moves (algo.sync_ref_model) is training state
                 "ref_model": self.ref_model.state_dict() if self.cfg.algo.sync_ref_model else None}
 
@@ -393,6 +425,8 @@ class Trainer:
             method.load_state_dict(state.get("methods", {}).get(name, {}))
         if self.learner.lr_controller is not None and state.get("lr_controller") is not None:
             self.learner.lr_controller.load_state_dict(state["lr_controller"])
+        if self.kl_controller is not None and state.get("kl_reward") is not None:
+            self.kl_controller.load_state_dict(state["kl_reward"])
         if self.cfg.algo.sync_ref_model and state.get("ref_model") is not None:
             self.ref_model.load_state_dict(state["ref_model"])
         ckpt.set_rng_state(self.dist.rng_state(path, state))
@@ -427,6 +461,11 @@ class Trainer:
         if self.dist.enabled:  # a checkpoint is collective and the other ranks need not be here: keep the last periodic one
             return
         err.checkpoint = self.save()
+
+
+def kl_reward_controller(k):
+    """The algo.kl_reward controller (rlpost/algos/kl_reward.py), or None when coef is 0 (off)."""
+    return build_kl_controller(k.controller, k.coef, k.target, k.horizon) if k.coef > 0 else None
 
 
 def fit_prompts(prompts: list[Prompt], tokenizer, room: int, policy: str, which: str) -> list[Prompt]:

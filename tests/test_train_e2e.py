@@ -124,6 +124,31 @@ def test_kl_reference_model_and_dynamic_sampling(tmp_path, tiny_model_path):
     assert code == 0 and "kl" not in metrics(out)[1]
 
 
+def test_kl_in_reward_adaptive_controller_and_resume(tmp_path, tiny_model_path):
+    """algo.kl_reward with the adaptive controller: the logged coefficient follows Ziegler's update from the logged
+    KL (n = 16 completions, horizon 160: gain 0.1), and a run resumed from the step-1 checkpoint continues with the
+    checkpointed coefficient (the same steps 2-3 as the uninterrupted run)."""
+    common = ["rollout.prompts_per_step=4", "num_generations=4", "trainer.report_to=[]", "trainer.save_steps=1",
+              "algo.kl_reward.coef=0.2", "algo.kl_reward.controller=adaptive", "algo.kl_reward.target=0.05",
+              "algo.kl_reward.horizon=160", "optim.learning_rate=1e-3"]
+    code, out = run(tmp_path, "full", "trainer.max_steps=3", *common)
+    assert code == 0
+    rows = metrics(out)[1:]
+    assert rows[0]["kl_reward/coef"] == 0.2 and rows[0]["kl_reward/kl_mean"] == pytest.approx(0.0, abs=1e-6)
+    for prev, cur in zip(rows, rows[1:]):
+        error = min(max(prev["kl_reward/kl_mean"] / 0.05 - 1.0, -0.2), 0.2)
+        assert cur["kl_reward/coef"] == pytest.approx(prev["kl_reward/coef"] * (1 + error * 16 / 160), rel=1e-12)
+    assert rows[2]["kl_reward/kl_mean"] > 0.0   # the policy moved away from the reference
+    code, resumed = run(tmp_path, "resumed", "trainer.max_steps=3", *common,
+                        f"trainer.resume_from_checkpoint={out / 'checkpoints' / 'step-1'}")
+    assert code == 0
+    again = metrics(resumed)
+    assert [r["step"] for r in again] == [2, 3]
+    for a, b in zip(rows[1:], again):
+        for key in ("kl_reward/coef", "kl_reward/kl_mean", "reward/mean", "loss"):
+            assert a[key] == b[key], (a["step"], key, a[key], b[key])
+
+
 def test_log_completions_writes_every_completion_and_survives_resume(tmp_path, tiny_model_path, caplog):
     import logging
     common = ["trainer.max_steps=3", "trainer.save_steps=2", "rollout.prompts_per_step=2", "num_generations=4",

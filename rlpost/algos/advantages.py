@@ -89,17 +89,27 @@ def whiten_tokens(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -
     return (values - mu) * torch.rsqrt(var + eps) * mask
 
 
+def returns_to_go(token_rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """G_it = Σ_{s>=t} m_is r_is (gamma 1), [B,T]; 0 off the mask."""
+    r = token_rewards * mask
+    return (r.flip(-1).cumsum(-1).flip(-1)) * mask
+
+
 @ADVANTAGES.register("reinforce_pp")
 def reinforce_pp(inp: AdvantageInput, params=None):
-    """REINFORCE++ (Hu et al. 2025; verl ``reinforce_plus_plus``) with the KL in the loss (``algo.beta``):
-    the return of every token is the outcome reward, whitened over all response tokens of the batch,
+    """REINFORCE++ (Hu et al. 2025; verl ``reinforce_plus_plus``): the return of every token, whitened over all
+    response tokens of the batch,
 
-        A_{i,t} = (R_i - mu_tok) / sqrt(var_tok + 1e-8),   mu_tok, var_tok over the batch's response tokens.
+        A_{i,t} = (G_it - mu_tok) / sqrt(var_tok + 1e-8),   mu_tok, var_tok over the batch's response tokens.
 
-    No group baseline: the batch is the baseline. (verl can also put a per-token KL into the reward, which makes
-    returns differ per token; rlpost keeps the KL in the loss.)"""
-    rewards = inp.rewards.to(torch.float64)
+    G_it = R_i (the outcome reward) with the KL in the loss (``algo.beta``) or none; with the KL in the reward
+    (``algo.kl_reward``) G_it is the return-to-go Σ_{s>=t} r_is of the token rewards r_is = −β KL_is + R_i 1[s = last]
+    (``inp.token_rewards``), so the returns differ per token. No group baseline: the batch is the baseline."""
     mask = inp.response_mask.to(torch.float64)
+    rewards = inp.rewards.to(torch.float64)
+    if inp.token_rewards is not None:
+        adv = whiten_tokens(returns_to_go(inp.token_rewards.to(torch.float64), mask), mask)
+        return adv.float(), _sequence_metrics(adv.sum(-1) / mask.sum(-1).clamp(min=1), rewards, inp.group_ids)
     adv = whiten_tokens(rewards[:, None] * mask, mask)
     return adv.float(), _sequence_metrics(adv.sum(-1) / mask.sum(-1).clamp(min=1), rewards, inp.group_ids)
 
@@ -124,9 +134,9 @@ def per_trajectory(fn, params, inp: AdvantageInput, traj_index: torch.Tensor):
     For multi-call rollouts (APR: one trajectory = a call tree, one row per call) the rows repeat the
     tree's reward, so row-level group statistics would weight a tree by its number of calls; here the
     group mean/std are over trees, as in TinyRL. ``fn`` sees one row per trajectory (rewards, group ids,
-    a [N,1] mask of ones, ``truncated`` = any call truncated, and the non-tensor extras); per-token
-    inputs (entropies, old log-probs) are not available, so token-level estimators are not supported
-    on multi-call trajectories. Trajectories without rows (no sample) do not enter the statistics.
+    a [N,1] mask of ones, ``truncated`` = any call truncated, the tree's KL penalty and the non-tensor extras);
+    per-token inputs (entropies, old log-probs, token rewards) are not available, so token-level estimators
+    are not supported on multi-call trajectories. Trajectories without rows (no sample) do not enter the statistics.
     """
     _, inv = torch.unique(traj_index, return_inverse=True)
     num = int(inv.max().item()) + 1 if inv.numel() else 0
@@ -137,6 +147,7 @@ def per_trajectory(fn, params, inp: AdvantageInput, traj_index: torch.Tensor):
     if isinstance(truncated, torch.Tensor):
         extra["truncated"] = torch.zeros(num, dtype=torch.bool).index_put_((inv,), truncated.bool(), accumulate=True)
     traj_inp = AdvantageInput(rewards=inp.rewards[first], group_ids=inp.group_ids[first],
-                              response_mask=torch.ones(num, 1, dtype=inp.response_mask.dtype), entropies=None, extra=extra)
+                              response_mask=torch.ones(num, 1, dtype=inp.response_mask.dtype), entropies=None, extra=extra,
+                              kl_penalty=inp.kl_penalty[first] if inp.kl_penalty is not None else None)
     adv, metrics = fn(traj_inp, params)
     return broadcast(adv[:, 0][inv], inp.response_mask), metrics

@@ -307,6 +307,7 @@ def constrained(inp: AdvantageInput, params: ConstrainedAdvParams):
     mu/xi:  A = (N − Σw) norm(R_task) + Σ_i w_i norm(R_i)
     all:    A = (N − Σw) norm(R_task) − Σ_i w_i norm(R_i)
     sat:    A = norm(−Σ_i α_i (R_i − θ_i)²)          sum:  A = norm(Σ_i α_i R_i)
+    With ``algo.kl_reward`` (``inp.kl_penalty`` = β Σ_t KL_t) every R_task above is R_task − β Σ_t KL_t.
     Returns per-token advantages [B,T] (the sequence value on every completion token).
     """
     names = params.components
@@ -322,17 +323,17 @@ def constrained(inp: AdvantageInput, params: ConstrainedAdvParams):
 
     metrics: dict[str, float] = {}
     if params.mode == "sat":
-        R_task = satisfaction_reward(R, theta, alpha)                               # [B]
+        R_task = _minus_kl(satisfaction_reward(R, theta, alpha), inp)               # [B]
         seq_adv = norm(R_task)
     elif params.mode == "sum":
-        R_task = composite_reward(R, alpha)
+        R_task = _minus_kl(composite_reward(R, alpha), inp)
         seq_adv = norm(R_task)
     else:
         if "multiplier_weights" not in inp.extra:
             raise KeyError(f"mode {params.mode!r} needs inp.extra['multiplier_weights'] "
                            "(use inp.extra.update(LagrangeMultipliers.extra()))")
         w = _vector(inp.extra["multiplier_weights"], names, "multiplier_weights").to(R.device)  # [N]
-        R_task = _task_reward(inp, params, R, alpha)                               # [B]
+        R_task = _minus_kl(_task_reward(inp, params, R, alpha), inp)              # [B]
         A_i = torch.stack([norm(R[:, i]) for i in range(N)], dim=-1)              # [B, N]
         sign = -1.0 if params.mode == "all" else 1.0
         task_weight = N - w.sum()
@@ -349,6 +350,12 @@ def constrained(inp: AdvantageInput, params: ConstrainedAdvParams):
     metrics["advantage/mean"] = seq_adv.mean().item()
     metrics["advantage/abs_mean"] = seq_adv.abs().mean().item()
     return broadcast(seq_adv.float(), inp.response_mask), metrics
+
+
+def _minus_kl(task: torch.Tensor, inp: AdvantageInput) -> torch.Tensor:
+    """R_task − β Σ_t KL_t with ``algo.kl_reward`` on (``inp.kl_penalty``), else R_task: the KL in the reward
+    penalises the task term (the paper's PPO / SAT / All baselines), not the constrained components."""
+    return task if inp.kl_penalty is None else task - inp.kl_penalty.to(task)
 
 
 def _task_reward(inp: AdvantageInput, params: ConstrainedAdvParams, R, alpha) -> torch.Tensor:

@@ -19,17 +19,24 @@ KL_ESTIMATORS = Registry("KL estimator")
 class AdvantageInput:
     """What an advantage estimator may read. B = completions in the batch, T = padded length.
 
-    rewards:        [B] float, scalar outcome reward per completion
+    rewards:        [B] float, scalar outcome reward per completion (with ``algo.kl_reward``: the score minus
+                    the KL penalty, R_i − β Σ_t KL_it; rlpost/algos/kl_reward.py)
     group_ids:      [B] long, completions sharing a prompt share an id (group size G)
     response_mask:  [B,T] float, 1 for completion tokens that count in the loss
     entropies:      [B,T] float or None, per-token entropy under the old policy (nats)
     extra:          anything else a paper's estimator needs (e.g. per-token ``sum_p_sq``)
+    token_rewards:  [B,T] float64 or None (``algo.kl_reward`` off): r_it = −β KL_it + R_i 1[t = last], summing
+                    to ``rewards``; per-token estimators (returns-to-go) read it
+    kl_penalty:     [B] float64 or None: β Σ_t KL_it, already subtracted from ``rewards``; an estimator that
+                    builds its own reward from ``extra`` (constrained) subtracts it itself
     """
     rewards: torch.Tensor
     group_ids: torch.Tensor
     response_mask: torch.Tensor
     entropies: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    token_rewards: torch.Tensor | None = None
+    kl_penalty: torch.Tensor | None = None
 
 
 @dataclass

@@ -41,8 +41,10 @@ log = logging.getLogger("rlpost")
 @METHODS.register("constrained")
 class ConstrainedRLHF(MethodHooks):
     """``method.constrained``: ``eval_metric`` (key of ``Trainer.evaluate()`` that NM-PPO maximises,
-    default ``eval/accuracy``), ``kl_target`` (Ziegler adaptive KL target for the learner's beta, e.g. 0.5
-    for the paper's PPO / SAT / All baselines; None = fixed beta), ``kl_rate`` (η_KL, 0.1)."""
+    default ``eval/accuracy``), ``kl_target`` (Ziegler adaptive KL target for the KL *loss* coefficient
+    ``algo.beta``; None = fixed beta), ``kl_rate`` (η_KL, 0.1). For the paper's PPO / SAT / All baselines use
+    the KL in the reward instead (``algo.kl_reward`` with ``controller: adaptive``, rlpost/algos/kl_reward.py):
+    a k1 KL loss has zero expected gradient."""
 
     def __init__(self, eval_metric: str = "eval/accuracy", kl_target: float | None = None, kl_rate: float = 0.1):
         self.eval_metric = eval_metric

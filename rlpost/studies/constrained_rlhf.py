@@ -13,6 +13,9 @@ Proxy points θ: the paper fits an evaluation surface over (RM values, eval) tup
 argmax; here (simplified) θ_i = the mean training-batch value of RM i over the ``top_k`` evaluation points with
 the highest true score, pooled over the phase-1 runs (an evaluation at step 0 uses step 1's batch means).
 Phase 2: μ, ξ, All (multipliers) and SAT with those θ, same seeds and budget.
+KL: the PPO (sum), SAT and All runs put the KL to the initial policy in the reward (``algo.kl_reward``, the
+paper's adaptive controller: initial coefficient 0.2, target 0.5, gain 0.1 per update); μ and ξ have the KL as
+their task reward instead (``algo.advantage.kl_coef``).
 
 Writes ``<output_dir>/table.md``, ``<output_dir>/curves.png`` (true score and each component over steps,
 mean over seeds with min-max bands), ``<output_dir>/results.json`` and each run's ``metrics.jsonl`` under
@@ -35,6 +38,7 @@ log = logging.getLogger("rlpost")
 VARIANTS = ("sum", "mu", "xi", "all", "sat")
 LABELS = {"sum": "PPO-sum (unconstrained)", "mu": "μ-PPO", "xi": "ξ-PPO", "all": "All-PPO", "sat": "PPO-SAT"}
 COMPONENTS = ("rm_answer", "rm_length")
+KL_REWARD = {"coef": 0.2, "controller": "adaptive", "target": 0.5}   # PPO / SAT / All (App. B); horizon set per run
 RM_KINDS = {"rm_answer": "last_digit", "rm_length": "length"}
 
 
@@ -135,12 +139,15 @@ def run_config(variant: str, seed: int, steps: int, rms: dict, thresholds: dict 
         adv["thresholds"] = dict(thresholds)
         if variant in ("all", "sat"):
             adv["weights"] = weights
+    # KL in the reward for the baselines; horizon = 10 n makes the gain n / horizon RL4LMs' 0.1 per update
+    kl_reward = ({"kl_reward": {**KL_REWARD, "horizon": 10.0 * prompts_per_step * num_generations}}
+                 if variant in ("sum", "sat", "all") else {})
     return {
         "model": {"name_or_path": base_model},
         "data": {"task": "arithmetic", "num_train": 2000, "num_eval": num_eval},
         "rollout": {"num_generations": num_generations, "prompts_per_step": prompts_per_step,
                     "max_completion_length": 8, "temperature": 1.0},
-        "algo": {"advantage": adv, "beta": 0.0},
+        "algo": {"advantage": adv, "beta": 0.0, **kl_reward},
         "optim": {"learning_rate": learning_rate, "micro_batch_size": 64},
         "rewards": [{"name": "arithmetic", "weight": 0.0}]
                    + [{"name": "reward_model", "weight": weights[n],

@@ -94,3 +94,16 @@ def test_recipe_configs_load():
         names = [r.kwargs.get("name") for r in cfg.rewards if r.name in ("reward_model", "remote_reward_model")]
         assert set(params.components) <= set(names), path
         assert "constrained" in cfg.method
+
+
+def test_kl_in_the_reward_enters_the_task_reward(tmp_path, tiny_model_path):
+    """PPO-sum with algo.kl_reward (fixed β = 0.5): the task reward the advantage normalises is the weighted sum of
+    the components minus β Σ_t KL_t, so its batch mean is  mean(arithmetic) + mean(format) − 0.5 · kl_reward/kl_mean."""
+    node = {"name": "constrained", "mode": "sum", "weights": {"arithmetic": 1.0, "format": 1.0}}
+    code, rows = run(tmp_path / "kl", "trainer.max_steps=2", "optim.learning_rate=1e-3", "algo.kl_reward.coef=0.5",
+                     "algo.advantage=" + json.dumps(node))
+    assert code == 0
+    assert rows[2]["kl_reward/kl_mean"] > 0 and rows[2]["kl_reward/coef"] == 0.5
+    for r in rows[1:]:
+        expected = r["reward/arithmetic/mean"] + r["reward/format/mean"] - 0.5 * r["kl_reward/kl_mean"]
+        assert r["constrained/task_reward"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
