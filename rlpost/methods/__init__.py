@@ -21,7 +21,9 @@ A :class:`StepContext` is built once per step, after ``Learner.prepare``: the st
 (``Learner.mini_batches``), and two capabilities: ``evaluate()`` (held-out evaluation of the current weights)
 and ``all_reduce_sum(x)`` (a sum over learner processes, identity in one). When several methods are active,
 their needs are combined: flags or-ed, hooks concatenated in ``method:`` order; at most one may provide a
-sampler or an LR controller (and an LR controller only without ``algo.lr_controller``).
+sampler or an LR controller (and an LR controller only without ``algo.lr_controller``). A provided sampler or
+LR controller is checkpointed with the trainer's state, like the ones the config builds; ``kl_coef()`` is read
+again after a resume, so a coefficient kept in the method's ``state_dict`` comes back to the learner.
 
 Hooks must not hold algorithm math: that stays in ``rlpost/algos`` as pure, tested functions.
 
@@ -88,6 +90,7 @@ class StepContext:
 
 @dataclass
 class Extras:
+    """What ``extras`` returns; the trainer merges every method's (later methods win on equal keys)."""
     advantage: dict = field(default_factory=dict)
     loss_rows: dict = field(default_factory=dict)
     loss_step: dict = field(default_factory=dict)
