@@ -59,7 +59,7 @@ class LearnerSettings:
 class FixedLogprobs:
     """Per-token values computed once per step, before the update, that stay fixed during it (``Learner.prepare``).
     Each is [B,T], aligned with ``Batch.completion_ids``, or None when nothing asked for it."""
-    old_logprobs: torch.Tensor | None = None   # log pi_old; None: one optimizer pass, the loss uses the current log-probs
+    old_logprobs: torch.Tensor | None = None   # log pi_old; None: one optimizer pass (the loss uses the current ones)
     ref_logprobs: torch.Tensor | None = None   # log pi_ref (algo.beta > 0)
     old_entropies: torch.Tensor | None = None  # H(pi_old) per token (need_entropy, or forking tokens)
     sum_p_sq: torch.Tensor | None = None       # sum_v pi_old_v^2 per token (need_sum_p_sq, OBLR-PO)
@@ -190,7 +190,7 @@ class Learner:
         self.consecutive_skips = 0  # optimizer steps in a row skipped for a non-finite gradient norm
 
     def mini_batches(self, num_rows: int) -> list[torch.Tensor]:
-        """Row indices of each optimizer step of :meth:`update` on a batch of ``num_rows`` rows (see :func:`mini_batches`)."""
+        """Row indices of each optimizer step of :meth:`update` on ``num_rows`` rows (:func:`mini_batches`)."""
         return mini_batches(num_rows, self.settings)
 
     def prepare(self, batch: Batch) -> FixedLogprobs:

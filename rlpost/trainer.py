@@ -302,7 +302,7 @@ class Trainer:
         return out
 
     def _evaluate_current(self) -> dict:
-        """evaluate() mid-step, for a method: the engine gets the updated weights first (the step's sync comes later)."""
+        """evaluate() mid-step, for a method: the engine gets the updated weights first (the step's sync is later)."""
         if self.engine_needs_sync:
             self.engine.load_weights(self.model.named_parameters())
         return self.evaluate()

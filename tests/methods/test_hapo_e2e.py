@@ -39,7 +39,8 @@ def test_temperature_processor_only_on_training_rollouts():
     assert m.rollout_params(base, "eval", step=0) is base
     rollout = m.rollout_params(base, "rollout", step=0)
     assert len(rollout.logits_processors) == 1 and base.logits_processors == []
-    assert m.rollout_params(base, "rollout", step=0).logits_processors[0] is rollout.logits_processors[0]  # one per step
+    again = m.rollout_params(base, "rollout", step=0)
+    assert again.logits_processors[0] is rollout.logits_processors[0]  # one per step
     m.state = {"q": 0.0, "sigma": 1.0, "h_pos_max": 1.0, "h_neg_min": -1.0}
     proc = m.rollout_params(base, "rollout", step=1).logits_processors[0]
     assert proc is not rollout.logits_processors[0] and proc.stats is not None
