@@ -12,6 +12,7 @@ aggregated loss is weighted by its share of the mini-batch's tokens (``token-mea
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -53,6 +54,22 @@ class LearnerSettings:
     max_tokens_per_micro_batch: int = 0  # >0: token-budget micro-batches (optim.max_tokens_per_micro_batch)
     top_entropy_quantile: float = 1.0  # <1: policy loss on the batch's top-rho tokens by old entropy (algos/forking_tokens.py)
     max_consecutive_skipped_steps: int = 3  # non-finite gradient norms in a row before NonFiniteGradientError (0: never)
+
+
+@dataclass
+class FixedLogprobs:
+    """Per-token values computed once per step, before the update, that stay fixed during it (``Learner.prepare``).
+    Each is [B,T], aligned with ``Batch.completion_ids``, or None when nothing asked for it."""
+    old_logprobs: torch.Tensor | None = None   # log pi_old; None: one optimizer pass (the loss uses the current ones)
+    ref_logprobs: torch.Tensor | None = None   # log pi_ref (algo.beta > 0)
+    old_entropies: torch.Tensor | None = None  # H(pi_old) per token (need_entropy, or forking tokens)
+    sum_p_sq: torch.Tensor | None = None       # sum_v pi_old_v^2 per token (need_sum_p_sq, OBLR-PO)
+    entropy_mask: torch.Tensor | None = None   # 1 on the batch's top-rho tokens by old entropy (forking tokens)
+
+    def rows(self, idx: torch.Tensor) -> "FixedLogprobs":
+        """The same values for the rows ``idx`` (a micro-batch)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return FixedLogprobs(**{name: None if v is None else v[idx] for name, v in values.items()})
 
 
 class NonFiniteGradientError(RuntimeError):
@@ -124,6 +141,15 @@ def batched_logprobs(model, batch: Batch, settings: LearnerSettings, need_entrop
             torch.cat(out_sq)[inverse] if need_sum_p_sq else None)
 
 
+def mini_batches(num_rows: int, settings: LearnerSettings) -> list[torch.Tensor]:
+    """The optimizer-step partition of a batch of ``num_rows`` rows: the row indices of each optimizer step, in the
+    order the learner takes them. ``num_iterations`` passes over ``steps_per_generation`` consecutive slices of
+    ``num_rows // steps_per_generation`` rows (left-over rows train in no step)."""
+    size = num_rows // settings.steps_per_generation
+    one_pass = [torch.arange(m * size, (m + 1) * size) for m in range(settings.steps_per_generation)]
+    return [rows for _ in range(settings.num_iterations) for rows in one_pass]
+
+
 def micro_batches(batch: Batch, rows: torch.Tensor, settings: LearnerSettings) -> list[torch.Tensor]:
     """Split ``rows`` (in order) into micro-batches: ``micro_batch_size`` rows each, or, with
     ``max_tokens_per_micro_batch`` > 0, as many consecutive rows as keep rows x longest row within the budget
@@ -146,7 +172,8 @@ def micro_batches(batch: Batch, rows: torch.Tensor, settings: LearnerSettings) -
 
 
 class Learner:
-    def __init__(self, model, optimizer, scheduler, settings: LearnerSettings, ref_model=None, lr_controller=None):
+    def __init__(self, model, optimizer, scheduler, settings: LearnerSettings, ref_model=None, lr_controller=None,
+                 old_forward_hooks=()):
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -158,12 +185,16 @@ class Learner:
         self.kl_fn = KL_ESTIMATORS.get(settings.kl_estimator)
         # hook(model, micro_batch) -> context manager around each micro-batch forward of the old-policy pass
         # (GAIN-RL reads hidden states there); a non-empty list makes prepare() run that pass
-        self.old_forward_hooks: list = []
+        self.old_forward_hooks = list(old_forward_hooks)
         # multi-process learner (rlpost/distributed.py): None in a single process
         self.dist = None
         self.consecutive_skips = 0  # optimizer steps in a row skipped for a non-finite gradient norm
 
-    def prepare(self, batch: Batch) -> dict[str, torch.Tensor | None]:
+    def mini_batches(self, num_rows: int) -> list[torch.Tensor]:
+        """Row indices of each optimizer step of :meth:`update` on ``num_rows`` rows (:func:`mini_batches`)."""
+        return mini_batches(num_rows, self.settings)
+
+    def prepare(self, batch: Batch) -> FixedLogprobs:
         """Old-policy and reference log-probs that stay fixed during the update."""
         s = self.settings
         reuse = s.num_iterations > 1 or s.steps_per_generation > 1
@@ -176,22 +207,17 @@ class Learner:
         ref_lp = (batched_logprobs(self.ref_model, batch, s, False, shared_prefix=self.dist is None)[0]
                   if s.beta > 0 or s.need_old_ref else None)
         entropy_mask = high_entropy_mask(old_h, batch.response_mask, s.top_entropy_quantile) if forking else None
-        return {"old_logprobs": old_lp, "old_entropies": old_h, "ref_logprobs": ref_lp, "sum_p_sq": sum_p_sq,
-                "entropy_mask": entropy_mask}
+        return FixedLogprobs(old_logprobs=old_lp, ref_logprobs=ref_lp, old_entropies=old_h, sum_p_sq=sum_p_sq,
+                             entropy_mask=entropy_mask)
 
-    def update(self, batch: Batch, advantages: torch.Tensor, fixed: dict, row_extra: dict | None = None,
+    def update(self, batch: Batch, advantages: torch.Tensor, fixed: FixedLogprobs, row_extra: dict | None = None,
                step_extra: dict | None = None) -> dict[str, float]:
         """num_iterations passes over steps_per_generation mini-batches; one optimizer step per mini-batch."""
-        s = self.settings
         metrics: dict[str, list[float]] = {}
-        order = torch.arange(len(batch))
-        mini_size = len(batch) // s.steps_per_generation
-        for _ in range(s.num_iterations):
-            for m in range(s.steps_per_generation):
-                rows = order[m * mini_size:(m + 1) * mini_size]
-                step_metrics = self._optimizer_step(batch, advantages, fixed, rows, row_extra or {}, step_extra or {})
-                for k, v in step_metrics.items():
-                    metrics.setdefault(k, []).append(v)
+        for rows in self.mini_batches(len(batch)):
+            step_metrics = self._optimizer_step(batch, advantages, fixed, rows, row_extra or {}, step_extra or {})
+            for k, v in step_metrics.items():
+                metrics.setdefault(k, []).append(v)
         return {k: sum(v) / len(v) for k, v in metrics.items()}
 
     def _optimizer_step(self, batch, advantages, fixed, rows, row_extra, step_extra) -> dict[str, float]:
@@ -211,7 +237,7 @@ class Learner:
             share = (float(mb.response_mask.sum()) / mini_tokens if s.loss_agg in TOKEN_WEIGHTED_AGGREGATIONS
                      else len(idx) / mini_rows)
             extra = {**step_extra, **{k: v[idx] for k, v in row_extra.items()}}
-            loss, mb_metrics = self._micro_loss(mb, advantages[idx], {k: (v[idx] if v is not None else None) for k, v in fixed.items()}, extra)
+            loss, mb_metrics = self._micro_loss(mb, advantages[idx], fixed.rows(idx), extra)
             (loss * share).backward() if dist is None else dist.backward(loss * share, micro_index)
             if self.lr_controller is not None and self.lr_controller.needs_grad_stats:
                 k = len(prefix_sq_norms) + 1
@@ -221,7 +247,7 @@ class Learner:
                 metrics[k] = metrics.get(k, 0.0) + v * share
         if dist is not None:  # ranks with fewer micro-batches run zero-weighted ones; metrics are summed shares
             for k in range(num_micro, num_backward):
-                dist.backward(self._micro_loss(mb, advantages[idx], {kk: (v[idx] if v is not None else None) for kk, v in fixed.items()}, extra)[0] * 0.0, k)
+                dist.backward(self._micro_loss(mb, advantages[idx], fixed.rows(idx), extra)[0] * 0.0, k)
             total_loss, metrics = dist.reduce_metrics(total_loss, metrics)
         if self.lr_controller is not None:
             stats = {"prefix_grad_sq_norms": prefix_sq_norms} if self.lr_controller.needs_grad_stats else {}
@@ -277,28 +303,28 @@ class Learner:
         order = sorted(range(len(rows)), key=lambda i: (prompt_len[i], owners[i], int(total[i])))
         return rows[torch.tensor(order, dtype=torch.long)]
 
-    def _micro_loss(self, mb: Batch, adv: torch.Tensor, fixed: dict, extra: dict):
+    def _micro_loss(self, mb: Batch, adv: torch.Tensor, fixed: FixedLogprobs, extra: dict):
         s = self.settings
         need_h = s.need_entropy or s.entropy_coef > 0
         logp, entropy = token_logprobs(self.dist.train_model if self.dist is not None else self.model, mb, s.temperature,
                                        need_h, chunk_size=s.logprob_chunk_size, packed=s.padding_free,
                                        shared_prefix=s.shared_prefix and self.dist is None)
-        old_lp = fixed["old_logprobs"] if fixed["old_logprobs"] is not None else logp.detach()
+        old_lp = fixed.old_logprobs if fixed.old_logprobs is not None else logp.detach()
         mask = mb.response_mask
         inp = LossInput(logprobs=logp, old_logprobs=old_lp, advantages=adv, response_mask=mask,
                         entropies=entropy.detach() if entropy is not None else None,
-                        old_entropies=fixed["old_entropies"], extra=extra)
+                        old_entropies=fixed.old_entropies, extra=extra)
         loss_mat, metrics = self.loss_fn(inp, s.loss_params)
         loss_mat = loss_mat * mb.sample_weights[:, None]  # the policy term only (APR: KL is not divided by S)
-        if fixed.get("entropy_mask") is not None:  # forking tokens: policy term on high-entropy tokens only
-            loss_mat = loss_mat * fixed["entropy_mask"]
-            metrics["policy/entropy_mask_frac"] = masked_mean(fixed["entropy_mask"], mask).item()
+        if fixed.entropy_mask is not None:  # forking tokens: policy term on high-entropy tokens only
+            loss_mat = loss_mat * fixed.entropy_mask
+            metrics["policy/entropy_mask_frac"] = masked_mean(fixed.entropy_mask, mask).item()
         if s.vllm_is is not None:  # tokens came from the sampler, not pi_old: truncated importance weights on the
             # policy-gradient term only (as TRL and verl); the KL and entropy terms below are not reweighted
             is_weights, is_metrics = importance_weights(old_lp, mb.sampler_logprobs, mask, s.vllm_is)
             loss_mat, metrics = loss_mat * is_weights, {**metrics, **is_metrics}
         if s.beta > 0:
-            kl = self.kl_fn(logp, fixed["ref_logprobs"])
+            kl = self.kl_fn(logp, fixed.ref_logprobs)
             loss_mat = loss_mat + s.beta * kl
             metrics["kl"] = masked_mean(kl.detach(), mask).item()
         if entropy is not None:

@@ -30,8 +30,8 @@ from rlpost.config import Config, ConfigError, component, save_config, to_dict
 from rlpost.config import explicit_fields as user_set_fields  # the keys the user set (YAML or CLI)
 from rlpost.data import build_prompts, task_or_file_rows
 from rlpost.engines.base import EngineError, SamplingParams
-from rlpost.learner import Learner, LearnerSettings, build_optimizer, build_scheduler
-from rlpost.methods import Extras, build_methods
+from rlpost.learner import FixedLogprobs, Learner, LearnerSettings, build_optimizer, build_scheduler
+from rlpost.methods import Extras, Needs, SetupContext, StepContext, build_methods, combine_needs
 from rlpost.models.loading import load_model, load_tokenizer, resolve_model_path
 from rlpost.models.lora import reference_model
 from rlpost.models.reference import mix_into_reference
@@ -59,6 +59,7 @@ def derived_seed(*parts) -> int:
 
 class Trainer:
     dist = distributed.Runtime()  # single process until setup() joins a launcher's process group
+    kl_controller = None          # algo.kl_reward's coefficient controller, built in setup() when it is on
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -104,13 +105,11 @@ class Trainer:
         self.engine = self._build_engine()
         self.workflow = self._build_workflow()
         self.advantage_fn, self.advantage_params = self._build_advantage()
-        self.learner = self._build_learner()
-        try:
-            self.methods = build_methods(cfg.method)
-        except (KeyError, ValueError) as err:
-            raise ConfigError(str(err.args[0])) from None
-        for method in self.methods.values():
-            method.setup(self)
+        settings = self._learner_settings()
+        needs = self._setup_methods(settings)
+        if needs.sampler is not None:
+            self.sampler = needs.sampler
+        self.learner = self._build_learner(settings, needs)
 
         if self.dist.is_main:
             for path in ckpt.remove_stale_temporaries(self.out):
@@ -156,7 +155,19 @@ class Trainer:
         shared = user_set_fields(a)
         return entry.fn, build_params(entry.params, shared, overrides, where=f"algo.advantage ({name})")
 
-    def _build_learner(self) -> Learner:
+    def _setup_methods(self, settings: LearnerSettings) -> Needs:
+        """Build the config's methods (``method:``), run their setup, and return their combined needs."""
+        try:
+            self.methods = build_methods(self.cfg.method)
+        except (KeyError, ValueError) as err:
+            raise ConfigError(str(err.args[0])) from None
+        ctx = SetupContext(cfg=self.cfg, model=self.model, tokenizer=self.tokenizer, model_path=self.model_path,
+                           train_prompts=self.train_prompts, reward_names=[spec.name for spec in self.rewards.specs],
+                           advantage_params=self.advantage_params, has_ref_model=self.ref_model is not None,
+                           learner_settings=dataclasses.replace(settings))
+        return combine_needs({name: method.setup(ctx) for name, method in self.methods.items()})
+
+    def _learner_settings(self) -> LearnerSettings:
         from rlpost.algos import POLICY_LOSSES
         cfg, a = self.cfg, self.cfg.algo
         name, overrides = component(a.loss)
@@ -168,10 +179,7 @@ class Trainer:
         from rlpost.algos.mismatch import is_correction_from_config
         _registry_entry(AGGREGATIONS, agg, "algo.loss_agg")
         _registry_entry(KL_ESTIMATORS, a.kl_estimator, "algo.kl_estimator")
-        optimizer = build_optimizer(self.model, cfg.optim)
-        total_opt_steps = cfg.trainer.max_steps * cfg.optim.steps_per_generation * a.num_iterations
-        scheduler = build_scheduler(optimizer, cfg.optim, total_opt_steps)
-        settings = LearnerSettings(
+        return LearnerSettings(
             loss_name=name, loss_params=loss_params, loss_agg=agg,
             max_completion_length=cfg.rollout.max_completion_length, temperature=cfg.rollout.temperature or 1.0,
             beta=a.beta, kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef, num_iterations=a.num_iterations,
@@ -181,8 +189,22 @@ class Trainer:
             logprob_chunk_size=cfg.optim.logprob_chunk_size, padding_free=cfg.optim.padding_free,
             shared_prefix=cfg.optim.shared_prefix, max_tokens_per_micro_batch=cfg.optim.max_tokens_per_micro_batch,
             top_entropy_quantile=a.top_entropy_quantile, need_old_ref=self.kl_controller is not None)
+
+    def _build_learner(self, settings: LearnerSettings, needs: Needs) -> Learner:
+        """The learner with the methods' needs: their entropy / sum_p_sq flags, old-forward hooks, LR controller."""
+        cfg = self.cfg
+        settings = dataclasses.replace(settings, need_entropy=needs.entropies, need_sum_p_sq=needs.sum_p_sq)
+        optimizer = build_optimizer(self.model, cfg.optim)
+        total_opt_steps = cfg.trainer.max_steps * cfg.optim.steps_per_generation * cfg.algo.num_iterations
+        scheduler = build_scheduler(optimizer, cfg.optim, total_opt_steps)
+        lr_controller = self._build_lr_controller()
+        if needs.lr_controller is not None:
+            if lr_controller is not None:
+                raise ConfigError("algo.lr_controller is set, but an active method provides its own LR controller: "
+                                  "drop algo.lr_controller")
+            lr_controller = needs.lr_controller
         learner = Learner(self.model, optimizer, scheduler, settings, ref_model=self.ref_model,
-                          lr_controller=self._build_lr_controller())
+                          lr_controller=lr_controller, old_forward_hooks=needs.old_forward_hooks)
         self.dist.wrap_learner(learner)  # DDP / DeepSpeed (no-op in a single process)
         return learner
 
@@ -209,17 +231,18 @@ class Trainer:
             trajectories, gen_metrics = self.generate()                   # rollout + score (+ dynamic sampling)
             trajectories = self.dist.local_groups(trajectories)           # replicated rollouts: this rank's groups
             batch = collate(trajectories, self.tokenizer.pad_token_id, cfg.algo.mask_truncated_completions)
+            self.apply_method_kl_coef()
             with self.times("logprobs"):
                 fixed = self.learner.prepare(batch)                      # old / reference log-probs
-            extras = self.method_extras(batch, fixed, trajectories)
+            ctx = self.step_context(batch, fixed, trajectories)
+            extras = self.method_extras(ctx)
             advantages, adv_metrics = self.compute_advantages(batch, fixed, extras.advantage)
             if cfg.trainer.log_completions and self.dist.is_main:
                 self.tracker.log_completions(completion_rows(self.step + 1, trajectories, batch, advantages),
                                              cfg.trainer.num_completions_to_print)
             with self.times("update"):
                 update_metrics = self.learner.update(batch, advantages, fixed, extras.loss_rows, extras.loss_step)
-                for method in self.methods.values():
-                    update_metrics.update(method.after_update(self, batch, fixed, trajectories, update_metrics))
+                update_metrics.update(self.methods_after_update(ctx, update_metrics))
             self.step += 1
             if cfg.algo.sync_ref_model and self.step % cfg.algo.ref_model_sync_steps == 0:
                 mix_into_reference(self.ref_model, self.model, cfg.algo.ref_model_mixup_alpha)
@@ -258,14 +281,40 @@ class Trainer:
                                 seed=derived_seed(self.cfg.trainer.seed, self.step, purpose, round_),
                                 return_entropy=r.return_entropy)
         for method in getattr(self, "methods", {}).values():
-            params = method.rollout_params(params, purpose)
+            params = method.rollout_params(params, purpose, self.step)
         return params
 
-    def method_extras(self, batch, fixed, trajectories) -> Extras:
+    # ------------------------------------------------------------------ methods (rlpost/methods/__init__.py)
+    def apply_method_kl_coef(self) -> None:
+        """The KL coefficient a method sets for the coming update (constrained RLHF's adaptive beta)."""
+        for method in self.methods.values():
+            coef = method.kl_coef()
+            if coef is not None:
+                self.learner.settings.beta = coef
+
+    def step_context(self, batch, fixed: FixedLogprobs, trajectories) -> StepContext:
+        return StepContext(step=self.step, batch=batch, fixed=fixed, trajectories=trajectories,
+                           mini_batches=self.learner.mini_batches(len(batch)), evaluate=self._evaluate_current,
+                           all_reduce_sum=self.dist.all_reduce_sum)
+
+    def method_extras(self, ctx: StepContext) -> Extras:
         extras = Extras()
         for method in self.methods.values():
-            extras = extras.merge(method.extras(self, batch, fixed, trajectories))
+            extras = extras.merge(method.extras(ctx))
         return extras
+
+    def methods_after_update(self, ctx: StepContext, update_metrics: dict) -> dict:
+        ctx = dataclasses.replace(ctx, update_metrics=dict(update_metrics))
+        out: dict = {}
+        for method in self.methods.values():
+            out.update(method.after_update(ctx))
+        return out
+
+    def _evaluate_current(self) -> dict:
+        """evaluate() mid-step, for a method: the engine gets the updated weights first (the step's sync is later)."""
+        if self.engine_needs_sync:
+            self.engine.load_weights(self.model.named_parameters())
+        return self.evaluate()
 
     def generate(self) -> tuple[list[Trajectory], dict]:
         """Rollout prompts_per_step groups and score them; with dynamic sampling keep only informative
@@ -334,13 +383,13 @@ class Trainer:
             m.update(self.workflow.metrics(trajs))
         return m
 
-    def compute_advantages(self, batch, fixed, extra: dict | None = None) -> tuple[torch.Tensor, dict]:
-        entropies = fixed["old_entropies"] if fixed["old_entropies"] is not None else batch.sampler_entropies
+    def compute_advantages(self, batch, fixed: FixedLogprobs, extra: dict | None = None) -> tuple[torch.Tensor, dict]:
+        entropies = fixed.old_entropies if fixed.old_entropies is not None else batch.sampler_entropies
         multi_call = batch.traj_index is not None and batch.traj_index.unique().numel() < len(batch)
         shaped, kl_metrics = self.kl_shaped_rewards(batch, fixed, multi_call)
         inp = AdvantageInput(**{"rewards": batch.rewards, **shaped}, group_ids=batch.group_ids,
                              response_mask=batch.response_mask, entropies=entropies,
-                             extra={"old_logprobs": fixed.get("old_logprobs"), "sum_p_sq": fixed.get("sum_p_sq"),
+                             extra={"old_logprobs": fixed.old_logprobs, "sum_p_sq": fixed.sum_p_sq,
                                     "truncated": batch.truncated, **(extra or {})})
         if multi_call:
             # multi-call trajectories (APR trees): group stats over trajectories, each row gets its tree's advantage
@@ -358,7 +407,7 @@ class Trainer:
         k, mask = self.cfg.algo.kl_reward, batch.response_mask
         traj_index = batch.traj_index if multi_call else None
         coef = self.kl_controller.coef
-        kl_tokens = kl_penalty(fixed["old_logprobs"], fixed["ref_logprobs"], mask, 1.0, k.estimator)      # [B,T]
+        kl_tokens = kl_penalty(fixed.old_logprobs, fixed.ref_logprobs, mask, 1.0, k.estimator)      # [B,T]
         rewards, token_rewards, _ = shape_rewards(batch.rewards, coef * kl_tokens, mask, traj_index)
         seq_kl = sequence_kl(kl_tokens, traj_index)                    # [B]: Σ_t KL_t of the row's trajectory
         count = len(seq_kl) if traj_index is None else int(traj_index.unique().numel())   # samples n (trajectories)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rlpost.batch import collate
-from rlpost.learner import Learner, LearnerSettings, token_logprobs
+from rlpost.learner import FixedLogprobs, Learner, LearnerSettings, token_logprobs
 from rlpost.types import Prompt, Sample, Trajectory
 
 ATOL = 1e-4
@@ -118,8 +118,7 @@ def test_learner_update_equal_with_lean_options(model):
         settings = LearnerSettings(loss_name="grpo", loss_params=build_params(entry.params, None, {}, where="t"),
                                    loss_agg="token-mean", max_completion_length=16, micro_batch_size=3, **opts)
         learner = Learner(m, opt, sched, settings)
-        metrics = learner.update(batch, adv, {"old_logprobs": None, "old_entropies": None, "ref_logprobs": None,
-                                              "sum_p_sq": None})
+        metrics = learner.update(batch, adv, FixedLogprobs())
         return metrics, m
     ref_m, ref_model = run()
     for opts in (dict(logprob_chunk_size=5), dict(padding_free=True)):

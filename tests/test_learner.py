@@ -7,7 +7,7 @@ import torch
 
 from rlpost.algos.losses import ClipParams
 from rlpost.config import OptimConfig
-from rlpost.learner import Learner, LearnerSettings, build_optimizer, build_scheduler
+from rlpost.learner import FixedLogprobs, Learner, LearnerSettings, build_optimizer, build_scheduler
 from rlpost.types import Prompt, Sample, Trajectory
 from rlpost.batch import collate
 
@@ -63,6 +63,36 @@ def test_token_budget_micro_batches_by_hand(char_tokenizer):
     assert [p.tolist() for p in micro_batches(batch, rows, budget)] == [[0], [1], [2], [3], [4]]
     budget.max_tokens_per_micro_batch = 0
     assert [p.tolist() for p in micro_batches(batch, rows, budget)] == [[0, 1], [2, 3], [4]]
+
+
+def test_mini_batch_partition_by_hand(random_tiny_model, char_tokenizer):
+    """10 rows, steps_per_generation 3, num_iterations 2: slices of 10 // 3 = 3 rows, row 9 in no step, the pass
+    repeated. Learner.update takes exactly these rows, in this order (methods get the same list)."""
+    from rlpost.learner import mini_batches
+    settings = LearnerSettings("grpo", ClipParams(), "token-mean", 5, steps_per_generation=3, num_iterations=2)
+    expected = [[0, 1, 2], [3, 4, 5], [6, 7, 8]] * 2
+    assert [rows.tolist() for rows in mini_batches(10, settings)] == expected
+    settings.steps_per_generation, settings.num_iterations = 1, 1
+    assert [rows.tolist() for rows in mini_batches(4, settings)] == [[0, 1, 2, 3]]
+
+    batch = make_batch(char_tokenizer, n=10)
+    learner = Learner(random_tiny_model, None, None, LearnerSettings("grpo", ClipParams(), "token-mean", 5,
+                                                                     steps_per_generation=3, num_iterations=2))
+    taken = []
+    learner._optimizer_step = lambda batch, adv, fixed, rows, *extra: taken.append(rows.tolist()) or {}
+    learner.update(batch, torch.zeros(batch.response_mask.shape), FixedLogprobs())
+    assert taken == expected == [rows.tolist() for rows in learner.mini_batches(10)]
+
+
+def test_fixed_logprobs_rows_slices_every_set_field():
+    old = torch.arange(12.0).view(4, 3)
+    fixed = FixedLogprobs(old_logprobs=old, ref_logprobs=-old, entropy_mask=(old > 5).float())
+    part = fixed.rows(torch.tensor([3, 1]))
+    assert part.old_logprobs.tolist() == [[9.0, 10.0, 11.0], [3.0, 4.0, 5.0]]
+    assert part.ref_logprobs.tolist() == [[-9.0, -10.0, -11.0], [-3.0, -4.0, -5.0]]
+    assert part.entropy_mask.tolist() == [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    assert part.old_entropies is None and part.sum_p_sq is None
+    assert fixed.old_logprobs.shape == (4, 3)   # the full-batch values are untouched
 
 
 def test_schedules_with_warmup():

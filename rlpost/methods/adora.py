@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from rlpost.algos import ADVANTAGES
 from rlpost.config import ConfigError, component
-from rlpost.methods import METHODS, MethodHooks
+from rlpost.methods import METHODS, MethodHooks, Needs, SetupContext
 from rlpost.methods._util import active, params_of, user_set
 
 
@@ -44,5 +44,6 @@ def validate(cfg) -> None:
 class ADORAMethod(MethodHooks):
     """No-op hooks; setup only re-checks the combination rules."""
 
-    def setup(self, trainer) -> None:
-        validate(trainer.cfg)
+    def setup(self, ctx: SetupContext) -> Needs:
+        validate(ctx.cfg)
+        return Needs()

@@ -9,16 +9,17 @@ The math lives in :mod:`rlpost.algos.constrained`; this hook only feeds it from 
 
 setup         builds LagrangeMultipliers (mu/xi/all) and ProxyPointSearch (``proxy_search`` set) from the
               advantage's params; loads a frozen copy of the initial policy when the task is the KL
-              and the trainer has no reference model (algo.beta = 0, as the paper's μ/ξ-PPO).
+              and the learner has no reference model (algo.beta = 0, as the paper's μ/ξ-PPO).
 extras        ``reward_components`` (name -> [B] tensor, one row per Batch row, from
               ``Trajectory.reward_components``), the old/reference log-probs for the KL task and the
               current multiplier weights and thresholds, all into ``AdvantageInput.extra``.
 after_update  one multiplier SGD step per policy mini-batch (multiplier_update: minibatch) on the
-              mini-batch's RM means — the learner's own partition, replayed after its optimizer steps:
-              the advantages of this rollout were fixed before the update, so the order is equivalent —
-              or one step per rollout (rollout); then NM-PPO: ``search.tick()`` and, when an evaluation
-              is due, the trainer's held-out ``evaluate()`` scored by ``eval_metric``; optional Ziegler
-              adaptive KL coefficient (``kl_target``) for sum / sat / all.
+              mini-batch's RM means — the learner's own partition (``StepContext.mini_batches``), replayed
+              after its optimizer steps: the advantages of this rollout were fixed before the update, so the
+              order is equivalent — or one step per rollout (rollout); then NM-PPO: ``search.tick()`` and,
+              when an evaluation is due, ``StepContext.evaluate()`` scored by ``eval_metric``; optional
+              Ziegler adaptive KL coefficient (``kl_target``) for sum / sat / all, which ``kl_coef()`` hands
+              to the trainer for the next update.
 state_dict    multipliers, search and the adaptive KL coefficient, saved in every checkpoint.
 
 Logged each step: ``constrained/multiplier/<c>``, ``constrained/reward/<c>``, ``constrained/gap/<c>``,
@@ -33,7 +34,7 @@ import torch
 
 from rlpost.algos.constrained import (ConstrainedAdvParams, LagrangeMultipliers, ProxyPointSearch,
                                       adaptive_kl_coef, component_means)
-from rlpost.methods import METHODS, Extras, MethodHooks
+from rlpost.methods import METHODS, Extras, MethodHooks, Needs, SetupContext, StepContext
 
 log = logging.getLogger("rlpost")
 
@@ -53,18 +54,21 @@ class ConstrainedRLHF(MethodHooks):
         self.params: ConstrainedAdvParams | None = None
         self.multipliers: LagrangeMultipliers | None = None
         self.search: ProxyPointSearch | None = None
-        self.ref_model = None
-        self.beta: float | None = None
+        self.ref_model = None              # frozen initial policy for the KL task when the learner has none
+        self.policy = None                 # the policy (KL task: its log-probs when the learner computes none)
+        self.logprob_settings = None       # the learner's settings, for those log-prob passes
+        self.beta: float | None = None     # the adaptive KL coefficient (kl_target), None when fixed
 
     # ---------------------------------------------------------------- setup
-    def setup(self, trainer) -> None:
+    def setup(self, ctx: SetupContext) -> Needs:
         from rlpost.config import ConfigError, component
 
-        name, _ = component(trainer.cfg.algo.advantage)
-        if name != "constrained" or not isinstance(trainer.advantage_params, ConstrainedAdvParams):
+        cfg = ctx.cfg
+        name, _ = component(cfg.algo.advantage)
+        if name != "constrained" or not isinstance(ctx.advantage_params, ConstrainedAdvParams):
             raise ConfigError("method.constrained needs algo.advantage: {name: constrained, mode: ..., thresholds: ...}")
-        p = self.params = trainer.advantage_params
-        known = [s.name for s in trainer.rewards.specs]
+        p = self.params = ctx.advantage_params
+        known = ctx.reward_names
         missing = [c for c in p.components if c not in known]
         if missing:
             raise ConfigError(f"algo.advantage (constrained) names components {missing} that no reward reports; "
@@ -78,17 +82,21 @@ class ConstrainedRLHF(MethodHooks):
             self.search = ProxyPointSearch(p.components, p.proxy_search)
             self.multipliers.set_thresholds(self.search.thresholds)
         if p.task == "kl":
-            if trainer.cfg.algo.beta > 0:
+            if cfg.algo.beta > 0:
                 log.warning("constrained %s: the task reward is already -KL; algo.beta=%s adds a second KL "
-                            "penalty in the loss (the paper uses none)", p.mode, trainer.cfg.algo.beta)
-            if trainer.ref_model is None:
+                            "penalty in the loss (the paper uses none)", p.mode, cfg.algo.beta)
+            if not ctx.has_ref_model:
                 from rlpost.models.loading import load_model
-                self.ref_model = load_model(trainer.model_path, trainer.cfg.model, trainer.cfg.trainer.device, frozen=True)
+                self.ref_model = load_model(ctx.model_path, cfg.model, cfg.trainer.device, frozen=True)
+            self.policy, self.logprob_settings = ctx.model, ctx.learner_settings
         if self.kl_target is not None:
-            if trainer.cfg.algo.beta <= 0:
+            if cfg.algo.beta <= 0:
                 raise ConfigError("method.constrained.kl_target needs algo.beta > 0 (the adaptive coefficient's start)")
-            self.beta = trainer.learner.settings.beta
-            self._settings = trainer.learner.settings
+            self.beta = ctx.learner_settings.beta
+        return Needs()
+
+    def kl_coef(self) -> float | None:
+        return self.beta
 
     # ---------------------------------------------------------------- per step
     def _components(self, trajectories) -> dict[str, torch.Tensor]:
@@ -99,35 +107,30 @@ class ConstrainedRLHF(MethodHooks):
             out[name] = torch.tensor([0.0 if v is None else float(v) for v in vals], dtype=torch.float64)
         return out
 
-    def extras(self, trainer, batch, fixed, trajectories) -> Extras:
+    def extras(self, ctx: StepContext) -> Extras:
         from rlpost.learner import batched_logprobs
 
-        extra: dict = {"reward_components": self._components(trajectories)}
+        extra: dict = {"reward_components": self._components(ctx.trajectories)}
         if self.params.task == "kl":
-            settings = trainer.learner.settings
-            old = fixed.get("old_logprobs")
+            old = ctx.fixed.old_logprobs
             if old is None:   # one optimizer pass: the rollout policy is the current model
-                old = batched_logprobs(trainer.model, batch, settings, False)[0]
-            ref = fixed.get("ref_logprobs")
+                old = batched_logprobs(self.policy, ctx.batch, self.logprob_settings, False)[0]
+            ref = ctx.fixed.ref_logprobs
             if ref is None:
-                ref = batched_logprobs(self.ref_model, batch, settings, False)[0]
+                ref = batched_logprobs(self.ref_model, ctx.batch, self.logprob_settings, False)[0]
             extra.update(old_logprobs=old, ref_logprobs=ref)
         if self.multipliers is not None:
             extra.update(self.multipliers.extra())
         self._last_components = extra["reward_components"]
         return Extras(advantage=extra)
 
-    def after_update(self, trainer, batch, fixed, trajectories, metrics: dict) -> dict:
+    def after_update(self, ctx: StepContext) -> dict:
         out: dict = {}
         comps = self._last_components
         if self.multipliers is not None:
-            s = trainer.learner.settings
             if self.params.multiplier_update == "minibatch":
-                mini = len(batch) // s.steps_per_generation
-                for _ in range(s.num_iterations):
-                    for m in range(s.steps_per_generation):
-                        rows = torch.arange(m * mini, (m + 1) * mini)
-                        out.update(self.multipliers.update(component_means(comps, index=rows)))
+                for rows in ctx.mini_batches:   # the learner's optimizer steps, in order
+                    out.update(self.multipliers.update(component_means(comps, index=rows)))
             else:
                 out.update(self.multipliers.update(component_means(comps)))
             thresholds = dict(zip(self.multipliers.names, self.multipliers.thresholds.tolist()))
@@ -136,9 +139,7 @@ class ConstrainedRLHF(MethodHooks):
         out.update({f"constrained/threshold/{n}": v for n, v in thresholds.items()})
         if self.search is not None:
             if self.search.tick():
-                if trainer.engine_needs_sync:   # evaluate the updated policy (the trainer syncs after the hooks)
-                    trainer.engine.load_weights(trainer.model.named_parameters())
-                score = trainer.evaluate()
+                score = ctx.evaluate()   # the updated policy
                 if self.eval_metric not in score:
                     raise KeyError(f"method.constrained.eval_metric {self.eval_metric!r} is not an evaluate() key: "
                                    f"{sorted(score)}")
@@ -148,9 +149,8 @@ class ConstrainedRLHF(MethodHooks):
                     self.multipliers.set_thresholds(new)
                     log.info("NM-PPO: next proxy points %s", {k: round(v, 4) for k, v in new.items()})
             out.update(self.search.metrics())
-        if self.beta is not None and "kl" in metrics:
-            self.beta = adaptive_kl_coef(self.beta, metrics["kl"], self.kl_target, rate=self.kl_rate)
-            trainer.learner.settings.beta = self.beta
+        if self.beta is not None and "kl" in ctx.update_metrics:
+            self.beta = adaptive_kl_coef(self.beta, ctx.update_metrics["kl"], self.kl_target, rate=self.kl_rate)
             out["constrained/kl_coef"] = self.beta
         return out
 
@@ -168,4 +168,4 @@ class ConstrainedRLHF(MethodHooks):
         if self.search is not None and state.get("search") is not None:
             self.search.load_state_dict(state["search"])
         if state.get("beta") is not None and self.beta is not None:
-            self.beta = self._settings.beta = state["beta"]
+            self.beta = state["beta"]

@@ -4,10 +4,10 @@
 
 1. setup: one prefill pass scores every training prompt's angle concentration
    (:func:`compute_angle_scores`), cached under ``$RLPOST_CACHE/angles`` by (model path, revision, a weight
-   fingerprint, the tokenized prompts, the scoring knobs); the trainer's sampler is rebuilt with the scores
-   (``rlpost.samplers.build_sampler(..., scores=...)``).
+   fingerprint, the tokenized prompts, the scoring knobs); the sampler built with the scores
+   (``rlpost.samplers.build_sampler(..., scores=...)``) is returned in ``Needs.sampler`` for the trainer to draw with.
 2. every step: an :class:`MLPInputHook` around each micro-batch of the learner's old-policy forward
-   (``Learner.old_forward_hooks``) gives the training-time angle :func:`sequence_angle` of every sequence,
+   (``Needs.old_forward_hooks``) gives the training-time angle :func:`sequence_angle` of every sequence,
    over prompt+response (``angle_span: full``) or the prompt only;
 3. after the update: ``sampler.update({"accuracy", "angle"})`` with the step's accuracy (share of
    completions the first reward function scores >= 1, as ``eval/accuracy``) and the mean angle.
@@ -30,7 +30,7 @@ from rlpost.algos.gain_rl import (
     MLPInputHook, angle_cache_key, cached_angle_scores, compute_angle_scores, decoder_layers, sequence_angle,
 )
 from rlpost.config import ConfigError
-from rlpost.methods import METHODS, MethodHooks
+from rlpost.methods import METHODS, MethodHooks, Needs, SetupContext, StepContext
 from rlpost.methods._util import active, name_of, params_of
 
 log = logging.getLogger("rlpost")
@@ -81,37 +81,38 @@ class GainRLMethod(MethodHooks):
     def __init__(self, cache_dir: str | None = None):
         self.cache_dir = cache_dir                 # None: $RLPOST_CACHE/angles
         self.params = None
+        self.sampler = None                        # the gain_rl sampler this method builds (the trainer draws with it)
         self._angle_sum, self._angle_n = 0.0, 0
 
-    def setup(self, trainer) -> None:
+    def setup(self, ctx: SetupContext) -> Needs:
         from rlpost.models.tiny import cache_root
         from rlpost.samplers import build_sampler
         from rlpost.workflows.single_turn import tokenize_prompts
 
-        cfg = trainer.cfg
+        cfg = ctx.cfg
         validate(cfg)
         p = self.params = params_of(DATA_SAMPLERS, cfg.data.sampler, "data.sampler")
-        n = len(trainer.train_prompts)
+        n = len(ctx.train_prompts)
         if cfg.rollout.prompts_per_step > n:
             raise ConfigError(f"data.sampler gain_rl draws rollout.prompts_per_step = {cfg.rollout.prompts_per_step} "
                               f"distinct prompts per step from {n} training rows")
         try:
-            decoder_layers(trainer.model)[p.layer]
+            decoder_layers(ctx.model)[p.layer]
         except (IndexError, ValueError) as err:
             raise ConfigError(f"data.sampler gain_rl: layer {p.layer} does not exist in the model ({err})") from None
         if p.sigma >= n:
             log.warning("gain_rl: sigma=%s ranks >= %d training rows: the curriculum is close to uniform", p.sigma, n)
-        ids = tokenize_prompts(trainer.tokenizer, trainer.train_prompts)
+        ids = tokenize_prompts(ctx.tokenizer, ctx.train_prompts)
         data_hash = hashlib.sha256(repr(ids).encode()).hexdigest()[:16]
-        key = angle_cache_key(trainer.model_path, cfg.model.revision, model_fingerprint(trainer.model), data_hash,
+        key = angle_cache_key(ctx.model_path, cfg.model.revision, model_fingerprint(ctx.model), data_hash,
                               p.layer, p.n_prefix, p.n_suffix, p.w_intra, p.w_inter, p.max_length)
         cache = Path(self.cache_dir) if self.cache_dir else cache_root() / "angles"
         scores = cached_angle_scores(cache, key, lambda: compute_angle_scores(
-            trainer.model, trainer.tokenizer, ids, p.layer, p.score_batch_size, p.n_prefix, p.n_suffix,
+            ctx.model, ctx.tokenizer, ids, p.layer, p.score_batch_size, p.n_prefix, p.n_suffix,
             p.w_intra, p.w_inter, p.max_length))
-        trainer.sampler = build_sampler(cfg.data.sampler, n, cfg.trainer.seed, cfg.data.shuffle_dataset, scores=scores)
-        trainer.learner.old_forward_hooks.append(self.angle_hook)
+        self.sampler = build_sampler(cfg.data.sampler, n, cfg.trainer.seed, cfg.data.shuffle_dataset, scores=scores)
         self.reward_name = cfg.rewards[0].name
+        return Needs(sampler=self.sampler, old_forward_hooks=(self.angle_hook,))
 
     @contextlib.contextmanager
     def angle_hook(self, model, mb):
@@ -123,14 +124,13 @@ class GainRLMethod(MethodHooks):
         self._angle_sum += float(angles.sum())
         self._angle_n += angles.numel()
 
-    def after_update(self, trainer, batch, fixed, trajectories, metrics: dict) -> dict:
+    def after_update(self, ctx: StepContext) -> dict:
+        trajectories = ctx.trajectories
         correct = sum(float((t.reward_components.get(self.reward_name) or 0.0) >= 1.0) for t in trajectories)
         sums = torch.tensor([correct, len(trajectories), self._angle_sum, self._angle_n], dtype=torch.float64)
-        dist = getattr(trainer, "dist", None)
-        if dist is not None:   # several learner processes: every rank updates mu with the global numbers (lockstep)
-            sums = dist.all_reduce_sum(sums)
+        sums = ctx.all_reduce_sum(sums)   # several learner processes: every rank updates mu with the global numbers
         correct, count, angle_sum, angle_n = sums.tolist()
         accuracy, angle = correct / max(count, 1), angle_sum / max(angle_n, 1)
         self._angle_sum, self._angle_n = 0.0, 0
-        out = trainer.sampler.update({"accuracy": accuracy, "angle": angle})
-        return {**trainer.sampler.metrics(), **out}
+        out = self.sampler.update({"accuracy": accuracy, "angle": angle})
+        return {**self.sampler.metrics(), **out}

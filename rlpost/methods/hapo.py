@@ -3,7 +3,7 @@
 HAPO's components are chosen where they act: ``algo.advantage: hapo`` (B), ``algo.loss: hapo`` (C + D),
 ``rollout.logits_processor: hapo_temperature`` (A). ``method: {hapo: {}}`` wires what they need:
 
-- the learner computes per-token entropies (``need_entropy``): old-policy ones in ``prepare`` and the
+- the learner computes per-token entropies (``Needs(entropies=True)``): old-policy ones in ``prepare`` and the
   current ones in every micro-batch;
 - after the old-policy forward of step t, ``entropy_stats(old_entropies, mask, rho)`` over the whole batch
   goes to the loss of step t (``LossInput.extra["entropy_stats"]``, loss_stats="step"), and
@@ -22,7 +22,7 @@ from rlpost.algos import ADVANTAGES, POLICY_LOSSES
 from rlpost.algos.hapo import EntropyStats, HAPOLossParams, HAPOTemperature, entropy_stats
 from rlpost.algos.logits_processors import LOGITS_PROCESSORS
 from rlpost.config import ConfigError, component
-from rlpost.methods import METHODS, Extras, MethodHooks
+from rlpost.methods import METHODS, Extras, MethodHooks, Needs, SetupContext, StepContext
 from rlpost.methods._util import active, advantage_names, ignored_knobs, name_of, params_of, user_set
 
 # A learner-side importance-sampling correction toward the *sampler's* log-probs (rlpost's
@@ -90,30 +90,28 @@ class HAPOMethod(MethodHooks):
         self.state: dict | None = None           # statistics carried to the next rollout (checkpointed)
         self.temp_params = None
         self.loss_params = None
-        self.trainer = None
         self._proc, self._proc_step = None, -1
         self._stats_metrics: dict = {}
 
-    def setup(self, trainer) -> None:
-        cfg = trainer.cfg
+    def setup(self, ctx: SetupContext) -> Needs:
+        cfg = ctx.cfg
         validate(cfg)
-        self.trainer = trainer
-        trainer.learner.settings.need_entropy = True
         if name_of(cfg.rollout.logits_processor) == "hapo_temperature":
             self.temp_params = params_of(LOGITS_PROCESSORS, cfg.rollout.logits_processor, "rollout.logits_processor",
                                          shared={"temperature": cfg.rollout.temperature})
-        if trainer.learner.settings.loss_name == "hapo":
-            self.loss_params = trainer.learner.settings.loss_params
+        if ctx.learner_settings.loss_name == "hapo":
+            self.loss_params = ctx.learner_settings.loss_params
+        return Needs(entropies=True)
 
-    def rollout_params(self, params, purpose: str):
+    def rollout_params(self, params, purpose: str, step: int):
         if purpose != "rollout" or self.temp_params is None:
             return params
-        if self._proc is None or self._proc_step != self.trainer.step:   # one per step, shared by refill rounds
-            self._proc, self._proc_step = HAPOTemperature(self.temp_params, self.state), self.trainer.step
+        if self._proc is None or self._proc_step != step:   # one per step, shared by refill rounds
+            self._proc, self._proc_step = HAPOTemperature(self.temp_params, self.state), step
         return dataclasses.replace(params, logits_processors=[*params.logits_processors, self._proc])
 
-    def extras(self, trainer, batch, fixed, trajectories) -> Extras:
-        old_h, mask = fixed["old_entropies"], batch.response_mask    # [B,T] old-policy entropies at T_base
+    def extras(self, ctx: StepContext) -> Extras:
+        old_h, mask = ctx.fixed.old_entropies, ctx.batch.response_mask    # [B,T] old-policy entropies at T_base
         step, logged = {}, None
         if self.temp_params is not None:
             self.state = logged = HAPOTemperature.next_state(old_h, mask, self.temp_params)   # for step t+1
@@ -124,9 +122,9 @@ class HAPOMethod(MethodHooks):
         self._stats_metrics = _stats_metrics(logged)
         return Extras(loss_step=step)
 
-    def after_update(self, trainer, batch, fixed, trajectories, metrics: dict) -> dict:
+    def after_update(self, ctx: StepContext) -> dict:
         out = dict(self._stats_metrics)
-        if self._proc is not None and self._proc_step == trainer.step:
+        if self._proc is not None and self._proc_step == ctx.step:
             out.update(self._proc.metrics())
         return out
 

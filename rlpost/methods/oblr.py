@@ -3,8 +3,8 @@
 Two independent pieces:
 
 - ``algo.advantage: {name: oblr, weight: logit_score_norm}`` needs sum_v pi_v^2 per token from the
-  old-policy forward: ``method: {oblr: {}}`` sets the learner's ``need_sum_p_sq`` (the trainer passes
-  ``fixed["sum_p_sq"]`` as ``AdvantageInput.extra["sum_p_sq"]``). Weights ``length`` / ``uniform`` need no hooks.
+  old-policy forward: ``method: {oblr: {}}`` declares ``Needs(sum_p_sq=True)`` (the trainer passes
+  ``FixedLogprobs.sum_p_sq`` as ``AdvantageInput.extra["sum_p_sq"]``). Weights ``length`` / ``uniform`` need no hooks.
 - ``algo.lr_controller: oblr_snr`` is built by the trainer and fed by the learner
   (``{"prefix_grad_sq_norms": [...]}`` each optimizer step); it needs no method, only >= 2 micro-batches
   per optimizer step. It logs ``oblr/snr``, ``oblr/snr_step``, ``oblr/signal``, ``oblr/noise``,
@@ -18,7 +18,7 @@ from rlpost.algos import ADVANTAGES
 from rlpost.algos.lr_controllers import LR_CONTROLLERS
 from rlpost.algos.oblr_po import OBLRAdvParams
 from rlpost.config import ConfigError, component
-from rlpost.methods import METHODS, MethodHooks
+from rlpost.methods import METHODS, MethodHooks, Needs, SetupContext
 from rlpost.methods._util import active, advantage_names, name_of, params_of, user_set
 
 
@@ -78,6 +78,6 @@ def validate(cfg) -> None:
 class OBLRMethod(MethodHooks):
     """Switches on sum_v pi^2 in the old-policy forward."""
 
-    def setup(self, trainer) -> None:
-        validate(trainer.cfg)
-        trainer.learner.settings.need_sum_p_sq = True
+    def setup(self, ctx: SetupContext) -> Needs:
+        validate(ctx.cfg)
+        return Needs(sum_p_sq=True)

@@ -55,7 +55,7 @@ def test_learner_masks_the_policy_term_and_is_micro_batch_invariant(random_tiny_
     batch = _batch(char_tokenizer)
     adv = torch.randn(batch.response_mask.shape, generator=torch.Generator().manual_seed(1)) * batch.response_mask
     masked, fixed, metrics = _grads(random_tiny_model, batch, adv, 0.3, micro=8)
-    keep = fixed["entropy_mask"]
+    keep = fixed.entropy_mask
     assert 0 < keep.sum() < batch.response_mask.sum()
     assert metrics["policy/entropy_mask_frac"] == pytest.approx(float(keep.sum() / batch.response_mask.sum()), abs=1e-6)
     zeroed, _, _ = _grads(random_tiny_model, batch, adv * keep, 1.0, micro=8)

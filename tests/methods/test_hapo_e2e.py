@@ -32,20 +32,17 @@ def test_hapo_tiny_config_logs_its_signals(tmp_path):
 
 
 def test_temperature_processor_only_on_training_rollouts():
-    class FakeTrainer:
-        step = 0
     m = HAPOMethod()
-    m.trainer = FakeTrainer()
     from rlpost.algos.hapo import HAPOTemperatureParams
     m.temp_params = HAPOTemperatureParams()
     base = SamplingParams()
-    assert m.rollout_params(base, "eval") is base
-    rollout = m.rollout_params(base, "rollout")
+    assert m.rollout_params(base, "eval", step=0) is base
+    rollout = m.rollout_params(base, "rollout", step=0)
     assert len(rollout.logits_processors) == 1 and base.logits_processors == []
-    assert m.rollout_params(base, "rollout").logits_processors[0] is rollout.logits_processors[0]  # one per step
+    again = m.rollout_params(base, "rollout", step=0)
+    assert again.logits_processors[0] is rollout.logits_processors[0]  # one per step
     m.state = {"q": 0.0, "sigma": 1.0, "h_pos_max": 1.0, "h_neg_min": -1.0}
-    FakeTrainer.step = 1
-    proc = m.rollout_params(base, "rollout").logits_processors[0]
+    proc = m.rollout_params(base, "rollout", step=1).logits_processors[0]
     assert proc is not rollout.logits_processors[0] and proc.stats is not None
     out = proc(0, torch.zeros(2, 1, dtype=torch.long), torch.randn(2, 7))
     assert out.shape == (2, 7)

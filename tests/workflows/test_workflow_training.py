@@ -11,6 +11,7 @@ from rlpost.algos import ADVANTAGES, AdvantageInput, build_params
 from rlpost.algos.advantages import GRPOAdvParams, grpo, per_trajectory
 from rlpost.batch import collate
 from rlpost.engines.base import SamplingParams
+from rlpost.learner import FixedLogprobs
 from rlpost.types import Prompt, Sample, Trajectory
 
 from test_a2fm import CharTokenizer, ScriptedEngine, policy, prompt  # noqa: E402  (scripted A²FM policy)
@@ -59,7 +60,7 @@ def test_tree_advantages_use_one_reward_per_tree_and_reach_every_call():
     batch = collate(trajs, pad_id=0)
     tr = Trainer.__new__(Trainer)
     tr.advantage_fn, tr.advantage_params = grpo, GRPOAdvParams(std="population", eps=1e-10)
-    fixed = {"old_entropies": None, "old_logprobs": None, "sum_p_sq": None}
+    fixed = FixedLogprobs()
     adv, metrics = tr.compute_advantages(batch, fixed)
     # group 0: trees (1, 0): mean 1/2, std 1/2 -> +1 on the 3 calls of tree 0, -1 on tree 1's call
     # (row-level stats would use mean 3/4 over the 4 rows); group 1: all solved -> 0; group 2 as group 0
@@ -96,8 +97,7 @@ def test_sample_weights_scale_the_policy_term_but_not_the_kl(random_tiny_model):
         learner = Learner(model, torch.optim.SGD(model.parameters(), lr=0.0), None, settings, ref_model=ref)
         b = copy.copy(batch)
         b.sample_weights = torch.tensor(weights)
-        fixed = {"old_logprobs": None, "old_entropies": None, "sum_p_sq": None,
-                 "ref_logprobs": batched_logprobs(ref, b, settings, False)[0] if beta else None}
+        fixed = FixedLogprobs(ref_logprobs=batched_logprobs(ref, b, settings, False)[0] if beta else None)
         out, _ = learner._micro_loss(b, torch.full((3, 3), adv_value) * b.response_mask, fixed, {})
         return out.item()
 
