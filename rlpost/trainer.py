@@ -128,7 +128,8 @@ class Trainer:
         rows = task_or_file_rows(d.task, d.task_kwargs, path, split if path else task_split, n, self.cfg.trainer.seed)
         source = path or f"task {d.task!r} ({task_split} split)"
         return build_prompts(rows, self.tokenizer, prompt_column=d.prompt_column, answer_column=d.answer_column,
-                             system_prompt=d.system_prompt, chat_template=d.chat_template, source=source)
+                             system_prompt=d.system_prompt, chat_template=d.chat_template, source=source,
+                             few_shot=d.few_shot)
 
     def _build_engine(self):
         from rlpost.engines import GuardedEngine, build_engine
@@ -355,9 +356,20 @@ class Trainer:
             if not hasattr(self, "benchmark_eval"):
                 from rlpost.eval.runner import PeriodicEval
                 self.benchmark_eval = PeriodicEval(t.eval_benchmarks, limit=t.eval_benchmark_limit, seed=t.seed,
+                                                   prompt_fn=self._eval_prompt_fn(), extractor=t.eval_extractor,
                                                    out_dir=self.out / "eval")
             metrics.update(self.benchmark_eval.run(self.step, self.engine, self.tokenizer))
         return metrics
+
+    def _eval_prompt_fn(self):
+        """trainer.eval_prompt_format=training: a benchmark question -> the engine text, worded and formatted as the
+        training prompts are (eval_prompt_template, data.system_prompt, data.few_shot, chat template); else None."""
+        t, d = self.cfg.trainer, self.cfg.data
+        if t.eval_prompt_format != "training":
+            return None
+        from rlpost.data import format_prompt
+        return lambda question: format_prompt(self.tokenizer, t.eval_prompt_template.replace("{prompt}", question),
+                                              d.system_prompt, d.chat_template, "eval benchmark", d.few_shot)[0]
 
     # ------------------------------------------------------------------ checkpoint / finish
     def state(self) -> dict:

@@ -286,6 +286,14 @@ def render_prompt(spec: BenchmarkSpec, row: dict) -> str:
     return _FIELD.sub(fill, spec.prompt_template)
 
 
+def question(spec: BenchmarkSpec, row: dict) -> str:
+    """The bare question of a row (its prompt column), for prompts worded another way than the spec's template;
+    benchmarks whose template builds the question from several columns (prompt_column None) keep the template."""
+    if spec.prompt_column:
+        return str(row[pick_column(row, spec.prompt_column, PROMPT_COLUMNS, spec, "prompt")])
+    return render_prompt(spec, row)
+
+
 def gold_answer(spec: BenchmarkSpec, row: dict) -> Any:
     """The gold answer of a row: the answer column, through the spec's ``answer_extractor`` if any."""
     value = row[pick_column(row, spec.answer_column, ANSWER_COLUMNS, spec, "answer")]

@@ -178,6 +178,23 @@ def test_periodic_eval(tmp_path):
     assert ev.rows(ev.specs[0]) is ev.rows(ev.specs[0])  # same held-out subset every time
 
 
+def test_periodic_eval_in_the_training_prompt_format(tmp_path):
+    seen = []
+
+    def training_format(question):          # what the trainer passes with trainer.eval_prompt_format=training
+        seen.append(question)
+        return f"[sys][shot]{question}"
+
+    ev = PeriodicEval(["arithmetic"], limit=3, n=1, prompt_fn=training_format, extractor="last_number")
+    engine = FakeEngine()
+    m = ev.run(1, engine, CharTokenizer(chat_template="x"))
+    rows = ev.rows(ev.specs[0])
+    assert seen == [r["prompt"] for r in rows]           # the bare question, not the spec's template
+    assert ev.specs[0].extractor == "last_number" and m["eval/arithmetic/mean@1"] >= 0
+    with pytest.raises(KeyError, match="nope"):
+        PeriodicEval(["arithmetic"], extractor="nope")
+
+
 def test_resolve_benchmark(tmp_path):
     path = tmp_path / "my_math.jsonl"
     path.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
