@@ -357,6 +357,7 @@ class Trainer:
                 from rlpost.eval.runner import PeriodicEval
                 self.benchmark_eval = PeriodicEval(t.eval_benchmarks, limit=t.eval_benchmark_limit, seed=t.seed,
                                                    prompt_fn=self._eval_prompt_fn(), extractor=t.eval_extractor,
+                                                   max_tokens=t.eval_max_tokens,
                                                    out_dir=self.out / "eval")
             metrics.update(self.benchmark_eval.run(self.step, self.engine, self.tokenizer))
         return metrics

@@ -288,8 +288,11 @@ class HAPOTemperature:
 
     Runs before the engine's temperature, so it returns logits / (1 + tau h~) and the engine's division by
     T_base completes T. With no statistics (first step) the logits pass through unchanged.
-    Call: (step, input_ids [N,L], logits [N,V]) -> logits [N,V].
+    Call: (step, input_ids [N,L] or None, logits [N,V]) -> logits [N,V]; it never reads input_ids, so it declares
+    ``needs_input_ids = False`` and the vLLM engine skips rebuilding every row's token history each decode step.
     """
+
+    needs_input_ids = False
 
     def __init__(self, params: HAPOTemperatureParams | None = None, state: dict | None = None):
         self.params = params or HAPOTemperatureParams()

@@ -10,6 +10,7 @@ never takes part in a majority vote).
                           else the last ``\\boxed{}``
     last_number           the last number in the text (``-1,234.5`` -> ``-1234.5``)
     boxed_or_last_number  ``boxed``, else ``last_number``
+    answer_line           the rest of the line after the last ``Answer:`` (DAPO-Math-17k's format), else ``boxed``
     countdown             the arithmetic expression in the last ``<answer>...</answer>``, else in the last
                           non-empty line
     knk                   Knights & Knaves: ``"Name=knight,Name=knave"`` (sorted by name) from the last
@@ -100,6 +101,23 @@ def gsm8k(text: str) -> str | None:
 @EXTRACTORS.register("boxed_or_last_number")
 def boxed_or_last_number(text: str) -> str | None:
     return boxed(text) or last_number(text)
+
+
+_ANSWER_LINE = re.compile(r"Answer\s*:\s*([^\n]+)", flags=re.I)
+
+
+@EXTRACTORS.register("answer_line")
+def answer_line(text: str) -> str | None:
+    """DAPO-Math-17k's format ("The last line ... of the form Answer: $Answer"): the rest of the line after the
+    last ``Answer:`` (surrounding ``$`` and a final ``.`` dropped; a ``\\boxed{}`` inside it is unwrapped), else
+    the last ``\\boxed{}``."""
+    if not text:
+        return None
+    found = _ANSWER_LINE.findall(text)
+    if found:
+        value = found[-1].strip().rstrip(".").strip().strip("$").strip()
+        return (boxed(value) or value) or None
+    return boxed(text)
 
 
 def answer_tag(text: str) -> str | None:
