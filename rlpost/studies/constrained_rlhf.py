@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rlpost.studies.common import activity_section
+
 log = logging.getLogger("rlpost")
 
 VARIANTS = ("sum", "mu", "xi", "all", "sat")
@@ -229,7 +231,15 @@ def _fmt(cell, digits=3) -> str:
     return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
 
 
-def write_table(path: Path, summary: dict, info: dict) -> None:
+def activity_components():
+    from rlpost.reproduce import Component
+    return tuple(Component(f"multiplier g(μ) {c}", f"constrained/multiplier/{c}", "range", None,
+                           what="the Lagrange weight; acted = moved from the step before") for c in COMPONENTS) + \
+        tuple(Component(f"constraint {c}", f"constrained/violation/{c}", "range", 0.0,
+                        what="violation of the proxy point; acted = nonzero") for c in COMPONENTS)
+
+
+def write_table(path: Path, summary: dict, info: dict, results: dict | None = None) -> None:
     th = info["thresholds"]
     lines = [
         "# Constrained RLHF: miniature over-optimisation study",
@@ -269,6 +279,10 @@ def write_table(path: Path, summary: dict, info: dict) -> None:
     lines += ["", "Per-seed final true scores: " + "; ".join(
         f"{LABELS.get(v, v)} {[round(p['final'], 3) for p in s['per_seed']]}" for v, s in summary.items()),
         "", f"Plot: curves.png. Runtime {info['seconds'] / 60:.1f} min on CPU.", ""]
+    if results:
+        constrained = {LABELS.get(v, v): runs for v, runs in results.items() if v != "sum"}
+        lines[2:2] = activity_section(constrained, activity_components())[2:4]   # the never-acted line, at the top
+        lines += activity_section(constrained, activity_components())
     path.write_text("\n".join(lines))
 
 
@@ -355,7 +369,7 @@ def run(output_dir: str | Path = "results/constrained_rlhf", seeds=(0, 1, 2), st
             "seeds": seeds, "steps": steps, "length_weight": length_weight, "num_eval": num_eval,
             "prompts_per_step": prompts_per_step, "num_generations": num_generations, "learning_rate": learning_rate,
             "multiplier_lr": multiplier_lr, "seconds": time.perf_counter() - start}
-    write_table(out / "table.md", summary, info)
+    write_table(out / "table.md", summary, info, results)
     plot(out / "curves.png", results, thresholds)
     (out / "results.json").write_text(json.dumps({"info": info, "summary": summary}, indent=2))
     return {"table": str(out / "table.md"), "plot": str(out / "curves.png"), "results": str(out / "results.json"),
