@@ -184,6 +184,8 @@ class TrainerConfig:
     eval_prompt_template: str = "{prompt}"    # with eval_prompt_format=training: the question as the training prompts word it
     eval_extractor: str | None = None         # answer extractor for eval_benchmarks (None: each benchmark's own)
     eval_max_tokens: int | None = None        # generation length for eval_benchmarks (None: each benchmark's own)
+    eval_metrics: list = field(default_factory=list)  # metrics over the whole held-out set, logged as eval/<key>:
+                                              # registered names (crlhf_score) or module:function(prompts, completions, columns)
     save_steps: int = 50                      # checkpoint every N steps (0 = only the final model)
     save_total_limit: int = 2                 # checkpoints kept
     resume_from_checkpoint: str | None = None  # "latest", or a checkpoint folder

@@ -29,8 +29,9 @@ def load_rows(source: str | list[dict], split: str = "train") -> list[dict]:
         raise DataError(f"{source}: the file is empty (no rows)")
     if path.is_file() and path.suffix.lower() == ".jsonl":
         return read_jsonl_rows(path)
-    if not path.exists() and str(source).startswith(("/", "./", "../", "~")):
-        raise DataError(f"{source}: no such file or folder")
+    if not path.exists() and (str(source).startswith(("/", "./", "../", "~")) or path.suffix.lower() in _FORMATS):
+        # a file name (data/dailydialog/train.jsonl), not a hub id: say so instead of asking a hub for it
+        raise DataError(f"{source}: no such file or folder (the recipe's README says how to make it)")
     try:
         if path.is_file():
             fmt = _FORMATS.get(path.suffix.lower())

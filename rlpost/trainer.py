@@ -91,6 +91,8 @@ class Trainer:
         self.train_prompts = fit_prompts(self.train_prompts, self.tokenizer, room, cfg.data.overlong_prompts, "training")
         self.eval_prompts = fit_prompts(self.eval_prompts, self.tokenizer, room, cfg.data.overlong_prompts, "evaluation")
         self.rewards = RewardManager.from_config(cfg.rewards)
+        from rlpost.rewards.dialog import build_eval_metric
+        self.eval_metric_fns = [build_eval_metric(name) for name in cfg.trainer.eval_metrics]  # before any training
         self.sampler = build_sampler(cfg.data.sampler, len(self.train_prompts), cfg.trainer.seed, cfg.data.shuffle_dataset)
 
         self.engine = self._build_engine()
@@ -352,6 +354,10 @@ class Trainer:
                    "eval/accuracy": float(np.mean([(v or 0.0) >= 1.0 for v in first]))}
         if callable(getattr(self.workflow, "metrics", None)):
             metrics.update({f"eval/{k}": v for k, v in self.workflow.metrics(trajs).items()})
+        for fn in getattr(self, "eval_metric_fns", ()):   # set-level metrics (e.g. constrained RLHF's eval score)
+            columns = {k: [tr.prompt.columns.get(k) for tr in trajs] for k in trajs[0].prompt.columns}
+            metrics.update({f"eval/{k}": float(v) for k, v in
+                            fn([tr.prompt.text for tr in trajs], [tr.final_text for tr in trajs], columns).items()})
         if t.eval_benchmarks:  # the same code path as `rlpost eval`
             if not hasattr(self, "benchmark_eval"):
                 from rlpost.eval.runner import PeriodicEval

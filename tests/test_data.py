@@ -27,6 +27,11 @@ def test_chat_template_formatting(char_tokenizer):
     assert build_prompts([{"prompt": msgs, "answer": 1}], char_tokenizer)[0].messages == msgs
 
 
+def test_an_absent_data_file_is_named_not_looked_up_on_a_hub():
+    with pytest.raises(DataError, match=r"data/dailydialog/train.jsonl: no such file or folder \(the recipe's README"):
+        load_rows("data/dailydialog/train.jsonl")
+
+
 def test_few_shot_turns_go_between_system_prompt_and_question(char_tokenizer):
     shot = [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]
     p = build_prompts([{"prompt": "1+1=", "answer": "2"}], char_tokenizer, system_prompt="be brief", few_shot=shot)[0]
