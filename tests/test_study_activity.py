@@ -51,3 +51,16 @@ def test_constrained_table_reports_multiplier_activity(tmp_path):
     text = (tmp_path / "t.md").read_text()
     assert "| μ-PPO | multiplier g(μ) rm_answer | `constrained/multiplier/rm_answer`" in text
     assert "PPO-sum" not in text.split("## Activity")[1]          # the unconstrained run has no multipliers
+
+
+def test_constrained_proxy_points_are_chosen_on_a_selection_set_not_the_scoring_set():
+    from rlpost.studies.constrained_rlhf import SELECT_KEY, proxy_points, selection_rows
+    from rlpost.tasks.arithmetic import make_split
+    rows = selection_rows(64, [0, 1], 128)
+    scored = {r["prompt"] for s in (0, 1) for r in make_split("test", 128, seed=s)}
+    assert len(rows) == 64 and not {r["prompt"] for r in rows} & scored
+    # step 2 is best on the scoring set, step 1 on the selection set: theta comes from step 1's batch means
+    run = [{"step": 1, "reward/rm_answer/mean": 0.1, "reward/rm_length/mean": -1.0, "eval/accuracy": 0.2, SELECT_KEY: 0.5},
+           {"step": 2, "reward/rm_answer/mean": 0.9, "reward/rm_length/mean": -2.0, "eval/accuracy": 0.6, SELECT_KEY: 0.1}]
+    theta, best = proxy_points([run], top_k=1)
+    assert theta == {"rm_answer": 0.1, "rm_length": -1.0} and best[0]["step"] == 1

@@ -158,6 +158,14 @@ register(BenchmarkSpec(
     paper=("rlpost synthetic task (held-out operand pairs)",),
 ))
 register(BenchmarkSpec(
+    name="arithmetic_greedy", label="Arithmetic (greedy)", data=None, split="test",
+    prompt_template="{prompt}", prompt_column="prompt", answer_column="answer",
+    extractor="first_integer", checker="exact",
+    n=1, temperature=0.0, max_tokens=16, rows_fn="rlpost.tasks.arithmetic:make_split", num_rows=200,
+    paper=("rlpost synthetic task, scored as the trainer's eval/accuracy (greedy); the constrained-RLHF miniature "
+           "picks its proxy points on a separate set of these problems",),
+))
+register(BenchmarkSpec(
     name="countdown_synth", label="Countdown-synth", data=None, split="test",
     prompt_template="{prompt}", prompt_column="prompt", answer_column="target",
     extractor="countdown", checker="countdown",

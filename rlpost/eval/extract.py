@@ -9,6 +9,7 @@ never takes part in a majority vote).
     gsm8k                 the number after the last ``####`` (commas, ``$`` and a trailing ``.`` dropped),
                           else the last ``\\boxed{}``
     last_number           the last number in the text (``-1,234.5`` -> ``-1234.5``)
+    first_integer         the first integer in the text (the ``arithmetic`` reward's reading)
     boxed_or_last_number  ``boxed``, else ``last_number``
     answer_line           the rest of the line after the last ``Answer:`` (DAPO-Math-17k's format), else ``boxed``
     countdown             the arithmetic expression in the last ``<answer>...</answer>``, else in the last
@@ -96,6 +97,16 @@ def gsm8k(text: str) -> str | None:
         if m:
             return _clean_number(m.group(1))
     return boxed(text)
+
+
+_INTEGER = re.compile(r"-?\d+")
+
+
+@EXTRACTORS.register("first_integer")
+def first_integer(text: str) -> str | None:
+    """The first integer in the text (the ``arithmetic`` reward's reading, so a benchmark scores as it does)."""
+    m = _INTEGER.search(text or "")
+    return m.group() if m else None
 
 
 @EXTRACTORS.register("boxed_or_last_number")
