@@ -52,11 +52,6 @@ def validate(cfg) -> None:
         raise ConfigError(f"method.constrained.eval_metric {metric!r}: NM-PPO would maximise the reward models it "
                           "constrains (the over-optimised proxies); name the held-out task metric, e.g. "
                           "eval/crlhf_score with trainer.eval_metrics: [crlhf_score] (the paper's evaluation score)")
-    first = cfg.rewards[0] if cfg.rewards else None
-    if metric == "eval/accuracy" and first is not None and first.weight != 0:
-        raise ConfigError(f"method.constrained.eval_metric eval/accuracy scores the first reward ({first.name}), which "
-                          "the policy is trained on; list the task's checker first with weight 0 (as the tiny "
-                          "configs do) or name a held-out metric (trainer.eval_metrics)")
 
 
 @METHODS.register("constrained")
