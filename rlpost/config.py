@@ -73,6 +73,7 @@ class DataConfig:
     prompt_column: str = "prompt"             # text prompt or a list of chat messages
     answer_column: str | None = "answer"      # required column for the reward functions (None: none)
     system_prompt: str | None = None          # prepended as a system message
+    few_shot: list = field(default_factory=list)  # chat turns ({role, content}) put between the system prompt and the question
     chat_template: bool = True                # format prompts with the tokenizer's chat template
     shuffle_dataset: bool = True              # shuffle training prompts each epoch
     sampler: Component = "uniform"            # prompt sampler: uniform | gain_rl | ...
@@ -192,6 +193,13 @@ class TrainerConfig:
     eval_num_generations: int = 1             # samples per eval prompt (accuracy is their mean)
     eval_benchmarks: list = field(default_factory=list)  # rlpost eval benchmarks run every eval_steps, e.g. ["arithmetic", "gsm8k=data/test.jsonl"]
     eval_benchmark_limit: int = 64            # problems per benchmark during training (a fixed seeded subset)
+    eval_prompt_format: str = "benchmark"     # eval_benchmarks prompts: benchmark (the spec's template, user turn only) |
+                                              # training (eval_prompt_template, then data.system_prompt, few_shot, chat template)
+    eval_prompt_template: str = "{prompt}"    # with eval_prompt_format=training: the question as the training prompts word it
+    eval_extractor: str | None = None         # answer extractor for eval_benchmarks (None: each benchmark's own)
+    eval_max_tokens: int | None = None        # generation length for eval_benchmarks (None: each benchmark's own)
+    eval_metrics: list = field(default_factory=list)  # metrics over the whole held-out set, logged as eval/<key>:
+                                              # registered names (crlhf_score) or module:function(prompts, completions, columns)
     save_steps: int = 50                      # checkpoint every N steps (0 = only the final model)
     save_total_limit: int = 2                 # checkpoints kept
     resume_from_checkpoint: str | None = None  # "latest", or a checkpoint folder
@@ -593,6 +601,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError("rewards: at least one reward function is needed")
     if t.max_steps < 1:
         raise ConfigError("trainer.max_steps must be >= 1")
+    if t.eval_prompt_format not in ("benchmark", "training"):
+        raise ConfigError(f"trainer.eval_prompt_format must be benchmark or training, got {t.eval_prompt_format!r}")
+    if "{prompt}" not in t.eval_prompt_template:
+        raise ConfigError("trainer.eval_prompt_template must contain {prompt} (where the benchmark question goes)")
+    for i, turn in enumerate(cfg.data.few_shot):
+        if not (isinstance(turn, dict) and set(turn) >= {"role", "content"}):
+            raise ConfigError(f"data.few_shot[{i}] must be a {{role, content}} chat turn, got {turn!r:.80}")
     for name in t.report_to:
         if name not in ("tensorboard", "wandb", "trackio", "none", "jsonl"):
             raise ConfigError(f"trainer.report_to: unknown tracker {name!r} (tensorboard, wandb, trackio, none)")

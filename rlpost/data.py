@@ -29,8 +29,9 @@ def load_rows(source: str | list[dict], split: str = "train") -> list[dict]:
         raise DataError(f"{source}: the file is empty (no rows)")
     if path.is_file() and path.suffix.lower() == ".jsonl":
         return read_jsonl_rows(path)
-    if not path.exists() and str(source).startswith(("/", "./", "../", "~")):
-        raise DataError(f"{source}: no such file or folder")
+    if not path.exists() and (str(source).startswith(("/", "./", "../", "~")) or path.suffix.lower() in _FORMATS):
+        # a file name (data/dailydialog/train.jsonl), not a hub id: say so instead of asking a hub for it
+        raise DataError(f"{source}: no such file or folder (the recipe's README says how to make it)")
     try:
         if path.is_file():
             fmt = _FORMATS.get(path.suffix.lower())
@@ -67,26 +68,37 @@ def read_jsonl_rows(path: Path) -> list[dict]:
     return rows
 
 
-def format_prompt(tokenizer, prompt: Any, system_prompt: str | None, chat_template: bool, where: str) -> tuple[str, list | None]:
-    """Prompt column value -> (text for the engine, chat messages or None)."""
+def format_prompt(tokenizer, prompt: Any, system_prompt: str | None, chat_template: bool, where: str,
+                  few_shot: list | None = None) -> tuple[str, list | None]:
+    """Prompt column value -> (text for the engine, chat messages or None).
+
+    Messages: [system_prompt] + few_shot turns + the prompt (a string becomes one user turn). GAIN-RL's code
+    puts a system prompt and one worked example before every question (the shared prefix its C_inter needs).
+    """
     if isinstance(prompt, str):
         messages = [{"role": "user", "content": prompt}]
     elif isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
         messages = list(prompt)
     else:
         raise DataError(f"{where}: the prompt must be a string or a list of {{role, content}} messages, got {prompt!r:.80}")
+    if few_shot:
+        head = messages[:1] if messages[0]["role"] == "system" else []
+        messages = head + [dict(m) for m in few_shot] + messages[len(head):]
     if system_prompt and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system_prompt}] + messages
     if chat_template and getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text, messages
+    if few_shot:
+        raise DataError(f"{where}: data.few_shot needs a tokenizer with a chat template (set data.chat_template=true)")
     if not isinstance(prompt, str):
         raise DataError(f"{where}: chat messages need a tokenizer with a chat template (set data.chat_template=true)")
     return (system_prompt + "\n" if system_prompt else "") + prompt, None
 
 
 def build_prompts(rows: list[dict], tokenizer, *, prompt_column: str = "prompt", answer_column: str | None = "answer",
-                  system_prompt: str | None = None, chat_template: bool = True, source: str = "dataset") -> list[Prompt]:
+                  system_prompt: str | None = None, chat_template: bool = True, source: str = "dataset",
+                  few_shot: list | None = None) -> list[Prompt]:
     """Validate columns and format every row. Empty data or a missing column is a :class:`DataError`."""
     if not rows:
         raise DataError(f"{source}: the dataset is empty")
@@ -99,7 +111,8 @@ def build_prompts(rows: list[dict], tokenizer, *, prompt_column: str = "prompt",
                             f"the row has columns {sorted(row)}")
     prompts = []
     for i, row in enumerate(rows):
-        text, messages = format_prompt(tokenizer, row[prompt_column], system_prompt, chat_template, f"{source}, row {i}")
+        text, messages = format_prompt(tokenizer, row[prompt_column], system_prompt, chat_template, f"{source}, row {i}",
+                                       few_shot)
         columns = {k: v for k, v in row.items() if k != prompt_column}
         prompts.append(Prompt(id=i, text=text, messages=messages, columns=columns))
     return prompts

@@ -226,7 +226,8 @@ class Learner:
         mini_rows = len(rows)
         metrics: dict[str, float] = {}
         total_loss = 0.0
-        prefix_sq_norms = []  # ||accumulated grad after k micro-batches * K/k||^2, for LR controllers
+        prefix_sq_norms, cum_shares = [], []  # ||accumulated grad after k micro-batches / S_k||^2 and S_k (the share of
+        # the mini-batch seen so far: micro-batches are length-sorted, so their shares differ), for LR controllers
         rows = self._micro_batch_order(batch, rows)
         parts = micro_batches(batch, rows, s)
         num_micro = len(parts)
@@ -240,8 +241,8 @@ class Learner:
             loss, mb_metrics = self._micro_loss(mb, advantages[idx], fixed.rows(idx), extra)
             (loss * share).backward() if dist is None else dist.backward(loss * share, micro_index)
             if self.lr_controller is not None and self.lr_controller.needs_grad_stats:
-                k = len(prefix_sq_norms) + 1
-                prefix_sq_norms.append(float(_grad_norm(self.model)) ** 2 * (num_micro / k) ** 2)
+                cum_shares.append((cum_shares[-1] if cum_shares else 0.0) + share)
+                prefix_sq_norms.append(float(_grad_norm(self.model)) ** 2 / cum_shares[-1] ** 2)
             total_loss += loss.item() * share
             for k, v in mb_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v * share
@@ -250,7 +251,8 @@ class Learner:
                 dist.backward(self._micro_loss(mb, advantages[idx], fixed.rows(idx), extra)[0] * 0.0, k)
             total_loss, metrics = dist.reduce_metrics(total_loss, metrics)
         if self.lr_controller is not None:
-            stats = {"prefix_grad_sq_norms": prefix_sq_norms} if self.lr_controller.needs_grad_stats else {}
+            stats = ({"prefix_grad_sq_norms": prefix_sq_norms, "prefix_cum_shares": cum_shares}
+                     if self.lr_controller.needs_grad_stats else {})
             metrics.update(self.lr_controller.observe(stats))
         scale = self.lr_controller.lr_scale(self.scheduler.last_epoch) if self.lr_controller is not None else 1.0
         scheduled = [g["lr"] for g in self.optimizer.param_groups]

@@ -8,8 +8,14 @@ step, group size, learning rate, evaluation set and schedule); only the algorith
 output folder is keyed by a hash of its full config, so the GRPO / DAPO baselines are trained once and
 shared by every recipe (``runs/reproduce/tiny/<hash>``). Writes ``results/<recipe>/table.md`` (final
 held-out accuracy: mean, std and range over seeds; steps to a threshold; CPU time; the method's own
-signals), ``results/<recipe>/curves.png`` (held-out accuracy against step, mean and min..max band) and
+signals; an activity section: whether each component of the method acted, and how much),
+``results/<recipe>/curves.png`` (held-out accuracy against step, mean and min..max band) and
 ``results/<recipe>/runs.json`` (raw numbers).
+
+Besides the method and the two baselines, a recipe lists ablation rows ("method without component X") and
+settings shared by every row (HAPO: two passes over each generation batch, so the ratio moves off 1 and the
+clip and redistribution can act); OBLR-PO also gets a GRPO row at the mean learning rate its controller
+applied, so the controller is not compared at a different effective LR.
 """
 from __future__ import annotations
 
@@ -26,28 +32,83 @@ log = logging.getLogger("rlpost")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@dataclass(frozen=True)
+class Component:
+    """One part of a method and the logged metric that shows it acting.
+
+    kind "share": a per-step fraction (of tokens, groups); it fired on a step where it is > 0.
+    kind "range": a per-step value; it fired on a step where it differs from ``neutral`` (relative 1e-6), or, with
+    neutral None, on a step where it changed from the step before (e.g. a curriculum mean that moves).
+    """
+    name: str
+    metric: str
+    kind: str = "share"
+    neutral: float | None = None
+    what: str = ""                # how to read the number, for the table
+
+
 @dataclass
 class Recipe:
     label: str                    # name in the table
     config: str                   # tiny config, relative to the repository root
     note: str = ""                # what differs from GRPO, for the table's header
     signals: tuple = ()           # the method's own metrics, summarised per run (median over steps) in the table
+    components: tuple = ()        # Component: what the activity section reports
+    ablations: dict = field(default_factory=dict)   # row label -> overrides on the method's config
+    shared: tuple = ()            # overrides applied to every row (method, ablations, baselines)
+    match_lr: bool = False        # add a GRPO row at the mean learning rate the method applied
 
+
+HAPO_COMPONENTS = (
+    Component("A adaptive temperature", "hapo/temperature_up_frac", what="share of sampled tokens heated"),
+    Component("A adaptive temperature", "hapo/temperature_down_frac", what="share of sampled tokens cooled"),
+    Component("B token-level group average", "hapo/token_mean_shift",
+              what="mean |token-weighted - plain group mean reward| over groups"),
+    Component("C advantage redistribution", "hapo/boost_frac", what="share of tokens boosted"),
+    Component("C advantage redistribution", "hapo/damp_frac", what="share of tokens damped"),
+    Component("D adaptive clipping", "hapo/eps_high_mean", "range", 0.28,
+              what="mean upper clip bound over tokens; 0.28 = fixed (the tiny config's epsilon_high)"),
+    Component("D adaptive clipping", "policy/clipfrac", what="share of tokens clipped (at the bounds in use)"),
+)
 
 RECIPES = {
     "hapo": Recipe("HAPO", "configs/tiny/arith_hapo.yaml", "DAPO + adaptive temperature, token-level group "
-                   "average, advantage redistribution, adaptive clip",
+                   "average, advantage redistribution, adaptive clip; every row makes two passes over each "
+                   "generation batch (algo.num_iterations 2), so the ratio leaves 1 and C and D can act",
                    ("hapo/temperature_mean", "hapo/temperature_min", "hapo/temperature_max", "hapo/damp_frac",
-                    "hapo/boost_frac", "policy/entropy")),
+                    "hapo/boost_frac", "policy/clipfrac", "policy/entropy"),
+                   HAPO_COMPONENTS,
+                   ablations={"HAPO w/o A": ["rollout.logits_processor=null"],
+                              "HAPO w/o B": ["algo.advantage.name=grpo"],
+                              "HAPO w/o C": ["algo.loss.adv_redistribution=false"],
+                              "HAPO w/o D": ["algo.loss.adaptive_clip=false"]},
+                   shared=("algo.num_iterations=2",)),
     "adora": Recipe("ADORA", "configs/tiny/arith_adora.yaml", "GRPO advantages x 2 for groups with success "
-                    "rate <= 0.5 (difficulty criterion)",
-                    ("adora/tas_frac", "adora/success_rate_mean", "adora/weight_mean")),
+                    "rate <= 0.25 (difficulty criterion; the split is set below the tiny model's typical group "
+                    "success rate so that weights differ between groups of one step: a uniform weight is a "
+                    "no-op under Adam)",
+                    ("adora/tas_frac", "adora/informative_tas_frac", "adora/weight_spread", "adora/success_rate_mean",
+                     "adora/weight_mean"),
+                    (Component("group weighting", "adora/informative_tas_frac",
+                               what="share of informative groups up-weighted"),
+                     Component("group weighting", "adora/weight_spread", "range", 0.0,
+                               what="max - min weight among a step's informative groups (0: a uniform no-op)")),
+                    ablations={"ADORA, tau 0.5 (all groups)": ["algo.advantage.tau=0.5"]}),
     "oblr_po": Recipe("OBLR-PO", "configs/tiny/arith_oblr_po.yaml", "gradient-weighted leave-one-out baseline + "
                       "SNR learning-rate controller (reconstruction)",
-                      ("oblr/lr_scale", "oblr/snr", "oblr/weight_group_cv", "oblr/baseline_minus_mean_abs")),
+                      ("oblr/lr_scale", "oblr/snr", "oblr/weight_group_cv", "oblr/baseline_minus_mean_abs"),
+                      (Component("gradient-weighted baseline", "oblr/baseline_minus_mean_abs", "range", 0.0,
+                                 what="mean |baseline - group mean reward|"),
+                       Component("SNR learning rate", "oblr/lr_scale", "range", 1.0, what="LR multiplier")),
+                      ablations={"OBLR-PO w/o SNR LR": ["algo.lr_controller=null"],
+                                 "OBLR-PO w/o baseline": ["algo.advantage=grpo", "method={}"]},
+                      match_lr=True),
     "gain_rl": Recipe("GAIN-RL", "configs/tiny/arith_gain_rl.yaml", "GRPO + angle-ranked Gaussian curriculum sampler",
                       ("gain_rl/mu", "gain_rl/delta_mu", "gain_rl/accuracy", "gain_rl/angle",
-                       "gain_rl/sampled_rank_mean", "gain_rl/sampled_score_mean")),
+                       "gain_rl/sampled_rank_mean", "gain_rl/sampled_score_mean"),
+                      (Component("curriculum mean", "gain_rl/mu", "range", None, what="mu (rank units)"),),
+                      ablations={"GAIN-RL w/o mu update": ["data.sampler.step_size=0"],
+                                 "GAIN-RL, gamma 0.5": ["data.sampler.angle_gain=0.5"]}),
 }
 
 BASELINES = {
@@ -99,6 +160,7 @@ class RunResult:
     cpu_s: float = 0.0            # process CPU time (all threads): comparable across machine load, unlike wall time
     out_dir: str = ""
     signals: dict = field(default_factory=dict)   # metric -> median over the run's training steps
+    trace: dict = field(default_factory=dict)     # component metric -> its value at every training step
 
     @property
     def final(self) -> float:
@@ -147,6 +209,25 @@ def _signal_medians(rows: list[dict], keys) -> dict:
     return out
 
 
+def _trace(rows: list[dict], components) -> dict:
+    keys = dict.fromkeys(c.metric for c in components)
+    return {k: [r[k] for r in rows if r.get("step", 0) > 0 and isinstance(r.get(k), (int, float))] for k in keys}
+
+
+def activity(values: list[float], comp: Component) -> dict:
+    """{"fired": steps where the component acted, "steps": steps with the metric, "mean", "min", "max"}."""
+    if not values:
+        return {"fired": 0, "steps": 0, "mean": float("nan"), "min": float("nan"), "max": float("nan")}
+    if comp.kind == "share":
+        fired = sum(v > 0 for v in values)
+    elif comp.neutral is not None:   # float32 means of a constant land within ~1e-7 of it
+        fired = sum(abs(v - comp.neutral) > 1e-6 * max(1.0, abs(comp.neutral)) for v in values)
+    else:   # a level that should move: steps where it changed from the step before
+        fired = sum(abs(b - a) > 1e-9 for a, b in zip(values, values[1:]))
+    return {"fired": fired, "steps": len(values), "mean": sum(values) / len(values), "min": min(values),
+            "max": max(values)}
+
+
 def reproduce(recipe: str, steps: int = 40, seeds: list[int] | None = None, tasks: list[str] | None = None,
               out_root: str | Path = "results", runs_dir: str | Path = "runs/reproduce/tiny",
               budget: Budget | None = None, methods: list[str] | None = None, threshold: float | None = None,
@@ -161,23 +242,40 @@ def reproduce(recipe: str, steps: int = 40, seeds: list[int] | None = None, task
     for t in tasks:
         if t not in TASKS:
             raise KeyError(f"unknown task {t!r}; known: {', '.join(TASKS)}")
-    entries = {"GRPO": (BASELINES["GRPO"], BASELINE_OVERRIDES["GRPO"]),
-               "DAPO": (BASELINES["DAPO"], BASELINE_OVERRIDES["DAPO"]),
-               RECIPES[recipe].label: (RECIPES[recipe], [])}
+    main = RECIPES[recipe]
+    shared = list(main.shared)
+    entries = {"GRPO": (BASELINES["GRPO"], shared + BASELINE_OVERRIDES["GRPO"]),
+               "DAPO": (BASELINES["DAPO"], shared + BASELINE_OVERRIDES["DAPO"]),
+               main.label: (main, shared)}
+    entries.update({label: (main, shared + list(extra)) for label, extra in main.ablations.items()})
     if methods:
         entries = {k: v for k, v in entries.items() if k in methods}
     runs_dir = Path(runs_dir)
     results: list[RunResult] = []
+
+    def train(label, rec, extra, task, seed, tail=()):
+        overrides = extra + TASKS[task] + budget.overrides(seed) + list(tail)
+        log.info("reproduce %s: %s on %s, seed %d", recipe, label, task, seed)
+        timing, rows, out = run_one(rec.config, overrides, runs_dir, force)
+        curve = [(r["step"], r["eval/accuracy"]) for r in rows if r.get("eval/accuracy") is not None]
+        results.append(RunResult(label, task, seed, curve, timing.get("wall_s", float("nan")),
+                                 timing.get("cpu_s", float("nan")), str(out), _signal_medians(rows, rec.signals),
+                                 _trace(rows, main.components)))
+        log.info("  final held-out accuracy %.3f (%.0f s)", results[-1].final, results[-1].wall_s)
+        return rows
+
     for task in tasks:                      # one after another: each run uses every core it is given
+        applied_lr = []
         for label, (rec, extra) in entries.items():
             for seed in seeds:
-                overrides = extra + TASKS[task] + budget.overrides(seed)
-                log.info("reproduce %s: %s on %s, seed %d", recipe, label, task, seed)
-                timing, rows, out = run_one(rec.config, overrides, runs_dir, force)
-                curve = [(r["step"], r["eval/accuracy"]) for r in rows if r.get("eval/accuracy") is not None]
-                results.append(RunResult(label, task, seed, curve, timing.get("wall_s", float("nan")),
-                                         timing.get("cpu_s", float("nan")), str(out), _signal_medians(rows, rec.signals)))
-                log.info("  final held-out accuracy %.3f (%.0f s)", results[-1].final, results[-1].wall_s)
+                rows = train(label, rec, extra, task, seed)
+                if label == main.label:
+                    applied_lr += [r["lr"] for r in rows if r.get("step", 0) > 0 and isinstance(r.get("lr"), float)]
+        if main.match_lr and applied_lr and (not methods or any("matched" in m for m in methods)):
+            # GRPO at the mean LR the method's controller applied: the comparison at a matched effective LR
+            lr = float(f"{sum(applied_lr) / len(applied_lr):.3g}")
+            for seed in seeds:
+                train(f"GRPO, LR {lr:g} (matched)", BASELINES["GRPO"], shared, task, seed, [f"optim.learning_rate={lr}"])
     out_dir = Path(out_root) / recipe
     out_dir.mkdir(parents=True, exist_ok=True)
     table = write_table(out_dir / "table.md", recipe, results, budget, seeds, threshold)
@@ -186,7 +284,8 @@ def reproduce(recipe: str, steps: int = 40, seeds: list[int] | None = None, task
         {"recipe": recipe, "budget": budget.__dict__, "seeds": seeds, "tasks": tasks, "summary": table,
          "provenance": provenance_line(),
          "runs": [{"method": r.method, "task": r.task, "seed": r.seed, "curve": r.curve, "final": r.final,
-                   "wall_s": r.wall_s, "cpu_s": r.cpu_s, "signals": r.signals, "out_dir": r.out_dir}
+                   "wall_s": r.wall_s, "cpu_s": r.cpu_s, "signals": r.signals, "trace": r.trace,
+                   "out_dir": r.out_dir}
                   for r in results]}, indent=1))
     return {"table": str(out_dir / "table.md"), "curves": str(out_dir / "curves.png"), "summary": table}
 
@@ -243,12 +342,62 @@ def summarize(results: list[RunResult], threshold: float | None = None) -> dict:
     return out
 
 
+def activity_by_method(results: list[RunResult], components, task: str) -> dict:
+    """{method: [(component, activity over all its seeds' training steps)]} for one task."""
+    out = {}
+    for method in dict.fromkeys(r.method for r in results if r.task == task):
+        runs = [r for r in results if r.task == task and r.method == method]
+        out[method] = [(c, activity([v for r in runs for v in r.trace.get(c.metric, [])], c)) for c in components]
+    return out
+
+
+def never_fired(results: list[RunResult], components, method: str) -> list[str]:
+    """Components of ``method`` that did not act on any training step of any task and seed."""
+    names = {}
+    for task in dict.fromkeys(r.task for r in results):
+        for comp, act in activity_by_method(results, components, task).get(method, []):
+            names[comp.name] = names.get(comp.name, 0) + act["fired"]
+    return [name for name, fired in names.items() if fired == 0]
+
+
+def _activity_lines(results: list[RunResult], components, task: str) -> list[str]:
+    lines = ["Activity (all seeds, all training steps): whether each component acted, and how much.", "",
+             "| method | component | metric | acted on steps | mean | min..max |", "|---|---|---|---|---|---|"]
+    silent = []
+    for method, acts in activity_by_method(results, components, task).items():
+        if not any(a["steps"] for _, a in acts):
+            silent.append(method)
+            continue
+        for comp, a in acts:
+            if not a["steps"]:
+                lines.append(f"| {method} | {comp.name} | `{comp.metric}` ({comp.what}) | not logged | – | – |")
+                continue
+            lines.append(f"| {method} | {comp.name} | `{comp.metric}` ({comp.what}) | {a['fired']}/{a['steps']} "
+                         f"| {a['mean']:.3g} | {a['min']:.3g}..{a['max']:.3g} |")
+    if silent:
+        lines += ["", f"{', '.join(silent)}: none of these components (their metrics are not logged)."]
+    return lines + [""]
+
+
 def write_table(path: Path, recipe: str, results: list[RunResult], budget: Budget, seeds: list[int],
                 threshold: float | None = None) -> dict:
     summary = summarize(results, threshold)
     rec = RECIPES[recipe]
+    rows = list(dict.fromkeys(r.method for r in results))
+    idle = never_fired(results, rec.components, rec.label) if rec.label in rows else []
+    if not rec.components or rec.label not in rows:
+        fired_line = ""
+    elif idle:
+        fired_line = (f"**Never fired in any {rec.label} run: {', '.join(idle)}.** The rows below do not test "
+                      "what those components do (see the activity section).")
+    else:
+        fired_line = f"Every component of {rec.label} acted in its runs (activity section of each task)."
     lines = [f"# {rec.label} in miniature: {rec.label} vs GRPO vs DAPO", "",
+             *([fired_line, ""] if fired_line else []),
              f"{rec.label}: {rec.note}.", "",
+             *([f"Ablation rows: {', '.join(rec.ablations)} (the method with one component removed)."
+                + (" The matched-LR GRPO row trains at the mean learning rate the method's controller applied."
+                   if rec.match_lr else ""), ""] if rec.ablations else []),
              f"Budget per run: {budget.steps} RL steps x {budget.prompts_per_step} prompts x {budget.num_generations} "
              f"completions, learning rate {budget.learning_rate:g}, {budget.threads} torch thread(s); held-out "
              f"greedy accuracy on {budget.num_eval} "
@@ -275,6 +424,8 @@ def write_table(path: Path, recipe: str, results: list[RunResult], budget: Budge
                          f"| {m['final_min']:.3f}..{m['final_max']:.3f} | {m['best_mean']:.3f} | {st} "
                          f"| {m['cpu_s_mean']:.0f} |")
         lines.append("")
+        if rec.components:
+            lines += _activity_lines(results, rec.components, task)
         signals = {method: m["signals"] for method, m in s["methods"].items() if m["signals"]}
         for method, sig in signals.items():
             lines += [f"{method}'s own signals (median over training steps, mean over seeds): " + ", ".join(

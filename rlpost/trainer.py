@@ -100,6 +100,8 @@ class Trainer:
         self.train_prompts = fit_prompts(self.train_prompts, self.tokenizer, room, cfg.data.overlong_prompts, "training")
         self.eval_prompts = fit_prompts(self.eval_prompts, self.tokenizer, room, cfg.data.overlong_prompts, "evaluation")
         self.rewards = RewardManager.from_config(cfg.rewards)
+        from rlpost.rewards.dialog import build_eval_metric
+        self.eval_metric_fns = [build_eval_metric(name) for name in cfg.trainer.eval_metrics]  # before any training
         self.sampler = build_sampler(cfg.data.sampler, len(self.train_prompts), cfg.trainer.seed, cfg.data.shuffle_dataset)
 
         self.engine = self._build_engine()
@@ -135,7 +137,8 @@ class Trainer:
         rows = task_or_file_rows(d.task, d.task_kwargs, path, split if path else task_split, n, self.cfg.trainer.seed)
         source = path or f"task {d.task!r} ({task_split} split)"
         return build_prompts(rows, self.tokenizer, prompt_column=d.prompt_column, answer_column=d.answer_column,
-                             system_prompt=d.system_prompt, chat_template=d.chat_template, source=source)
+                             system_prompt=d.system_prompt, chat_template=d.chat_template, source=source,
+                             few_shot=d.few_shot)
 
     def _build_engine(self):
         from rlpost.engines import GuardedEngine, build_engine
@@ -432,13 +435,29 @@ class Trainer:
                    "eval/accuracy": float(np.mean([(v or 0.0) >= 1.0 for v in first]))}
         if callable(getattr(self.workflow, "metrics", None)):
             metrics.update({f"eval/{k}": v for k, v in self.workflow.metrics(trajs).items()})
+        for fn in getattr(self, "eval_metric_fns", ()):   # set-level metrics (e.g. constrained RLHF's eval score)
+            columns = {k: [tr.prompt.columns.get(k) for tr in trajs] for k in trajs[0].prompt.columns}
+            metrics.update({f"eval/{k}": float(v) for k, v in
+                            fn([tr.prompt.text for tr in trajs], [tr.final_text for tr in trajs], columns).items()})
         if t.eval_benchmarks:  # the same code path as `rlpost eval`
             if not hasattr(self, "benchmark_eval"):
                 from rlpost.eval.runner import PeriodicEval
                 self.benchmark_eval = PeriodicEval(t.eval_benchmarks, limit=t.eval_benchmark_limit, seed=t.seed,
+                                                   prompt_fn=self._eval_prompt_fn(), extractor=t.eval_extractor,
+                                                   max_tokens=t.eval_max_tokens,
                                                    out_dir=self.out / "eval")
             metrics.update(self.benchmark_eval.run(self.step, self.engine, self.tokenizer))
         return metrics
+
+    def _eval_prompt_fn(self):
+        """trainer.eval_prompt_format=training: a benchmark question -> the engine text, worded and formatted as the
+        training prompts are (eval_prompt_template, data.system_prompt, data.few_shot, chat template); else None."""
+        t, d = self.cfg.trainer, self.cfg.data
+        if t.eval_prompt_format != "training":
+            return None
+        from rlpost.data import format_prompt
+        return lambda question: format_prompt(self.tokenizer, t.eval_prompt_template.replace("{prompt}", question),
+                                              d.system_prompt, d.chat_template, "eval benchmark", d.few_shot)[0]
 
     # ------------------------------------------------------------------ checkpoint / finish
     def state(self) -> dict:

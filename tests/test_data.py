@@ -27,6 +27,21 @@ def test_chat_template_formatting(char_tokenizer):
     assert build_prompts([{"prompt": msgs, "answer": 1}], char_tokenizer)[0].messages == msgs
 
 
+def test_an_absent_data_file_is_named_not_looked_up_on_a_hub():
+    with pytest.raises(DataError, match=r"data/dailydialog/train.jsonl: no such file or folder \(the recipe's README"):
+        load_rows("data/dailydialog/train.jsonl")
+
+
+def test_few_shot_turns_go_between_system_prompt_and_question(char_tokenizer):
+    shot = [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]
+    p = build_prompts([{"prompt": "1+1=", "answer": "2"}], char_tokenizer, system_prompt="be brief", few_shot=shot)[0]
+    assert [m["content"] for m in p.messages] == ["be brief", "2+2=", "4", "1+1="]
+    assert p.text == ("<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\n2+2=<|im_end|>\n<|im_start|>assistant\n"
+                      "4<|im_end|>\n<|im_start|>user\n1+1=<|im_end|>\n<|im_start|>assistant\n")
+    with pytest.raises(DataError, match="data.few_shot needs a tokenizer with a chat template"):
+        build_prompts([{"prompt": "1+1=", "answer": "2"}], char_tokenizer, chat_template=False, few_shot=shot)
+
+
 def test_missing_column_and_empty_dataset_are_clear(char_tokenizer, tmp_path):
     with pytest.raises(DataError, match=r"my.jsonl, row 1: missing column 'answer' \(set data.answer_column\)"):
         build_prompts([{"prompt": "a", "answer": 1}, {"prompt": "b"}], char_tokenizer, source="my.jsonl")

@@ -2,7 +2,7 @@
 import json
 import math
 
-from rlpost.reproduce import Budget, RunResult, reproduce, steps_to, summarize
+from rlpost.reproduce import Budget, Component, RunResult, activity, never_fired, reproduce, steps_to, summarize
 
 
 def test_steps_to_and_summary():
@@ -20,6 +20,19 @@ def test_steps_to_and_summary():
     assert summarize(runs, threshold=0.55)["t"]["methods"]["X"]["reached"] == 0
 
 
+def test_activity_by_hand():
+    share = Component("C", "x/boost_frac")
+    assert activity([0.0, 0.25, 0.5, 0.0], share) == {"fired": 2, "steps": 4, "mean": 0.1875, "min": 0.0, "max": 0.5}
+    lr = Component("SNR LR", "oblr/lr_scale", "range", 1.0)
+    assert activity([1.0, 1.0, 0.05], lr)["fired"] == 1
+    mu = Component("mu", "gain_rl/mu", "range", None)       # a level: counts the steps on which it moved
+    assert activity([0.0, 0.0, 5.5, 26.1], mu)["fired"] == 2 and activity([0.0, 0.0], mu)["fired"] == 0
+    assert activity([], share)["steps"] == 0
+    runs = [RunResult("M", "t", 0, trace={"x/boost_frac": [0.0, 0.0], "gain_rl/mu": [0.0, 3.0]}),
+            RunResult("M", "u", 0, trace={"x/boost_frac": [0.0], "gain_rl/mu": [3.0]})]
+    assert never_fired(runs, (share, mu), "M") == ["C"]
+
+
 def test_micro_reproduction(tmp_path):
     budget = Budget(steps=2, eval_every=1, num_eval=8, prompts_per_step=4, num_generations=4)
     reproduce("adora", steps=2, seeds=[0], tasks=["arithmetic"], out_root=tmp_path / "results",
@@ -27,6 +40,10 @@ def test_micro_reproduction(tmp_path):
     table = (tmp_path / "results/adora/table.md").read_text()
     assert "| GRPO |" in table and "| ADORA |" in table and "## arithmetic" in table
     assert "ADORA's own signals" in table and "`adora/tas_frac`" in table
+    # the activity section, and the line at the top saying whether every component acted
+    assert "Activity (all seeds, all training steps)" in table and "| ADORA | group weighting |" in table
+    assert "GRPO: none of these components" in table
+    assert "Every component of ADORA acted" in table or "**Never fired in any ADORA run: group weighting.**" in table
     from rlpost.models.tiny import ensure_tiny
     from rlpost.provenance import checkpoint_digest, float_path
     digest = checkpoint_digest(ensure_tiny("tiny:qwen2:arithmetic"))
@@ -35,6 +52,7 @@ def test_micro_reproduction(tmp_path):
     runs = json.loads((tmp_path / "results/adora/runs.json").read_text())["runs"]
     assert [r["curve"][-1][0] for r in runs] == [2, 2]
     assert all(r["cpu_s"] > 0 for r in runs) and 0.0 <= runs[1]["signals"]["adora/tas_frac"] <= 1.0
+    assert len(runs[1]["trace"]["adora/weight_spread"]) == 2 and runs[0]["trace"]["adora/weight_spread"] == []
     # a second call reuses the finished runs (same config hash) instead of training again
     before = sorted(p.name for p in (tmp_path / "runs").iterdir())
     reproduce("adora", steps=2, seeds=[0], tasks=["arithmetic"], out_root=tmp_path / "results",

@@ -12,6 +12,16 @@ def test_builtin_rewards():
     assert REWARDS.get("math_verify")(None, ["the answer is $\\frac{1}{2}$", "42"], answer=["0.5", "41"]) == [1.0, 0.0]
 
 
+def test_dapo_plus_minus_one_reward_through_the_config():
+    """DAPO / HAPO score a wrong answer -1, not 0: ``kwargs: {incorrect_score: -1.0}``; the default stays 1 / 0."""
+    manager = RewardManager.from_config([RewardConfig(name="math_verify", kwargs={"incorrect_score": -1.0})])
+    totals, components = manager.score(["p", "p"], ["$\\frac{1}{2}$", "42"], {"answer": ["0.5", "41"]})
+    assert totals == [1.0, -1.0] and components["math_verify"] == [1.0, -1.0]
+    assert REWARDS.get("arithmetic")(None, ["46", "47"], answer=["46"] * 2, incorrect_score=-1.0) == [1.0, -1.0]
+    assert REWARDS.get("countdown")(None, ["3+7", "3*7"], nums=[[3, 7]] * 2, target=[10, 10],
+                                    incorrect_score=-1.0) == [1.0, -1.0]
+
+
 def test_overlong_penalty_by_hand():
     # L_max = 10, buffer 4 -> expected 6: len 6 -> 0; len 8 -> (6-8)/4 = -0.5; len 10 -> -1.0; len 11 -> -1
     ids = [[0] * 6, [0] * 8, [0] * 10, [0] * 11]

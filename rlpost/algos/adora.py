@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlpost.algos.core import ADVANTAGES, AdvantageInput, build_params
+from rlpost.algos.core import ADVANTAGES, AdvantageInput, build_params, group_stats
 
 MODES = ("difficulty", "length", "length_and_difficulty", "either")
 VARIANTS = ("llm_code", "vlm_code")
@@ -106,6 +106,11 @@ def adora_advantage(inp: AdvantageInput, params: ADORAParams):
     w, crit = group_weights(inp.rewards, lengths, inp.group_ids, _truncated(inp, lengths, params), params)
     adv = base_adv * w.to(base_adv.dtype)[:, None]
     seq = adv.sum(-1) / inp.response_mask.sum(-1).clamp(min=1)
+    # the groups the weight can change: two or more completions with different rewards (the others have A = 0)
+    _, r_std, _ = group_stats(inp.rewards.to(torch.float64), inp.group_ids)
+    _, inv = torch.unique(inp.group_ids, return_inverse=True)
+    informative = torch.zeros(crit["weight"].numel(), dtype=torch.bool).index_put_((inv,), r_std > 1e-8)
+    w_inf = crit["weight"][informative]
     metrics = dict(metrics)
     metrics.update({
         "advantage/mean": seq.mean().item(), "advantage/abs_mean": seq.abs().mean().item(),
@@ -114,6 +119,9 @@ def adora_advantage(inp: AdvantageInput, params: ADORAParams):
         "adora/difficulty_adv_frac": crit["da"].double().mean().item(),
         "adora/success_rate_mean": crit["success_rate"].mean().item(),
         "adora/weight_mean": crit["weight"].mean().item(),
+        "adora/informative_tas_frac": crit["tas"][informative].double().mean().item() if w_inf.numel() else 0.0,
+        # max - min weight among the step's informative groups: 0 means a uniform rescaling (a no-op under Adam)
+        "adora/weight_spread": (w_inf.max() - w_inf.min()).item() if w_inf.numel() else 0.0,
     })
     return adv, metrics
 

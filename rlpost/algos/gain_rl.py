@@ -217,7 +217,8 @@ class GainRLParams:
     step_size: float = 500.0     # n in the mu update, rank units
     alpha: float = 2.0           # accuracy sensitivity
     beta: float = 0.5            # target accuracy
-    angle_gain: float = 0.5      # gamma: angle sensitivity (paper 0.5; code 2.0)
+    angle_gain: float = 2.0      # gamma: angle sensitivity; 2.0 = released code (same alpha as accuracy), 0.5 = the
+                                 # paper's second-hand reading (with adj_min 0, mu then freezes while accuracy < ~0.38)
     acc_scale: float = 1.0       # Acc = accuracy / acc_scale (code 2.0 for its 0/2 reward)
     adj_min: float = 0.0         # clip of the mu update (0: never moves back)
     adj_max: float = 1000.0

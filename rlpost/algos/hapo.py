@@ -146,13 +146,17 @@ def hapo_advantage(inp: AdvantageInput, params: HAPOAdvParams):
         adv = torch.where(fell_back[inv], (R - g_mean) / (g_std + params.eps), adv)
     token_adv = adv.to(mask.dtype)[:, None] * mask                              # [B,T]
     group_sum = zeros.clone().index_add_(0, inv, (token_adv.to(torch.float64)).sum(-1))
-    _, r_std, _ = group_stats(R, inp.group_ids)
+    r_mean, r_std, _ = group_stats(R, inp.group_ids)
+    informative = (r_std > 1e-8) & (sum_l[inv] > 0)                                  # [B]
+    shift = (mu[inv] - r_mean).abs()                                                 # B's effect on the group mean
     metrics = {
         "advantage/mean": adv.mean().item() if adv.numel() else 0.0,
         "advantage/abs_mean": adv.abs().mean().item() if adv.numel() else 0.0,
         "reward/frac_zero_std": (r_std < 1e-8).double().mean().item() if adv.numel() else 0.0,
         "hapo/fallback_group_frac": fell_back.double().mean().item() if n_groups else 0.0,
         "hapo/max_abs_group_token_adv_sum": group_sum.abs().max().item() if n_groups else 0.0,
+        # |token-weighted - plain group mean reward|, mean over rows of informative groups (0: B acts as GRPO)
+        "hapo/token_mean_shift": shift[informative].mean().item() if bool(informative.any()) else 0.0,
     }
     return token_adv, metrics
 
@@ -288,8 +292,11 @@ class HAPOTemperature:
 
     Runs before the engine's temperature, so it returns logits / (1 + tau h~) and the engine's division by
     T_base completes T. With no statistics (first step) the logits pass through unchanged.
-    Call: (step, input_ids [N,L], logits [N,V]) -> logits [N,V].
+    Call: (step, input_ids [N,L] or None, logits [N,V]) -> logits [N,V]; it never reads input_ids, so it declares
+    ``needs_input_ids = False`` and the vLLM engine skips rebuilding every row's token history each decode step.
     """
+
+    needs_input_ids = False
 
     def __init__(self, params: HAPOTemperatureParams | None = None, state: dict | None = None):
         self.params = params or HAPOTemperatureParams()

@@ -5,7 +5,8 @@ every formula here is the reconstruction of the research notes (ASSUMPTION) from
       b* = E[R ||s||^2] / E[||s||^2],   s = grad log pi(y|x)
   estimated per group with weights w_i ~ ||s_i||^2 (leave-one-out by default, unbiased).
 - LR controller ``oblr_snr``: lr = scheduler_lr * max(SNR / (1 + SNR), floor),
-  SNR = EMA(||g||^2) / EMA(tr Sigma / B), estimated from micro-batch or rank gradient norms.
+  SNR = EMA(||g||^2) / EMA(tr Sigma / B), estimated from the running-mean gradient norms of the micro-batches
+  of each optimizer step, each weighted by its share of the step (single-process learner only).
 """
 from __future__ import annotations
 
@@ -138,20 +139,35 @@ def signal_noise_from_groups(sq_norms: Sequence[float], mean_sq_norm: float) -> 
     return max(mean_sq_norm - noise, 0.0), noise
 
 
-def signal_noise_from_prefix(prefix_sq_norms: Sequence[float]) -> tuple[float, float]:
-    """Running means g_bar_k = (1/k) sum_{j<=k} g_j after k = 1..K micro-batches (single-device gradient
-    accumulation: the accumulated .grad rescaled by K/k). E ||g_bar_k||^2 = ||g||^2 + s2 / k, s2 = per
-    micro-batch noise, so least squares of y_k = ||g_bar_k||^2 on x_k = 1/k gives intercept ||g||^2 and
-    slope s2; noise of the full step = s2 / K. Returns (max(intercept, 0), max(slope, 0) / K).
+def signal_noise_from_prefix(prefix_sq_norms: Sequence[float],
+                             cum_shares: Sequence[float] | None = None) -> tuple[float, float]:
+    """Running means after k = 1..K micro-batches of one optimizer step (single-device gradient accumulation).
+
+    Micro-batch j holds a share c_j of the step's tokens (token-mean) or rows (sum c_j = 1) and contributes
+    c_j g_j to the accumulated gradient, g_j = its own mean gradient. With S_k = sum_{j<=k} c_j the running
+    mean is g_bar_k = (accumulated grad after k) / S_k. If each unit (token or row) adds independent noise of
+    variance s2, g_j = g + e_j with Var e_j = s2 / (N c_j), so
+
+        E ||g_bar_k||^2 = ||g||^2 + s2 / (N S_k)
+
+    Least squares of y_k = ||g_bar_k||^2 on x_k = 1/S_k: intercept ||g||^2, slope s2 / N = the noise of the
+    full step (S_K = 1). Equal shares (cum_shares None: S_k = k/K) is the special case x_k = K/k.
+    Returns (max(intercept, 0), max(slope, 0) / S_K).
     """
     K = len(prefix_sq_norms)
     if K < 2:
         raise ValueError(f"oblr_snr needs >= 2 micro-batches per optimizer step, got {K}")
-    x = torch.tensor([1.0 / k for k in range(1, K + 1)], dtype=torch.float64)
+    S = torch.as_tensor([k / K for k in range(1, K + 1)] if cum_shares is None else list(cum_shares),
+                        dtype=torch.float64)
+    if S.numel() != K or not bool((S > 0).all()):
+        raise ValueError(f"oblr_snr: cum_shares must be {K} positive running sums of micro-batch shares, got {S.tolist()}")
+    x = 1.0 / S
     y = torch.as_tensor(list(prefix_sq_norms), dtype=torch.float64)
+    if float(((x - x.mean()) ** 2).sum()) <= 0:   # cannot happen with positive shares; guard the division
+        return max(y.mean().item(), 0.0), 0.0
     slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
     intercept = y.mean() - slope * x.mean()
-    return max(intercept.item(), 0.0), max(slope.item(), 0.0) / K
+    return max(intercept.item(), 0.0), max(slope.item(), 0.0) / S[-1].item()
 
 
 @dataclass
@@ -176,8 +192,10 @@ class SNRLRController:
     - ``{"grad_sq_norms": [||g_k||^2 for k in 1..K], "mean_grad_sq_norm": ||g_bar||^2}``: K >= 2 independent
       equal-size estimates (data-parallel ranks' local gradients before all-reduce, or micro-batch
       gradients), g_bar their mean (after all-reduce) -> :func:`signal_noise_from_groups`;
-    - ``{"prefix_grad_sq_norms": [||g_bar_k||^2 for k in 1..K]}``: the running mean gradient after each
-      of K >= 2 micro-batches (norm of the accumulated grad times K/k) -> :func:`signal_noise_from_prefix`.
+    - ``{"prefix_grad_sq_norms": [||g_bar_k||^2 for k in 1..K], "prefix_cum_shares": [S_k for k in 1..K]}``:
+      the running mean gradient after each of K >= 2 micro-batches (the accumulated grad divided by S_k, the
+      share of the step's tokens/rows seen so far; without ``prefix_cum_shares`` equal shares k/K are assumed)
+      -> :func:`signal_noise_from_prefix`.
 
     The EMAs start at the first observation (no zero-init bias). ``lr_scale`` is 1 before any observation.
     Call ``observe`` before ``optimizer.step()`` so the step's own SNR scales its update.
@@ -195,7 +213,8 @@ class SNRLRController:
             sig, noise = signal_noise_from_groups(list(map(float, grad_stats["grad_sq_norms"])),
                                                   float(grad_stats["mean_grad_sq_norm"]))
         elif "prefix_grad_sq_norms" in grad_stats:
-            sig, noise = signal_noise_from_prefix(list(map(float, grad_stats["prefix_grad_sq_norms"])))
+            sig, noise = signal_noise_from_prefix(list(map(float, grad_stats["prefix_grad_sq_norms"])),
+                                                  grad_stats.get("prefix_cum_shares"))
         else:
             raise KeyError("oblr_snr.observe needs 'grad_sq_norms' + 'mean_grad_sq_norm' or "
                            f"'prefix_grad_sq_norms', got {sorted(grad_stats)}")

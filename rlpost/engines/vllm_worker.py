@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
+from rlpost.algos.logits_processors import needs_input_ids
 from rlpost.engines.hf import apply_repetition_penalty, filter_min_p, filter_top_k_top_p, seen_tokens
 
 ROW_KEY = "rlpost_row"  # SamplingParams.extra_args key: "<call id>:<row>"
@@ -43,6 +44,11 @@ class CallSpec:
     # filled during generation: (step, rows [n], values [n]) per batch group, turned into per-row lists at the end
     entropy_records: list = field(default_factory=list)
     mass_records: list = field(default_factory=list)
+
+    @property
+    def needs_history(self) -> bool:
+        """Whether a processor reads input_ids (HAPO's temperature declares it does not)."""
+        return needs_input_ids(self.processors)
 
     @property
     def truncates(self) -> bool:
@@ -119,7 +125,8 @@ class RlpostLogitsProcessor(LogitsProcessor):
             rows = [self.rows[i][1] for i in indices]
             z = logits.index_select(0, idx).float()
             if spec.processors:
-                history = self._history(indices, spec.pad_id, logits.device)
+                # the [n, L] token history is rebuilt in Python from every row's ids: only for processors that read it
+                history = self._history(indices, spec.pad_id, logits.device) if spec.needs_history else None
                 for proc in spec.processors:
                     z = proc(step, history, z)
                 logits.index_copy_(0, idx, z.to(logits.dtype))

@@ -116,6 +116,18 @@ register(BenchmarkSpec(
     paper=(_HAPO, "A2FM (2025) Table 1: avg@1"),
 ))
 register(BenchmarkSpec(
+    name="olympiadbench", label="Olympiad", data="Hothan/OlympiadBench", config="OE_TO_maths_en_COMP", split="train",
+    prompt_column="question", answer_column="final_answer",
+    n=8, temperature=0.5, top_p=0.7, max_tokens=8192,
+    paper=(_HAPO, "OlympiadBench (He et al. 2024): open-ended, text-only, English math competition subset (675)"),
+))
+register(BenchmarkSpec(
+    name="minerva", label="Minerva", data="math-ai/minervamath", split="test",
+    prompt_column="question", answer_column="answer",
+    n=8, temperature=0.5, top_p=0.7, max_tokens=8192,
+    paper=(_HAPO, "Minerva Math (Lewkowycz et al. 2022): 272 undergraduate STEM problems"),
+))
+register(BenchmarkSpec(
     name="gsm8k", label="GSM8K", data="openai/gsm8k", config="main", split="test",
     prompt_template=GSM8K_TEMPLATE, prompt_column="question", answer_column="answer",
     answer_extractor="gsm8k", extractor="gsm8k", checker="math",
@@ -144,6 +156,14 @@ register(BenchmarkSpec(
     extractor="last_number", checker="exact",
     n=4, temperature=1.0, max_tokens=16, rows_fn="rlpost.tasks.arithmetic:make_split", num_rows=200,
     paper=("rlpost synthetic task (held-out operand pairs)",),
+))
+register(BenchmarkSpec(
+    name="arithmetic_greedy", label="Arithmetic (greedy)", data=None, split="test",
+    prompt_template="{prompt}", prompt_column="prompt", answer_column="answer",
+    extractor="first_integer", checker="exact",
+    n=1, temperature=0.0, max_tokens=16, rows_fn="rlpost.tasks.arithmetic:make_split", num_rows=200,
+    paper=("rlpost synthetic task, scored as the trainer's eval/accuracy (greedy); the constrained-RLHF miniature "
+           "picks its proxy points on a separate set of these problems",),
 ))
 register(BenchmarkSpec(
     name="countdown_synth", label="Countdown-synth", data=None, split="test",
@@ -252,12 +272,29 @@ def load_rows(spec: BenchmarkSpec, limit: int | None = None, seed: int = 0) -> l
     elif spec.data is None:
         raise ValueError(f"benchmark {spec.name!r} has no data; pass {spec.name}=PATH")
     else:
-        rows = select_rows(read_rows(spec.data, spec.split, spec.config), limit, seed)
+        rows = select_rows(_read_spec_rows(spec), limit, seed)
     if rows:
         pick_column(rows[0], spec.answer_column, ANSWER_COLUMNS, spec, "answer")
         if spec.prompt_column:
             pick_column(rows[0], spec.prompt_column, PROMPT_COLUMNS, spec, "prompt")
     return rows
+
+
+def _read_spec_rows(spec: BenchmarkSpec) -> list[dict]:
+    """read_rows, with one clear error naming the benchmark and how to provide it when the data is absent."""
+    if Path(spec.data).exists():
+        return read_rows(spec.data, spec.split, spec.config)
+    local = str(spec.data).endswith(DATA_SUFFIXES) or str(spec.data).startswith(("/", "./", "../", "~"))
+    try:
+        if local:
+            raise FileNotFoundError(f"no file {spec.data!r}")
+        return read_rows(spec.data, spec.split, spec.config)
+    except Exception as err:  # datasets raises ConnectionError / FileNotFoundError / DatasetNotFoundError offline
+        where = f"hub dataset {spec.data!r}" + (f" (config {spec.config!r}, split {spec.split!r})" if not local else "")
+        raise FileNotFoundError(
+            f"benchmark {spec.name}: could not load {where}: {str(err).splitlines()[0] if str(err) else type(err).__name__}. "
+            f"Give a local copy as {spec.name}=PATH (.jsonl/.json/.parquet/.csv with a {spec.prompt_column or 'prompt'!r} "
+            f"and an {spec.answer_column!r} column), made once where the hub is reachable; see docs/eval.md") from None
 
 
 def pick_column(row: dict, want: str, fallbacks: tuple[str, ...], spec: BenchmarkSpec, role: str) -> str:
@@ -286,9 +323,19 @@ def render_prompt(spec: BenchmarkSpec, row: dict) -> str:
     return _FIELD.sub(fill, spec.prompt_template)
 
 
+def question(spec: BenchmarkSpec, row: dict) -> str:
+    """The bare question of a row (its prompt column), for prompts worded another way than the spec's template;
+    benchmarks whose template builds the question from several columns (prompt_column None) keep the template."""
+    if spec.prompt_column:
+        return str(row[pick_column(row, spec.prompt_column, PROMPT_COLUMNS, spec, "prompt")])
+    return render_prompt(spec, row)
+
+
 def gold_answer(spec: BenchmarkSpec, row: dict) -> Any:
     """The gold answer of a row: the answer column, through the spec's ``answer_extractor`` if any."""
     value = row[pick_column(row, spec.answer_column, ANSWER_COLUMNS, spec, "answer")]
+    if isinstance(value, (list, tuple)) and len(value) == 1:   # OlympiadBench: final_answer is ["$...$"]
+        value = value[0]
     if spec.answer_extractor:
         return EXTRACTORS.get(spec.answer_extractor)(str(value))
     if isinstance(value, str):

@@ -9,7 +9,9 @@ never takes part in a majority vote).
     gsm8k                 the number after the last ``####`` (commas, ``$`` and a trailing ``.`` dropped),
                           else the last ``\\boxed{}``
     last_number           the last number in the text (``-1,234.5`` -> ``-1234.5``)
+    first_integer         the first integer in the text (the ``arithmetic`` reward's reading)
     boxed_or_last_number  ``boxed``, else ``last_number``
+    answer_line           the rest of the line after the last ``Answer:`` (DAPO-Math-17k's format), else ``boxed``
     countdown             the arithmetic expression in the last ``<answer>...</answer>``, else in the last
                           non-empty line
     knk                   Knights & Knaves: ``"Name=knight,Name=knave"`` (sorted by name) from the last
@@ -97,9 +99,36 @@ def gsm8k(text: str) -> str | None:
     return boxed(text)
 
 
+_INTEGER = re.compile(r"-?\d+")
+
+
+@EXTRACTORS.register("first_integer")
+def first_integer(text: str) -> str | None:
+    """The first integer in the text (the ``arithmetic`` reward's reading, so a benchmark scores as it does)."""
+    m = _INTEGER.search(text or "")
+    return m.group() if m else None
+
+
 @EXTRACTORS.register("boxed_or_last_number")
 def boxed_or_last_number(text: str) -> str | None:
     return boxed(text) or last_number(text)
+
+
+_ANSWER_LINE = re.compile(r"Answer\s*:\s*([^\n]+)", flags=re.I)
+
+
+@EXTRACTORS.register("answer_line")
+def answer_line(text: str) -> str | None:
+    """DAPO-Math-17k's format ("The last line ... of the form Answer: $Answer"): the rest of the line after the
+    last ``Answer:`` (surrounding ``$`` and a final ``.`` dropped; a ``\\boxed{}`` inside it is unwrapped), else
+    the last ``\\boxed{}``."""
+    if not text:
+        return None
+    found = _ANSWER_LINE.findall(text)
+    if found:
+        value = found[-1].strip().rstrip(".").strip().strip("$").strip()
+        return (boxed(value) or value) or None
+    return boxed(text)
 
 
 def answer_tag(text: str) -> str | None:

@@ -16,6 +16,7 @@ Sampling after a resume is statistically, not bitwise, identical to an uninterru
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from rlpost.engines.base import GenRequest, SamplingParams
-from rlpost.eval.benchmarks import BenchmarkSpec, gold_answer, load_rows, render_prompt, resolve_benchmark
+from rlpost.eval.benchmarks import BenchmarkSpec, gold_answer, load_rows, question, render_prompt, resolve_benchmark
 from rlpost.eval.check import CHECKERS, normalize_answer
 from rlpost.eval.extract import EXTRACTORS
 from rlpost.eval.metrics import summarize
@@ -126,7 +127,7 @@ def evaluate(engine, tokenizer, spec: BenchmarkSpec | str, rows: Sequence[dict] 
              temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
              out_path: str | os.PathLike | None = None, resume: bool = True, batch_size: int = 16,
              progress: bool = True, chat_template: bool = True, seed: int | None = 0,
-             checkpoint: str | None = None, n_boot: int = 1000) -> EvalResult:
+             checkpoint: str | None = None, n_boot: int = 1000, prompt_fn=None) -> EvalResult:
     """Evaluate ``engine`` on ``rows`` of a benchmark; None settings take the spec's defaults.
 
     engine:     anything with ``generate(list[GenRequest], SamplingParams) -> list[Sample]`` (request-major)
@@ -135,6 +136,8 @@ def evaluate(engine, tokenizer, spec: BenchmarkSpec | str, rows: Sequence[dict] 
                 no resume
     batch_size: problems per engine call (each yields n samples)
     seed:       sampling seed (batch b uses seed + its first row index) and bootstrap seed
+    prompt_fn:  question -> the engine's prompt text, replacing the spec's template and the user-turn chat format
+                (the trainer's ``eval_prompt_format: training``: the benchmark worded as the training prompts are)
     """
     spec = resolve_benchmark(spec)
     rows = list(load_rows(spec, seed=seed or 0) if rows is None else rows)
@@ -142,7 +145,12 @@ def evaluate(engine, tokenizer, spec: BenchmarkSpec | str, rows: Sequence[dict] 
     temperature = spec.temperature if temperature is None else temperature
     top_p = spec.top_p if top_p is None else top_p
     max_tokens = spec.max_tokens if max_tokens is None else max_tokens
-    user_prompts = [render_prompt(spec, row) for row in rows]
+    if prompt_fn is None:
+        user_prompts = [render_prompt(spec, row) for row in rows]
+        templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
+    else:   # the finished engine text; its rows_hash below then covers the training format too
+        user_prompts = [prompt_fn(question(spec, row)) for row in rows]
+        templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
     rows_hash = hashlib.sha256(json.dumps(user_prompts).encode()).hexdigest()[:16]  # same problems, same order
     meta = {"benchmark": spec.name, "checkpoint": checkpoint, "n": n, "temperature": temperature, "top_p": top_p,
             "max_tokens": max_tokens, "num_rows": len(rows), "rows_hash": rows_hash, "chat_template": chat_template,
@@ -170,8 +178,8 @@ def evaluate(engine, tokenizer, spec: BenchmarkSpec | str, rows: Sequence[dict] 
     try:
         for b in range(0, len(todo), batch_size):
             idx = todo[b:b + batch_size]
-            prompts = [format_prompt(tokenizer, user_prompts[i], chat_template) for i in idx]
-            templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
+            prompts = [user_prompts[i] if prompt_fn is not None else format_prompt(tokenizer, user_prompts[i], chat_template)
+                       for i in idx]
             requests = [GenRequest(prompt_ids=encode_prompt(tokenizer, p, templated), info={"row": i})
                         for p, i in zip(prompts, idx)]
             params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
@@ -361,8 +369,13 @@ class PeriodicEval:
     def __init__(self, benchmarks: Sequence[str | BenchmarkSpec], every: int = 0, limit: int | None = 64,
                  n: int | None = None, temperature: float | None = None, top_p: float | None = None,
                  max_tokens: int | None = None, seed: int = 0, out_dir: str | os.PathLike | None = None,
-                 batch_size: int = 16, chat_template: bool = True, at_start: bool = False):
+                 batch_size: int = 16, chat_template: bool = True, at_start: bool = False, prompt_fn=None,
+                 extractor: str | None = None):
         self.specs = [resolve_benchmark(b) for b in benchmarks]
+        if extractor is not None:   # e.g. the training prompts ask for \\boxed{} where the benchmark asks for "####"
+            EXTRACTORS.get(extractor)
+            self.specs = [dataclasses.replace(s, extractor=extractor) for s in self.specs]
+        self.prompt_fn = prompt_fn
         self.every, self.limit, self.seed, self.at_start = every, limit, seed, at_start
         self.sampling = {"n": n, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
         self.out_dir = None if out_dir is None else Path(out_dir)
@@ -387,6 +400,6 @@ class PeriodicEval:
             out = None if self.out_dir is None else self.out_dir / f"step_{step}" / spec.name
             result = evaluate(engine, tokenizer, spec, self.rows(spec), out_path=out, batch_size=self.batch_size,
                               progress=False, chat_template=self.chat_template, seed=self.seed,
-                              checkpoint=f"step_{step}", n_boot=0, **self.sampling)
+                              checkpoint=f"step_{step}", n_boot=0, prompt_fn=self.prompt_fn, **self.sampling)
             metrics.update({f"eval/{spec.name}/{k}": v for k, v in result.metrics.items()})
         return metrics

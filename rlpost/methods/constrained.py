@@ -39,6 +39,22 @@ from rlpost.methods import METHODS, Extras, MethodHooks, Needs, SetupContext, St
 log = logging.getLogger("rlpost")
 
 
+def validate(cfg) -> None:
+    """NM-PPO (``proxy_search``) maximises ``method.constrained.eval_metric``: it must be the held-out task metric,
+    not the constrained reward models themselves (the paper's F(θ) = −eval, its ground-truth score)."""
+    from rlpost.config import ConfigError, component
+    if "constrained" not in (cfg.method or {}):
+        return
+    name, node = component(cfg.algo.advantage)
+    if name != "constrained" or not (node or {}).get("proxy_search"):
+        return
+    metric = (cfg.method["constrained"] or {}).get("eval_metric", "eval/accuracy")
+    if metric == "eval/reward_mean" or metric.startswith("eval/reward/"):
+        raise ConfigError(f"method.constrained.eval_metric {metric!r}: NM-PPO would maximise the reward models it "
+                          "constrains (the over-optimised proxies); name the held-out task metric, e.g. "
+                          "eval/crlhf_score with trainer.eval_metrics: [crlhf_score] (the paper's evaluation score)")
+
+
 @METHODS.register("constrained")
 class ConstrainedRLHF(MethodHooks):
     """``method.constrained``: ``eval_metric`` (key of ``Trainer.evaluate()`` that NM-PPO maximises,

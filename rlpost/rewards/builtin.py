@@ -38,32 +38,45 @@ def _rows(n: int, columns: dict) -> list[dict]:
     return [{k: v[i] for k, v in columns.items() if isinstance(v, list) and len(v) == n} for i in range(n)]
 
 
+def _scores(correct, correct_score: float, incorrect_score: float) -> list[float]:
+    """Correctness -> reward: ``correct_score`` / ``incorrect_score`` (1 / 0 by default; DAPO and HAPO use 1 / -1:
+    ``kwargs: {incorrect_score: -1.0}``). Accuracy metrics count rewards >= 1, so keep correct_score >= 1."""
+    return [float(correct_score) if ok else float(incorrect_score) for ok in correct]
+
+
 @REWARDS.register("arithmetic")
-def arithmetic_reward(prompts, completions, answer, **kwargs) -> list[float]:
-    """1.0 when the first integer of the completion equals ``answer``, else 0.0."""
-    return [float(check_arithmetic(c, {"answer": a})) for c, a in zip(completions, answer)]
+def arithmetic_reward(prompts, completions, answer, correct_score: float = 1.0, incorrect_score: float = 0.0,
+                      **kwargs) -> list[float]:
+    """correct_score (1.0) when the first integer of the completion equals ``answer``, else incorrect_score (0.0)."""
+    return _scores((check_arithmetic(c, {"answer": a}) for c, a in zip(completions, answer)),
+                   correct_score, incorrect_score)
 
 
 @REWARDS.register("countdown")
-def countdown_reward(prompts, completions, nums, target, **kwargs) -> list[float]:
-    """1.0 for a valid Countdown expression (each number once, + - * /, equals target), else 0.0."""
-    return [float(check_countdown(c, {"nums": n, "target": t})) for c, n, t in zip(completions, nums, target)]
+def countdown_reward(prompts, completions, nums, target, correct_score: float = 1.0, incorrect_score: float = 0.0,
+                     **kwargs) -> list[float]:
+    """correct_score (1.0) for a valid Countdown expression (each number once, + - * /, equals target), else
+    incorrect_score (0.0)."""
+    return _scores((check_countdown(c, {"nums": n, "target": t}) for c, n, t in zip(completions, nums, target)),
+                   correct_score, incorrect_score)
 
 
 @REWARDS.register("math_verify")
-def math_verify_reward(prompts, completions, answer, **kwargs) -> list[float]:
-    """1.0 when math-verify finds the completion's final answer equivalent to ``answer`` (LaTeX or plain)."""
+def math_verify_reward(prompts, completions, answer, correct_score: float = 1.0, incorrect_score: float = 0.0,
+                       **kwargs) -> list[float]:
+    """correct_score (1.0) when math-verify finds the completion's final answer equivalent to ``answer`` (LaTeX or
+    plain), else incorrect_score (0.0; DAPO's rule-based reward is -1: ``kwargs: {incorrect_score: -1.0}``)."""
     from math_verify import parse, verify
 
-    scores = []
+    correct = []
     for completion, gold in zip(completions, answer):
         gold_text = str(gold)
         gold_parsed = parse(gold_text if "$" in gold_text or "\\" in gold_text else f"${gold_text}$")
         try:
-            scores.append(float(bool(gold_parsed) and verify(gold_parsed, parse(completion))))
+            correct.append(bool(gold_parsed) and bool(verify(gold_parsed, parse(completion))))
         except Exception:  # math-verify raises on pathological input; that answer is simply wrong
-            scores.append(0.0)
-    return scores
+            correct.append(False)
+    return _scores(correct, correct_score, incorrect_score)
 
 
 @REWARDS.register("format")

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from rlpost.studies.a2fm_data import SFT_ROUTING, SHORT_JUSTIFICATIONS, sft_pairs
-from rlpost.studies.common import save_model, sft, train_rl, warm_start
+from rlpost.studies.common import activity_section, save_model, sft, train_rl, warm_start
 from rlpost.studies.phrase_tokenizer import a2fm_tokenizer
 
 log = logging.getLogger("rlpost")
@@ -169,7 +169,8 @@ def run(output_dir: str | Path = "results/a2fm", seeds=(0,), steps: int = 30, *,
         results["runs"][f"s{seed}"] = {"seed": seed, "sft_seed": s_seed, "sft": info["sft"], "before": before,
                                        "after": after,
                                        "rl_curve": [{k: r.get(k) for k in ("step", "reward/mean", "a2fm/non_instant_rate",
-                                                                            "a2fm/acc/adaptive")} for r in metrics]}
+                                                                            "a2fm/acc/adaptive", *ACTIVITY_METRICS)}
+                                                    for r in metrics]}
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     results["seconds"] = time.perf_counter() - t0
     results["cpu_seconds"] = time.process_time() - cpu0
@@ -223,6 +224,17 @@ def _num(v, fmt="{:.0f}"):
     return "-" if v is None else fmt.format(v)
 
 
+ACTIVITY_METRICS = ("a2fm/share/instant", "a2fm/share/reasoning", "a2fm/share/agentic", "a2fm/tool_calls")
+
+
+def activity_components():
+    from rlpost.reproduce import Component
+    return (Component("instant route", "a2fm/share/instant", what="share of rollouts"),
+            Component("reasoning route", "a2fm/share/reasoning", what="share of rollouts"),
+            Component("agentic route", "a2fm/share/agentic", what="share of rollouts"),
+            Component("tools", "a2fm/tool_calls", what="tool calls per rollout"))
+
+
 def write_table(results: dict, path: Path) -> None:
     cfg = results["config"]
     lines = [f"# A²FM miniature: routing and accuracy before and after APO ({cfg['n_eval']} held-out questions "
@@ -270,6 +282,12 @@ def write_table(results: dict, path: Path) -> None:
         lines.append(f"| {key} | {r['sft']['sft_steps']} | {r['sft']['final_loss']:.3f} | "
                      f"{rew[0]:.3f} -> {rew[1]:.3f} | "
                      + (f"{100 * nitr[0]:.0f} -> {100 * nitr[1]:.0f} |" if None not in nitr else "- |"))
+    traced = {f"APO {key}": [r["rl_curve"]] for key, r in results["runs"].items()
+              if any(c.get(m) is not None for c in r["rl_curve"] for m in ACTIVITY_METRICS)}
+    if traced:
+        section = activity_section(traced, activity_components())
+        lines[2:2] = section[2:4]
+        lines += [""] + section
     lines += ["", "Paper (32B; Fig. 3 right, all benchmarks but AIME): A²FM-SFT NITR 84.9 %, accuracy 46.9 % -> A²FM-RL NITR "
               "77.1 %, accuracy 53.8 %; cost per correct answer −45.2 % vs reasoning-only and −33.5 % vs agentic-only. "
               "See recipes/a2fm/README.md.", ""]

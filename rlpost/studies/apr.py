@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from rlpost.studies.apr_data import BUDGET_BIN, BUDGET_CAP, TASK, trace_pairs
-from rlpost.studies.common import save_model, scratch_model, sft, train_rl, warm_start
+from rlpost.studies.common import activity_section, save_model, scratch_model, sft, train_rl, warm_start
 from rlpost.studies.phrase_tokenizer import apr_tokenizer
 
 log = logging.getLogger("rlpost")
@@ -229,7 +229,9 @@ def run(output_dir: str | Path = "results/apr", seeds=(0,), steps: int = 40, *, 
                                     "data": info["data"][kind], "before": before_cache[sft_dir, kind], "after": after,
                                     "rl_seconds": rl_seconds,
                                     "rl_reward": [r.get("reward/mean") for r in rl_metrics if "reward/mean" in r],
-                                    "rl_children": [r.get("apr/children") for r in rl_metrics if "apr/children" in r]}
+                                    "rl_children": [r.get("apr/children") for r in rl_metrics if "apr/children" in r],
+                                    "rl_trace": [{k: r[k] for k in ("step", "apr/children", "apr/calls") if k in r}
+                                                 for r in rl_metrics]}
             (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     results["seconds"] = time.perf_counter() - t0
     results["cpu_seconds"] = time.process_time() - cpu0
@@ -315,6 +317,16 @@ def write_table(results: dict, path: Path) -> None:
                      + (f"{rew[0]:.3f} -> {rew[-1]:.3f} | " if rew else "- | ")
                      + (f"{kids[0]:.2f} -> {kids[-1]:.2f} | " if kids else "- | ")
                      + f"{r.get('rl_seconds', 0) / 60:.1f} min |")
+    traced = {f"{METHODS[r['kind']]} RL s{r['seed']}": [r["rl_trace"]] for r in results["runs"].values()
+              if r.get("rl_trace")}
+    if traced:
+        from rlpost.reproduce import Component
+        comps = (Component("spawn() child threads", "apr/children", what="child threads per tree"),
+                 Component("spawn()/join() calls", "apr/calls", "range", 1.0, what="engine calls per tree; 1 = no spawn"))
+        apr_rows = [k for k in traced if k.startswith(METHODS["apr"])]
+        section = activity_section({k: traced[k] for k in apr_rows} if apr_rows else traced, comps)
+        lines[2:2] = section[2:4]
+        lines += [""] + activity_section(traced, comps)
     lines += ["", "Paper (228M model, 4 numbers): at a 4k context APR 83.4 vs SoS+ 60.0 after RL; supervised APR 75.5 vs "
               "SoS+ 57.3 (greedy); RL raises APR's child threads 6.1 -> 8.2. See recipes/apr/README.md.", ""]
     if "seconds" in results:

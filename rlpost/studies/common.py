@@ -218,3 +218,33 @@ def warm_start(pretrain, runs_dir: str | Path, seed: int, *, reuse: bool, stages
     if not (reuse and (sft_dir / "config.json").exists()):
         pretrain_stages(pretrain, sft_dir, stages=stages, seed=seed, **kwargs)
     return sft_dir, json.loads((sft_dir / "rlpost_study.json").read_text())
+
+
+def activity_section(runs: dict, components, method: str | None = None) -> list[str]:
+    """Markdown lines: whether each component acted in the training runs, and how much.
+
+    runs: row label -> list of metrics-row lists (one per seed); components: rlpost.reproduce.Component. The first
+    line states plainly which components of ``method`` (default: every row) never acted on any training step.
+    """
+    from rlpost.reproduce import activity
+
+    def values(rows_list, metric):
+        return [r[metric] for rows in rows_list for r in rows
+                if r.get("step", 0) > 0 and isinstance(r.get(metric), (int, float))]
+
+    table = ["| run | component | metric | acted on steps | mean | min..max |", "|---|---|---|---|---|---|"]
+    fired: dict[str, int] = {}
+    for label, rows_list in runs.items():
+        for comp in components:
+            a = activity(values(rows_list, comp.metric), comp)
+            if not a["steps"]:
+                continue
+            if method is None or label == method:
+                fired[comp.name] = fired.get(comp.name, 0) + a["fired"]
+            table.append(f"| {label} | {comp.name} | `{comp.metric}` ({comp.what}) | {a['fired']}/{a['steps']} "
+                         f"| {a['mean']:.3g} | {a['min']:.3g}..{a['max']:.3g} |")
+    idle = [name for name, n in fired.items() if n == 0]
+    missing = [c.name for c in components if c.name not in fired]
+    head = (f"**Never acted: {', '.join(dict.fromkeys(idle + missing))}.** Rows that depend on them do not test them."
+            if idle or missing else "Every component acted in its runs.")
+    return ["## Activity", "", head, "", *table, ""]

@@ -11,7 +11,9 @@ Setting (everything tiny, CPU):
 Phase 1 (unconstrained, "sum"): GRPO-style group-normalised advantage of the composite reward, every seed.
 Proxy points θ: the paper fits an evaluation surface over (RM values, eval) tuples from many runs and takes its
 argmax; here (simplified) θ_i = the mean training-batch value of RM i over the ``top_k`` evaluation points with
-the highest true score, pooled over the phase-1 runs (an evaluation at step 0 uses step 1's batch means).
+the highest true score, pooled over the phase-1 runs (an evaluation at step 0 uses step 1's batch means). That
+true score is measured on a **selection set**: held-out problems disjoint from every seed's scoring problems
+(``eval/accuracy``, the number the table reports), so θ is not chosen on the problems it is judged on.
 Phase 2: μ, ξ, All (multipliers) and SAT with those θ, same seeds and budget.
 KL: the PPO (sum), SAT and All runs put the KL to the initial policy in the reward (``algo.kl_reward``, the
 paper's adaptive controller: initial coefficient 0.2, target 0.5, gain 0.1 per update); μ and ξ have the KL as
@@ -32,6 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from rlpost.studies.common import activity_section
 
 log = logging.getLogger("rlpost")
 
@@ -127,7 +131,8 @@ def _spearman(a, b) -> float:
 
 def run_config(variant: str, seed: int, steps: int, rms: dict, thresholds: dict | None, out_dir: Path, *,
                length_weight: float, eval_every: int, num_eval: int, prompts_per_step: int, num_generations: int,
-               learning_rate: float, num_threads: int | None, base_model: str, multiplier_lr: float) -> dict:
+               learning_rate: float, num_threads: int | None, base_model: str, multiplier_lr: float,
+               selection: str | None = None, n_select: int = 0) -> dict:
     """The rlpost train config (a plain dict) of one run."""
     weights = {"rm_answer": 1.0, "rm_length": length_weight}
     adv: dict = {"name": "constrained", "mode": variant}
@@ -155,7 +160,10 @@ def run_config(variant: str, seed: int, steps: int, rms: dict, thresholds: dict 
                       for n in COMPONENTS],
         "trainer": {"output_dir": str(out_dir), "max_steps": steps, "seed": seed, "eval_steps": eval_every,
                     "save_steps": 0, "report_to": [], "progress_bar": False, "num_threads": num_threads,
-                    "device": "cpu"},
+                    "device": "cpu",
+                    # the unconstrained runs also score the selection set, on which the proxy points are chosen
+                    **({"eval_benchmarks": [f"arithmetic_greedy={selection}"], "eval_benchmark_limit": n_select}
+                       if selection and variant == "sum" else {})},
         "method": {"constrained": {}},
     }
 
@@ -179,20 +187,36 @@ def train_run(raw: dict, force: bool = False) -> list[dict]:
     return read_metrics(out / "metrics.jsonl")
 
 
-def proxy_points(runs: list[list[dict]], top_k: int = 3) -> tuple[dict, list[dict]]:
-    """θ_i: mean batch value of RM i at the ``top_k`` evaluations with the highest true score (pooled)."""
+SELECT_KEY = "eval/arithmetic_greedy/mean@1"   # true score on the selection set (greedy, as eval/accuracy)
+
+
+def selection_rows(n: int, seeds, num_eval: int) -> list[dict]:
+    """``n`` held-out (test-split) arithmetic problems, none of them among any seed's ``num_eval`` scoring problems
+    (the trainer's eval set for seed s is ``make_split("test", num_eval, seed=s)``)."""
+    from rlpost.tasks.arithmetic import make_split
+    scored = {r["prompt"] for s in seeds for r in make_split("test", num_eval, seed=s)}
+    pool = make_split("test", n + len(scored), seed=10_007)
+    rows = [r for r in pool if r["prompt"] not in scored][:n]
+    if len(rows) < n:
+        raise ValueError(f"constrained_rlhf: only {len(rows)} held-out problems left for proxy-point selection")
+    return rows
+
+
+def proxy_points(runs: list[list[dict]], top_k: int = 3, key: str = SELECT_KEY) -> tuple[dict, list[dict]]:
+    """θ_i: mean batch value of RM i at the ``top_k`` evaluations with the highest true score ``key`` (pooled;
+    the selection set's accuracy, not the scoring set's)."""
     points = []
     for rows in runs:
         by_step = {r["step"]: r for r in rows}
         for r in rows:
-            if r.get("eval/accuracy") is None:
+            if r.get(key) is None:
                 continue
             src = by_step.get(max(r["step"], 1), {})
             if all(f"reward/{c}/mean" in src for c in COMPONENTS):
-                points.append({"step": r["step"], "true": r["eval/accuracy"],
+                points.append({"step": r["step"], "true": r[key],
                                **{c: src[f"reward/{c}/mean"] for c in COMPONENTS}})
     if not points:
-        raise RuntimeError("no evaluation points in the unconstrained runs")
+        raise RuntimeError(f"no evaluation points ({key}) in the unconstrained runs")
     best = sorted(points, key=lambda p: (-p["true"], p["step"]))[:top_k]
     return {c: float(np.mean([p[c] for p in best])) for c in COMPONENTS}, best
 
@@ -236,7 +260,15 @@ def _fmt(cell, digits=3) -> str:
     return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
 
 
-def write_table(path: Path, summary: dict, info: dict) -> None:
+def activity_components():
+    from rlpost.reproduce import Component
+    return tuple(Component(f"multiplier g(μ) {c}", f"constrained/multiplier/{c}", "range", None,
+                           what="the Lagrange weight; acted = moved from the step before") for c in COMPONENTS) + \
+        tuple(Component(f"constraint {c}", f"constrained/violation/{c}", "range", 0.0,
+                        what="violation of the proxy point; acted = nonzero") for c in COMPONENTS)
+
+
+def write_table(path: Path, summary: dict, info: dict, results: dict | None = None) -> None:
     th = info["thresholds"]
     lines = [
         "# Constrained RLHF: miniature over-optimisation study",
@@ -249,7 +281,8 @@ def write_table(path: Path, summary: dict, info: dict) -> None:
         f"Mean ± std over seeds; true score = eval/accuracy (SE ≈ 0.04 per evaluation at 128 problems).",
         "",
         f"Proxy points from the unconstrained runs (RM batch means at the {len(info['proxy_points'])} best "
-        f"evaluations): θ_answer = {th['rm_answer']:.3f}, θ_length = {th['rm_length']:.3f}.",
+        f"evaluations on a selection set of {info.get('n_select', '?')} held-out problems disjoint from the scoring "
+        f"problems): θ_answer = {th['rm_answer']:.3f}, θ_length = {th['rm_length']:.3f}.",
         "",
         "| variant | true score: start | final | mean of last 3 evals | best | rm_answer (final) | rm_length (final) "
         "| completion length | Σ violation | g(μ) answer / length |",
@@ -276,6 +309,10 @@ def write_table(path: Path, summary: dict, info: dict) -> None:
     lines += ["", "Per-seed final true scores: " + "; ".join(
         f"{LABELS.get(v, v)} {[round(p['final'], 3) for p in s['per_seed']]}" for v, s in summary.items()),
         "", f"Plot: curves.png. Runtime {info['seconds'] / 60:.1f} min on CPU.", ""]
+    if results:
+        constrained = {LABELS.get(v, v): runs for v, runs in results.items() if v != "sum"}
+        lines[2:2] = activity_section(constrained, activity_components())[2:4]   # the never-acted line, at the top
+        lines += activity_section(constrained, activity_components())
     path.write_text("\n".join(lines))
 
 
@@ -318,7 +355,7 @@ def run(output_dir: str | Path = "results/constrained_rlhf", seeds=(0, 1, 2), st
         variants=VARIANTS, work_dir: str | Path = "runs/reproduce/constrained_rlhf", base_model: str = "tiny:qwen2:arithmetic",
         rm_pairs: int = 512, rm_steps: int = 150, length_weight: float = 1.0, eval_every: int = 5, num_eval: int = 128,
         prompts_per_step: int = 16, num_generations: int = 4, learning_rate: float = 1e-4, top_k: int = 3,
-        multiplier_lr: float = 1.0, num_threads: int | None = 1, force: bool = False) -> dict:
+        multiplier_lr: float = 1.0, num_threads: int | None = 1, n_select: int = 128, force: bool = False) -> dict:
     """Run the study; returns ``{"table", "plot", "results", "summary", "thresholds"}`` (paths and numbers).
 
     ``multiplier_lr`` (default 1.0, the paper's 0.1 × 10): the paper takes ~100 multiplier steps per rollout
@@ -338,9 +375,13 @@ def run(output_dir: str | Path = "results/constrained_rlhf", seeds=(0, 1, 2), st
         variants = ["sum"] + variants   # the proxy points come from the unconstrained runs
     rms = train_rms(work / "rms", base_model, rm_pairs, rm_steps, force=force)
     quality = rm_auc_on_policy(rms, base_model)
+    select_path = work / f"selection_{n_select}.jsonl"     # proxy-point selection set, disjoint from the scoring sets
+    select_path.parent.mkdir(parents=True, exist_ok=True)
+    select_path.write_text("".join(json.dumps(r) + "\n" for r in selection_rows(n_select, seeds, num_eval)))
     common = dict(length_weight=length_weight, eval_every=eval_every, num_eval=num_eval,
                   prompts_per_step=prompts_per_step, num_generations=num_generations, learning_rate=learning_rate,
-                  num_threads=num_threads, base_model=base_model, multiplier_lr=multiplier_lr)
+                  num_threads=num_threads, base_model=base_model, multiplier_lr=multiplier_lr,
+                  selection=str(select_path), n_select=n_select)
 
     def one(variant, seed, thresholds):
         raw = run_config(variant, seed, steps, rms, thresholds, Path("."), **common)
@@ -361,8 +402,8 @@ def run(output_dir: str | Path = "results/constrained_rlhf", seeds=(0, 1, 2), st
     info = {"thresholds": thresholds, "proxy_points": best_points, "reward_models": rms, "rm_quality": quality,
             "seeds": seeds, "steps": steps, "length_weight": length_weight, "num_eval": num_eval,
             "prompts_per_step": prompts_per_step, "num_generations": num_generations, "learning_rate": learning_rate,
-            "multiplier_lr": multiplier_lr, "seconds": time.perf_counter() - start}
-    write_table(out / "table.md", summary, info)
+            "multiplier_lr": multiplier_lr, "n_select": n_select, "seconds": time.perf_counter() - start}
+    write_table(out / "table.md", summary, info, results)
     plot(out / "curves.png", results, thresholds)
     (out / "results.json").write_text(json.dumps({"info": info, "summary": summary}, indent=2))
     return {"table": str(out / "table.md"), "plot": str(out / "curves.png"), "results": str(out / "results.json"),

@@ -107,7 +107,7 @@ def run(output_dir: str | Path = "results/implicit_sft", seeds=(0, 1, 2), steps:
         configs.append(("nll", objective_lr_scale))
     common = dict(base_lr=base_lr, steps=steps, sft_examples=sft_examples, num_eval=num_eval, batch_size=batch_size,
                   beta=fdiv_beta, base_model=base_model, num_threads=num_threads)
-    rows = []
+    rows, traces = [], {}
     for seed in seeds:
         for loss, scale in configs:
             raw = sft_raw(seed, loss, scale, **common)
@@ -127,6 +127,8 @@ def run(output_dir: str | Path = "results/implicit_sft", seeds=(0, 1, 2), steps:
                                                     1.0 if loss == "nll" else fdiv_beta),
                          "sft_last_loss": sft["last_loss"], "dpo_margin": _last_logged(dpo["metrics"], "rewards/margins"),
                          "dpo_reward_accuracy": _last_logged(dpo["metrics"], "rewards/accuracies")})
+            from rlpost.tracking import read_metrics
+            traces.setdefault(f"{loss} ×{scale:g}", []).append(read_metrics(Path(sft["metrics"])))
             shutil.copy(sft["metrics"], out / "metrics" / f"sft_{loss}_x{scale:g}_s{seed}.jsonl")
             shutil.copy(dpo["metrics"], out / "metrics" / f"dpo_{loss}_x{scale:g}_s{seed}.jsonl")
     info = {"seeds": list(seeds), "sft_steps": steps, "dpo_steps": dpo_steps, "base_lr": base_lr,
@@ -134,7 +136,7 @@ def run(output_dir: str | Path = "results/implicit_sft", seeds=(0, 1, 2), steps:
             "fdiv_beta": fdiv_beta, "dpo_lr": dpo_lr, "dpo_beta": dpo_beta, "objective_lr_scale": objective_lr_scale,
             "seconds": time.perf_counter() - start}
     groups = aggregate(rows)
-    write_table(out / "table.md", groups, info)
+    write_table(out / "table.md", groups, info, traces)
     plot(out / "curves.png", groups, lr_scales, objectives, objective_lr_scale)
     (out / "results.json").write_text(json.dumps({"info": info, "rows": rows, "groups": groups}, indent=2))
     return {"table": str(out / "table.md"), "plot": str(out / "curves.png"), "results": str(out / "results.json"),
@@ -158,7 +160,15 @@ def _fmt(cell, d=3):
     return "–" if cell is None else f"{cell['mean']:.{d}f} ± {cell['std']:.{d}f}"
 
 
-def write_table(path: Path, groups: list[dict], info: dict) -> None:
+def activity_components():
+    from rlpost.reproduce import Component
+    return (Component("f-divergence token weights", "sft/phi_weight_mean", "range", 1.0,
+                      what="mean weight on the NLL gradient; 1 = plain NLL"),
+            Component("ratio clamp", "sft/frac_clamped", what="share of tokens whose log-ratio was clamped"),
+            Component("drift from the initial model", "sft/kl_to_initial", "range", 0.0, what="KL to the initial model"))
+
+
+def write_table(path: Path, groups: list[dict], info: dict, traces: dict | None = None) -> None:
     lines = [
         "# Implicit-reward SFT → DPO: miniature study",
         "",
@@ -185,6 +195,11 @@ def write_table(path: Path, groups: list[dict], info: dict) -> None:
     lines += ["", f"Best after DPO: {best['loss']} at lr ×{best['lr_scale']:g} "
                   f"({best['after_dpo']['mean']:.3f}).", "",
               f"Plot: curves.png. Runtime {info['seconds'] / 60:.1f} min on CPU.", ""]
+    if traces:
+        from rlpost.studies.common import activity_section
+        fdiv = {k: v for k, v in traces.items() if not k.startswith("nll ")}
+        lines[2:2] = activity_section(fdiv or traces, activity_components())[2:4]
+        lines += activity_section(traces, activity_components())
     path.write_text("\n".join(lines))
 
 

@@ -103,3 +103,16 @@ def test_rloo_base_and_registry():
     for bad in ({"mode": "lenght"}, {"variant": "x"}, {"base": "adora"}):
         with pytest.raises(ValueError):
             ADORAParams(**bad)
+
+
+def test_activity_metrics_count_informative_groups_only():
+    """tau .25: g0 (1 of 4 correct) x2, g1 (2 of 4) x1, g2 (none correct: A = 0 whatever its weight) x2.
+    Among the informative groups g0, g1: half up-weighted, weights 2 and 1 -> spread 1."""
+    R = torch.tensor([1., 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0])
+    inp = AdvantageInput(rewards=R, group_ids=torch.tensor([0] * 4 + [1] * 4 + [2] * 4),
+                         response_mask=torch.ones(12, 3))
+    _, m = adora_advantage(inp, ADORAParams(tau=0.25))
+    assert m["adora/tas_frac"] == pytest.approx(2 / 3)
+    assert m["adora/informative_tas_frac"] == pytest.approx(0.5) and m["adora/weight_spread"] == pytest.approx(1.0)
+    _, m = adora_advantage(inp, ADORAParams(tau=0.5))          # every group x2: a uniform rescaling
+    assert m["adora/informative_tas_frac"] == 1.0 and m["adora/weight_spread"] == 0.0

@@ -148,16 +148,29 @@ def test_cached_angle_scores_atomic(tmp_path):
 # ---------------------------------------------------------------- the sampler
 
 def test_mu_update_by_hand():
-    p = GainRLParams()
+    p = GainRLParams(angle_gain=0.5)   # the paper summary's gamma
     # acc .75, angle .4: 500 tanh(2*.25) + 500 tanh(.5*.4) = 231.05858 + 98.68766 = 329.74624
     mu, delta = mu_update(0.0, 0.75, 0.4, p)
     assert delta == pytest.approx(500 * math.tanh(0.5) + 500 * math.tanh(0.2)) and mu == pytest.approx(329.74624)
     # acc .1, angle 0: 500 tanh(-.8) = -332.02 -> clipped at adj_min = 0: mu stays
     assert mu_update(100.0, 0.1, 0.0, p)[0] == 100.0
     # acc_scale 2 (code's 0/2 reward): accuracy 1.5 acts as .75
-    assert mu_update(0.0, 1.5, 0.4, GainRLParams(acc_scale=2.0))[0] == pytest.approx(329.74624)
+    assert mu_update(0.0, 1.5, 0.4, GainRLParams(acc_scale=2.0, angle_gain=0.5))[0] == pytest.approx(329.74624)
     # clip at adj_max: n = 1000, acc 1, angle 10 -> 1000 (tanh 1 + tanh 5) = 1761.6 -> 1000
     assert mu_update(0.0, 1.0, 10.0, GainRLParams(step_size=1000.0))[0] == 1000.0
+
+
+def test_default_gamma_is_the_codes_and_moves_mu_below_38_percent_accuracy():
+    assert GainRLParams().angle_gain == 2.0
+    # gamma 2 (code), acc .25, angle .5: 500 tanh(2*(.25-.5)) + 500 tanh(2*.5) = 500 (-.4621172 + .7615942) = 149.73850
+    mu, delta = mu_update(10.0, 0.25, 0.5, GainRLParams())
+    assert delta == pytest.approx(149.73850, abs=1e-4) and mu == pytest.approx(159.73850, abs=1e-4)
+    # gamma .5 (paper summary), same step: 500 (-.4621172 + tanh(.25) = .2449187) = -108.59925 -> clipped at 0: frozen
+    mu, delta = mu_update(10.0, 0.25, 0.5, GainRLParams(angle_gain=0.5))
+    assert delta == pytest.approx(-108.59925, abs=1e-4) and mu == 10.0
+    # the freeze line with gamma .5 is acc = beta - gamma C / alpha = .5 - .48/4 = .38 at C = .48: delta 0 there
+    assert mu_update(0.0, 0.38, 0.48, GainRLParams(angle_gain=0.5))[1] == pytest.approx(0.0, abs=1e-9)
+    assert mu_update(0.0, 0.38, 0.48, GainRLParams())[0] == pytest.approx(500 * math.tanh(0.96) - 500 * math.tanh(0.24))
 
 
 def test_rank_order_puts_nan_last():
@@ -186,7 +199,7 @@ def test_gaussian_sampler_tracks_mu():
 
 def test_sampler_maps_ranks_to_rows_update_and_resume():
     scores = [0.2, 0.9, float("nan"), 0.5, 0.7]           # order by descending score: rows 1, 4, 3, 0, 2
-    s = GainRLSampler(5, GainRLParams(sigma=0.5), seed=1, scores=scores)
+    s = GainRLSampler(5, GainRLParams(sigma=0.5, angle_gain=0.5), seed=1, scores=scores)
     # sigma = .5, mu = 0: p(rank k) ~ exp(-2 k^2) -> p(rank 0 = row 1) = 1/(1 + e^-2 + e^-8 + ...) = 0.8805
     firsts = [s.next_indices(1)[0] for _ in range(300)]
     assert set(firsts) <= {1, 4, 3} and firsts.count(1) / 300 == pytest.approx(0.8805, abs=0.06)
@@ -196,7 +209,7 @@ def test_sampler_maps_ranks_to_rows_update_and_resume():
     assert s.next_indices(1) == [2]                        # mu far past the last rank: the NaN row (hardest)
     state = s.state_dict()
     a = [s.next_indices(3) for _ in range(3)]
-    r = GainRLSampler(5, GainRLParams(sigma=0.5), seed=99, scores=scores)
+    r = GainRLSampler(5, GainRLParams(sigma=0.5, angle_gain=0.5), seed=99, scores=scores)
     r.load_state_dict(state)
     assert [r.next_indices(3) for _ in range(3)] == a
     with pytest.raises(KeyError, match="angle"):

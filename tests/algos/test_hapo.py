@@ -272,3 +272,14 @@ def test_temperature_processor_first_step_and_next_state():
     assert HAPOTemperature.next_state(torch.ones(1, 2), torch.zeros(1, 2)) is None
     with pytest.raises(ValueError):
         HAPOTemperatureParams(temperature_tau=1.0)
+
+
+def test_token_mean_shift_by_hand():
+    """g0: rewards 1,0,0,0 with lengths 2,3,3,3: token-weighted mean 2/11 vs plain .25 -> |shift| = .068182 on its
+    4 rows; g1 (1,1,0,0, equal lengths) shifts 0; g2 (all 0) is not informative. Mean over 8 rows: .034091."""
+    mask = torch.ones(12, 3)
+    mask[0, 2] = 0
+    inp = AdvantageInput(rewards=torch.tensor([1., 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0]),
+                         group_ids=torch.tensor([0] * 4 + [1] * 4 + [2] * 4), response_mask=mask)
+    _, m = ADVANTAGES.get("hapo")(inp, HAPOAdvParams())
+    assert m["hapo/token_mean_shift"] == pytest.approx((0.25 - 2 / 11) / 2)

@@ -101,6 +101,84 @@ def test_signal_noise_from_prefix_by_hand():
     assert signal == pytest.approx(4.0) and noise == pytest.approx(2.0)
 
 
+def test_signal_noise_from_prefix_with_unequal_micro_batches_by_hand():
+    # shares .5 .25 .25 -> S_k = .5 .75 1, x_k = 1/S_k = 2 4/3 1; y_k = 4 + 2 x_k = 8 6.6667 6 -> signal 4, noise 2
+    y = [8.0, 4 + 2 * 4 / 3, 6.0]
+    signal, noise = signal_noise_from_prefix(y, [0.5, 0.75, 1.0])
+    assert signal == pytest.approx(4.0) and noise == pytest.approx(2.0)
+    # reading the same norms as equal shares (x = 3/k = 3 1.5 1) gives another answer: the old mismatch
+    assert signal_noise_from_prefix(y) != pytest.approx((4.0, 2.0))
+    # two micro-batches .25 / .75: S = .25 1, y = 4 + 2/S = 12 6 -> exactly (4, 2)
+    assert signal_noise_from_prefix([12.0, 6.0], [0.25, 1.0]) == pytest.approx((4.0, 2.0))
+    with pytest.raises(ValueError, match="cum_shares"):
+        signal_noise_from_prefix([1.0, 2.0], [0.0, 1.0])
+
+
+def test_prefix_estimator_unbiased_with_unequal_shares():
+    # micro-batches of 1, 2, 5 units (shares c = 1/8, 2/8, 5/8), unit noise s2 = 16 per coordinate over D = 10
+    # coordinates: g_j = g + e_j, Var e_j = D s2 / (N c_j) in total; the step's noise is D s2 / N = 20, ||g||^2 = 4
+    g = torch.Generator().manual_seed(0)
+    D, N, trials = 10, 8, 6000
+    c = torch.tensor([1.0, 2.0, 5.0]) / N
+    true = torch.zeros(D)
+    true[0] = 2.0
+    e = torch.randn(trials, 3, D, generator=g) * (16.0 / (N * c))[None, :, None].sqrt()
+    acc = torch.cumsum((true + e) * c[None, :, None], 1)                          # accumulated grad [trials, K, D]
+    S = torch.cumsum(c, 0)
+    prefix = ((acc / S[None, :, None]) ** 2).sum(-1)                              # ||g_bar_k||^2 [trials, K]
+    est = [signal_noise_from_prefix(prefix[i].tolist(), S.tolist()) for i in range(trials)]
+    assert sum(n for _, n in est) / trials == pytest.approx(20.0, rel=0.1)
+    equal = [signal_noise_from_prefix(prefix[i].tolist()) for i in range(trials)]   # the equal-share reading
+    assert abs(sum(n for _, n in equal) / trials - 20.0) > 4.0
+
+
+def test_learner_passes_share_weighted_running_means(random_tiny_model, char_tokenizer):
+    """Unequal micro-batches (3, 3, 2 rows of different lengths, token-mean): the first running mean is the first
+    micro-batch's own gradient, the last the whole mini-batch's, and the shares are its token shares."""
+    import copy
+    from tests.test_learner import make_batch
+    from rlpost.algos.losses import ClipParams
+    from rlpost.config import OptimConfig
+    from rlpost.learner import Learner, LearnerSettings, build_scheduler, micro_batches
+
+    class Recorder:
+        needs_grad_stats = True
+
+        def observe(self, stats):
+            self.stats = stats
+            return {}
+
+        def lr_scale(self, step):
+            return 1.0
+
+    batch = make_batch(char_tokenizer)
+    adv = torch.randn(batch.response_mask.shape, generator=torch.Generator().manual_seed(1)) * batch.response_mask
+
+    def grad_sq_norm(rows, recorder=None):
+        model = copy.deepcopy(random_tiny_model).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        settings = LearnerSettings("grpo", ClipParams(), "token-mean", max_completion_length=5, micro_batch_size=3,
+                                   max_grad_norm=0.0)
+        learner = Learner(model, opt, build_scheduler(opt, OptimConfig(), 1), settings, lr_controller=recorder)
+        sub = batch.select(rows)
+        captured = {}
+        opt.step = lambda *a, **k: captured.update(sq=sum(float((p.grad ** 2).sum()) for p in model.parameters()
+                                                          if p.grad is not None))
+        learner.update(sub, adv[rows], learner.prepare(sub))
+        return captured["sq"], learner
+
+    rec = Recorder()
+    full_sq, learner = grad_sq_norm(torch.arange(len(batch)), rec)
+    parts = micro_batches(batch, learner._micro_batch_order(batch, torch.arange(len(batch))), learner.settings)
+    tokens = [float(batch.response_mask[p].sum()) for p in parts]
+    assert len(parts) == 3 and len(set(tokens)) > 1                                 # unequal shares
+    shares = [t / sum(tokens) for t in tokens]
+    assert rec.stats["prefix_cum_shares"] == pytest.approx([shares[0], shares[0] + shares[1], 1.0])
+    first_sq, _ = grad_sq_norm(parts[0])                                              # micro-batch 1 on its own
+    assert rec.stats["prefix_grad_sq_norms"][0] == pytest.approx(first_sq, rel=1e-4)
+    assert rec.stats["prefix_grad_sq_norms"][-1] == pytest.approx(full_sq, rel=1e-4)
+
+
 def test_estimators_unbiased_on_synthetic_gradients():
     # g_k = g + e_k, e_k ~ N(0, s^2 I_D): ||g||^2 = 4, noise of the mean = D s^2 / K = 20 * 1 / 4 = 5
     g = torch.Generator().manual_seed(0)

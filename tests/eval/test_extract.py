@@ -67,6 +67,15 @@ def test_knk():
     assert knk("<answer>I cannot tell</answer>") is None
 
 
+def test_answer_line():
+    from rlpost.eval.extract import answer_line
+    assert answer_line("so x = 3.\nAnswer: $\\frac{1}{2}$.") == "\\frac{1}{2}"
+    assert answer_line("answer: 7\nwait\nAnswer: 12") == "12"                 # the last one wins
+    assert answer_line("Answer: \\boxed{5}") == "5"
+    assert answer_line("no line, but \\boxed{9}") == "9"
+    assert answer_line("nothing") is None and answer_line("") is None
+
+
 def test_registry_names():
     for name in ["boxed", "gsm8k", "last_number", "boxed_or_last_number", "countdown", "knk"]:
         assert name in EXTRACTORS

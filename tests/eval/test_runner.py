@@ -178,6 +178,48 @@ def test_periodic_eval(tmp_path):
     assert ev.rows(ev.specs[0]) is ev.rows(ev.specs[0])  # same held-out subset every time
 
 
+def test_periodic_eval_in_the_training_prompt_format(tmp_path):
+    seen = []
+
+    def training_format(question):          # what the trainer passes with trainer.eval_prompt_format=training
+        seen.append(question)
+        return f"[sys][shot]{question}"
+
+    ev = PeriodicEval(["arithmetic"], limit=3, n=1, prompt_fn=training_format, extractor="last_number")
+    engine = FakeEngine()
+    m = ev.run(1, engine, CharTokenizer(chat_template="x"))
+    rows = ev.rows(ev.specs[0])
+    assert seen == [r["prompt"] for r in rows]           # the bare question, not the spec's template
+    assert ev.specs[0].extractor == "last_number" and m["eval/arithmetic/mean@1"] >= 0
+    with pytest.raises(KeyError, match="nope"):
+        PeriodicEval(["arithmetic"], extractor="nope")
+
+
+@pytest.mark.parametrize("name, hub", [("olympiadbench", "Hothan/OlympiadBench"), ("minerva", "math-ai/minervamath")])
+def test_olympiad_and_minerva_need_their_data_and_say_how(tmp_path, name, hub, monkeypatch):
+    import rlpost.eval.benchmarks as bm
+    spec = BENCHMARKS.get(name)
+    assert (spec.n, spec.temperature, spec.top_p) == (8, 0.5, 0.7)          # HAPO's evaluation settings
+
+    def offline(*a, **k):
+        raise ConnectionError(f"Couldn't reach '{hub}' on the Hub (OfflineModeIsEnabled)")
+    monkeypatch.setattr(bm, "read_rows", offline)
+    with pytest.raises(FileNotFoundError, match=rf"benchmark {name}: could not load hub dataset '{hub}'.*{name}=PATH"):
+        load_rows(spec)
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError, match=rf"benchmark {name}: no file"):
+        resolve_benchmark(f"{name}={tmp_path / 'absent.jsonl'}")
+    path = tmp_path / f"{name}.jsonl"
+    answer = ["$\\frac{1}{2}$"] if name == "olympiadbench" else "\\frac{1}{2}"   # OlympiadBench: a one-item list
+    path.write_text(json.dumps({"question": "Half of one?", spec.answer_column: answer}) + "\n")
+    local = resolve_benchmark(f"{name}={path}")
+    row = load_rows(local)[0]
+    from rlpost.eval.benchmarks import gold_answer, render_prompt
+    from rlpost.eval.runner import score_sample
+    assert render_prompt(local, row).startswith("Half of one?")
+    assert score_sample(local, "so \\boxed{0.5}", gold_answer(local, row), row) == ("0.5", True)
+
+
 def test_resolve_benchmark(tmp_path):
     path = tmp_path / "my_math.jsonl"
     path.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")

@@ -79,6 +79,13 @@ def test_constrained_method_config_errors(tmp_path, tiny_model_path, capsys):
     assert "no reward reports" in capsys.readouterr().err
 
 
+def test_nm_ppo_must_not_maximise_the_constrained_reward_models(tmp_path, tiny_model_path, capsys):
+    search = {"init_values": {"arithmetic": 0.2, "format": 0.8}, "max_values": {"arithmetic": 0.6, "format": 1.0}}
+    code, _ = run(tmp_path / "rm", "trainer.max_steps=1", advantage("xi", proxy_search=search),
+                  "method.constrained.eval_metric=eval/reward_mean")
+    assert code == 2 and "NM-PPO would maximise the reward models it constrains" in capsys.readouterr().err
+
+
 def test_recipe_configs_load():
     import glob
 
@@ -91,7 +98,8 @@ def test_recipe_configs_load():
         cfg = load_config(path)
         name, node = component(cfg.algo.advantage)
         params = build_params(ConstrainedAdvParams, None, node, where=path)
-        names = [r.kwargs.get("name") for r in cfg.rewards if r.name in ("reward_model", "remote_reward_model")]
+        # the name each reward reports: kwargs.name (reward models, intent_match) or the registered name (meteor)
+        names = [r.kwargs.get("name") or r.name for r in cfg.rewards]
         assert set(params.components) <= set(names), path
         assert "constrained" in cfg.method
 

@@ -1,0 +1,66 @@
+"""The activity sections of the study miniatures' tables (rlpost/studies/*.py), from hand-made and committed runs."""
+import json
+from pathlib import Path
+
+from rlpost.reproduce import Component
+from rlpost.studies.common import activity_section
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_activity_section_by_hand():
+    comps = (Component("weights", "m/w", "range", 1.0, what="mean weight"), Component("clamp", "m/c", what="share"))
+    runs = {"X": [[{"step": 0, "m/w": 1.0}, {"step": 1, "m/w": 1.0, "m/c": 0.0}, {"step": 2, "m/w": 1.5, "m/c": 0.0}]]}
+    lines = activity_section(runs, comps)
+    assert lines[2] == "**Never acted: clamp.** Rows that depend on them do not test them."
+    assert "| X | weights | `m/w` (mean weight) | 1/2 | 1.25 | 1..1.5 |" in lines     # step 0 is not a training step
+    assert "| X | clamp | `m/c` (share) | 0/2 | 0 | 0..0 |" in lines
+    runs["X"][0][2]["m/c"] = 0.5
+    assert activity_section(runs, comps)[2] == "Every component acted in its runs."
+    assert activity_section({"X": [[{"step": 1, "m/w": 2.0}]]}, comps)[2].startswith("**Never acted: clamp")  # not logged
+
+
+def test_apr_and_a2fm_tables_report_activity(tmp_path):
+    from rlpost.studies import a2fm, apr
+    res = json.loads((ROOT / "results/apr/results.json").read_text())
+    for r in res["runs"].values():   # hand-made traces: APR spawns on its second step, SoS+ never
+        spawn = 2.0 if r["kind"] == "apr" else 0.0
+        r["rl_trace"] = [{"step": 1, "apr/children": 0.0, "apr/calls": 1.0},
+                         {"step": 2, "apr/children": spawn, "apr/calls": 1.0 + spawn}]
+    apr.write_table(res, tmp_path / "apr.md")
+    text = (tmp_path / "apr.md").read_text()
+    assert text.splitlines()[2] == "Every component acted in its runs." and "## Activity" in text
+    assert "| APR RL s0 | spawn() child threads | `apr/children` (child threads per tree) | 1/2 | 1 | 0..2 |" in text
+
+    res = json.loads((ROOT / "results/a2fm/results.json").read_text())
+    for r in res["runs"].values():   # no agentic route, no tool call in any step
+        for c in r["rl_curve"]:
+            c.update({"a2fm/share/instant": 0.5, "a2fm/share/reasoning": 0.5, "a2fm/tool_calls": 0.0})
+    a2fm.write_table(res, tmp_path / "a2fm.md")
+    head = (tmp_path / "a2fm.md").read_text().splitlines()[2]
+    assert head == "**Never acted: tools, agentic route.** Rows that depend on them do not test them."
+
+
+def test_constrained_table_reports_multiplier_activity(tmp_path):
+    from rlpost.studies import constrained_rlhf as c
+    from rlpost.tracking import read_metrics
+    res = json.loads((ROOT / "results/constrained_rlhf/results.json").read_text())
+    results = {v: [read_metrics(p) for p in sorted((ROOT / "results/constrained_rlhf/metrics").glob(f"{v}_s*.jsonl"))]
+               for v in c.VARIANTS}
+    c.write_table(tmp_path / "t.md", res["summary"], res["info"], results)
+    text = (tmp_path / "t.md").read_text()
+    assert "| μ-PPO | multiplier g(μ) rm_answer | `constrained/multiplier/rm_answer`" in text
+    assert "PPO-sum" not in text.split("## Activity")[1]          # the unconstrained run has no multipliers
+
+
+def test_constrained_proxy_points_are_chosen_on_a_selection_set_not_the_scoring_set():
+    from rlpost.studies.constrained_rlhf import SELECT_KEY, proxy_points, selection_rows
+    from rlpost.tasks.arithmetic import make_split
+    rows = selection_rows(64, [0, 1], 128)
+    scored = {r["prompt"] for s in (0, 1) for r in make_split("test", 128, seed=s)}
+    assert len(rows) == 64 and not {r["prompt"] for r in rows} & scored
+    # step 2 is best on the scoring set, step 1 on the selection set: theta comes from step 1's batch means
+    run = [{"step": 1, "reward/rm_answer/mean": 0.1, "reward/rm_length/mean": -1.0, "eval/accuracy": 0.2, SELECT_KEY: 0.5},
+           {"step": 2, "reward/rm_answer/mean": 0.9, "reward/rm_length/mean": -2.0, "eval/accuracy": 0.6, SELECT_KEY: 0.1}]
+    theta, best = proxy_points([run], top_k=1)
+    assert theta == {"rm_answer": 0.1, "rm_length": -1.0} and best[0]["step"] == 1
