@@ -22,59 +22,9 @@ from typing import Iterable
 import torch
 
 from rlpost.engines.base import ENGINES, GenRequest, SamplingParams
+from rlpost.logprobs import forward_accepts
+from rlpost.sampling import apply_repetition_penalty, filter_min_p, filter_top_k_top_p, seen_tokens
 from rlpost.types import Sample
-
-
-def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set logits outside the top-k and outside the smallest nucleus with mass >= top_p to -inf."""
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        remove = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the token that crosses top_p
-        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits
-
-
-def filter_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
-    """Set logits of tokens with p < min_p * max_v p_v to -inf (p = softmax(logits); vLLM's min-p)."""
-    if min_p <= 0.0:
-        return logits
-    probs = torch.softmax(logits, dim=-1)
-    return logits.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), float("-inf"))
-
-
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's repetition penalty (as vLLM and transformers apply it): for every token already in the prompt or the
-    completion (``seen`` [N, V] bool), z -> z / r when z > 0 and z * r otherwise."""
-    if penalty == 1.0:
-        return logits
-    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
-
-
-def seen_tokens(rows: list[list[int]], vocab_size: int, device) -> torch.Tensor:
-    """[N, V] bool: token v occurs in row n."""
-    seen = torch.zeros(len(rows), vocab_size, dtype=torch.bool, device=device)
-    for n, ids in enumerate(rows):
-        if ids:
-            seen[n, torch.tensor(ids, device=device)] = True
-    return seen
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """H = logsumexp(z) - sum_v softmax(z)_v z_v, in nats, per row."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
-def forward_accepts(model, name: str) -> bool:
-    """The model's forward takes keyword ``name`` (peft wrappers pass keywords on to the base model)."""
-    import inspect
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return name in inspect.signature(target.forward).parameters
 
 
 @ENGINES.register("hf")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from rlpost.engines.hf import apply_repetition_penalty, filter_min_p, filter_top_k_top_p, seen_tokens
+from rlpost.sampling import apply_repetition_penalty, filter_min_p, filter_top_k_top_p, seen_tokens
 
 ROW_KEY = "rlpost_row"  # SamplingParams.extra_args key: "<call id>:<row>"
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from rlpost.engines.base import GenRequest, SamplingParams
-from rlpost.engines.hf import HFEngine, filter_top_k_top_p
+from rlpost.engines.hf import HFEngine
 
 
 @pytest.fixture(scope="module")
@@ -82,13 +82,6 @@ def _force(tok, text):
     return proc
 
 
-def test_top_k_top_p_filter():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    assert torch.isinf(filter_top_k_top_p(logits, 2, 1.0)[0, 2:]).all()
-    kept = ~torch.isinf(filter_top_k_top_p(logits, 0, 0.7)[0])
-    assert kept.tolist() == [True, True, False, False]  # 0.5 < 0.7, 0.5+0.3 >= 0.7
-
-
 def test_load_weights_changes_outputs(engine, char_tokenizer, random_tiny_model):
     import copy
     other = copy.deepcopy(random_tiny_model)
@@ -104,23 +97,10 @@ def test_load_weights_changes_outputs(engine, char_tokenizer, random_tiny_model)
         eng.load_weights([("nope.weight", torch.zeros(1))])
 
 
-def test_min_p_and_repetition_penalty_by_hand():
-    from rlpost.engines.hf import apply_repetition_penalty, filter_min_p, seen_tokens
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    # min_p 0.2: keep p >= 0.2 * 0.5 = 0.1 -> the first three
-    assert (~torch.isinf(filter_min_p(logits, 0.2)[0])).tolist() == [True, True, True, False]
-    assert torch.equal(filter_min_p(logits, 0.0), logits)
-    z = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
-    seen = seen_tokens([[0, 1, 1]], 4, "cpu")
-    assert seen.tolist() == [[True, True, False, False]]
-    # seen tokens: 2 / 2 = 1 (positive: divided), -1 * 2 = -2 (negative: multiplied); unseen unchanged
-    assert apply_repetition_penalty(z, seen, 2.0).tolist() == [[1.0, -2.0, 0.5, 3.0]]
-
-
 def penalised_reference(model, sample, temperature: float, penalty: float):
     """Log-probs and entropies of the sampled tokens under softmax(z'/T), z' = logits with the repetition penalty
     over the prompt and the completion so far (the engines' convention), from one forward pass."""
-    from rlpost.engines.hf import apply_repetition_penalty, seen_tokens
+    from rlpost.sampling import apply_repetition_penalty, seen_tokens
     ids = sample.prompt_ids + sample.completion_ids
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0, len(sample.prompt_ids) - 1:-1].float()
