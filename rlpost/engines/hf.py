@@ -21,10 +21,19 @@ from typing import Iterable
 
 import torch
 
-from rlpost.engines.base import ENGINES, GenRequest, SamplingParams
+from rlpost.engines.base import ENGINES, GenRequest, SamplingParams, sample_seeds
 from rlpost.logprobs import forward_accepts
 from rlpost.sampling import apply_repetition_penalty, filter_min_p, filter_top_k_top_p, seen_tokens
 from rlpost.types import Sample
+
+
+def draw(probs: torch.Tensor, active: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of ``probs`` [N, V]: all from the call's one generator, or row r from ``generators[active[r]]``
+    (its own: then what a row samples does not depend on the other rows)."""
+    if len(generators) == 1:
+        return torch.multinomial(probs, 1, generator=generators[0]).squeeze(-1)
+    return torch.cat([torch.multinomial(p[None], 1, generator=generators[row])
+                      for p, row in zip(probs, active.tolist())]).squeeze(-1)
 
 
 @ENGINES.register("hf")
@@ -63,20 +72,22 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, requests: list[GenRequest], params: SamplingParams) -> list[Sample]:
         prompts = [r.prompt_ids for r in requests for _ in range(params.n)]
-        samples = self._generate_batch(prompts, params)
+        samples = self._generate_batch(prompts, params, sample_seeds(requests, params.n))
         for i, s in enumerate(samples):
             s.request_index = i // params.n
         return samples
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Sample]:
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams,
+                        seeds: list[int] | None = None) -> list[Sample]:
         was_training = self.model.training
         self.model.eval()
         try:
-            return self._sample_loop(prompts, params)
+            return self._sample_loop(prompts, params, seeds)
         finally:
             self.model.train(was_training)
 
-    def _sample_loop(self, prompts: list[list[int]], params: SamplingParams) -> list[Sample]:
+    def _sample_loop(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None) -> list[Sample]:
+        """seeds: one per row (each row draws from its own generator), or None: one generator for the call."""
         num_rows = len(prompts)
         dev = self.device
         number: dict[tuple, int] = {}  # each distinct prompt is prefilled once, its cache rows repeated per sample
@@ -90,8 +101,9 @@ class HFEngine:
             attention[i, width - len(p):] = 1
         input_ids, attention = input_ids.to(dev), attention.to(dev)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        generator = torch.Generator(device=dev)
-        generator.manual_seed(params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        if seeds is None:
+            seeds = [params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())]
+        generators = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
         eos = torch.tensor(self.eos_ids, device=dev)
 
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
@@ -121,7 +133,7 @@ class HFEngine:
             logp_full = torch.log_softmax(scaled, dim=-1)
             if params.temperature > 0:
                 filtered = filter_top_k_top_p(filter_min_p(scaled, params.min_p), params.top_k, params.top_p)
-                next_tok = torch.multinomial(torch.softmax(filtered, dim=-1), 1, generator=generator).squeeze(-1)
+                next_tok = draw(torch.softmax(filtered, dim=-1), active, generators)
             else:
                 next_tok = scaled.argmax(-1)
             tokens[active, step] = next_tok

@@ -12,7 +12,12 @@ Resume: with ``resume=True`` an existing samples file is read back, problems tha
 samples are kept and skipped, and the rest (a half-written batch, a truncated last line) are generated
 again; the file is first rewritten with the complete problems only, so no problem is ever recorded twice.
 The settings in the ``_meta`` line must match the new run's, or :func:`evaluate` refuses to mix them.
-Sampling after a resume is statistically, not bitwise, identical to an uninterrupted run (batches differ).
+
+Seeds: sample j of problem i is drawn with its own seed, ``stable_seed(stable_seed(seed, benchmark, i), j)``
+(``GenRequest.seed``; the hf, vllm and vllm_server engines honour it), so which problems share a batch
+(``batch_size``, a resume) does not choose the random numbers. What can still differ is the model's logits in the
+last bits, as a batched forward pass pads and groups rows differently, and a draw that lands on a boundary can
+flip (tests/eval/test_eval_cli_e2e.py::test_eval_samples_do_not_depend_on_the_batch_size).
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from rlpost.engines.base import GenRequest, SamplingParams
+from rlpost.engines.base import GenRequest, SamplingParams, stable_seed
 from rlpost.eval.benchmarks import BenchmarkSpec, gold_answer, load_rows, render_prompt, resolve_benchmark
 from rlpost.eval.check import CHECKERS, normalize_answer
 from rlpost.eval.extract import EXTRACTORS
@@ -134,7 +139,8 @@ def evaluate(engine, tokenizer, spec: BenchmarkSpec | str, rows: Sequence[dict] 
     out_path:   file stem (``runs/eval/ckpt/aime24``) for ``.samples.jsonl`` and ``.json``; None = no files,
                 no resume
     batch_size: problems per engine call (each yields n samples)
-    seed:       sampling seed (batch b uses seed + its first row index) and bootstrap seed
+    seed:       sampling seed (each problem's samples get their own seeds from it: see the module docstring) and
+                bootstrap seed; None: unseeded
     """
     spec = resolve_benchmark(spec)
     rows = list(load_rows(spec, seed=seed or 0) if rows is None else rows)
@@ -172,7 +178,8 @@ def evaluate(engine, tokenizer, spec: BenchmarkSpec | str, rows: Sequence[dict] 
             idx = todo[b:b + batch_size]
             prompts = [format_prompt(tokenizer, user_prompts[i], chat_template) for i in idx]
             templated = chat_template and bool(getattr(tokenizer, "chat_template", None))
-            requests = [GenRequest(prompt_ids=encode_prompt(tokenizer, p, templated), info={"row": i})
+            requests = [GenRequest(prompt_ids=encode_prompt(tokenizer, p, templated), info={"row": i},
+                                   seed=None if seed is None else stable_seed(seed, spec.name, i))
                         for p, i in zip(prompts, idx)]
             params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                                     stop=list(spec.stop), seed=None if seed is None else seed + idx[0])

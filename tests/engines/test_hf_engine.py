@@ -1,4 +1,6 @@
 """The transformers engine against a real (random-weight) tiny Qwen2 model."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -41,6 +43,22 @@ def test_seeded_sampling_is_reproducible(engine, char_tokenizer):
     c = engine.generate(req, SamplingParams(n=4, max_tokens=8, seed=124))
     assert [s.completion_ids for s in a] == [s.completion_ids for s in b]
     assert [s.completion_ids for s in a] != [s.completion_ids for s in c]
+
+
+def test_a_request_with_its_own_seed_samples_the_same_in_any_batch(engine, char_tokenizer):
+    """GenRequest.seed: each sample draws from its own generator, so neither the other requests of the call, their
+    number nor the call's seed change it (the random-weight model samples long, varied completions)."""
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=12)
+    texts = ("12+34=", "7+8=", "90+9=", "5+5=")
+    seeded = [GenRequest(prompt_ids(char_tokenizer, t), seed=100 + k) for k, t in enumerate(texts)]
+    alone = [s.completion_ids for s in engine.generate(seeded[1:2], params)]
+    batch = [s.completion_ids for s in engine.generate(seeded, dataclasses.replace(params, seed=9))]
+    assert batch[3:6] == alone and len(set(map(tuple, batch))) > 6   # the samples of a request differ too
+    reordered = [s.completion_ids for s in engine.generate(seeded[::-1], params)]
+    assert reordered[6:9] == alone
+    unseeded = GenRequest(prompt_ids(char_tokenizer, "1+1="))
+    with pytest.raises(ValueError, match="every request of a call or on none"):
+        engine.generate([seeded[0], unseeded], params)
 
 
 def test_greedy_matches_generate(engine, char_tokenizer):
