@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from rlpost.data import DataError
 from rlpost.engines.base import GenRequest, SamplingParams, stable_seed
 from rlpost.eval.benchmarks import BenchmarkSpec, gold_answer, load_rows, render_prompt, resolve_benchmark
 from rlpost.eval.check import CHECKERS, normalize_answer
@@ -107,7 +108,7 @@ def _read_done(samples_path: Path, meta: dict, n: int, num_rows: int) -> dict[in
     if old_meta is not None:
         diff = {k: (old_meta.get(k), meta.get(k)) for k in _META_KEYS if old_meta.get(k) != meta.get(k)}
         if diff:
-            raise ValueError(f"{samples_path} was written with other settings {diff} (old, new); "
+            raise DataError(f"{samples_path} was written with other settings {diff} (old, new); "
                              f"pass resume=False / --no-resume or another output path")
     return {r: [recs[j] for j in range(n)] for r, recs in by_row.items()
             if r < num_rows and all(j in recs for j in range(n))}

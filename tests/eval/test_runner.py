@@ -283,10 +283,16 @@ def test_name_equals_path_reads_that_file_even_for_a_generated_benchmark(tmp_pat
 
 
 def test_cli_bad_benchmark_or_missing_file_is_one_line_and_exit_2(tmp_path, capsys):
+    """Through the error boundary (rlpost.cli.error_boundary), before any engine is built."""
+    from rlpost.cli import error_boundary
     parser = add_eval_args(argparse.ArgumentParser())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1=", "answer": "#### 2"}\n{"question": \n')
     for bench, message in [("gsm8kk", "did you mean 'gsm8k'"),
-                           (f"arithmetic={tmp_path / 'nope.jsonl'}", "benchmark arithmetic: no file")]:
+                           (f"arithmetic={tmp_path / 'nope.jsonl'}", "benchmark arithmetic: no file"),
+                           (f"gsm8k={bad}", "bad.jsonl, line 2: not valid JSON")]:
         args = parser.parse_args(["ckpt/a", "--benchmark", bench, "--output-dir", str(tmp_path / "out")])
-        assert run_eval(args, engine_factory=lambda *a: pytest.fail("no engine before the benchmarks resolve")) == 2
+        factory = lambda *a: pytest.fail("no engine before the benchmarks resolve")  # noqa: E731
+        assert error_boundary(lambda a: run_eval(a, engine_factory=factory))(args) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
