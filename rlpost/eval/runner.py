@@ -16,8 +16,8 @@ The settings in the ``_meta`` line must match the new run's, or :func:`evaluate`
 Seeds: sample j of problem i is drawn with its own seed, ``stable_seed(stable_seed(seed, benchmark, i), j)``
 (``GenRequest.seed``; the hf, vllm and vllm_server engines honour it), so which problems share a batch
 (``batch_size``, a resume) does not choose the random numbers. What can still differ is the model's logits in the
-last bits, as a batched forward pass pads and groups rows differently, and a draw that lands on a boundary can
-flip (tests/eval/test_eval_cli_e2e.py::test_eval_samples_do_not_depend_on_the_batch_size).
+last bits, when prompts of different lengths are padded differently in another batch, and then a draw that lands
+on a boundary can flip (rates measured by scripts/eval_batch_size_check.py: docs/eval.md "Seeds and batch size").
 """
 from __future__ import annotations
 

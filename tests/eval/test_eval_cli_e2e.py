@@ -45,9 +45,9 @@ def samples_by_batch_size(model, engine, out, batch_sizes):
 
 def test_eval_samples_do_not_depend_on_the_batch_size(tmp_path, tiny_model_path):
     """Each (problem, sample) has its own seed: --batch-size 8, 2 and 1 give the same 192 completions and the same
-    mean@4 (before, one generator per batch: 239 of 256 samples differed between 8 and 2). On this model and CPU
-    the batched forward pass gives each row the same logits whatever the batch; a backend where it does not could
-    still flip a draw that lands on a boundary (rlpost/eval/runner.py)."""
+    mean@4 (before, one generator per batch: 239 of 256 samples differed between 8 and 2). Arithmetic prompts all
+    have one length, so a row's logits are bit-equal in any batch; with prompts of different lengths they differ in
+    the last bits and a rare draw can flip (docs/eval.md gives the measured rates)."""
     by_bs = samples_by_batch_size(tiny_model_path, "hf", tmp_path, (8, 2, 1))
     assert len(by_bs[8][0]) == 48 * 4 and len(set(by_bs[8][0].values())) > 4
     assert by_bs[8] == by_bs[2] == by_bs[1]
