@@ -114,7 +114,8 @@ def cmd_make_tiny(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlpost", description="RL post-training for Hugging Face language models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of a bad-input (exit 2) or engine (exit 3) error")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a bad-input (exit 2) or engine (exit 3) error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run RL training from a YAML config",

@@ -16,8 +16,9 @@ def resolve_model_path(model_cfg) -> str:
 
 
 def resolve_model_ref(ref: str, key: str = "model.name_or_path") -> str:
-    """A model reference as from_pretrained takes it (``tiny:...`` refs resolved to their folder); a ConfigError naming
-    ``key`` when it is a local path that does not exist (it starts with / . ~ or has more than one '/': not a hub id)."""
+    """A model reference as from_pretrained takes it (``tiny:...`` refs resolved to their folder); a ConfigError
+    naming ``key`` when it is a local path that does not exist (it starts with / . ~ or has more than one '/', which
+    no hub id has)."""
     if ref.startswith("tiny:"):
         from rlpost.models.tiny import ensure_tiny
         return str(ensure_tiny(ref))

@@ -97,7 +97,8 @@ def test_a_request_with_its_own_seed_samples_the_same_in_any_batch(engine, tok):
     seeded = [GenRequest(r.prompt_ids, seed=100 + k) for k, r in enumerate(requests(tok))]
     params = SamplingParams(n=3, temperature=1.0, max_tokens=8, seed=5)
     alone = [s.completion_ids for s in engine.generate(seeded[1:2], params)]
-    batch = [s.completion_ids for s in engine.generate(seeded[::-1], SamplingParams(n=3, temperature=1.0, max_tokens=8))]
+    unseeded_call = SamplingParams(n=3, temperature=1.0, max_tokens=8)
+    batch = [s.completion_ids for s in engine.generate(seeded[::-1], unseeded_call)]
     assert batch[3:6] == alone and len(set(map(tuple, batch))) > 3
 
 
