@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -42,9 +43,32 @@ def input_error(err: BaseException, args) -> int:
     return 2
 
 
+def error_boundary(command):
+    """The error boundary of every subcommand ``command(args) -> exit code``: bad input (:func:`bad_input_errors`) is
+    one line and exit 2, a failed engine or worker (EngineError) one line and exit 3; --debug shows the traceback
+    instead. A command that sets ``args.running`` (train, after step 0) says its input was fine: from then on only a
+    ConfigError or DataError still counts as bad input, and a KeyError or OSError keeps its traceback."""
+    @functools.wraps(command)
+    def run(args) -> int:
+        from rlpost.config import ConfigError
+        from rlpost.data import DataError
+        from rlpost.engines.base import EngineError
+        try:
+            return command(args)
+        except bad_input_errors() as err:
+            if getattr(args, "running", False) and not isinstance(err, (ConfigError, DataError)):
+                raise
+            return input_error(err, args)
+        except EngineError as err:
+            if getattr(args, "debug", False):
+                raise
+            print(f"engine error: {err}", file=sys.stderr)
+            return 3
+    return run
+
+
 def cmd_train(args) -> int:
-    from rlpost.config import ConfigError, load_config
-    from rlpost.data import DataError
+    from rlpost.config import load_config
     from rlpost.engines.base import EngineError
     from rlpost.learner import NonFiniteGradientError
     from rlpost.trainer import Trainer
@@ -55,9 +79,8 @@ def cmd_train(args) -> int:
         trainer = Trainer(cfg)
         trainer.setup()
         summary = trainer.train()
-    except bad_input_errors() as err:
-        if isinstance(err, (ConfigError, DataError)) or trainer is None or trainer.step == 0:
-            return input_error(err, args)   # bad input, found before or during training
+    except bad_input_errors():   # bad input, found before or during step 0; later a KeyError or OSError is a failure
+        args.running = trainer is not None and trainer.step > 0
         raise
     except NonFiniteGradientError as err:
         print(f"\ntraining stopped: {err}", file=sys.stderr)
@@ -91,7 +114,8 @@ def cmd_make_tiny(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlpost", description="RL post-training for Hugging Face language models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error (exit 2)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a bad-input (exit 2) or engine (exit 3) error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="run RL training from a YAML config",
@@ -136,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return args.func(args) or 0
+    return error_boundary(args.func)(args) or 0
 
 
 if __name__ == "__main__":

@@ -49,6 +49,13 @@ def unwrap_causal_lm(model):
     return model
 
 
+def forward_accepts(model, name: str) -> bool:
+    """The model's forward takes keyword ``name`` (peft wrappers pass keywords on to the base model)."""
+    import inspect
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return name in inspect.signature(target.forward).parameters
+
+
 def logits_postprocess(lm):
     """The transformation the model's forward applies to ``lm_head(h)`` (identity for most models)."""
     cfg = getattr(lm, "config", None)

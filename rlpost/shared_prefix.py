@@ -33,8 +33,7 @@ import weakref
 
 import torch
 
-from rlpost.engines.hf import forward_accepts
-from rlpost.logprobs import unwrap_causal_lm
+from rlpost.logprobs import forward_accepts, unwrap_causal_lm
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 EPILOG = """examples:
   rlpost reproduce hapo                                   # arithmetic + countdown, 3 seeds, 40 steps each
@@ -24,7 +23,6 @@ def _seeds(text: str) -> list[int]:
 
 
 def run(args) -> int:
-    from rlpost.config import ConfigError
     from rlpost.reproduce import Budget, reproduce
     from rlpost.studies import STUDIES, run_study
 
@@ -36,13 +34,9 @@ def run(args) -> int:
     args.steps = 40 if args.steps is None else args.steps
     args.seeds = [0, 1, 2] if args.seeds is None else args.seeds
     budget = Budget(steps=args.steps, eval_every=args.eval_every, num_eval=args.num_eval, threads=args.threads)
-    try:
-        out = reproduce(args.recipe, steps=args.steps, seeds=args.seeds, tasks=args.tasks.split(","),
-                        out_root=args.out, runs_dir=args.runs_dir, budget=budget, threshold=args.threshold,
-                        methods=args.methods.split(",") if args.methods else None, force=args.force)
-    except (ConfigError, KeyError) as err:
-        print(f"reproduce: {err}", file=sys.stderr)
-        return 2
+    out = reproduce(args.recipe, steps=args.steps, seeds=args.seeds, tasks=args.tasks.split(","),
+                    out_root=args.out, runs_dir=args.runs_dir, budget=budget, threshold=args.threshold,
+                    methods=args.methods.split(",") if args.methods else None, force=args.force)
     print(open(out["table"]).read())
     print(f"table:  {out['table']}\ncurves: {out['curves']}")
     return 0

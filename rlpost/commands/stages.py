@@ -5,7 +5,6 @@ Both take ``CONFIG [key=value ...]``, run the stage (rlpost/sft.py, rlpost/dpo.p
 from __future__ import annotations
 
 import argparse
-import sys
 
 SFT_EPILOG = """examples:
   rlpost sft recipes/implicit_sft/tiny_sft.yaml
@@ -22,18 +21,13 @@ DPO_EPILOG = """examples:
 
 
 def _run_stage(args, stage: str) -> int:
-    from rlpost.config import ConfigError
     from rlpost.sft import load_stage_config
 
     if stage == "sft":
         from rlpost.sft import SFTRunConfig as config_cls, run_sft as run
     else:
         from rlpost.dpo import DPORunConfig as config_cls, run_dpo as run
-    try:
-        summary = run(load_stage_config(config_cls, args.config, args.overrides))
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+    summary = run(load_stage_config(config_cls, args.config, args.overrides))   # bad input: rlpost.cli.error_boundary
     what = summary["sft_loss"] if stage == "sft" else f"beta {summary['beta']}"
     print(f"\nfinished {summary['steps']} {stage.upper()} steps ({what}, lr {summary['learning_rate']:.3g}): "
           f"loss {summary['first_loss']} -> {summary['last_loss']}; held-out score "

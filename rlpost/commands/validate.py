@@ -21,12 +21,8 @@ VALIDATE_EPILOG = """examples:
 
 
 def cmd_validate(args) -> int:
-    from rlpost.cli import bad_input_errors, input_error
     from rlpost.resolve import dump, resolve_file
-    try:
-        kind, resolved = resolve_file(args.config, args.overrides, args.kind, args.world_size)
-    except bad_input_errors() as err:
-        return input_error(err, args)
+    kind, resolved = resolve_file(args.config, args.overrides, args.kind, args.world_size)   # errors: exit 2 (cli.py)
     if not args.quiet:
         print(f"# {args.config}: a valid {kind} config (rlpost {kind}), resolved\n{dump(resolved)}", end="")
     else:

@@ -5,6 +5,7 @@ optionally per-token entropies). It knows nothing about rewards, groups or algor
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
@@ -31,7 +32,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0   # tokens already in prompt or completion: z / r if z > 0 else z * r; 1 = off
     max_tokens: int = 64
     stop: list[str] = field(default_factory=list)   # stop strings (kept in the text, then generation ends)
-    seed: int | None = None
+    seed: int | None = None           # seeds the whole call (requests without a seed of their own)
     return_entropy: bool = False
     logits_processors: list[LogitsProcessor] = field(default_factory=list)
 
@@ -40,6 +41,24 @@ class SamplingParams:
 class GenRequest:
     prompt_ids: list[int]
     info: dict[str, Any] = field(default_factory=dict)
+    # A seed of its own: sample j is drawn with seed stable_seed(seed, j) whatever else is in the call, so the
+    # samples do not depend on the batch (evaluation sets it). None: the call's params.seed decides (training).
+    seed: int | None = None
+
+
+def stable_seed(*parts) -> int:
+    """A 62-bit seed that depends only on ``parts`` (a hash; the same construction as rlpost.trainer.derived_seed)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 2
+
+
+def sample_seeds(requests: list[GenRequest], n: int) -> list[int] | None:
+    """The seed of every sample, request-major, when the requests carry seeds of their own; None when none does."""
+    seeded = [r.seed is not None for r in requests]
+    if not any(seeded):
+        return None
+    if not all(seeded):
+        raise ValueError("GenRequest.seed: set it on every request of a call or on none")
+    return [stable_seed(r.seed, j) for r in requests for j in range(n)]
 
 
 class Engine(Protocol):

@@ -21,60 +21,19 @@ from typing import Iterable
 
 import torch
 
-from rlpost.engines.base import ENGINES, GenRequest, SamplingParams
+from rlpost.engines.base import ENGINES, GenRequest, SamplingParams, sample_seeds
+from rlpost.logprobs import forward_accepts
+from rlpost.sampling import apply_repetition_penalty, filter_min_p, filter_top_k_top_p, seen_tokens
 from rlpost.types import Sample
 
 
-def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """Set logits outside the top-k and outside the smallest nucleus with mass >= top_p to -inf."""
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        remove = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the token that crosses top_p
-        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return logits
-
-
-def filter_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
-    """Set logits of tokens with p < min_p * max_v p_v to -inf (p = softmax(logits); vLLM's min-p)."""
-    if min_p <= 0.0:
-        return logits
-    probs = torch.softmax(logits, dim=-1)
-    return logits.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), float("-inf"))
-
-
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's repetition penalty (as vLLM and transformers apply it): for every token already in the prompt or the
-    completion (``seen`` [N, V] bool), z -> z / r when z > 0 and z * r otherwise."""
-    if penalty == 1.0:
-        return logits
-    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
-
-
-def seen_tokens(rows: list[list[int]], vocab_size: int, device) -> torch.Tensor:
-    """[N, V] bool: token v occurs in row n."""
-    seen = torch.zeros(len(rows), vocab_size, dtype=torch.bool, device=device)
-    for n, ids in enumerate(rows):
-        if ids:
-            seen[n, torch.tensor(ids, device=device)] = True
-    return seen
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """H = logsumexp(z) - sum_v softmax(z)_v z_v, in nats, per row."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
-def forward_accepts(model, name: str) -> bool:
-    """The model's forward takes keyword ``name`` (peft wrappers pass keywords on to the base model)."""
-    import inspect
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return name in inspect.signature(target.forward).parameters
+def draw(probs: torch.Tensor, active: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of ``probs`` [N, V]: all from the call's one generator, or row r from ``generators[active[r]]``
+    (its own: then what a row samples does not depend on the other rows)."""
+    if len(generators) == 1:
+        return torch.multinomial(probs, 1, generator=generators[0]).squeeze(-1)
+    return torch.cat([torch.multinomial(p[None], 1, generator=generators[row])
+                      for p, row in zip(probs, active.tolist())]).squeeze(-1)
 
 
 @ENGINES.register("hf")
@@ -113,20 +72,22 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, requests: list[GenRequest], params: SamplingParams) -> list[Sample]:
         prompts = [r.prompt_ids for r in requests for _ in range(params.n)]
-        samples = self._generate_batch(prompts, params)
+        samples = self._generate_batch(prompts, params, sample_seeds(requests, params.n))
         for i, s in enumerate(samples):
             s.request_index = i // params.n
         return samples
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Sample]:
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams,
+                        seeds: list[int] | None = None) -> list[Sample]:
         was_training = self.model.training
         self.model.eval()
         try:
-            return self._sample_loop(prompts, params)
+            return self._sample_loop(prompts, params, seeds)
         finally:
             self.model.train(was_training)
 
-    def _sample_loop(self, prompts: list[list[int]], params: SamplingParams) -> list[Sample]:
+    def _sample_loop(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None) -> list[Sample]:
+        """seeds: one per row (each row draws from its own generator), or None: one generator for the call."""
         num_rows = len(prompts)
         dev = self.device
         number: dict[tuple, int] = {}  # each distinct prompt is prefilled once, its cache rows repeated per sample
@@ -140,8 +101,9 @@ class HFEngine:
             attention[i, width - len(p):] = 1
         input_ids, attention = input_ids.to(dev), attention.to(dev)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        generator = torch.Generator(device=dev)
-        generator.manual_seed(params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item()))
+        if seeds is None:
+            seeds = [params.seed if params.seed is not None else int(torch.randint(0, 2**62, (1,)).item())]
+        generators = [torch.Generator(device=dev).manual_seed(s) for s in seeds]
         eos = torch.tensor(self.eos_ids, device=dev)
 
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,
@@ -171,7 +133,7 @@ class HFEngine:
             logp_full = torch.log_softmax(scaled, dim=-1)
             if params.temperature > 0:
                 filtered = filter_top_k_top_p(filter_min_p(scaled, params.min_p), params.top_k, params.top_p)
-                next_tok = torch.multinomial(torch.softmax(filtered, dim=-1), 1, generator=generator).squeeze(-1)
+                next_tok = draw(torch.softmax(filtered, dim=-1), active, generators)
             else:
                 next_tok = scaled.argmax(-1)
             tokens[active, step] = next_tok

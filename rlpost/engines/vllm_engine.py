@@ -21,7 +21,9 @@ applies it itself (to its own copy) where it computes entropies and kept mass.
 
 Each (request, sample) becomes its own vLLM request with ``n=1`` and seed ``seed + global_row`` (vLLM's own
 parallel sampling gives child ``j`` seed ``seed + j`` in the same way); ``seed_offset`` keeps row seeds global
-when a batch is split across ``rlpost serve`` workers, so the split does not change the samples.
+when a batch is split across ``rlpost serve`` workers, so the split does not change the samples. A request with a
+seed of its own (``GenRequest.seed``, set by evaluation) gives its sample ``j`` seed ``stable_seed(seed, j)``
+instead, whatever the rest of the batch is.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from typing import Iterable
 
 import torch
 
-from rlpost.engines.base import ENGINES, EngineError, GenRequest, SamplingParams
+from rlpost.engines.base import ENGINES, EngineError, GenRequest, SamplingParams, sample_seeds
 from rlpost.types import Sample
 
 log = logging.getLogger("rlpost")
@@ -159,11 +161,13 @@ class VLLMEngine:
         needs_processor = bool(spec.processors) or spec.want_entropy or spec.truncates
         call_id = uuid.uuid4().hex
         base = sampling_kwargs(params)
+        own_seeds = sample_seeds(requests, n)
         prompts, sps = [], []
         for i, req in enumerate(requests):
             for j in range(n):
                 row = i * n + j
                 seed = None if params.seed is None else (params.seed + (seed_offset + i) * n + j) % (1 << 63)
+                seed = own_seeds[row] if own_seeds is not None else seed
                 extra = {ROW_KEY: f"{call_id}:{row}"} if needs_processor else None
                 sps.append(VLLMSamplingParams(**base, seed=seed, extra_args=extra))
                 prompts.append(TokensPrompt(prompt_token_ids=list(req.prompt_ids)))

@@ -2,7 +2,7 @@
 
 - generate: the requests are cut into one contiguous slice per worker, sent concurrently, and the samples put
   back in request order. Each slice carries its ``seed_offset``, so a sample's seed depends on its place in the
-  whole batch, not on how many workers there are.
+  whole batch, not on how many workers there are; a request with a seed of its own (``GenRequest.seed``) sends it.
 - load_weights: to every worker, by ``rollout.weight_sync`` (rlpost/serving/weights.py): ``file`` (one
   torch.save file in shared memory, loaded by each worker) or ``dist`` (a torch.distributed broadcast group:
   gloo on CPU, NCCL when the learner's weights are on a GPU).
@@ -279,8 +279,10 @@ class VLLMServerEngine:
                 "return_entropy": params.return_entropy}
         W = min(len(self.urls), len(requests))
         bounds = [round(k * len(requests) / W) for k in range(W + 1)]
-        calls = [(k, "/generate", {"requests": [{"prompt_ids": list(r.prompt_ids)} for r in requests[lo:hi]],
-                                   "params": wire, "seed_offset": lo}, f"generate ({hi - lo} prompts)")
+        wire_requests = [{"prompt_ids": list(r.prompt_ids)} | ({"seed": r.seed} if r.seed is not None else {})
+                         for r in requests]
+        calls = [(k, "/generate", {"requests": wire_requests[lo:hi], "params": wire, "seed_offset": lo},
+                  f"generate ({hi - lo} prompts)")
                  for k, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
         samples: list[Sample] = []
         for lo, result in zip(bounds, self._on_all(calls)):

@@ -25,7 +25,7 @@ import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from rlpost.algos.logits_processors import needs_input_ids
-from rlpost.engines.hf import apply_repetition_penalty, filter_min_p, filter_top_k_top_p, seen_tokens
+from rlpost.sampling import apply_repetition_penalty, filter_min_p, filter_top_k_top_p, seen_tokens
 
 ROW_KEY = "rlpost_row"  # SamplingParams.extra_args key: "<call id>:<row>"
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlpost.data import DataError, read_jsonl_rows
 from rlpost.eval.extract import EXTRACTORS, boxed, gsm8k
 from rlpost.registry import Registry
 
@@ -224,10 +225,12 @@ def read_rows(data: str, split: str = "test", config: str | None = None) -> list
     path = Path(data)
     if path.is_file():
         if path.suffix == ".jsonl":
-            with path.open() as f:
-                return [json.loads(line) for line in f if line.strip()]
+            return read_jsonl_rows(path)   # a bad line: a DataError naming the file and line
         if path.suffix == ".json":
-            obj = json.loads(path.read_text())
+            try:
+                obj = json.loads(path.read_text())
+            except json.JSONDecodeError as err:
+                raise DataError(f"{data}: not valid JSON ({err.msg}, line {err.lineno})") from None
             if isinstance(obj, dict):  # {"split": [rows]} or {"data": [rows]}
                 obj = obj.get(split) or obj.get("data") or obj.get("rows") or next(iter(obj.values()))
             return list(obj)
@@ -237,16 +240,19 @@ def read_rows(data: str, split: str = "test", config: str | None = None) -> list
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
             return pq.read_table(path).to_pylist()
-        raise ValueError(f"{data}: unsupported file type {path.suffix!r}; use .jsonl, .json, .parquet or .csv")
+        raise DataError(f"{data}: unsupported file type {path.suffix!r}; use .jsonl, .json, .parquet or .csv")
     import datasets  # lazy: slow to import, and only needed for folders and hub ids
 
-    if path.is_dir():
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except FileNotFoundError:
-            ds = datasets.load_dataset(str(path), config, split=split)
-    else:
-        ds = datasets.load_dataset(data, config, split=split)
+    try:
+        if path.is_dir():
+            try:
+                ds = datasets.load_from_disk(str(path))
+            except FileNotFoundError:
+                ds = datasets.load_dataset(str(path), config, split=split)
+        else:
+            ds = datasets.load_dataset(data, config, split=split)
+    except Exception as err:  # datasets raises many types (offline, not found, ...); keep the cause, name the source
+        raise DataError(f"could not load dataset {data!r} (split {split!r}): {err}") from err
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise KeyError(f"{data}: no split {split!r}; splits are {list(ds)}")
@@ -270,7 +276,7 @@ def load_rows(spec: BenchmarkSpec, limit: int | None = None, seed: int = 0) -> l
     if spec.rows_fn:
         rows = _import(spec.rows_fn)(spec.split, limit or spec.num_rows, seed)
     elif spec.data is None:
-        raise ValueError(f"benchmark {spec.name!r} has no data; pass {spec.name}=PATH")
+        raise DataError(f"benchmark {spec.name!r} has no data; pass {spec.name}=PATH")
     else:
         rows = select_rows(_read_spec_rows(spec), limit, seed)
     if rows:

@@ -56,11 +56,13 @@ def load_hf_engine(checkpoint: str, args: argparse.Namespace):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlpost.engines.hf import HFEngine
+    from rlpost.models.loading import model_ref_errors
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32, "bf16": torch.bfloat16,
              "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    with model_ref_errors(checkpoint, key="checkpoint"):
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
     return HFEngine(model, tokenizer), tokenizer
 
@@ -71,9 +73,11 @@ def load_vllm_engine(checkpoint: str, args: argparse.Namespace):
     from transformers import AutoTokenizer
 
     from rlpost.engines.vllm_engine import VLLMEngine
+    from rlpost.models.loading import model_ref_errors
 
     import torch
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    with model_ref_errors(checkpoint, key="checkpoint"):
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     # "auto" as for the hf engine: the checkpoint's dtype on a GPU, float32 on CPU (vLLM's own CPU default is
     # bfloat16, which evaluates another model than the hf engine and the learner see)
     auto = "auto" if torch.cuda.is_available() else "float32"
@@ -139,20 +143,21 @@ def checkpoint_dirname(checkpoint: str, all_checkpoints: list[str]) -> str:
 def run_eval(args: argparse.Namespace, engine_factory: Callable | None = None) -> int:
     """Run every (checkpoint, benchmark); write per-run files and the combined table. Returns 0.
 
-    engine_factory: ``fn(checkpoint, args) -> (engine, tokenizer)``; default ``EVAL_ENGINES[args.engine]``.
+    engine_factory: ``fn(checkpoint folder or hub id, args) -> (engine, tokenizer)``; default
+    ``EVAL_ENGINES[args.engine]``. A bad benchmark name, data file or checkpoint path raises (rlpost.cli.error_boundary
+    makes it one line and exit 2) before any model loads.
     """
+    from rlpost.models.loading import resolve_model_ref
+
     factory = engine_factory or EVAL_ENGINES.get(args.engine or default_engine())
-    try:  # fail on a bad name or file in one line, before loading any model
-        specs = [resolve_benchmark(b) for b in args.benchmark]
-        rows = {spec.name: load_rows(spec, limit=args.limit, seed=args.seed) for spec in specs}
-    except (KeyError, FileNotFoundError, ValueError) as err:
-        print(f"eval: {err.args[0] if err.args else err}", file=sys.stderr)
-        return 2
+    specs = [resolve_benchmark(b) for b in args.benchmark]
+    rows = {spec.name: load_rows(spec, limit=args.limit, seed=args.seed) for spec in specs}
+    paths = {ckpt: resolve_model_ref(ckpt, key="checkpoint") for ckpt in args.checkpoints}
     out_dir = Path(args.output_dir)
     paper_rows = json.loads(Path(args.paper_table).read_text()) if args.paper_table else None
 
     for ckpt in args.checkpoints:
-        engine, tokenizer = factory(ckpt, args)
+        engine, tokenizer = factory(paths[ckpt], args)
         try:
             for spec in specs:
                 result = evaluate(engine, tokenizer, spec, rows[spec.name], n=args.n, temperature=args.temperature,
@@ -178,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlpost eval", description=EVAL_DESCRIPTION, epilog=eval_epilog(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_eval_args(parser)
-    return run_eval(parser.parse_args(argv))
+    from rlpost.cli import error_boundary
+    return error_boundary(run_eval)(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

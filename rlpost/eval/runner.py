@@ -12,7 +12,12 @@ Resume: with ``resume=True`` an existing samples file is read back, problems tha
 samples are kept and skipped, and the rest (a half-written batch, a truncated last line) are generated
 again; the file is first rewritten with the complete problems only, so no problem is ever recorded twice.
 The settings in the ``_meta`` line must match the new run's, or :func:`evaluate` refuses to mix them.
-Sampling after a resume is statistically, not bitwise, identical to an uninterrupted run (batches differ).
+
+Seeds: sample j of problem i is drawn with its own seed, ``stable_seed(stable_seed(seed, benchmark, i), j)``
+(``GenRequest.seed``; the hf, vllm and vllm_server engines honour it), so which problems share a batch
+(``batch_size``, a resume) does not choose the random numbers. What can still differ is the model's logits in the
+last bits, when prompts of different lengths are padded differently in another batch, and then a draw that lands
+on a boundary can flip (rates measured by scripts/eval_batch_size_check.py: docs/eval.md "Seeds and batch size").
 """
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from rlpost.engines.base import GenRequest, SamplingParams
+from rlpost.data import DataError
+from rlpost.engines.base import GenRequest, SamplingParams, stable_seed
 from rlpost.eval.benchmarks import BenchmarkSpec, gold_answer, load_rows, question, render_prompt, resolve_benchmark
 from rlpost.eval.check import CHECKERS, normalize_answer
 from rlpost.eval.extract import EXTRACTORS
@@ -103,7 +109,7 @@ def _read_done(samples_path: Path, meta: dict, n: int, num_rows: int) -> dict[in
     if old_meta is not None:
         diff = {k: (old_meta.get(k), meta.get(k)) for k in _META_KEYS if old_meta.get(k) != meta.get(k)}
         if diff:
-            raise ValueError(f"{samples_path} was written with other settings {diff} (old, new); "
+            raise DataError(f"{samples_path} was written with other settings {diff} (old, new); "
                              f"pass resume=False / --no-resume or another output path")
     return {r: [recs[j] for j in range(n)] for r, recs in by_row.items()
             if r < num_rows and all(j in recs for j in range(n))}
@@ -135,7 +141,8 @@ def evaluate(engine, tokenizer, spec: BenchmarkSpec | str, rows: Sequence[dict] 
     out_path:   file stem (``runs/eval/ckpt/aime24``) for ``.samples.jsonl`` and ``.json``; None = no files,
                 no resume
     batch_size: problems per engine call (each yields n samples)
-    seed:       sampling seed (batch b uses seed + its first row index) and bootstrap seed
+    seed:       sampling seed (each problem's samples get their own seeds from it: see the module docstring) and
+                bootstrap seed; None: unseeded
     prompt_fn:  question -> the engine's prompt text, replacing the spec's template and the user-turn chat format
                 (the trainer's ``eval_prompt_format: training``: the benchmark worded as the training prompts are)
     """
@@ -180,7 +187,8 @@ def evaluate(engine, tokenizer, spec: BenchmarkSpec | str, rows: Sequence[dict] 
             idx = todo[b:b + batch_size]
             prompts = [user_prompts[i] if prompt_fn is not None else format_prompt(tokenizer, user_prompts[i], chat_template)
                        for i in idx]
-            requests = [GenRequest(prompt_ids=encode_prompt(tokenizer, p, templated), info={"row": i})
+            requests = [GenRequest(prompt_ids=encode_prompt(tokenizer, p, templated), info={"row": i},
+                                   seed=None if seed is None else stable_seed(seed, spec.name, i))
                         for p, i in zip(prompts, idx)]
             params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                                     stop=list(spec.stop), seed=None if seed is None else seed + idx[0])

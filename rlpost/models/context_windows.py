@@ -11,6 +11,7 @@ from __future__ import annotations
 CONTEXT_WINDOWS: dict[str, int] = {
     "Qwen/Qwen2.5-Math-1.5B": 4096,
     "Qwen/Qwen2.5-Math-1.5B-Instruct": 4096,
+    "starriver030515/Qwen2.5-Math-1.5B-16k": 16384,   # HAPO's context-extended copy (recipes/hapo/README.md)
     "Qwen/Qwen2.5-Math-7B": 4096,
     "Qwen/Qwen2.5-Math-7B-Instruct": 4096,
     "Qwen/Qwen2.5-0.5B-Instruct": 32768,

@@ -1,6 +1,7 @@
 """Load any HF causal LM and tokenizer through ``from_pretrained`` (tiny models included)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -11,14 +12,32 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 def resolve_model_path(model_cfg) -> str:
     """``tiny:...`` refs are built/cached on demand; anything else goes to from_pretrained as is."""
-    ref = model_cfg.name_or_path
+    return resolve_model_ref(model_cfg.name_or_path)
+
+
+def resolve_model_ref(ref: str, key: str = "model.name_or_path") -> str:
+    """A model reference as from_pretrained takes it (``tiny:...`` refs resolved to their folder); a ConfigError
+    naming ``key`` when it is a local path that does not exist (it starts with / . ~ or has more than one '/', which
+    no hub id has)."""
     if ref.startswith("tiny:"):
         from rlpost.models.tiny import ensure_tiny
         return str(ensure_tiny(ref))
-    if ref.startswith(("/", "./", "../", "~")) and not Path(ref).expanduser().exists():
+    if (ref.startswith(("/", "./", "../", "~")) or ref.count("/") > 1) and not Path(ref).expanduser().exists():
         from rlpost.config import ConfigError
-        raise ConfigError(f"model.name_or_path: no such folder {ref!r} (a local path; hub ids look like 'org/name')")
+        raise ConfigError(f"{key}: no such folder {ref!r} (a local path; hub ids look like 'org/name')")
     return ref
+
+
+@contextmanager
+def model_ref_errors(ref: str, key: str = "model.name_or_path"):
+    """from_pretrained's OSError (not a local folder, not on the hub or not in the offline cache) as a ConfigError
+    naming ``key`` and ``ref``: bad input, reported in one line."""
+    try:
+        yield
+    except OSError as err:
+        from rlpost.config import ConfigError
+        reason = (str(err).strip() or type(err).__name__).splitlines()[0]
+        raise ConfigError(f"{key}: cannot load {ref!r} ({reason})") from err
 
 
 def pick_device(device: str) -> torch.device:
@@ -28,7 +47,9 @@ def pick_device(device: str) -> torch.device:
 
 
 def load_tokenizer(path: str, model_cfg):
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code, revision=model_cfg.revision)
+    with model_ref_errors(path):
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code,
+                                            revision=model_cfg.revision)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"

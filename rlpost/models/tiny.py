@@ -104,7 +104,8 @@ def parse_tiny_ref(ref: str) -> TinySpec:
     """``tiny:qwen2:arithmetic[:seed]`` -> TinySpec."""
     parts = ref.split(":")
     if parts[0] != "tiny" or len(parts) not in (3, 4):
-        raise ValueError(f"model.name_or_path {ref!r}: a tiny model is named 'tiny:<qwen2|llama>:<task>[:seed]'")
+        from rlpost.config import ConfigError
+        raise ConfigError(f"model.name_or_path {ref!r}: a tiny model is named 'tiny:<qwen2|llama>:<task>[:seed]'")
     return TinySpec(arch=parts[1], task=parts[2], seed=int(parts[3]) if len(parts) == 4 else 0)
 
 
@@ -246,9 +247,10 @@ def ensure_tiny(ref_or_spec: str | TinySpec) -> Path:
     if shipped is not None:
         return shipped
     if spec.task in PRETRAINED_ONLY:
-        raise ValueError(f"tiny:{spec.arch}:{spec.task}: only the shipped seed-0 checkpoint exists "
-                         f"(rlpost/models/tiny_checkpoints/{spec.shipped_name()}); build another with "
-                         f"{PRETRAINED_ONLY[spec.task]} and pass its folder as model.name_or_path")
+        from rlpost.config import ConfigError
+        raise ConfigError(f"tiny:{spec.arch}:{spec.task}: only the shipped seed-0 checkpoint exists "
+                          f"(rlpost/models/tiny_checkpoints/{spec.shipped_name()}); build another with "
+                          f"{PRETRAINED_ONLY[spec.task]} and pass its folder as model.name_or_path")
     path = cache_root() / "tiny" / spec.key()
     if not (path / "config.json").exists():
         log.warning("building tiny model %s (no shipped checkpoint: a one-off warm-start whose result depends on "

@@ -6,7 +6,7 @@ Endpoints (JSON; with a token configured every request needs ``Authorization: Be
 
     GET  /health              {"status": "ok", "pid", "model", "log_file", "host", "port", "weights_version",
                                "weights_fingerprint"} (version 0 / fingerprint null: the weights of `model`)
-    POST /generate            {"requests": [{"prompt_ids": [...]}], "params": {n, temperature, top_p, top_k,
+    POST /generate            {"requests": [{"prompt_ids": [...], "seed"?}], "params": {n, temperature, top_p, top_k,
                                min_p, repetition_penalty, max_tokens, stop, seed, return_entropy},
                                "seed_offset": 0}
                               -> {"samples": [{completion_ids, logprobs, text, finish_reason, entropies,
@@ -74,7 +74,7 @@ class Worker:
     def generate(self, body: dict) -> dict:
         from rlpost.engines.base import GenRequest, SamplingParams
         params = SamplingParams(**body.get("params", {}))
-        requests = [GenRequest(list(r["prompt_ids"])) for r in body["requests"]]
+        requests = [GenRequest(list(r["prompt_ids"]), seed=r.get("seed")) for r in body["requests"]]
         samples = self.engine.generate(requests, params, seed_offset=int(body.get("seed_offset", 0)))
         return {"samples": [{"completion_ids": s.completion_ids, "logprobs": _finite(s.logprobs), "text": s.text,
                              "finish_reason": s.finish_reason, "entropies": _finite(s.entropies),
@@ -146,6 +146,7 @@ def request_models():
 
     class WireRequest(Strict):
         prompt_ids: list[int] = Field(min_length=1)
+        seed: int | None = Field(None, ge=0, lt=1 << 63)   # its own seed (GenRequest.seed)
 
     class GenerateBody(Strict):
         requests: list[WireRequest]

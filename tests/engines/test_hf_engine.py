@@ -1,9 +1,11 @@
 """The transformers engine against a real (random-weight) tiny Qwen2 model."""
+import dataclasses
+
 import pytest
 import torch
 
 from rlpost.engines.base import GenRequest, SamplingParams
-from rlpost.engines.hf import HFEngine, filter_top_k_top_p
+from rlpost.engines.hf import HFEngine
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,22 @@ def test_seeded_sampling_is_reproducible(engine, char_tokenizer):
     c = engine.generate(req, SamplingParams(n=4, max_tokens=8, seed=124))
     assert [s.completion_ids for s in a] == [s.completion_ids for s in b]
     assert [s.completion_ids for s in a] != [s.completion_ids for s in c]
+
+
+def test_a_request_with_its_own_seed_samples_the_same_in_any_batch(engine, char_tokenizer):
+    """GenRequest.seed: each sample draws from its own generator, so neither the other requests of the call, their
+    number nor the call's seed change it (the random-weight model samples long, varied completions)."""
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=12)
+    texts = ("12+34=", "7+8=", "90+9=", "5+5=")
+    seeded = [GenRequest(prompt_ids(char_tokenizer, t), seed=100 + k) for k, t in enumerate(texts)]
+    alone = [s.completion_ids for s in engine.generate(seeded[1:2], params)]
+    batch = [s.completion_ids for s in engine.generate(seeded, dataclasses.replace(params, seed=9))]
+    assert batch[3:6] == alone and len(set(map(tuple, batch))) > 6   # the samples of a request differ too
+    reordered = [s.completion_ids for s in engine.generate(seeded[::-1], params)]
+    assert reordered[6:9] == alone
+    unseeded = GenRequest(prompt_ids(char_tokenizer, "1+1="))
+    with pytest.raises(ValueError, match="every request of a call or on none"):
+        engine.generate([seeded[0], unseeded], params)
 
 
 def test_greedy_matches_generate(engine, char_tokenizer):
@@ -82,13 +100,6 @@ def _force(tok, text):
     return proc
 
 
-def test_top_k_top_p_filter():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    assert torch.isinf(filter_top_k_top_p(logits, 2, 1.0)[0, 2:]).all()
-    kept = ~torch.isinf(filter_top_k_top_p(logits, 0, 0.7)[0])
-    assert kept.tolist() == [True, True, False, False]  # 0.5 < 0.7, 0.5+0.3 >= 0.7
-
-
 def test_load_weights_changes_outputs(engine, char_tokenizer, random_tiny_model):
     import copy
     other = copy.deepcopy(random_tiny_model)
@@ -104,23 +115,10 @@ def test_load_weights_changes_outputs(engine, char_tokenizer, random_tiny_model)
         eng.load_weights([("nope.weight", torch.zeros(1))])
 
 
-def test_min_p_and_repetition_penalty_by_hand():
-    from rlpost.engines.hf import apply_repetition_penalty, filter_min_p, seen_tokens
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    # min_p 0.2: keep p >= 0.2 * 0.5 = 0.1 -> the first three
-    assert (~torch.isinf(filter_min_p(logits, 0.2)[0])).tolist() == [True, True, True, False]
-    assert torch.equal(filter_min_p(logits, 0.0), logits)
-    z = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
-    seen = seen_tokens([[0, 1, 1]], 4, "cpu")
-    assert seen.tolist() == [[True, True, False, False]]
-    # seen tokens: 2 / 2 = 1 (positive: divided), -1 * 2 = -2 (negative: multiplied); unseen unchanged
-    assert apply_repetition_penalty(z, seen, 2.0).tolist() == [[1.0, -2.0, 0.5, 3.0]]
-
-
 def penalised_reference(model, sample, temperature: float, penalty: float):
     """Log-probs and entropies of the sampled tokens under softmax(z'/T), z' = logits with the repetition penalty
     over the prompt and the completion so far (the engines' convention), from one forward pass."""
-    from rlpost.engines.hf import apply_repetition_penalty, seen_tokens
+    from rlpost.sampling import apply_repetition_penalty, seen_tokens
     ids = sample.prompt_ids + sample.completion_ids
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0, len(sample.prompt_ids) - 1:-1].float()

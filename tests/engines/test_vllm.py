@@ -93,6 +93,15 @@ def test_seeds_are_per_row_and_global(engine, tok):
     assert [s.completion_ids for s in other] != [s.completion_ids for s in a]
 
 
+def test_a_request_with_its_own_seed_samples_the_same_in_any_batch(engine, tok):
+    seeded = [GenRequest(r.prompt_ids, seed=100 + k) for k, r in enumerate(requests(tok))]
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=8, seed=5)
+    alone = [s.completion_ids for s in engine.generate(seeded[1:2], params)]
+    unseeded_call = SamplingParams(n=3, temperature=1.0, max_tokens=8)
+    batch = [s.completion_ids for s in engine.generate(seeded[::-1], unseeded_call)]
+    assert batch[3:6] == alone and len(set(map(tuple, batch))) > 3
+
+
 @pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (0.7, 5, 1.0), (1.2, 0, 0.8),
                                                       (0.0, 0, 1.0)])
 def test_logprobs_and_entropies_match_the_learner(engine, tok, model, temperature, top_k, top_p):

@@ -36,7 +36,7 @@ class FakeEngine:
     """Answers arithmetic prompts; sample j of a row is wrong when (row value + j) % 3 == 0."""
 
     def __init__(self, fail_on_call=None):
-        self.calls, self.fail_on_call, self.generated = 0, fail_on_call, []
+        self.calls, self.fail_on_call, self.generated, self.seeds = 0, fail_on_call, [], {}
 
     def generate(self, requests, params):
         self.calls += 1
@@ -46,6 +46,7 @@ class FakeEngine:
         for r in requests:
             prompt = "".join(chr(i) for i in r.prompt_ids)
             self.generated.append(r.info["row"])
+            self.seeds[r.info["row"]] = r.seed
             value = solve(prompt)
             for j in range(params.n):
                 text = f"the answer is {value + 1 if (value + j) % 3 == 0 else value}"
@@ -121,6 +122,19 @@ def test_resume_after_interruption(tmp_path, rows):
     idle = FakeEngine()
     again = evaluate(idle, CharTokenizer(), SPEC, rows, n=3, out_path=out, batch_size=2, progress=False, n_boot=100)
     assert idle.calls == 0 and again.metrics == full.metrics
+
+
+def test_each_problem_has_its_own_seed_whatever_the_batch(rows):
+    """The engine gets a seed per problem (GenRequest.seed), the same for every batch size and distinct per problem;
+    another eval seed gives other seeds, no seed none."""
+    def seeds(batch_size, seed=5):
+        engine = FakeEngine()
+        evaluate(engine, CharTokenizer(), SPEC, rows, n=2, batch_size=batch_size, progress=False, n_boot=0, seed=seed)
+        return engine.seeds
+    by_batch = [seeds(b) for b in (1, 3, 7)]
+    assert by_batch[0] == by_batch[1] == by_batch[2] and len(set(by_batch[0].values())) == len(rows)
+    assert set(seeds(2, seed=6).values()).isdisjoint(by_batch[0].values())
+    assert set(seeds(2, seed=None).values()) == {None}
 
 
 def test_resume_refuses_other_settings(tmp_path, rows):
@@ -311,10 +325,16 @@ def test_name_equals_path_reads_that_file_even_for_a_generated_benchmark(tmp_pat
 
 
 def test_cli_bad_benchmark_or_missing_file_is_one_line_and_exit_2(tmp_path, capsys):
+    """Through the error boundary (rlpost.cli.error_boundary), before any engine is built."""
+    from rlpost.cli import error_boundary
     parser = add_eval_args(argparse.ArgumentParser())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "1+1=", "answer": "#### 2"}\n{"question": \n')
     for bench, message in [("gsm8kk", "did you mean 'gsm8k'"),
-                           (f"arithmetic={tmp_path / 'nope.jsonl'}", "benchmark arithmetic: no file")]:
+                           (f"arithmetic={tmp_path / 'nope.jsonl'}", "benchmark arithmetic: no file"),
+                           (f"gsm8k={bad}", "bad.jsonl, line 2: not valid JSON")]:
         args = parser.parse_args(["ckpt/a", "--benchmark", bench, "--output-dir", str(tmp_path / "out")])
-        assert run_eval(args, engine_factory=lambda *a: pytest.fail("no engine before the benchmarks resolve")) == 2
+        factory = lambda *a: pytest.fail("no engine before the benchmarks resolve")  # noqa: E731
+        assert error_boundary(lambda a: run_eval(a, engine_factory=factory))(args) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err

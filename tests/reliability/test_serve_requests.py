@@ -42,6 +42,7 @@ GOOD = {"requests": [{"prompt_ids": [1, 2, 3]}], "params": {"n": 2, "max_tokens"
     ({**GOOD, "params": {"max_tokens": -1}}, "max_tokens"),
     ({**GOOD, "params": {"temprature": 0.5}}, "temprature"),      # a misspelt sampling parameter
     ({**GOOD, "extra": 1}, "extra"),
+    ({"requests": [{"prompt_ids": [1], "seed": -1}]}, "seed"),
 ])
 def test_malformed_generate_bodies_get_422_with_the_reason(client, body, reason):
     kwargs = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, str) else {"json": body}
@@ -54,7 +55,7 @@ def test_a_good_body_reaches_the_engine_with_defaults_filled_in(client):
     resp = client.post("/generate", json=GOOD)
     assert resp.status_code == 200
     echo = resp.json()["echo"]
-    assert echo["requests"] == [{"prompt_ids": [1, 2, 3]}] and echo["params"]["temperature"] == 1.0
+    assert echo["requests"] == [{"prompt_ids": [1, 2, 3], "seed": None}] and echo["params"]["temperature"] == 1.0
     assert echo["params"]["n"] == 2 and echo["seed_offset"] == 0
 
 
@@ -63,3 +64,53 @@ def test_update_weights_body_is_checked(client):
     assert client.post("/update_weights", json={"transport": "file", "path": "/x"}).status_code == 200
     health = client.get("/health").json()
     assert health["weights_version"] == 0 and health["weights_fingerprint"] is None
+
+
+class SeedEcho:
+    """An engine whose sample j of a request is [the request's seed, j]."""
+
+    def generate(self, requests, params, seed_offset=0):
+        from rlpost.types import Sample
+        return [Sample(prompt_ids=r.prompt_ids, completion_ids=[r.seed, j], logprobs=[0.0, 0.0], request_index=i)
+                for i, r in enumerate(requests) for j in range(params.n)]
+
+    def close(self):
+        pass
+
+
+@pytest.fixture()
+def seed_echo_workers():
+    """Two real HTTP workers (uvicorn, in threads) on the SeedEcho engine."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from rlpost.engines.vllm_server import free_port
+    from rlpost.serving.server import Worker
+    servers = []
+    for _ in range(2):
+        port = free_port()
+        worker = Worker(SeedEcho, model="m", token=None, log_file=None, host="127.0.0.1", port=port)
+        server = uvicorn.Server(uvicorn.Config(create_app(worker), host="127.0.0.1", port=port, log_level="warning"))
+        threading.Thread(target=server.run, daemon=True).start()
+        servers.append((server, f"http://127.0.0.1:{port}"))
+    deadline = time.time() + 30
+    while not all(server.started for server, _ in servers) and time.time() < deadline:
+        time.sleep(0.05)
+    yield [url for _, url in servers]
+    for server, _ in servers:
+        server.should_exit = True
+
+
+def test_a_requests_own_seed_reaches_the_engine_of_whichever_worker_serves_it(seed_echo_workers):
+    from rlpost.engines.base import GenRequest, SamplingParams
+    from rlpost.engines.vllm_server import VLLMServerEngine
+    client = VLLMServerEngine(seed_echo_workers, tokenizer=None, timeout_s=30)
+    try:
+        reqs = [GenRequest([1, 2], seed=s) for s in (7, 8, 9)]
+        samples = client.generate(reqs, SamplingParams(n=2))
+        assert [s.completion_ids for s in samples] == [[7, 0], [7, 1], [8, 0], [8, 1], [9, 0], [9, 1]]
+        assert [s.completion_ids[0] for s in client.generate([GenRequest([1])] * 2, SamplingParams())] == [None, None]
+    finally:
+        client.close()
