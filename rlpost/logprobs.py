@@ -32,6 +32,8 @@ import weakref
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from rlpost.distributed.deepspeed_internals import is_zero3_partitioned
+
 _checked: "weakref.WeakSet" = weakref.WeakSet()
 
 
@@ -143,7 +145,7 @@ def _lean(model, batch, temperature, need_entropy, need_sum_p_sq, chunk_size, pa
 
 
 def _zero3_partitioned(head) -> bool:
-    return hasattr(getattr(head, "weight", None), "ds_id")
+    return is_zero3_partitioned(getattr(head, "weight", None))
 
 
 def _chunks_on_every_rank(head, count: int) -> int:

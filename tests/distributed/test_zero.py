@@ -104,7 +104,7 @@ def test_split_rollouts_zero2_checkpoint_resumes_exactly(tmp_path):
 
 def test_world_size_rules():
     from rlpost.config import ConfigError, load_config
-    from rlpost.distributed import _check
+    from rlpost.distributed.sharding import _check
     cfg = load_config("configs/tiny/arith_grpo.yaml", ["rollout.prompts_per_step=3"])
     with pytest.raises(ConfigError, match="must divide by the number of learner ranks"):
         _check(cfg, SimpleNamespace(world_size=2, zero3=False, split=True, is_main=True))
@@ -136,7 +136,7 @@ def test_single_process_runtime_is_the_identity(monkeypatch):
 
 def test_deepspeed_config_follows_the_run_config():
     from rlpost.config import load_config
-    from rlpost.distributed import deepspeed_config
+    from rlpost.distributed.learner_ops import deepspeed_config
     cfg = load_config("configs/tiny/arith_grpo.yaml", [
         "distributed.backend=deepspeed", "distributed.zero_stage=3", "distributed.offload_optimizer=true",
         "distributed.offload_param=true", "model.dtype=bfloat16",
