@@ -24,9 +24,7 @@ import numpy as np
 import torch
 
 from rlpost.config import ConfigError
-from rlpost.distributed.sharding import Runtime
-
-SINGLE_PROCESS = Runtime()
+from rlpost.distributed.sharding import SINGLE_PROCESS, Runtime
 
 
 def rng_state() -> dict:

@@ -214,6 +214,9 @@ class Runtime:
                 pass
 
 
+SINGLE_PROCESS = Runtime()  # the disabled runtime: what functions taking ``runtime=None`` use
+
+
 class RankEngine:
     """The rollout engine of one rank: per-rank sampling seeds in split mode (an engine that takes a
     ``seed_offset``, like the vllm engine, gets this rank's row offset instead), and under ZeRO-3 generation

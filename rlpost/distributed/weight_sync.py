@@ -3,9 +3,7 @@
 ranks); LoRA weights are merged on the fly (rlpost/models/lora.py)."""
 from __future__ import annotations
 
-from rlpost.distributed.sharding import Runtime
-
-SINGLE_PROCESS = Runtime()
+from rlpost.distributed.sharding import SINGLE_PROCESS, Runtime
 
 
 def named_parameters_for_sync(model, runtime: Runtime | None = None):
