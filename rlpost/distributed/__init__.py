@@ -47,4 +47,4 @@ Modules:
 Checkpoints are written by rlpost/checkpoint.py alone; the runtime hands it gathered state dicts and writes its
 ZeRO shards where it is told.
 """
-from rlpost.distributed.sharding import NullTracker, RankEngine, Runtime, setup  # noqa: F401
+from rlpost.distributed.sharding import NullTracker, Runtime, setup  # noqa: F401

@@ -16,8 +16,8 @@ def is_zero3_partitioned(param) -> bool:
 
 
 @contextlib.contextmanager
-def gathered_without_hooks(ds_engine):
-    """ZeRO-3: every parameter of ``ds_engine.module`` gathered for the body, with DeepSpeed's per-module
+def gathered_without_hooks(deepspeed_engine):
+    """ZeRO-3: every parameter of ``deepspeed_engine.module`` gathered for the body, with DeepSpeed's per-module
     fetch/release hooks removed, and the hooks registered again on exit.
 
     Why: the hf engine generates with the learner's model. With the hooks, every forward of every decoding step
@@ -26,7 +26,7 @@ def gathered_without_hooks(ds_engine):
 
     Relies on (DeepSpeed 0.19.8):
 
-    - ``ds_engine.optimizer.parameter_offload`` (stage3.py; the ZeRO-3 optimizer itself in older versions): a
+    - ``deepspeed_engine.optimizer.parameter_offload`` (stage3.py; the ZeRO-3 optimizer itself in older versions): a
       ``DeepSpeedZeRoOffload`` (parameter_offload.py) whose ``forward_hooks`` / ``backward_hooks`` lists hold the
       hook handles, whose ``module`` is the wrapped model, and whose ``_register_deepspeed_module(module)``
       registers them again;
@@ -36,8 +36,8 @@ def gathered_without_hooks(ds_engine):
       (partitioned_param_coordinator.py): the recorded fetch order is stale once forwards ran without hooks.
     """
     import deepspeed
-    offload = getattr(ds_engine.optimizer, "parameter_offload", None) or ds_engine.optimizer
-    params = list(ds_engine.module.parameters())
+    offload = getattr(deepspeed_engine.optimizer, "parameter_offload", None) or deepspeed_engine.optimizer
+    params = list(deepspeed_engine.module.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
         for p in params:
             if hasattr(p, "ds_active_sub_modules"):

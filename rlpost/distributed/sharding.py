@@ -42,7 +42,7 @@ class Runtime:
         self.split = enabled and cfg.distributed.rollout == "split"
         self.zero_stage = cfg.distributed.zero_stage if self.backend == "deepspeed" else 0
         self.ops = None          # learner ops (DDP / DeepSpeed), set by wrap_learner
-        self.ds_engine = None    # DeepSpeedEngine
+        self.deepspeed_engine = None    # DeepSpeedEngine
 
     @property
     def is_main(self) -> bool:
@@ -145,7 +145,7 @@ class Runtime:
             self.ops = DDPOps(self, learner.model)
         else:
             self.ops = DeepSpeedOps(self, learner)
-            self.ds_engine = self.ops.engine
+            self.deepspeed_engine = self.ops.engine
         learner.dist = self.ops
 
     def wrap_engine(self, engine):
@@ -164,11 +164,11 @@ class Runtime:
     @contextlib.contextmanager
     def full_parameters(self):
         """ZeRO-3: all parameters gathered and DeepSpeed's fetch hooks removed (generation with the model)."""
-        if not self.zero3 or self.ds_engine is None:
+        if not self.zero3 or self.deepspeed_engine is None:
             yield
             return
         from rlpost.distributed.deepspeed_internals import gathered_without_hooks
-        with gathered_without_hooks(self.ds_engine):
+        with gathered_without_hooks(self.deepspeed_engine):
             yield
 
     def full_state_dict(self, model) -> dict | None:
@@ -190,23 +190,23 @@ class Runtime:
     @property
     def shards_optimizer(self) -> bool:
         """DeepSpeed holds the optimizer state (sharded): checkpoints keep it in ``deepspeed/``, not state.pt."""
-        return self.ds_engine is not None
+        return self.deepspeed_engine is not None
 
     def save_shards(self, path) -> None:
         """This rank's DeepSpeed checkpoint (optimizer state, fp32 master weights) under ``path`` (every rank)."""
-        self.ds_engine.save_checkpoint(str(path), tag="ds", client_state={}, save_latest=False)
+        self.deepspeed_engine.save_checkpoint(str(path), tag="ds", client_state={}, save_latest=False)
 
     def load_shards(self, path) -> None:
-        self.ds_engine.load_checkpoint(str(path), tag="ds", load_optimizer_states=True,
+        self.deepspeed_engine.load_checkpoint(str(path), tag="ds", load_optimizer_states=True,
                                        load_lr_scheduler_states=False)
 
     def close(self) -> None:
-        if self.ds_engine is not None:  # ZeRO-3: release its hooks and optimizer state before the process group
+        if self.deepspeed_engine is not None:  # release ZeRO-3's hooks and optimizer state before the process group
             try:
-                self.ds_engine.destroy()
+                self.deepspeed_engine.destroy()
             except Exception:  # pragma: no cover - best effort at exit
                 pass
-            self.ds_engine = None
+            self.deepspeed_engine = None
         if self.enabled and is_initialized():
             try:
                 torch_dist().destroy_process_group()

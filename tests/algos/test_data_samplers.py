@@ -13,8 +13,9 @@ from rlpost.samplers import PendingScores, build_sampler
 
 
 def test_one_registry_holds_each_sampler_name_once():
-    registries = {id(obj): obj for mod in list(sys.modules.values()) if getattr(mod, "__name__", "").startswith("rlpost")
-                  for obj in vars(mod).values() if isinstance(obj, Registry) and "sampler" in obj.kind}
+    modules = [m for m in list(sys.modules.values()) if getattr(m, "__name__", "").startswith("rlpost")]
+    registries = {id(obj): obj for m in modules for obj in vars(m).values()
+                  if isinstance(obj, Registry) and "sampler" in obj.kind}
     assert list(registries.values()) == [DATA_SAMPLERS]
     names = DATA_SAMPLERS.names()
     assert {"uniform", "random", "gain_rl"} <= set(names)
