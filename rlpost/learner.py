@@ -158,7 +158,7 @@ class Learner:
         # hook(model, micro_batch) -> context manager around each micro-batch forward of the old-policy pass
         # (GAIN-RL reads hidden states there); a non-empty list makes prepare() run that pass
         self.old_forward_hooks: list = []
-        # multi-process learner (rlpost/distributed.py): None in a single process
+        # multi-process learner (rlpost/distributed/learner_ops.py): None in a single process
         self.dist = None
         self.consecutive_skips = 0  # optimizer steps in a row skipped for a non-finite gradient norm
 
