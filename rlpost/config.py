@@ -636,7 +636,7 @@ def _validate_kl_reward(k: KLRewardSettings) -> None:
 
 
 def _validate_scale_options(cfg: Config) -> None:
-    """distributed / LoRA / memory options (world-size rules are checked at start-up, rlpost/distributed.py)."""
+    """distributed / LoRA / memory options (world-size rules are checked at start-up, rlpost/distributed/sharding.py)."""
     d, m, o = cfg.distributed, cfg.model, cfg.optim
     if d.backend not in ("none", "ddp", "deepspeed"):
         raise ConfigError(f"distributed.backend must be none, ddp or deepspeed, got {d.backend!r}")

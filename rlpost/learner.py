@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from rlpost.algos import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES, LossInput
-from rlpost.algos.core import masked_mean
+from rlpost.algos.core import entropy_from_logprobs, masked_mean
 from rlpost.algos.forking_tokens import high_entropy_mask
 from rlpost.algos.mismatch import ISCorrection, importance_weights, sampler_learner_kl
 from rlpost import shared_prefix as sp
@@ -105,7 +105,7 @@ def token_logprobs(model, batch: Batch, temperature: float, need_entropy: bool, 
         picked = picked / temperature
     logp_all = torch.log_softmax(picked, dim=-1)
     logp = logp_all.gather(-1, batch.completion_ids[:, :, None]).squeeze(-1)  # [B,T]
-    entropy = -(logp_all.exp() * logp_all).sum(-1) if need_entropy else None
+    entropy = entropy_from_logprobs(logp_all) if need_entropy else None
     if need_sum_p_sq:
         return logp, entropy, (2 * logp_all).exp().sum(-1)
     return logp, entropy
@@ -186,7 +186,7 @@ class Learner:
         # hook(model, micro_batch) -> context manager around each micro-batch forward of the old-policy pass
         # (GAIN-RL reads hidden states there); a non-empty list makes prepare() run that pass
         self.old_forward_hooks = list(old_forward_hooks)
-        # multi-process learner (rlpost/distributed.py): None in a single process
+        # multi-process learner (rlpost/distributed/learner_ops.py): None in a single process
         self.dist = None
         self.consecutive_skips = 0  # optimizer steps in a row skipped for a non-finite gradient norm
 

@@ -32,6 +32,9 @@ import weakref
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from rlpost.algos.core import entropy_from_logprobs
+from rlpost.distributed.deepspeed_internals import is_zero3_partitioned
+
 _checked: "weakref.WeakSet" = weakref.WeakSet()
 
 
@@ -81,7 +84,7 @@ def _head_chunk(head, post, temperature: float, need_entropy: bool, need_sum_p_s
             logits = logits / temperature
         logp_all = torch.log_softmax(logits, dim=-1)
         lp = logp_all.gather(-1, ids[:, None]).squeeze(-1)
-        ent = -(logp_all.exp() * logp_all).sum(-1) if need_entropy else lp.new_zeros(0)
+        ent = entropy_from_logprobs(logp_all) if need_entropy else lp.new_zeros(0)
         sq = (2 * logp_all).exp().sum(-1) if need_sum_p_sq else lp.new_zeros(0)
         return lp, ent, sq
     return fn
@@ -150,7 +153,7 @@ def _lean(model, batch, temperature, need_entropy, need_sum_p_sq, chunk_size, pa
 
 
 def _zero3_partitioned(head) -> bool:
-    return hasattr(getattr(head, "weight", None), "ds_id")
+    return is_zero3_partitioned(getattr(head, "weight", None))
 
 
 def _chunks_on_every_rank(head, count: int) -> int:

@@ -108,7 +108,7 @@ def resolve_train(cfg: Config, world_size: int | None = None) -> dict:
     out = to_dict(cfg)
     out["rollout"].update(resolve_rollout(cfg))
     out["algo"].update(resolve_algo(cfg))
-    out["data"]["sampler"] = resolve_sampler(cfg.data.sampler)
+    out["data"]["sampler"] = resolve_sampler(cfg)
     out["rewards"] = [resolve_reward(r, i) for i, r in enumerate(cfg.rewards)]
     out["method"] = resolve_methods(cfg.method)
     if cfg.data.task is not None and not cfg.data.train_path:
@@ -161,18 +161,11 @@ def _name_params(resolved: tuple) -> tuple:
     return name, params
 
 
-def resolve_sampler(spec):
+def resolve_sampler(cfg: Config):
+    """data.sampler from the one sampler registry, with data.shuffle_dataset passed as the trainer does."""
     from rlpost.algos.data_samplers import DATA_SAMPLERS
-    from rlpost.samplers import PROMPT_SAMPLERS
-    name, params = component(spec)
-    if name in PROMPT_SAMPLERS:
-        cls = PROMPT_SAMPLERS.get(name)
-        return {"name": name, **defaults_of(cls), **check_call_kwargs(cls, params, f"data.sampler ({name})")} \
-            if params or defaults_of(cls) else name
-    if name not in DATA_SAMPLERS:
-        known = sorted(set(PROMPT_SAMPLERS.names()) | set(DATA_SAMPLERS.names()))
-        raise ConfigError(f"data.sampler: unknown sampler {name!r}; known: {', '.join(known)}")
-    return expanded(*_name_params(resolve_component(DATA_SAMPLERS, spec, "data.sampler")))
+    return expanded(*_name_params(resolve_component(DATA_SAMPLERS, cfg.data.sampler, "data.sampler",
+                                                    {"shuffle": cfg.data.shuffle_dataset})))
 
 
 def resolve_reward(reward, index: int) -> dict:

@@ -116,7 +116,7 @@ def policy_preference_pairs(model: str, task: str = "arithmetic", n: int = 512, 
     from rlpost.engines.base import SamplingParams
     from rlpost.engines.hf import HFEngine
     from rlpost.models.loading import load_model, load_tokenizer, resolve_model_path
-    from rlpost.rewards.builtin import TASK_CHECKERS
+    from rlpost.tasks import TASK_CHECKERS
     from rlpost.tasks import TASKS
     from rlpost.workflows.single_turn import SingleTurnWorkflow
 

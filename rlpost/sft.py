@@ -236,7 +236,7 @@ def heldout_score(model, tokenizer, d: StageDataConfig, rows: list[dict], max_ne
         return None
     import torch
 
-    from rlpost.rewards.builtin import TASK_CHECKERS
+    from rlpost.tasks import TASK_CHECKERS
     check = TASK_CHECKERS[d.task]
     was_training, side = model.training, tokenizer.padding_side
     model.eval()

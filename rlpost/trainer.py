@@ -29,6 +29,7 @@ from rlpost.batch import collate
 from rlpost.config import Config, ConfigError, component, save_config, to_dict
 from rlpost.config import explicit_fields as user_set_fields  # the keys the user set (YAML or CLI)
 from rlpost.data import build_prompts, task_or_file_rows
+from rlpost.distributed.weight_sync import sync_engine
 from rlpost.engines.base import EngineError, SamplingParams
 from rlpost.learner import FixedLogprobs, Learner, LearnerSettings, build_optimizer, build_scheduler
 from rlpost.methods import Extras, Needs, SetupContext, StepContext, build_methods, combine_needs
@@ -125,7 +126,7 @@ class Trainer:
         self.tracker = (Tracker(self.out, cfg.trainer.report_to, cfg.trainer.run_name, to_dict(cfg), resume_step=self.step)
                         if self.dist.is_main else distributed.NullTracker())
         if self.engine_needs_sync:  # before the first generation: a reused `rlpost serve` worker (or a resumed run's
-            self.dist.sync_engine(self.engine, self.model)  # engine) may hold other weights than this run's
+            sync_engine(self.engine, self.model, self.dist)  # engine) may hold other weights than this run's
         return self
 
     def _context_length(self) -> int:
@@ -253,7 +254,7 @@ class Trainer:
                     "tokens": self.dist.global_count(int(sum(len(s.completion_ids) for t in trajectories for s in t.samples)))}
             try:
                 with self.times("weight_sync"):
-                    self.dist.sync_engine(self.engine, self.model) if self.engine_needs_sync else None
+                    sync_engine(self.engine, self.model, self.dist) if self.engine_needs_sync else None
             except EngineError:  # the engine handler checkpointed this step: log its row too, so resume misses none
                 self.tracker.log({**last, "step_time": time.perf_counter() - start, **self.times.metrics()})
                 raise
@@ -461,7 +462,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoint / finish
     def state(self) -> dict:
-        return {"optimizer": self.learner.optimizer.state_dict(), "scheduler": self.learner.scheduler.state_dict(),
+        optimizer = None if self.dist.shards_optimizer else self.learner.optimizer.state_dict()  # ZeRO: in deepspeed/
+        return {"optimizer": optimizer, "scheduler": self.learner.scheduler.state_dict(),
                 "sampler": self.sampler.state_dict(),
                 "methods": {name: m.state_dict() for name, m in self.methods.items()},
                 "lr_controller": self.learner.lr_controller.state_dict() if self.learner.lr_controller else None,
@@ -470,23 +472,16 @@ class Trainer:
                 "ref_model": self.ref_model.state_dict() if self.cfg.algo.sync_ref_model else None}
 
     def save(self) -> Path:
-        if self.dist.enabled:  # collective: rank 0 writes the checkpoint, every rank its RNG state / ZeRO shard
-            path = self.dist.save_checkpoint(self)
-            log.info("checkpoint written: %s", path) if self.dist.is_main else None
-            return path
+        # collective with several ranks: rank 0 writes the checkpoint, every rank its RNG state / ZeRO shard
         path = ckpt.save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.state(),
-                                    keep=self.cfg.trainer.save_total_limit)
-        log.info("checkpoint written: %s", path)
+                                    keep=self.cfg.trainer.save_total_limit, runtime=self.dist)
+        if self.dist.is_main:
+            log.info("checkpoint written: %s", path)
         return path
 
     def _load(self, path: Path) -> None:
-        from rlpost.models.loading import load_state_into
         state = ckpt.load_state(path)
-        if self.dist.enabled:
-            self.dist.load_model_and_optimizer(self, path, state)
-        else:
-            load_state_into(self.model, path / "model")
-            self.learner.optimizer.load_state_dict(state["optimizer"])
+        ckpt.load_model_and_optimizer(path, state, self.model, self.learner.optimizer, self.dist)
         self.learner.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         for name, method in self.methods.items():
@@ -497,15 +492,16 @@ class Trainer:
             self.kl_controller.load_state_dict(state["kl_reward"])
         if self.cfg.algo.sync_ref_model and state.get("ref_model") is not None:
             self.ref_model.load_state_dict(state["ref_model"])
-        ckpt.set_rng_state(self.dist.rng_state(path, state))
+        ckpt.set_rng_state(ckpt.rank_rng_state(path, state, self.dist))
         self.step = state["step"]
         if self.engine_needs_sync:
-            self.dist.sync_engine(self.engine, self.model)
+            sync_engine(self.engine, self.model, self.dist)
         log.info("resumed from %s at step %d", path, self.step)
 
     def finish(self, last: dict) -> dict:
         final = self.out / "final_model"
-        self.dist.save_final(self.model, self.tokenizer, final)  # rank 0; LoRA: adapter + merged/
+        # rank 0 writes (gathered under ZeRO-3); LoRA: the adapter, + merged/ with model.lora.save_merged
+        ckpt.save_model(self.model, self.tokenizer, final, self.dist, save_merged=self.cfg.model.lora.save_merged)
         self.tracker.close()
         if not self.dist.is_main:
             return {"metrics": str(self.out / "metrics.jsonl"), "plot": None, "final_model": str(final), "last": last}

@@ -235,8 +235,8 @@ def run_rlpost(args, assets) -> dict:
     with MemorySampler() as mem:
         trainer.setup()
         trainer.workflow.rollout = timed(trainer.workflow.rollout)
-        sync = trainer.dist.sync_engine
-        trainer.dist.sync_engine = lambda engine, model: _sync_timed(sync, engine, model, gen_times, trainer)
+        sync = trainer.engine.load_weights  # each step's weight sync (the tensors are produced while it reads them)
+        trainer.engine.load_weights = lambda named_tensors: _sync_timed(sync, named_tensors, gen_times, trainer)
         trainer.evaluate = lambda: {}  # no held-out evaluation in the benchmark
         try:
             trainer.train()
@@ -254,10 +254,10 @@ def run_rlpost(args, assets) -> dict:
     return result
 
 
-def _sync_timed(sync, engine, model, gen_times, trainer):
+def _sync_timed(sync, named_tensors, gen_times, trainer):
     t0 = time.perf_counter()
     try:
-        return sync(engine, model)
+        return sync(named_tensors)
     finally:  # the sync of step N happens after trainer.step became N
         key = ("sync", trainer.step)
         gen_times[key] = gen_times.get(key, 0.0) + time.perf_counter() - t0

@@ -34,13 +34,13 @@ def test_merged_weights_equal_merge_and_unload_without_touching_the_model(peft_m
 
 
 def test_engine_sync_sends_hf_names_to_the_engine(peft_model):
-    from rlpost.distributed import Runtime
+    from rlpost.distributed.weight_sync import sync_engine
     from rlpost.engines.hf import HFEngine
     from rlpost.models.tokenizer import build_char_tokenizer
     target = copy.deepcopy(peft_model).merge_and_unload()
     for p in target.parameters():
         p.data.zero_()
-    Runtime().sync_engine(HFEngine(target, build_char_tokenizer()), peft_model)  # unknown names would raise
+    sync_engine(HFEngine(target, build_char_tokenizer()), peft_model)  # unknown names would raise
     x = torch.randint(0, 50, (2, 9))
     with torch.no_grad():
         assert torch.allclose(target(input_ids=x).logits, peft_model(input_ids=x).logits, atol=1e-5)

@@ -57,7 +57,7 @@ def test_loads_no_weights(capsys, monkeypatch):
     ("algo.loss_agg=token-sum", "algo.loss_agg: unknown loss aggregation"),
     ("rollout.engine=sglang", "rollout.engine: unknown rollout engine 'sglang'"),
     ("rollout.workflow={name: apr, max_depthx: 1}", "unknown key rollout.workflow (apr).max_depthx"),
-    ("data.sampler={name: random, seedx: 1}", "data.sampler (random) takes no parameters, got ['seedx']"),
+    ("data.sampler={name: random, seedx: 1}", "unknown key data.sampler (random).seedx known: shuffle"),
     ("data.task=arithmetc", "data.task: unknown synthetic task 'arithmetc'"),
     ("rewards=[nosuchmod:fn]", "rewards.0 (nosuchmod:fn): cannot import reward function 'nosuchmod:fn'"),
     ("rewards=[arithmetc]", "rewards.0.name: unknown reward function 'arithmetc'"),

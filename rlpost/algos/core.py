@@ -103,3 +103,15 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Ten
     if dim is None:
         return (values * mask).sum() / mask.sum().clamp(min=1)
     return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def entropy_from_logprobs(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of each distribution over the last dimension, from its log-probabilities [..., V] -> [...]:
+
+        H(pi) = -sum_v pi_v log pi_v,    pi_v = exp(logp_v),    logp = log_softmax(z / T)
+
+    A token with pi_v = 0 (logp_v = -inf, e.g. a logit masked to -inf) adds 0, the limit of p log p, not NaN.
+    Differentiable (the entropy bonus trains through it). The one copy in rlpost outside the rollout engines.
+    """
+    p = logp.exp()
+    return -(p * logp).masked_fill_(p == 0, 0.0).sum(-1)  # in place: no second [..., V] float tensor

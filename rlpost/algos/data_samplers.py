@@ -1,4 +1,6 @@
-"""Prompt samplers (``data.sampler``): which dataset rows make up the next RL step.
+"""Prompt samplers (``data.sampler``): which dataset rows make up the next RL step. The one registry of them:
+``uniform`` (the default) and ``random`` here, ``gain_rl`` in rlpost/algos/gain_rl.py; rlpost/samplers.py
+builds the configured one.
 
 An entry is a class. The trainer drives it once per RL step::
 
@@ -16,6 +18,8 @@ several batches), so the curriculum moves at the rate the paper describes.
 """
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 import torch
@@ -41,35 +45,43 @@ class DataSampler(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-@DATA_SAMPLERS.register("random")
-class RandomSampler:
-    """Epoch-wise shuffling without replacement: permutation e = randperm(N, seed + e); a batch may
-    span two epochs. State is (epoch, position), so resume reproduces the same stream."""
+@dataclass
+class PermutationParams:
+    shuffle: bool = True   # a new order every epoch (data.shuffle_dataset); False: rows in dataset order
+
+
+class PermutationSampler:
+    """Epoch-wise permutations of ``range(num_rows)`` consumed in order: every row once per epoch, and a draw may
+    span two epochs. State is (epoch, position), so resume reproduces the same stream. Subclasses choose how epoch
+    e's order is drawn (:meth:`permutation`) and the state key of the position (kept as each wrote it)."""
 
     needs_scores = False
+    position_key = "position"
 
-    def __init__(self, num_rows: int, params: Any = None, seed: int = 0, scores=None):
+    def __init__(self, num_rows: int, params: PermutationParams | None = None, seed: int = 0, scores=None):
         if num_rows < 1:
             raise ValueError("data sampler needs at least one dataset row")
         self.num_rows, self.seed = num_rows, seed
-        self.epoch, self.pos = 0, 0
-        self._cache: tuple[int, torch.Tensor] | None = None
+        self.shuffle = (params or PermutationParams()).shuffle
+        self.epoch, self.position = 0, 0
+        self._cache: tuple[int, list[int]] | None = None
 
-    def _perm(self) -> torch.Tensor:
+    def permutation(self, epoch: int) -> list[int]:
+        raise NotImplementedError
+
+    def _order(self) -> list[int]:
         if self._cache is None or self._cache[0] != self.epoch:
-            gen = torch.Generator().manual_seed(self.seed + self.epoch)
-            self._cache = (self.epoch, torch.randperm(self.num_rows, generator=gen))
+            self._cache = (self.epoch, self.permutation(self.epoch) if self.shuffle else list(range(self.num_rows)))
         return self._cache[1]
 
     def next_indices(self, batch_size: int) -> list[int]:
         out: list[int] = []
         while len(out) < batch_size:
-            perm = self._perm()
-            take = perm[self.pos:self.pos + batch_size - len(out)].tolist()
+            take = self._order()[self.position:self.position + batch_size - len(out)]
             out += take
-            self.pos += len(take)
-            if self.pos >= self.num_rows:
-                self.epoch, self.pos = self.epoch + 1, 0
+            self.position += len(take)
+            if self.position >= self.num_rows:
+                self.epoch, self.position = self.epoch + 1, 0
         return out
 
     def update(self, metrics: dict) -> dict[str, float]:
@@ -79,7 +91,28 @@ class RandomSampler:
         return {"data/epoch": float(self.epoch)}
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
+        return {"epoch": self.epoch, self.position_key: self.position}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        self.epoch, self.position = int(state["epoch"]), int(state[self.position_key])
+
+
+@DATA_SAMPLERS.register("uniform", params=PermutationParams)
+class UniformSampler(PermutationSampler):
+    """The default: epoch e's order is ``random.Random(f"{seed}-{e}").shuffle(range(N))``."""
+
+    def permutation(self, epoch: int) -> list[int]:
+        order = list(range(self.num_rows))
+        random.Random(f"{self.seed}-{epoch}").shuffle(order)
+        return order
+
+
+@DATA_SAMPLERS.register("random", params=PermutationParams)
+class RandomSampler(PermutationSampler):
+    """Epoch e's order is ``torch.randperm(N, generator seeded with seed + e)``."""
+
+    position_key = "pos"
+
+    def permutation(self, epoch: int) -> list[int]:
+        gen = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.num_rows, generator=gen).tolist()

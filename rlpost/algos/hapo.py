@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rlpost.algos.core import ADVANTAGES, POLICY_LOSSES, AdvantageInput, LossInput, group_stats, masked_mean
+from rlpost.algos.core import (ADVANTAGES, POLICY_LOSSES, AdvantageInput, LossInput, entropy_from_logprobs, group_stats,
+                               masked_mean)
 from rlpost.algos.logits_processors import LOGITS_PROCESSORS
 
 H_SIGN_MODES = ("signed", "released_code")
@@ -316,9 +317,7 @@ class HAPOTemperature:
         if self.stats is None:
             factor = torch.ones(x.shape[0], device=x.device)
         else:
-            logp = torch.log_softmax(x, dim=-1)
-            p = logp.exp()
-            ent = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)                   # [N]
+            ent = entropy_from_logprobs(torch.log_softmax(x, dim=-1))                          # [N]
             factor = 1.0 + self.params.temperature_tau * h_tilde(ent, self.stats, self.params.h_sign_mode)
         self._record(factor)
         return (x / factor[:, None]).to(logits.dtype)

@@ -21,6 +21,7 @@ from typing import Iterable
 
 import torch
 
+from rlpost.algos.core import entropy_from_logprobs
 from rlpost.engines.base import ENGINES, GenRequest, SamplingParams, sample_seeds
 from rlpost.logprobs import forward_accepts
 from rlpost.sampling import apply_repetition_penalty, filter_min_p, filter_top_k_top_p, seen_tokens
@@ -139,7 +140,7 @@ class HFEngine:
             tokens[active, step] = next_tok
             logprobs[active, step] = logp_full.gather(-1, next_tok[:, None]).squeeze(-1)
             if entropies is not None:
-                entropies[active, step] = -(logp_full.exp() * logp_full).sum(-1)
+                entropies[active, step] = entropy_from_logprobs(logp_full)
             done_now = torch.isin(next_tok, eos)
             if params.stop:
                 done_now |= self._hits_stop_string(tokens[active, : step + 1], params.stop)

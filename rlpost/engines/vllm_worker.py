@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
+from rlpost.algos.core import entropy_from_logprobs
 from rlpost.algos.logits_processors import needs_input_ids
 from rlpost.sampling import apply_repetition_penalty, filter_min_p, filter_top_k_top_p, seen_tokens
 
@@ -137,8 +138,7 @@ class RlpostLogitsProcessor(LogitsProcessor):
                 scaled = z / spec.temperature if spec.temperature > 0 else z
                 logp = torch.log_softmax(scaled, dim=-1)
                 if spec.want_entropy:
-                    p = logp.exp()
-                    ent = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+                    ent = entropy_from_logprobs(logp)
                     spec.entropy_records.append((step, rows, ent.detach().cpu()))
                 if spec.truncates:
                     kept = filter_top_k_top_p(filter_min_p(scaled, spec.min_p), spec.top_k, spec.top_p)

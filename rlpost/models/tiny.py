@@ -148,7 +148,7 @@ def sft_batch(tokenizer, rows: list[dict], answer_key: str = "answer"):
 
 @torch.no_grad()
 def greedy_accuracy(model, tokenizer, rows: list[dict], task: str, max_new_tokens: int = 8) -> float:
-    from rlpost.rewards.builtin import TASK_CHECKERS
+    from rlpost.tasks import TASK_CHECKERS
     check = TASK_CHECKERS[task]
     tokenizer.padding_side = "left"
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,

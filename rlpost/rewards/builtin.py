@@ -1,37 +1,12 @@
-"""Built-in rule-based rewards: task checkers, math answers (math-verify), format, DAPO overlong penalty."""
+"""Built-in rule-based rewards: task answers (checkers in rlpost/tasks), math answers (math-verify), format, DAPO
+overlong penalty."""
 from __future__ import annotations
 
 import re
 
 from rlpost.rewards import REWARDS
-from rlpost.tasks.countdown import is_solution
-
-_INT = re.compile(r"-?\d+")
-
-
-def first_integer(text: str) -> str | None:
-    m = _INT.search(text)
-    return m.group() if m else None
-
-
-def check_arithmetic(completion: str, row: dict) -> bool:
-    """The first integer in the completion equals the answer."""
-    return first_integer(completion) == str(row["answer"]).strip()
-
-
-def extract_countdown(completion: str) -> str:
-    """The expression inside <answer>...</answer> if present, else the first line."""
-    m = re.search(r"<answer>(.*?)</answer>", completion, flags=re.S)
-    text = m.group(1) if m else completion.strip().split("\n")[0]
-    return text.split("=")[0].strip()
-
-
-def check_countdown(completion: str, row: dict) -> bool:
-    """The expression uses each number exactly once and evaluates to the target."""
-    return is_solution(extract_countdown(completion), list(row["nums"]), int(row["target"]))
-
-
-TASK_CHECKERS = {"arithmetic": check_arithmetic, "countdown": check_countdown}
+from rlpost.tasks.arithmetic import check_arithmetic
+from rlpost.tasks.countdown import check_countdown
 
 
 def _rows(n: int, columns: dict) -> list[dict]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 
 from rlpost.tasks import TASKS
 
@@ -50,3 +51,16 @@ def make_split(split: str, n: int, seed: int = 0, digits: int = 2, ops=OPS) -> l
         seen.add((a, op, b))
         rows.append({"prompt": f"{a}{op}{b}=", "answer": str(solve(a, op, b))})
     return rows
+
+
+_INT = re.compile(r"-?\d+")
+
+
+def first_integer(text: str) -> str | None:
+    m = _INT.search(text)
+    return m.group() if m else None
+
+
+def check_arithmetic(completion: str, row: dict) -> bool:
+    """The first integer in the completion equals the answer."""
+    return first_integer(completion) == str(row["answer"]).strip()

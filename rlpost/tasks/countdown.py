@@ -10,6 +10,7 @@ import ast
 import hashlib
 import operator
 import random
+import re
 from fractions import Fraction
 
 from rlpost.tasks import TASKS
@@ -70,6 +71,18 @@ def is_solution(expr: str, nums: list[int], target: int) -> bool:
         return literals(expr) == sorted(nums) and safe_eval(expr) == target
     except (ValueError, SyntaxError, ZeroDivisionError, RecursionError, TypeError):  # TypeError: e.g. "10j" literals
         return False
+
+
+def extract_countdown(completion: str) -> str:
+    """The expression inside <answer>...</answer> if present, else the first line."""
+    m = re.search(r"<answer>(.*?)</answer>", completion, flags=re.S)
+    text = m.group(1) if m else completion.strip().split("\n")[0]
+    return text.split("=")[0].strip()
+
+
+def check_countdown(completion: str, row: dict) -> bool:
+    """The expression uses each number exactly once and evaluates to the target."""
+    return is_solution(extract_countdown(completion), list(row["nums"]), int(row["target"]))
 
 
 @TASKS.register("countdown")

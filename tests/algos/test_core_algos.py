@@ -153,3 +153,17 @@ def test_registry_errors_name_the_closest():
         ADVANTAGES.add("tmp_test_adv", lambda *a: None)
         assert "tmp_test_adv" in ADVANTAGES
     assert "tmp_test_adv" not in ADVANTAGES
+
+
+def test_entropy_from_logprobs_hand_computed():
+    from rlpost.algos.core import entropy_from_logprobs
+    # p = (1/2, 1/4, 1/4): H = 1/2 ln 2 + 2 * 1/4 ln 4 = 3/2 ln 2; uniform over 4: ln 4
+    logp = torch.tensor([[0.5, 0.25, 0.25, 0.0], [0.25] * 4]).log()
+    assert torch.allclose(entropy_from_logprobs(logp), torch.tensor([1.5 * math.log(2), math.log(4)]), atol=1e-6)
+    # a logit masked to -inf adds 0 (not NaN); a one-hot distribution has entropy 0
+    masked = torch.log_softmax(torch.tensor([[0.0, 0.0, -float("inf")], [5.0, -float("inf"), -float("inf")]]), -1)
+    assert torch.allclose(entropy_from_logprobs(masked), torch.tensor([math.log(2), 0.0]))
+    # two tokens, logits (a, 0): p = sigmoid(a), dH/da = -a p (1 - p); at a = ln 3, p = 3/4: -3/16 ln 3
+    a = torch.tensor(math.log(3.0), requires_grad=True)
+    entropy_from_logprobs(torch.log_softmax(torch.stack([a, torch.tensor(0.0)]), -1)).backward()
+    assert a.grad.item() == pytest.approx(-3 / 16 * math.log(3), abs=1e-6)

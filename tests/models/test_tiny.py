@@ -1,5 +1,9 @@
 """Tiny models and the char tokenizer: save_pretrained / from_pretrained round trips, warm-start band."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +13,7 @@ from rlpost.models.tiny import TinySpec, build_model, parse_tiny_ref
 from rlpost.models.tokenizer import build_char_tokenizer
 
 TEXT = "12 + 34 = ?\nok"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("arch, model_type", [("qwen2", "qwen2"), ("llama", "llama")])
@@ -88,6 +93,25 @@ def test_warm_start_stops_at_the_first_evaluation_inside_the_band(monkeypatch):
         monkeypatch.setattr(tiny, "greedy_accuracy", lambda *a, **k: 0.5)
         tiny.warm_start(model, tok, TinySpec(hidden_size=64, num_heads=2, num_kv_heads=1, intermediate_size=64,
                                              eval_every=2, batch_size=4, max_sft_steps=4))
+
+
+def test_the_builder_checks_answers_without_importing_rewards():
+    """The tiny-model builder scores its warm start with rlpost.tasks' checkers; the reward layer stays out."""
+    assert "rlpost.rewards" not in (ROOT / "rlpost" / "models" / "tiny.py").read_text()
+    code = "\n".join([
+        "import sys, torch",
+        "from rlpost.models.tiny import TinySpec, build_model, greedy_accuracy",
+        "from rlpost.models.tokenizer import build_char_tokenizer",
+        "tok = build_char_tokenizer()",
+        "torch.manual_seed(0)",
+        "model = build_model(TinySpec(hidden_size=64, num_heads=2, num_kv_heads=1, intermediate_size=64), len(tok),",
+        "                    tok.eos_token_id, tok.pad_token_id).eval()",
+        "acc = greedy_accuracy(model, tok, [{'prompt': '1+2=', 'answer': '3'}], 'arithmetic', max_new_tokens=2)",
+        "print(0.0 <= acc <= 1.0, sorted(m for m in sys.modules if m.startswith('rlpost.rewards')))"])
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "True []"
 
 
 @pytest.mark.parametrize("task, script", [("apr_countdown", "apr_pretrain.py"), ("a2fm_mini", "a2fm_pretrain.py")])

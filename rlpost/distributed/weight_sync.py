@@ -1,0 +1,52 @@
+"""Weight sync: the learner's full weights, pushed to a rollout engine that holds its own copy (vllm, a
+``rlpost serve`` worker). Under ZeRO-3 the weights are gathered parameter by parameter (collective on all
+ranks); LoRA weights are merged on the fly (rlpost/models/lora.py)."""
+from __future__ import annotations
+
+from rlpost.distributed.sharding import SINGLE_PROCESS, Runtime
+
+
+def named_parameters_for_sync(model, runtime: Runtime | None = None):
+    """(HF name, tensor) for an engine: merged LoRA weights for peft models, gathered under ZeRO-3."""
+    from rlpost.models.lora import is_peft_model, merged_named_parameters
+    rt = runtime or SINGLE_PROCESS
+    if is_peft_model(model):
+        yield from merged_named_parameters(model, gather=rt.gather_context if rt.zero3 else None)
+    elif rt.zero3:
+        for name, p in model.named_parameters():
+            with rt.gather_context([p]):
+                t = p.data.detach().clone()
+            yield name, t
+    else:
+        yield from model.named_parameters()
+
+
+def sync_engine(engine, model, runtime: Runtime | None = None) -> None:
+    """Push the learner weights to an engine with its own copy. rlpost serve workers are shared by all
+    ranks: rank 0 sends, the others take part in the ZeRO-3 gathers and wait."""
+    rt = runtime or SINGLE_PROCESS
+    tensors = named_parameters_for_sync(model, rt)
+    if not rt.enabled:
+        engine.load_weights(tensors)
+        return
+    shared = getattr(engine, "shared_across_ranks", None)
+    if shared is None:
+        shared = rt.cfg.rollout.engine == "vllm_server"
+    if not shared:
+        engine.load_weights(tensors)
+        return
+    failure = None
+    if rt.is_main:
+        try:
+            engine.load_weights(tensors)
+        except Exception as err:  # tell the other ranks, so that every rank stops now instead of timing out
+            failure = err
+    else:
+        for _ in tensors:
+            pass
+    message = rt.broadcast_object(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    if message is not None:
+        from rlpost.engines.base import EngineError
+        raise EngineError(f"rank 0 could not send the weights to the rollout workers: {message}")
