@@ -265,7 +265,11 @@ def activity_components():
     return tuple(Component(f"multiplier g(μ) {c}", f"constrained/multiplier/{c}", "range", None,
                            what="the Lagrange weight; acted = moved from the step before") for c in COMPONENTS) + \
         tuple(Component(f"constraint {c}", f"constrained/violation/{c}", "range", 0.0,
-                        what="violation of the proxy point; acted = nonzero") for c in COMPONENTS)
+                        what="violation of the proxy point; acted = nonzero") for c in COMPONENTS) + \
+        (Component("KL in the reward: β", "kl_reward/coef", "range", None,
+                   what="the adaptive coefficient; acted = moved from the step before"),
+         Component("KL in the reward: KL", "kl_reward/kl_mean", "range", 0.0,
+                   what="mean Σ_t KL_t to the initial policy that the reward is penalised by; acted = nonzero"))
 
 
 def write_table(path: Path, summary: dict, info: dict, results: dict | None = None) -> None:
@@ -277,7 +281,8 @@ def write_table(path: Path, summary: dict, info: dict, results: dict | None = No
         f"(two learned RMs, TRL RewardTrainer); true score = held-out greedy accuracy on {info['num_eval']} problems. "
         f"{info['steps']} RL steps × {info['prompts_per_step']} prompts × {info['num_generations']} samples, "
         f"lr {info['learning_rate']}, seeds {info['seeds']}; μ/ξ/All: multiplier SGD lr {info['multiplier_lr']} "
-        f"(momentum 0.1, one step per RL step), ξ/μ task = −0.2·KL to the initial policy; sum/All/SAT: no KL penalty. "
+        f"(momentum 0.1, one step per RL step), ξ/μ task = −0.2·KL to the initial policy; sum/All/SAT: KL to the initial policy in the reward "
+        f"(algo.kl_reward: β 0.2, adaptive controller, target 0.5 nats per sequence). "
         f"Mean ± std over seeds; true score = eval/accuracy (SE ≈ 0.04 per evaluation at 128 problems).",
         "",
         f"Proxy points from the unconstrained runs (RM batch means at the {len(info['proxy_points'])} best "
@@ -308,11 +313,12 @@ def write_table(path: Path, summary: dict, info: dict, results: dict | None = No
                      f"ρ(length) {q.get('spearman_vs_length', float('nan')):.2f}")
     lines += ["", "Per-seed final true scores: " + "; ".join(
         f"{LABELS.get(v, v)} {[round(p['final'], 3) for p in s['per_seed']]}" for v, s in summary.items()),
-        "", f"Plot: curves.png. Runtime {info['seconds'] / 60:.1f} min on CPU.", ""]
+        "", f"Plot: curves.png. Wall time of this invocation {info['seconds'] / 60:.1f} min on CPU (runs that already "
+        "finished in the work folder are reused, not retrained).", ""]
     if results:
-        constrained = {LABELS.get(v, v): runs for v, runs in results.items() if v != "sum"}
-        lines[2:2] = activity_section(constrained, activity_components())[2:4]   # the never-acted line, at the top
-        lines += activity_section(constrained, activity_components())
+        labelled = {LABELS.get(v, v): runs for v, runs in results.items()}
+        lines[2:2] = activity_section(labelled, activity_components())[2:4]   # the never-acted line, at the top
+        lines += activity_section(labelled, activity_components())
     path.write_text("\n".join(lines))
 
 
