@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from rlpost.config import Config, ConfigError, component, save_config, to_dict
 from rlpost.config import explicit_fields as user_set_fields  # the keys the user set (YAML or CLI)
 from rlpost.data import build_prompts, task_or_file_rows
 from rlpost.distributed.weight_sync import sync_engine
-from rlpost.engines.base import EngineError, SamplingParams
+from rlpost.engines.base import EngineError, SamplingParams, stable_seed
 from rlpost.learner import FixedLogprobs, Learner, LearnerSettings, build_optimizer, build_scheduler
 from rlpost.methods import Extras, Needs, SetupContext, StepContext, build_methods, combine_needs
 from rlpost.models.loading import load_model, load_tokenizer, resolve_model_path
@@ -55,7 +54,7 @@ def seed_everything(seed: int) -> None:
 
 def derived_seed(*parts) -> int:
     """A stable 62-bit seed from the run seed, the step and a purpose tag (resume-safe)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 2
+    return stable_seed(*parts)
 
 
 class Trainer:

@@ -47,7 +47,8 @@ class GenRequest:
 
 
 def stable_seed(*parts) -> int:
-    """A 62-bit seed that depends only on ``parts`` (a hash; the same construction as rlpost.trainer.derived_seed)."""
+    """A 62-bit seed that depends only on ``parts``: the first 8 bytes of sha256(repr(parts)), shifted right by 2
+    (the trainer's rollout seeds and eval's per-problem seeds)."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 2
 
 
