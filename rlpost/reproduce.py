@@ -302,9 +302,9 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def steps_to(curve: list[tuple[int, float]], threshold: float) -> int | None:
-    """First evaluated step whose held-out accuracy is >= threshold (None if never)."""
+    """First trained step (> 0) whose held-out accuracy is >= threshold (None if never): the start does not count."""
     for step, acc in curve:
-        if acc >= threshold - 1e-12:
+        if step > 0 and acc >= threshold - 1e-12:
             return step
     return None
 

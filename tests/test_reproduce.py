@@ -8,6 +8,7 @@ from rlpost.reproduce import Budget, Component, RunResult, activity, never_fired
 def test_steps_to_and_summary():
     assert steps_to([(0, 0.2), (5, 0.3), (10, 0.5)], 0.3) == 5
     assert steps_to([(0, 0.2), (5, 0.25)], 0.3) is None
+    assert steps_to([(0, 0.4), (5, 0.35), (10, 0.45)], 0.3) == 5   # the start is above it: step 0 does not count
     runs = [RunResult("GRPO", "t", s, [(0, 0.2), (5, 0.4), (10, 0.6)]) for s in range(2)]
     runs += [RunResult("X", "t", 0, [(0, 0.2), (5, 0.5), (10, 0.5)]),
              RunResult("X", "t", 1, [(0, 0.2), (5, 0.3), (10, 0.3)])]

@@ -50,7 +50,10 @@ def test_constrained_table_reports_multiplier_activity(tmp_path):
     c.write_table(tmp_path / "t.md", res["summary"], res["info"], results)
     text = (tmp_path / "t.md").read_text()
     assert "| μ-PPO | multiplier g(μ) rm_answer | `constrained/multiplier/rm_answer`" in text
-    assert "PPO-sum" not in text.split("## Activity")[1]          # the unconstrained run has no multipliers
+    activity = text.split("## Activity")[1]
+    assert "| PPO-sum (unconstrained) | multiplier" not in activity   # the unconstrained run has no multipliers ...
+    assert "| PPO-sum (unconstrained) | KL in the reward: β | `kl_reward/coef`" in activity   # ... but a KL in its reward
+    assert "| μ-PPO | KL in the reward" not in activity              # μ's task is the KL itself (no algo.kl_reward)
 
 
 def test_constrained_proxy_points_are_chosen_on_a_selection_set_not_the_scoring_set():
@@ -64,3 +67,26 @@ def test_constrained_proxy_points_are_chosen_on_a_selection_set_not_the_scoring_
            {"step": 2, "reward/rm_answer/mean": 0.9, "reward/rm_length/mean": -2.0, "eval/accuracy": 0.6, SELECT_KEY: 0.1}]
     theta, best = proxy_points([run], top_k=1)
     assert theta == {"rm_answer": 0.1, "rm_length": -1.0} and best[0]["step"] == 1
+
+
+def test_sft_budget_text_says_when_the_warm_start_was_time_boxed():
+    from rlpost.studies.common import sft_budget_text
+    sft = {"stages": [{"sft_steps": 7290, "planned_steps": 36300, "seconds": 1500.2},
+                      {"sft_steps": 5428, "planned_steps": 36760, "seconds": 1500.1}]}
+    assert sft_budget_text({"runs": {"s0": {"sft": sft}}}) == (
+        "SFT time-boxed: stage 1 trained 7290 of 36300 planned steps in 1500 s, "
+        "stage 2 trained 5428 of 36760 planned steps in 1500 s")
+    full = {"sft_steps": 100, "planned_steps": 100, "seconds": 12.0}
+    assert sft_budget_text({"runs": {"s0": {"sft": full}}}) == "SFT: stage 1 trained 100 of 100 planned steps in 12 s"
+
+
+def test_best_after_dpo_is_claimed_only_without_overlapping_seeds():
+    from rlpost.studies.implicit_sft import best_after_dpo
+
+    def group(loss, values):
+        return {"loss": loss, "lr_scale": 1.0, "after_dpo": {"mean": sum(values) / len(values), "values": values}}
+    clear = [group("nll", [0.80, 0.82, 0.84]), group("f_kl", [0.70, 0.75, 0.79])]
+    assert best_after_dpo(clear).startswith("Best after DPO: nll at lr ×1 (0.820")
+    tied = [group("nll", [0.80, 0.82, 0.84]), group("f_kl", [0.70, 0.75, 0.81])]   # 0.81 reaches nll's lowest 0.80
+    text = best_after_dpo(tied)
+    assert text.startswith("Highest mean after DPO: nll at lr ×1 (0.820), not a clear best") and "f_kl at lr ×1" in text

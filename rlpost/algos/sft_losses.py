@@ -212,7 +212,9 @@ _register_fdiv("f_pearson", "Pearson χ² (the one derived objective the notes c
 _register_fdiv("f_hellinger", "Squared Hellinger (candidate, unconfirmed)")
 _register_fdiv("f_js", "Jensen–Shannon (candidate, unconfirmed)")
 _register_fdiv("f_kl", "Forward KL (candidate, unconfirmed)")
-_register_fdiv("f_tv", "Total variation (the paper's plain-SFT case; a sanity check)")
+_register_fdiv("f_tv", "Total variation: φ(u) = u on |u| <= 1/2 (the paper's plain-SFT case), so there its gradient is "
+               "β times the NLL gradient; NOT plain NLL overall: where |u| > 1/2 the clamp zeroes the gradient, so "
+               "a sequence whose log-ratio to π_ref leaves ±1/(2β) stops training (use nll for plain SFT)")
 
 
 # --------------------------------------------------------------------------------------------

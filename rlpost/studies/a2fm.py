@@ -236,12 +236,12 @@ def activity_components():
 
 
 def write_table(results: dict, path: Path) -> None:
+    from rlpost.studies.common import sft_budget_text
     cfg = results["config"]
     lines = [f"# A²FM miniature: routing and accuracy before and after APO ({cfg['n_eval']} held-out questions "
              f"x {cfg.get('eval_samples', 4)} samples at temperature 1)", "",
              f"Tiny LLaMA (d={cfg['model']['hidden_size']}, {cfg['model']['num_layers']} layers) warm-started from scratch "
-             f"on {cfg['n_sft']} route-then-align traces per stage ({cfg.get('sft_stages', 1)} SFT stages of at most "
-             f"{cfg['sft_time_s']} s), then {cfg['steps']} "
+             f"on {cfg['n_sft']} route-then-align traces per stage ({sft_budget_text(results)}), then {cfg['steps']} "
              f"APO steps per seed from it. APO seeds: {cfg['seeds']} (cells: mean, and the range over seeds where shown). "
              "Question kinds (equal shares): instant = one single-digit sum, "
              "reasoning = four-term sum, calc = 3-digit x 2-digit product, search = code of a fictional town "

@@ -271,6 +271,7 @@ def _agg(results, kind, stage, *path):
 
 
 def write_table(results: dict, path: Path) -> None:
+    from rlpost.studies.common import sft_budget_text
     cfg = results["config"]
     kinds = [k for k in METHODS if any(r["kind"] == k for r in results["runs"].values())]
     lines = [f"# APR miniature: APR vs SoS+ on held-out Countdown ({cfg['n_eval']} problems, greedy)", "",
@@ -279,7 +280,7 @@ def write_table(results: dict, path: Path) -> None:
              f"(held-out problems: {cfg['n_eval']} prompts); tiny LLaMA "
              f"({cfg['model']['num_layers']} layers, d={cfg['model']['hidden_size']}) trained from scratch on "
              f"{cfg['n_traces']} APR and {cfg['n_traces']} SoS+ solver traces (one model; the root prompt's budget "
-             f"prefix selects SoS+; SFT: {cfg.get('sft_stages', 1)} stages of at most {cfg['sft_time_s']} s), then "
+             f"prefix selects SoS+; {sft_budget_text(results)}), then "
              f"{cfg['steps']} RL steps per method "
              f"from it. RL seeds: {cfg['seeds']} (all from the SFT model of seed {cfg.get('sft_seed')}; cells show the mean "
              f"and, when seeds differ, the range). Tokens: phrase tokenizer (protocol phrases = 1 token). "

@@ -248,3 +248,17 @@ def activity_section(runs: dict, components, method: str | None = None) -> list[
     head = (f"**Never acted: {', '.join(dict.fromkeys(idle + missing))}.** Rows that depend on them do not test them."
             if idle or missing else "Every component acted in its runs.")
     return ["## Activity", "", head, "", *table, ""]
+
+
+def sft_budget_text(results: dict) -> str:
+    """What the time-boxed warm start actually trained, per stage, from the runs' SFT record: e.g. "SFT time-boxed:
+    stage 1 trained 7290 of 36300 planned steps in 1500 s, stage 2 5428 of 36760 in 1500 s"."""
+    sft = next(iter(results["runs"].values()), {}).get("sft", {})
+    stages = sft.get("stages") or [sft]
+    parts = [f"{st.get('sft_steps', '?')} of {st.get('planned_steps', '?')} planned steps in {st.get('seconds', 0):.0f} s"
+             for st in stages]
+    if not parts:
+        return "SFT: no record"
+    cut = any(st.get("planned_steps") and st.get("sft_steps", 0) < st["planned_steps"] for st in stages)
+    head = "SFT time-boxed" if cut else "SFT"
+    return f"{head}: " + ", ".join(f"stage {i + 1} trained {p}" for i, p in enumerate(parts))

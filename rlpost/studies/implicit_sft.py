@@ -168,6 +168,20 @@ def activity_components():
             Component("drift from the initial model", "sft/kl_to_initial", "range", 0.0, what="KL to the initial model"))
 
 
+def best_after_dpo(groups: list[dict]) -> str:
+    """The highest mean after DPO, claimed as best only when no other row's seed range reaches its lowest seed."""
+    scored = [g for g in groups if g["after_dpo"]]
+    if not scored:
+        return "No run reached DPO."
+    top = max(scored, key=lambda g: g["after_dpo"]["mean"])
+    name = lambda g: f"{g['loss']} at lr ×{g['lr_scale']:g}"   # noqa: E731
+    ties = [g for g in scored if g is not top and max(g["after_dpo"]["values"]) >= min(top["after_dpo"]["values"])]
+    if not ties:
+        return f"Best after DPO: {name(top)} ({top['after_dpo']['mean']:.3f}; above every other row on every seed)."
+    return (f"Highest mean after DPO: {name(top)} ({top['after_dpo']['mean']:.3f}), not a clear best: the seed ranges "
+            f"of {', '.join(name(g) for g in ties)} reach its lowest seed.")
+
+
 def write_table(path: Path, groups: list[dict], info: dict, traces: dict | None = None) -> None:
     lines = [
         "# Implicit-reward SFT → DPO: miniature study",
@@ -191,9 +205,7 @@ def write_table(path: Path, groups: list[dict], info: dict, traces: dict | None 
         lines.append(f"| {g['loss']} | {g['lr']:.2g} (×{g['lr_scale']:g}) | {_fmt(g['initial'])} | {_fmt(g['after_sft'])} "
                      f"| {_fmt(g['after_dpo'])} | {_fmt(gain)} | {_fmt(g['kl_to_initial'])} "
                      f"| {_fmt(g['implicit_reward'], 2)} | {_fmt(g['dpo_margin'], 2)} |")
-    best = max(groups, key=lambda g: g["after_dpo"]["mean"] if g["after_dpo"] else -1)
-    lines += ["", f"Best after DPO: {best['loss']} at lr ×{best['lr_scale']:g} "
-                  f"({best['after_dpo']['mean']:.3f}).", "",
+    lines += ["", best_after_dpo(groups), "",
               f"Plot: curves.png. Runtime {info['seconds'] / 60:.1f} min on CPU.", ""]
     if traces:
         from rlpost.studies.common import activity_section
