@@ -360,6 +360,20 @@ def never_fired(results: list[RunResult], components, method: str) -> list[str]:
     return [name for name, fired in names.items() if fired == 0]
 
 
+RARELY = 0.1   # a component that acted on fewer than this share of a task's training steps is called out at the top
+
+
+def rarely_fired(results: list[RunResult], components, method: str) -> list[str]:
+    """"<component> (`metric`) on <task>: k of n steps" for each component of ``method`` that acted on some but
+    fewer than :data:`RARELY` of a task's training steps (all seeds): a near no-op there."""
+    out = []
+    for task in dict.fromkeys(r.task for r in results):
+        for comp, act in activity_by_method(results, components, task).get(method, []):
+            if act["steps"] and 0 < act["fired"] < RARELY * act["steps"]:
+                out.append(f"{comp.name} (`{comp.metric}`) on {task}: {act['fired']} of {act['steps']} steps")
+    return out
+
+
 def _activity_lines(results: list[RunResult], components, task: str) -> list[str]:
     lines = ["Activity (all seeds, all training steps): whether each component acted, and how much.", "",
              "| method | component | metric | acted on steps | mean | min..max |", "|---|---|---|---|---|---|"]
@@ -392,6 +406,10 @@ def write_table(path: Path, recipe: str, results: list[RunResult], budget: Budge
                       "what those components do (see the activity section).")
     else:
         fired_line = f"Every component of {rec.label} acted in its runs (activity section of each task)."
+    rare = rarely_fired(results, rec.components, rec.label) if rec.components and rec.label in rows else []
+    if rare:
+        fired_line += (f" **Acted on fewer than {RARELY:.0%} of the training steps** (close to a no-op there): "
+                       + "; ".join(rare) + ".")
     lines = [f"# {rec.label} in miniature: {rec.label} vs GRPO vs DAPO", "",
              *([fired_line, ""] if fired_line else []),
              f"{rec.label}: {rec.note}.", "",

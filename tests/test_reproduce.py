@@ -2,7 +2,7 @@
 import json
 import math
 
-from rlpost.reproduce import Budget, Component, RunResult, activity, never_fired, reproduce, steps_to, summarize
+from rlpost.reproduce import Budget, Component, RunResult, activity, never_fired, rarely_fired, reproduce, steps_to, summarize
 
 
 def test_steps_to_and_summary():
@@ -32,6 +32,10 @@ def test_activity_by_hand():
     runs = [RunResult("M", "t", 0, trace={"x/boost_frac": [0.0, 0.0], "gain_rl/mu": [0.0, 3.0]}),
             RunResult("M", "u", 0, trace={"x/boost_frac": [0.0], "gain_rl/mu": [3.0]})]
     assert never_fired(runs, (share, mu), "M") == ["C"]
+    # acted on 1 of 12 steps of task t (< 10 %): called out; 2 of 12 on task u (>= 10 %): not
+    rare = [RunResult("M", "t", 0, trace={"x/boost_frac": [0.0] * 11 + [0.3]}),
+            RunResult("M", "u", 0, trace={"x/boost_frac": [0.0] * 10 + [0.3, 0.2]})]
+    assert rarely_fired(rare, (share,), "M") == ["C (`x/boost_frac`) on t: 1 of 12 steps"]
 
 
 def test_micro_reproduction(tmp_path):
