@@ -146,9 +146,9 @@ class Trainer:
         rollouts.publish(self.step, self.model)
         if state is not None:
             rollouts.load_state_dict(state, self.step)
-        else:
-            self.rollouts = rollouts
-            for step in range(self.step, self.step + r.async_level + 1):
+        self.rollouts = rollouts
+        for step in range(self.step, self.step + r.async_level + 1):   # (a resumed run with a larger max_steps
+            if step not in rollouts.pending:                             # queues the batches its checkpoint had not)
                 self.queue_batch(step)
         return rollouts
 
@@ -328,11 +328,17 @@ class Trainer:
         return trajs, {**self._rollout_metrics(trajs, components), **async_metrics}
 
     def queue_batch(self, step: int) -> None:
-        """Draw the prompts of ``step``'s batch now (in step order) and queue its generation on its version."""
+        """Draw the prompts of ``step``'s batch now (in step order) and queue its generation on its version
+        (at least the current one: only a resumed run whose checkpoint stopped short of this batch needs that)."""
         if step >= self.cfg.trainer.max_steps:
             return
+        version = behaviour_version(step, self.cfg.rollout.async_level)
+        if version < self.step:
+            log.warning("async rollouts: the batch of step %d is generated on version %d, not %d (the checkpoint was "
+                        "written by a run with a smaller trainer.max_steps)", step, self.step, version)
+            version = self.step
         indices = self.dist.draw(self.sampler, self.dist.local_prompt_count(self.cfg.rollout.prompts_per_step))
-        self.rollouts.submit(RolloutJob(step, list(indices), behaviour_version(step, self.cfg.rollout.async_level)))
+        self.rollouts.submit(RolloutJob(step, list(indices), version))
 
     def _rollout_job(self, workflow, job: RolloutJob) -> list[Trajectory]:
         """One queued batch, on the generation thread: the same draws, seed and group ids as generate()'s round 0."""
