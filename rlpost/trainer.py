@@ -406,6 +406,8 @@ class Trainer:
             with self.times("generate"):
                 trajs = self.workflow.rollout(draws, self.sampling_params("rollout", round_))
             assign_group_ids(trajs, draws, round_, rounds, len(self.train_prompts))
+            for t in trajs:
+                t.policy_version = self.step   # synchronous: the weights being trained (staleness 0)
             with self.times("score"):
                 component_metrics = self.score(trajs)
             if round_ == 0:  # over all ranks' trajectories
