@@ -224,6 +224,7 @@ class AsyncRollout:
 
     # ---- generation thread
     def _run(self, job: RolloutJob, weights: list) -> list:
+        """Generate ``job`` on its weights (loaded only when the engine holds another version); tag the versions."""
         if self.engine_version != job.version:
             self.engine.load_weights(iter(weights))
             self.engine_version = job.version
@@ -235,6 +236,7 @@ class AsyncRollout:
         return trajs
 
     def _drop_unused_snapshots(self) -> None:
+        """Forget the snapshots no queued job needs (the newest stays: the next queued batch may need it)."""
         needed = {job.version for job, _ in self.pending.values()}
         newest = max(self.snapshots, default=None)
         for v in [v for v in self.snapshots if v not in needed and v != newest]:

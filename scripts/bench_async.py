@@ -80,6 +80,7 @@ def start_worker(path: str, core: int | None, log_dir: Path):
 
 
 def stop_worker(url: str, proc) -> None:
+    """POST /shutdown and wait; kill the worker if it does not go."""
     import requests
     try:
         requests.post(f"{url}/shutdown", timeout=5)
