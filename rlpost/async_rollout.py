@@ -21,6 +21,7 @@ no queued job needs it.
 Engines. The rollout engine is used from the generation thread only:
 - ``hf``: a second model object (a deep copy of the learner's, loaded with each snapshot): one more copy of the
   weights in memory, plus up to k snapshots; evaluation stays on the learner's own model in the main thread.
+- ``vllm``: the colocated engine, used from the generation thread only (evaluation too, as for vllm_server).
 - ``vllm_server``: the ``rlpost serve`` workers; a version's weights are pushed (with the fingerprint handshake
   of rlpost/engines/vllm_server.py) by the generation thread right before the first job that needs them, while
   the learner keeps updating. Evaluation runs on the generation thread too, on a snapshot of the current weights.
@@ -91,10 +92,9 @@ def check_async(cfg) -> None:
         raise ConfigError(f"rollout.workflow {workflow} does not work with rollout.async_level={r.async_level}: "
                           "multi-call workflows (apr, a2fm) keep trees, tool calls and group scoring across engine "
                           f"calls; async rollouts support {', '.join(SYNC_WORKFLOWS)} only; use rollout.async_level=0")
-    if r.engine not in ("hf", "vllm_server"):
-        raise ConfigError(f"rollout.engine {r.engine} does not work with rollout.async_level={r.async_level}: the "
-                          "colocated vLLM engine lives on the learner's thread and device; use rollout.engine=hf or "
-                          "vllm_server (rlpost serve workers)")
+    if r.engine == "vllm" and r.enable_sleep_mode:
+        raise ConfigError(f"rollout.enable_sleep_mode does not work with rollout.async_level={r.async_level}: the "
+                          "colocated engine generates during the learner's update instead of sleeping through it")
     if cfg.distributed.backend != "none":
         raise ConfigError(f"rollout.async_level={r.async_level} is single-process for now: set "
                           "distributed.backend=none (or rollout.async_level=0)")

@@ -140,7 +140,7 @@ def test_off_policy_correction_is_on_by_default_with_async():
     (["method.gain_rl={}", "data.sampler={name: gain_rl}"], "data.sampler gain_rl does not work with rollout.async"),
     (["rollout.workflow=apr"], "rollout.workflow apr does not work with rollout.async_level=1: multi-call"),
     (["rollout.workflow=a2fm"], "rollout.workflow a2fm does not work with rollout.async_level=1"),
-    (["rollout.engine=vllm"], "rollout.engine vllm does not work with rollout.async_level=1"),
+    (["rollout.engine=vllm", "rollout.enable_sleep_mode=true"], "rollout.enable_sleep_mode does not work with"),
     (["distributed.backend=ddp"], "rollout.async_level=1 is single-process for now"),
     (["model.lora.r=8"], "rollout.async_level > 0 with rollout.engine=hf copies the model"),
 ])

@@ -1,5 +1,6 @@
-"""Async rollouts (rollout.async_level=1) on one real ``rlpost serve`` worker: weights are pushed by the generation
-thread with the version handshake while the learner updates, and every batch after the first is one version old."""
+"""Async rollouts (rollout.async_level=1) on vLLM: one real ``rlpost serve`` worker (weights are pushed by the
+generation thread with the version handshake while the learner updates) and the colocated engine, driven from
+the generation thread. Every batch after the first is one version old."""
 import json
 
 import pytest
@@ -44,3 +45,17 @@ def test_one_step_off_on_a_worker(worker, tmp_path):
     assert after["weights_version"] == before + 5
     final = load_model(str(out / "final_model"), ModelConfig(), "cpu")
     assert after["weights_fingerprint"] == weights_fingerprint(list(final.named_parameters()))  # the last eval's
+
+
+def test_one_step_off_on_the_colocated_engine(tmp_path):
+    out = tmp_path / "colocated"
+    code = main(["train", "configs/tiny/arith_grpo.yaml", f"trainer.output_dir={out}", "trainer.progress_bar=false",
+                 "trainer.report_to=[]", "trainer.save_steps=0", "trainer.max_steps=3", "trainer.eval_steps=3",
+                 "data.num_eval=16", "rollout.prompts_per_step=8", "rollout.engine=vllm", "rollout.async_level=1",
+                 "rollout.gpu_memory_utilization=0.2", "rollout.max_model_len=256"])
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["async/staleness_max"] for r in rows[1:]] == [0, 1, 1]
+    assert rows[1]["rollout/logprob_diff"] < 1e-4              # version 0 in the engine = the learner's weights
+    assert rows[2]["rollout/logprob_diff"] > 1e-3              # version 0 samples, the learner at version 1
+    assert "eval/accuracy" in rows[0] and "eval/accuracy" in rows[-1]
