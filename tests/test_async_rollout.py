@@ -234,3 +234,25 @@ def test_async_level_1_resume_is_exact(tmp_path):
     code, _ = run(tmp_path, "part", *common[:2], "rollout.async_level=0", "algo.num_iterations=2",
                   "trainer.resume_from_checkpoint=latest")
     assert code == 2                                                    # a config error, before any step
+
+
+@pytest.mark.slow
+def test_bounded_staleness_resume_from_a_copied_checkpoint_is_exact(tmp_path):
+    """async_level=2, a run killed after its step-2 checkpoint (simulated: the checkpoint copied into a fresh output
+    folder): the resumed steps 3-5 log the uninterrupted run's values. The checkpoint held the batches of steps 2
+    and 3 (version 0 and 1, older than its weights) as trajectories; the batch of step 4 (version 2) is regenerated."""
+    import shutil
+    common = ["trainer.max_steps=5", "trainer.save_steps=2", "rollout.async_level=2", "trainer.save_total_limit=5"]
+    code, full = run(tmp_path, "full", *common)
+    assert code == 0
+    state = torch.load(tmp_path / "full" / "checkpoints" / "step-2" / "state.pt", weights_only=False)["async"]
+    assert [(j["step"], j["version"], j["result"] is not None) for j in state["jobs"]] == \
+        [(2, 0, True), (3, 1, True), (4, 2, False)]
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step-2", tmp_path / "killed" / "checkpoints" / "step-2")
+    code, resumed = run(tmp_path, "killed", *common, "trainer.resume_from_checkpoint=latest")
+    assert code == 0
+    by_step = {r["step"]: r for r in full}
+    assert [r["step"] for r in resumed] == [3, 4, 5] and any(r["grad_norm"] > 0 for r in resumed)
+    for b in resumed:
+        for key in (*VALUES, "async/staleness_max", "rollout/is_ratio/mean"):
+            assert by_step[b["step"]].get(key) == b.get(key), (b["step"], key)
