@@ -97,6 +97,9 @@ class RolloutConfig:
     return_entropy: bool = False              # per-token entropies from the sampler (HAPO needs them)
     logits_processor: Component | None = None  # registered logits processor (e.g. hapo adaptive temperature)
     generation_batch_size: int | None = None  # sequences generated per engine call (None: all at once)
+    async_level: int = 0                      # 0: synchronous loop; k >= 1: the batch of step t is generated on the weights
+                                              # of step max(0, t-k) while the learner trains (1 = one-step-off); prime-rl's
+                                              # max_async_level (rlpost/async_rollout.py, README "Asynchronous rollouts")
     # vLLM engine options (rollout.engine=vllm / vllm_server)
     gpu_memory_utilization: float = 0.3       # vLLM memory share (CPU memory on CPU builds)
     max_model_len: int | None = None          # vLLM context length; default prompt + completion cap
@@ -297,6 +300,7 @@ ALIASES: dict[str, str] = {
     "vllm_importance_sampling_mode": "algo.vllm_importance_sampling_mode",
     "vllm_importance_sampling_clip_max": "algo.vllm_importance_sampling_clip_max",
     "vllm_importance_sampling_clip_min": "algo.vllm_importance_sampling_clip_min",
+    "max_async_level": "rollout.async_level",   # prime-rl's name for the staleness bound
 }
 SECTION_ALIASES = {(k.split(".")[0], k.split(".")[1]): v for k, v in {
     "rollout.beta": "algo.beta", "algo.temperature": "rollout.temperature",
@@ -590,6 +594,8 @@ def validate(cfg: Config) -> None:
     if model_dtype := cfg.model.dtype:
         if model_dtype not in ("float32", "bfloat16", "float16", "auto"):
             raise ConfigError(f"model.dtype must be float32, bfloat16, float16 or auto, got {model_dtype!r}")
+    if r.async_level < 0:
+        raise ConfigError(f"rollout.async_level must be >= 0 (0 = synchronous, 1 = one-step-off), got {r.async_level}")
     if r.weight_sync not in ("file", "dist"):
         raise ConfigError(f"rollout.weight_sync must be file or dist, got {r.weight_sync!r}")
     if a.vllm_importance_sampling_mode not in ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"):

@@ -103,11 +103,14 @@ def defaults_of(fn) -> dict:
 
 def resolve_train(cfg: Config, world_size: int | None = None) -> dict:
     """The run config with every component expanded and checked; raises ConfigError (loads no weights)."""
+    from rlpost.async_rollout import check_async, is_settings
     from rlpost.methods import validate_methods
+    check_async(cfg)   # first: what cannot run asynchronously says so, before the methods' own rules
     validate_methods(cfg)
     out = to_dict(cfg)
     out["rollout"].update(resolve_rollout(cfg))
     out["algo"].update(resolve_algo(cfg))
+    out["algo"].update(is_settings(cfg))   # async_level > 0: the off-policy correction on by default
     out["data"]["sampler"] = resolve_sampler(cfg)
     out["rewards"] = [resolve_reward(r, i) for i, r in enumerate(cfg.rewards)]
     out["method"] = resolve_methods(cfg.method)

@@ -19,6 +19,7 @@ import torch
 
 from rlpost import checkpoint as ckpt
 from rlpost import distributed
+from rlpost.async_rollout import AsyncRollout, RolloutJob, behaviour_version, generator_copy, is_settings
 from rlpost.algos import ADVANTAGES, AdvantageInput, build_params
 from rlpost.algos.advantages import per_trajectory
 from rlpost.algos.dynamic_sampling import informative_groups
@@ -60,6 +61,7 @@ def derived_seed(*parts) -> int:
 class Trainer:
     dist = distributed.Runtime()  # single process until setup() joins a launcher's process group
     kl_controller = None          # algo.kl_reward's coefficient controller, built in setup() when it is on
+    rollouts = None               # the async rollout driver (rollout.async_level > 0), built in setup()
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -117,8 +119,9 @@ class Trainer:
             for path in ckpt.remove_stale_temporaries(self.out):
                 log.warning("removed %s (left half-written by an interrupted run)", path)
         resume_path = ckpt.resolve_resume(self.out, cfg.trainer.resume_from_checkpoint)
+        async_state = None
         if resume_path is not None:
-            self._load(resume_path)
+            async_state = self._load(resume_path)
         elif cfg.trainer.resume_from_checkpoint == "latest":
             log.warning("trainer.resume_from_checkpoint=latest: no checkpoint in %s, starting from step 0",
                         ckpt.checkpoint_dir(self.out))
@@ -126,7 +129,28 @@ class Trainer:
                         if self.dist.is_main else distributed.NullTracker())
         if self.engine_needs_sync:  # before the first generation: a reused `rlpost serve` worker (or a resumed run's
             sync_engine(self.engine, self.model, self.dist)  # engine) may hold other weights than this run's
+        if cfg.rollout.async_level > 0:
+            self.rollouts = self._build_async_rollouts(async_state)
         return self
+
+    def _build_async_rollouts(self, state: dict | None) -> AsyncRollout:
+        """The async driver (rlpost/async_rollout.py) with its own engine and workflow (hf: on a copy of the
+        model), the current weights published as version ``self.step`` and batches step..step+k queued (or the
+        checkpoint's queue restored)."""
+        from rlpost.engines.hf import HFEngine
+        r = self.cfg.rollout
+        engine = HFEngine(generator_copy(self.model), self.tokenizer) if r.engine == "hf" else self.engine.engine
+        workflow = self._build_workflow(engine)
+        rollouts = AsyncRollout(engine, lambda job: self._rollout_job(workflow, job), r.async_level, r.timeout_s,
+                                self.cfg.trainer.num_threads)
+        rollouts.publish(self.step, self.model)
+        if state is not None:
+            rollouts.load_state_dict(state, self.step)
+        self.rollouts = rollouts
+        for step in range(self.step, self.step + r.async_level + 1):   # (a resumed run with a larger max_steps
+            if step not in rollouts.pending:                             # queues the batches its checkpoint had not)
+                self.queue_batch(step)
+        return rollouts
 
     def _context_length(self) -> int:
         """Tokens the model can attend to: rollout.max_model_len when set, else the model's max_position_embeddings."""
@@ -145,11 +169,11 @@ class Trainer:
         engine = self.dist.wrap_engine(build_engine(self.cfg, self.model, self.tokenizer, self.model_path))
         return GuardedEngine(engine, self._engine_failed)
 
-    def _build_workflow(self):
+    def _build_workflow(self, engine=None):
         name, overrides = component(self.cfg.rollout.workflow)
         entry = _registry_entry(WORKFLOWS, name, "rollout.workflow")
         params = build_params(entry.params, None, overrides, where=f"rollout.workflow ({name})")
-        return entry.fn(self.engine, self.tokenizer, **(dataclasses.asdict(params) if params else {}))
+        return entry.fn(engine or self.engine, self.tokenizer, **(dataclasses.asdict(params) if params else {}))
 
     def _build_advantage(self):
         a = self.cfg.algo
@@ -180,6 +204,7 @@ class Trainer:
         agg = DEFAULT_AGGREGATION.get(name, "token-mean") if a.loss_agg == "auto" else a.loss_agg
         from rlpost.algos import AGGREGATIONS, KL_ESTIMATORS
         from rlpost.algos.mismatch import is_correction_from_config
+        corrected = dataclasses.replace(a, **is_settings(cfg))   # async_level > 0: on by default (async_rollout.py)
         _registry_entry(AGGREGATIONS, agg, "algo.loss_agg")
         _registry_entry(KL_ESTIMATORS, a.kl_estimator, "algo.kl_estimator")
         return LearnerSettings(
@@ -187,7 +212,7 @@ class Trainer:
             max_completion_length=cfg.rollout.max_completion_length, temperature=cfg.rollout.temperature or 1.0,
             beta=a.beta, kl_estimator=a.kl_estimator, entropy_coef=a.entropy_coef, num_iterations=a.num_iterations,
             steps_per_generation=cfg.optim.steps_per_generation, micro_batch_size=cfg.optim.micro_batch_size,
-            max_grad_norm=cfg.optim.max_grad_norm, vllm_is=is_correction_from_config(a),
+            max_grad_norm=cfg.optim.max_grad_norm, vllm_is=is_correction_from_config(corrected),
             max_consecutive_skipped_steps=cfg.optim.max_consecutive_skipped_steps,
             logprob_chunk_size=cfg.optim.logprob_chunk_size, padding_free=cfg.optim.padding_free,
             shared_prefix=cfg.optim.shared_prefix, max_tokens_per_micro_batch=cfg.optim.max_tokens_per_micro_batch,
@@ -231,7 +256,7 @@ class Trainer:
         for _ in bar:
             start = time.perf_counter()
             self.times.reset()
-            trajectories, gen_metrics = self.generate()                   # rollout + score (+ dynamic sampling)
+            trajectories, gen_metrics = self.next_batch()                 # rollout + score (+ dynamic sampling)
             trajectories = self.dist.local_groups(trajectories)           # replicated rollouts: this rank's groups
             batch = collate(trajectories, self.tokenizer.pad_token_id, cfg.algo.mask_truncated_completions)
             self.apply_method_kl_coef()
@@ -253,7 +278,7 @@ class Trainer:
                     "tokens": self.dist.global_count(int(sum(len(s.completion_ids) for t in trajectories for s in t.samples)))}
             try:
                 with self.times("weight_sync"):
-                    sync_engine(self.engine, self.model, self.dist) if self.engine_needs_sync else None
+                    self.sync_rollout_weights()
             except EngineError:  # the engine handler checkpointed this step: log its row too, so resume misses none
                 self.tracker.log({**last, "step_time": time.perf_counter() - start, **self.times.metrics()})
                 raise
@@ -276,16 +301,60 @@ class Trainer:
     def engine_needs_sync(self) -> bool:
         return getattr(self.engine, "model", None) is not self.model
 
-    def sampling_params(self, purpose: str, round_: int = 0) -> SamplingParams:
+    def sampling_params(self, purpose: str, round_: int = 0, step: int | None = None) -> SamplingParams:
+        """The rollout's sampling params for ``step`` (default: the current one), seeded from (seed, step, purpose,
+        round), after the methods' rollout_params hooks."""
         r = self.cfg.rollout
+        step = self.step if step is None else step
         params = SamplingParams(n=r.num_generations, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                                 min_p=r.min_p, repetition_penalty=r.repetition_penalty,
                                 max_tokens=r.max_completion_length, stop=list(r.stop),
-                                seed=derived_seed(self.cfg.trainer.seed, self.step, purpose, round_),
+                                seed=derived_seed(self.cfg.trainer.seed, step, purpose, round_),
                                 return_entropy=r.return_entropy)
         for method in getattr(self, "methods", {}).values():
-            params = method.rollout_params(params, purpose, self.step)
+            params = method.rollout_params(params, purpose, step)
         return params
+
+    # ------------------------------------------------------------------ async rollouts (rlpost/async_rollout.py)
+    def next_batch(self) -> tuple[list[Trajectory], dict]:
+        """This step's scored trajectories: generated now (synchronous), or taken from the async queue (generated
+        on version max(0, step - async_level) while earlier steps trained) and scored here."""
+        if self.rollouts is None:
+            return self.generate()
+        with self.times("generate_wait"):   # the time the learner waits for rollouts
+            trajs, async_metrics = self.rollouts.take(self.step)
+        with self.times("score"):
+            components = self.score(trajs)
+        return trajs, {**self._rollout_metrics(trajs, components), **async_metrics}
+
+    def queue_batch(self, step: int) -> None:
+        """Draw the prompts of ``step``'s batch now (in step order) and queue its generation on its version
+        (at least the current one: only a resumed run whose checkpoint stopped short of this batch needs that)."""
+        if step >= self.cfg.trainer.max_steps:
+            return
+        version = behaviour_version(step, self.cfg.rollout.async_level)
+        if version < self.step:
+            log.warning("async rollouts: the batch of step %d is generated on version %d, not %d (the checkpoint was "
+                        "written by a run with a smaller trainer.max_steps)", step, self.step, version)
+            version = self.step
+        indices = self.dist.draw(self.sampler, self.dist.local_prompt_count(self.cfg.rollout.prompts_per_step))
+        self.rollouts.submit(RolloutJob(step, list(indices), version))
+
+    def _rollout_job(self, workflow, job: RolloutJob) -> list[Trajectory]:
+        """One queued batch, on the generation thread: the same draws, seed and group ids as generate()'s round 0."""
+        draws = [copy.copy(self.train_prompts[i]) for i in job.indices]
+        trajs = workflow.rollout(draws, self.sampling_params("rollout", 0, step=job.step))
+        assign_group_ids(trajs, draws, 0, 1, len(self.train_prompts))
+        return trajs
+
+    def sync_rollout_weights(self) -> None:
+        """After an update: the engine gets the new weights (synchronous), or the async driver publishes them as
+        version ``self.step`` and queues the batch that is generated on them (step + async_level)."""
+        if self.rollouts is not None:
+            self.rollouts.publish(self.step, self.model)
+            self.queue_batch(self.step + self.cfg.rollout.async_level)
+        elif self.engine_needs_sync:
+            sync_engine(self.engine, self.model, self.dist)
 
     # ------------------------------------------------------------------ methods (rlpost/methods/__init__.py)
     def apply_method_kl_coef(self) -> None:
@@ -315,7 +384,7 @@ class Trainer:
 
     def _evaluate_current(self) -> dict:
         """evaluate() mid-step, for a method: the engine gets the updated weights first (the step's sync is later)."""
-        if self.engine_needs_sync:
+        if self.engine_needs_sync and self.rollouts is None:   # async: evaluate() loads a snapshot of them itself
             self.engine.load_weights(self.model.named_parameters())
         return self.evaluate()
 
@@ -337,6 +406,8 @@ class Trainer:
             with self.times("generate"):
                 trajs = self.workflow.rollout(draws, self.sampling_params("rollout", round_))
             assign_group_ids(trajs, draws, round_, rounds, len(self.train_prompts))
+            for t in trajs:
+                t.policy_version = self.step   # synchronous: the weights being trained (staleness 0)
             with self.times("score"):
                 component_metrics = self.score(trajs)
             if round_ == 0:  # over all ranks' trajectories
@@ -424,7 +495,14 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Held-out prompts, greedy (or at trainer.eval_temperature): mean total reward and accuracy,
-        the share of completions the first reward function scores >= 1 (e.g. a correct answer)."""
+        the share of completions the first reward function scores >= 1 (e.g. a correct answer). With async
+        rollouts on an engine of its own (vllm_server), it runs on the generation thread with the current weights."""
+        if self.rollouts is not None and self.engine_needs_sync:
+            return self.rollouts.exclusive(self._evaluate, self.model)
+        return self._evaluate()
+
+    @torch.no_grad()
+    def _evaluate(self) -> dict:
         t = self.cfg.trainer
         params = dataclasses.replace(self.sampling_params("eval"), n=t.eval_num_generations,
                                      temperature=t.eval_temperature or 0.0)
@@ -468,7 +546,9 @@ class Trainer:
                 "lr_controller": self.learner.lr_controller.state_dict() if self.learner.lr_controller else None,
                 "kl_reward": self.kl_controller.state_dict() if self.kl_controller is not None else None,
                 # a reference that moves (algo.sync_ref_model) is training state
-                "ref_model": self.ref_model.state_dict() if self.cfg.algo.sync_ref_model else None}
+                "ref_model": self.ref_model.state_dict() if self.cfg.algo.sync_ref_model else None,
+                # queued async batches (rlpost/async_rollout.py): waits for those generated on older weights
+                "async": self.rollouts.state_dict(self.step) if self.rollouts is not None else None}
 
     def save(self) -> Path:
         # collective with several ranks: rank 0 writes the checkpoint, every rank its RNG state / ZeRO shard
@@ -478,8 +558,13 @@ class Trainer:
             log.info("checkpoint written: %s", path)
         return path
 
-    def _load(self, path: Path) -> None:
+    def _load(self, path: Path) -> dict | None:
+        """Resume from checkpoint ``path``; returns its queued async batches (None for a synchronous run)."""
         state = ckpt.load_state(path)
+        saved_level = (state.get("async") or {}).get("level", 0)
+        if saved_level != self.cfg.rollout.async_level:
+            raise ConfigError(f"rollout.async_level={self.cfg.rollout.async_level}, but {path} was written with "
+                              f"async_level={saved_level}: resume with the same value (the batch schedule differs)")
         ckpt.load_model_and_optimizer(path, state, self.model, self.learner.optimizer, self.dist)
         self.learner.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
@@ -496,6 +581,7 @@ class Trainer:
         if self.engine_needs_sync:
             sync_engine(self.engine, self.model, self.dist)
         log.info("resumed from %s at step %d", path, self.step)
+        return state.get("async")
 
     def finish(self, last: dict) -> dict:
         final = self.out / "final_model"
@@ -511,6 +597,8 @@ class Trainer:
         return summary
 
     def close(self) -> None:
+        if self.rollouts is not None:
+            self.rollouts.close()
         self.engine.close()
         if hasattr(self, "dist"):
             self.dist.close()
@@ -523,6 +611,8 @@ class Trainer:
             return
         if self.dist.enabled:  # a checkpoint is collective and the other ranks need not be here: keep the last periodic one
             return
+        if self.rollouts is not None:  # async: the failure may be on the generation thread, whose queue a checkpoint
+            return                     # waits for; keep the last periodic checkpoint
         err.checkpoint = self.save()
 
 

@@ -55,6 +55,8 @@ class Trajectory:
     final_text:   the text rewards are computed on
     info:         mode, cost counters, tool calls, ...
     reward:       filled by the reward stage
+    policy_version: the policy version whose weights sampled it (the number of RL updates applied to them);
+                  the learner's staleness on it is ``learner_version - policy_version`` (rlpost/async_rollout.py)
     """
     prompt: Prompt
     group_id: int
@@ -64,6 +66,7 @@ class Trajectory:
     info: dict[str, Any] = field(default_factory=dict)
     reward: float = 0.0
     reward_components: dict[str, float] = field(default_factory=dict)
+    policy_version: int | None = None
 
     @property
     def truncated(self) -> bool:

@@ -8,7 +8,8 @@
 # 1. throughput table, hf vs vLLM, tiny + ~20M model (scripts/bench_engines.py) on the GPU
 # 2. a 20-step GRPO run with rollout.engine=vllm (colocated, sleep mode on), accuracy at steps 0/10/20
 # 3. the same run with rollout.engine=hf, for the accuracy comparison
-# 4. one `rlpost serve` worker on the GPU + 5 steps with rollout.engine=vllm_server (weight_sync=file)
+# 4. one `rlpost serve` worker on the GPU + 5 steps with rollout.engine=vllm_server (weight_sync=file), then the
+#    same 5 steps with rollout.async_level=1 (one-step-off: staleness, learner wait and step time in the summary)
 # 5. the shared-prefix learner pass (optim.shared_prefix) in bf16 on CUDA: agreement and speed-up
 # 6. the vLLM test modules (CPU-sized, they run on the GPU build too)
 # Results go to $OUT (default runs/gpu_check); summary.txt collects the numbers.
@@ -77,6 +78,8 @@ if [[ $DRY == 1 ]]; then
   echo "+ RLPOST_SERVE_TOKEN=*** rlpost serve tiny:qwen2:arithmetic --port $PORT --dtype float32 --log-file $OUT/worker.log &"
   check_config configs/tiny/arith_grpo.yaml "${COMMON[@]}" rollout.engine=vllm_server \
     "rollout.server_urls=[http://127.0.0.1:$PORT]" && echo "vllm_server config: ok"
+  $PY -m rlpost.cli validate configs/tiny/arith_grpo.yaml "${COMMON[@]}" rollout.engine=vllm_server \
+    "rollout.server_urls=[http://127.0.0.1:$PORT]" rollout.async_level=1 > /dev/null && echo "async config: ok"
 else
   RLPOST_SERVE_TOKEN=$TOKEN $PY -m rlpost.cli serve tiny:qwen2:arithmetic --port "$PORT" --dtype float32 \
     --gpu-memory-utilization 0.3 --log-file "$OUT/worker.log" &
@@ -85,9 +88,17 @@ else
   RLPOST_SERVE_TOKEN=$TOKEN run $PY -m rlpost.cli train configs/tiny/arith_grpo.yaml "${COMMON[@]}" \
     trainer.max_steps=5 rollout.engine=vllm_server "rollout.server_urls=[http://127.0.0.1:$PORT]" \
     rollout.timeout_s=300 trainer.output_dir="$OUT/grpo_server"
+  RLPOST_SERVE_TOKEN=$TOKEN run $PY -m rlpost.cli train configs/tiny/arith_grpo.yaml "${COMMON[@]}" \
+    trainer.max_steps=5 rollout.engine=vllm_server "rollout.server_urls=[http://127.0.0.1:$PORT]" \
+    rollout.timeout_s=300 rollout.async_level=1 trainer.output_dir="$OUT/grpo_server_async"
   curl -s -X POST -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$PORT/shutdown" || true
   wait $WORKER || true
   accuracy "$OUT/grpo_server"
+  accuracy "$OUT/grpo_server_async"
+  $PY -c "import json,sys; rows=[json.loads(l) for l in open(sys.argv[1])][2:]; \
+print('async_level=1: staleness', [r['async/staleness_max'] for r in rows], 'wait s', \
+[round(r['timing/generate_wait'], 3) for r in rows], 'step s', [round(r['step_time'], 3) for r in rows])" \
+    "$OUT/grpo_server_async/metrics.jsonl" | tee -a "$SUMMARY"
 fi
 
 echo "== 5. shared-prefix learner pass on CUDA in bf16: agreement with the plain pass and speed-up"

@@ -1,0 +1,61 @@
+"""Async rollouts (rollout.async_level=1) on vLLM: one real ``rlpost serve`` worker (weights are pushed by the
+generation thread with the version handshake while the learner updates) and the colocated engine, driven from
+the generation thread. Every batch after the first is one version old."""
+import json
+
+import pytest
+import requests as http
+
+pytest.importorskip("vllm")
+
+from rlpost.cli import main  # noqa: E402
+from rlpost.config import ModelConfig  # noqa: E402
+from rlpost.engines.vllm_server import start_workers, stop_workers  # noqa: E402
+from rlpost.models.loading import load_model  # noqa: E402
+from rlpost.serving.weights import weights_fingerprint  # noqa: E402
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+ENGINE_ARGS = ["--dtype", "float32", "--gpu-memory-utilization", "0.2", "--max-model-len", "256"]
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_model_path, tmp_path_factory):
+    handles = start_workers(str(tiny_model_path), 1, engine_args=ENGINE_ARGS, timeout_s=600,
+                            log_dir=str(tmp_path_factory.mktemp("worker-logs")))
+    yield handles[0]
+    stop_workers(handles, timeout_s=20)
+
+
+def test_one_step_off_on_a_worker(worker, tmp_path):
+    def health():
+        return http.get(f"{worker.url}/health", timeout=10).json()
+    before = health()["weights_version"]
+    out = tmp_path / "run"
+    code = main(["train", "configs/tiny/arith_grpo.yaml", f"trainer.output_dir={out}", "trainer.progress_bar=false",
+                 "trainer.report_to=[]", "trainer.save_steps=0", "trainer.max_steps=3", "trainer.eval_steps=3",
+                 "data.num_eval=16", "rollout.prompts_per_step=8", "rollout.engine=vllm_server",
+                 f"rollout.server_urls=[{worker.url}]", "rollout.async_level=1", "rollout.max_model_len=256"])
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["async/staleness_max"] for r in rows[1:]] == [0, 1, 1]
+    assert rows[1]["rollout/logprob_diff"] < 1e-4              # version 0 on the worker = the learner's weights
+    assert "eval/accuracy" in rows[0] and "eval/accuracy" in rows[-1]
+    # pushes: setup, version 0 (batches 0, 1), the two evaluations' snapshots, version 1 (batch 2) = 5
+    after = health()
+    assert after["weights_version"] == before + 5
+    final = load_model(str(out / "final_model"), ModelConfig(), "cpu")
+    assert after["weights_fingerprint"] == weights_fingerprint(list(final.named_parameters()))  # the last eval's
+
+
+def test_one_step_off_on_the_colocated_engine(tmp_path):
+    out = tmp_path / "colocated"
+    code = main(["train", "configs/tiny/arith_grpo.yaml", f"trainer.output_dir={out}", "trainer.progress_bar=false",
+                 "trainer.report_to=[]", "trainer.save_steps=0", "trainer.max_steps=3", "trainer.eval_steps=3",
+                 "data.num_eval=16", "rollout.prompts_per_step=8", "rollout.engine=vllm", "rollout.async_level=1",
+                 "rollout.gpu_memory_utilization=0.2", "rollout.max_model_len=256"])
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["async/staleness_max"] for r in rows[1:]] == [0, 1, 1]
+    assert rows[1]["rollout/logprob_diff"] < 1e-4              # version 0 in the engine = the learner's weights
+    assert rows[2]["rollout/logprob_diff"] > 1e-3              # version 0 samples, the learner at version 1
+    assert "eval/accuracy" in rows[0] and "eval/accuracy" in rows[-1]
