@@ -61,7 +61,8 @@ class MultiTurnParams:
             raise ValueError("env is required: package.module:Class of your environment (docs/environments.md)")
         if self.max_turns < 1 or self.max_total_tokens < 2 or self.tool_timeout_s <= 0:
             raise ValueError("max_turns >= 1, max_total_tokens >= 2 and tool_timeout_s > 0 are required")
-        TOOL_CALL_PARSERS.entry(self.parser)     # KeyError lists the known parsers
+        if self.parser not in TOOL_CALL_PARSERS:
+            raise ValueError(f"parser: {TOOL_CALL_PARSERS.unknown_message(self.parser)}")
         check_env(self.env, self.env_kwargs)
 
 
