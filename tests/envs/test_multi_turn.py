@@ -2,10 +2,10 @@
 limits end episodes, malformed and failing tool calls are answered, a raising environment is named."""
 import pytest
 
-from helper_envs import TokenScriptedEngine
 from rlpost.batch import collate
 from rlpost.engines.base import SamplingParams
 from rlpost.envs import EnvError
+from rlpost.envs.testing import ScriptedEngine, rollout_once
 from rlpost.models.tokenizer import build_char_tokenizer
 from rlpost.types import Prompt
 from rlpost.workflows.multi_turn import MultiTurnWorkflow
@@ -29,7 +29,7 @@ def prompt(text, answer, i=0):
 
 
 def run(tok, respond, env, prompts, n=1, max_tokens=128, **kw):
-    engine = TokenScriptedEngine(tok, respond)
+    engine = ScriptedEngine(tok, respond)
     wf = MultiTurnWorkflow(engine, tok, env=env, **kw)
     return wf, engine, wf.rollout(prompts, SamplingParams(n=n, max_tokens=max_tokens, seed=0))
 
@@ -150,3 +150,9 @@ def test_reset_that_returns_no_messages_is_named(tok):
     helper_envs.Bad = Bad
     with pytest.raises(EnvError, match=r"helper_envs:Bad \(reset, episode 0, turn 0\): expected a non-empty list"):
         run(tok, lambda ctx, turn: "x", "helper_envs:Bad", [prompt("a", "1")])
+
+
+def test_rollout_once_plays_a_scripted_episode():
+    traj = rollout_once("rlpost.envs.examples:GuessNumberEnv", {"prompt": "Guess.", "answer": "5"}, ["3", "6", "5"])
+    assert [m["content"] for m in traj.info["conversation"]] == ["Guess.", "3", "Higher.", "6", "Lower.", "5", "Correct!"]
+    assert traj.info["turn_rewards"] == [0.0, 0.0, 1.0] and traj.info["ended_by"] == "env"
