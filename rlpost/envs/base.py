@@ -21,6 +21,8 @@ runs model-written code must run it in :func:`rlpost.sandbox.run_python`.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -54,11 +56,14 @@ class Environment(Protocol):
 
 
 def import_env(spec: str, where: str = "rollout.workflow.env") -> type:
-    """``"package.module:ClassName"`` -> the class; a ConfigError names ``where`` when it cannot be imported."""
+    """``"package.module:ClassName"`` -> the class (the working directory is importable); a ConfigError names
+    ``where`` when it cannot be imported."""
     from rlpost.config import ConfigError
     if not isinstance(spec, str) or ":" not in spec:
         raise ConfigError(f"{where}: expected 'package.module:ClassName', got {spec!r}")
     module_name, attr = spec.split(":", 1)
+    if os.getcwd() not in sys.path:   # a user's local module, as `rlpost train` runs from their project (torchtune does too)
+        sys.path.append(os.getcwd())
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
