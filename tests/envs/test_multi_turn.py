@@ -28,7 +28,7 @@ def prompt(text, answer, i=0):
     return Prompt(id=i, text=text, messages=[{"role": "user", "content": text}], columns={"answer": answer})
 
 
-def run(tok, respond, env, prompts, n=1, max_tokens=128, **kw):
+def run(tok, respond, env, prompts, n=1, max_tokens=256, **kw):
     engine = ScriptedEngine(tok, respond)
     wf = MultiTurnWorkflow(engine, tok, env=env, **kw)
     return wf, engine, wf.rollout(prompts, SamplingParams(n=n, max_tokens=max_tokens, seed=0))
@@ -156,3 +156,32 @@ def test_rollout_once_plays_a_scripted_episode():
     traj = rollout_once("rlpost.envs.examples:GuessNumberEnv", {"prompt": "Guess.", "answer": "5"}, ["3", "6", "5"])
     assert [m["content"] for m in traj.info["conversation"]] == ["Guess.", "3", "Higher.", "6", "Lower.", "5", "Correct!"]
     assert traj.info["turn_rewards"] == [0.0, 0.0, 1.0] and traj.info["ended_by"] == "env"
+
+
+# A Qwen2.5-like template: the tool list in a system block, consecutive tool messages merged into one user turn.
+TOOL_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools: {{ tools | map(attribute='function.name') | join(', ') }}<|im_end|>\n"
+    "{% endif %}"
+    "{% for m in messages %}"
+    "{% if m.role == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1].role != 'tool' %}<|im_start|>user\n{% endif %}"
+    "<tool_response>\n{{ m.content }}\n</tool_response>\n"
+    "{% if loop.last or messages[loop.index0 + 1].role != 'tool' %}<|im_end|>\n{% endif %}"
+    "{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_observations_follow_a_tool_aware_template():
+    tok = build_char_tokenizer()
+    tok.chat_template = TOOL_TEMPLATE
+    call = ('<tool_call>{"name": "add", "arguments": {"a": 3, "b": 4}}</tool_call>'
+            '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 1}}</tool_call>' + EOT)
+    wf, _, (traj,) = run(tok, lambda ctx, turn: [call, "7" + EOT][turn], "helper_envs:AddEnv", [prompt("3+4?", "7")])
+    s = traj.samples[0]
+    assert s.prompt_ids == enc(tok, f"<|im_start|>system\nTools: add, crash, sleepy{EOT}\n"
+                                    f"<|im_start|>user\n3+4?{EOT}\n<|im_start|>assistant\n")
+    obs = f"\n<|im_start|>user\n<tool_response>\n7\n</tool_response>\n<tool_response>\n2\n</tool_response>\n{EOT}\n" \
+          f"<|im_start|>assistant\n"
+    assert s.completion_ids == enc(tok, call + obs + "7" + EOT)
+    assert s.loss_mask == [1] * len(enc(tok, call)) + [0] * len(enc(tok, obs)) + [1, 1]
