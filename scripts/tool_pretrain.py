@@ -70,6 +70,8 @@ def main(argv=None) -> int:
     p.add_argument("--tokens-per-batch", type=int, default=4096)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--init", default="tiny:qwen2:arithmetic", help="tiny ref or folder to start from")
+    p.add_argument("--time-budget", type=float, default=None, help="stop SFT after this many seconds")
     args = p.parse_args(argv)
     import logging
 
@@ -83,12 +85,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    base = ensure_tiny("tiny:qwen2:arithmetic")
+    base = ensure_tiny(args.init) if args.init.startswith("tiny:") else args.init
     tok, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
     train_rows = TASKS.get("arithmetic")("train", args.examples, seed=args.seed, digits=3)
     held_out = TASKS.get("arithmetic")("test", 128, seed=args.seed, digits=3)
     stats = sft(model, tok, transcripts(tok, train_rows, args.tool_share, args.seed), epochs=args.epochs, lr=args.lr,
-                tokens_per_batch=args.tokens_per_batch, seed=args.seed, log_every=50)
+                tokens_per_batch=args.tokens_per_batch, seed=args.seed, log_every=50, time_budget_s=args.time_budget)
     stats["greedy"] = evaluate(model, tok, held_out)
     stats["sampled"] = evaluate(model, tok, held_out, temperature=1.0, n=4)
     out = save_model(model, tok, args.out, {"args": vars(args), **stats})
