@@ -14,7 +14,9 @@ Optional hooks the trainer uses when a workflow defines them:
 * ``metrics(trajectories) -> {name: float}``: logged every step (and as ``eval/<name>`` at evaluation).
 * ``eval_rollout(prompts, params)``: used instead of ``rollout`` for evaluation (A²FM: adaptive only).
 
-``multi_turn`` runs a user environment (rlpost/envs/, docs/environments.md).
+``multi_turn`` runs a user environment (rlpost/envs/, docs/environments.md). A trajectory's
+``info["reward_columns"]`` (a dict of per-trajectory values) reaches the reward functions as extra columns
+(multi_turn: ``conversation``, ``env_reward``).
 
 A trajectory may hold several samples (APR: one per engine call of a tree); the trainer then computes
 advantages with one reward per trajectory and gives each sample its trajectory's advantage.

@@ -37,3 +37,18 @@ def test_tool_config_runs(tmp_path):
             "reward/env_reward/mean"} <= set(rows[1])
     assert completions[0]["conversation"][:2] == [{"role": "system", "content": "Use the calculator."},
                                                    {"role": "user", "content": completions[0]["conversation"][1]["content"]}]
+
+
+@pytest.mark.learning
+def test_rl_makes_the_warm_started_model_use_the_calculator(tmp_path, learning_seed, report_learning):
+    """The shipped tool config as is (40 steps, 128 held-out prompts): measured 0.000 -> 0.875 on the native and
+    the capped float path (docs/environments.md, "Results"); 0.15 is the issue's bar, far below both."""
+    from rlpost.cli import main
+    out = tmp_path / "tool_rl"
+    assert main(["train", "configs/tiny/arith_tool_calculator.yaml", f"trainer.output_dir={out}",
+                 f"trainer.seed={learning_seed}", "trainer.progress_bar=false", "trainer.save_steps=0"]) == 0
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if "eval/accuracy" in r]
+    gain = evals[-1]["eval/accuracy"] - evals[0]["eval/accuracy"]
+    report_learning("tool_calculator_gain", gain)
+    assert gain >= 0.15 and evals[-1]["eval/env/tool_calls_per_episode"] > 0.5
