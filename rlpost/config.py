@@ -84,7 +84,7 @@ class DataConfig:
 @dataclass
 class RolloutConfig:
     engine: str = "hf"                        # hf (transformers generate) | vllm | vllm_server
-    workflow: Component = "single_turn"       # single_turn | apr (spawn/join trees) | a2fm (routed modes + tools)
+    workflow: Component = "single_turn"       # single_turn | apr (spawn/join trees) | a2fm (routed modes + tools) | multi_turn (your environment, docs/environments.md)
     num_generations: int = 8                  # group size G: completions per prompt (>= 2)
     prompts_per_step: int = 8                 # prompts per RL step (batch = prompts_per_step * G)
     max_completion_length: int = 32           # cap on generated tokens

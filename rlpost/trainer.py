@@ -434,6 +434,8 @@ class Trainer:
         columns["completion_ids"] = [sum((s.completion_ids for s in t.samples), []) for t in trajs]
         columns["finish_reasons"] = ["length" if t.truncated else "stop" for t in trajs]
         columns["max_completion_length"] = self.cfg.rollout.max_completion_length
+        for key in trajs[0].info.get("reward_columns", {}):   # a workflow's own columns (multi_turn: conversation, env_reward)
+            columns[key] = [t.info["reward_columns"][key] for t in trajs]
         totals, components = self.rewards.score([t.prompt.text for t in trajs], completions, columns)
         for i, t in enumerate(trajs):
             t.reward = totals[i]
@@ -697,5 +699,6 @@ def completion_rows(step: int, trajectories, batch, advantages: torch.Tensor) ->
         rows.append({"step": step, "group": t.group_id, "prompt": t.prompt.text, "completion": t.final_text,
                      "reward": t.reward, **{f"reward/{k}": v for k, v in t.reward_components.items()},
                      "advantage": float(adv_sum[j] / tokens[j].clamp(min=1)),
-                     "tokens": int(sum(len(s.completion_ids) for s in t.samples)), "truncated": t.truncated})
+                     "tokens": int(sum(len(s.completion_ids) for s in t.samples)), "truncated": t.truncated,
+                     **({"conversation": t.info["conversation"]} if "conversation" in t.info else {})})
     return rows

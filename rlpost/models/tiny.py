@@ -92,8 +92,10 @@ TASK_WARM_START: dict[str, dict] = {
 # Committed checkpoints (seed 0, default size): see CARD.md in each folder.
 SHIPPED_DIR = Path(__file__).resolve().parent / "tiny_checkpoints"
 # Shipped models trained from scratch on protocol traces with their own tokenizers (not by make-tiny): their
-# rebuild scripts. tiny:llama:apr_countdown and tiny:llama:a2fm_mini resolve to the shipped folders.
-PRETRAINED_ONLY = {"apr_countdown": "scripts/apr_pretrain.py", "a2fm_mini": "scripts/a2fm_pretrain.py"}
+# rebuild scripts. tiny:llama:apr_countdown and tiny:llama:a2fm_mini resolve to the shipped folders; so does
+# tiny:qwen2:calculator_tool, tiny:qwen2:arithmetic fine-tuned on calculator tool-call transcripts.
+PRETRAINED_ONLY = {"apr_countdown": "scripts/apr_pretrain.py", "a2fm_mini": "scripts/a2fm_pretrain.py",
+                   "calculator_tool": "scripts/tool_pretrain.py"}
 
 
 def cache_root() -> Path:

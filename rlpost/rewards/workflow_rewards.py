@@ -4,6 +4,8 @@
 ``final_text`` (the root thread's last prompt + completion), ``prompts`` the root prompts; 1.0 when the
 final text ends in a solution path that :func:`rlpost.workflows.apr.check_solution` accepts.
 
+``env_reward``: the multi_turn environment's reward per episode (rlpost/workflows/multi_turn.py).
+
 ``a2fm_exact_match``: r_acc for A²FM (``completions`` = the last ``<answer>`` content), equal after
 normalisation or as numbers. The APO reward itself (r_acc · r_fmt · r_adaptive) needs the query's whole
 group and is applied by :meth:`rlpost.workflows.a2fm.A2FMWorkflow.score` on top of this r_acc.
@@ -25,3 +27,12 @@ def apr_countdown_reward(prompts, completions, **kwargs) -> list[float]:
 def a2fm_exact_match_reward(prompts, completions, answer, **kwargs) -> list[float]:
     """1.0 when the final answer equals ``answer`` (case/space-normalised, or numerically), else 0.0."""
     return [exact_match(c or None, a) for c, a in zip(completions, answer)]
+
+
+@REWARDS.register("env_reward")
+def env_reward(prompts, completions, env_reward=None, **kwargs) -> list[float | None]:
+    """The environment's reward of each episode (the sum of its ``StepResult.reward``; None when it gave none).
+    Needs ``rollout.workflow: multi_turn``, which passes the ``env_reward`` column."""
+    if env_reward is None:
+        raise ValueError("env_reward reads the environment's rewards: it needs rollout.workflow multi_turn")
+    return list(env_reward)

@@ -9,7 +9,7 @@ from rlpost.registry import Registry
 
 TASKS = Registry("synthetic task")
 
-from rlpost.tasks import a2fm_mini, apr_countdown, arithmetic, countdown  # noqa: E402,F401  (registration)
+from rlpost.tasks import a2fm_mini, apr_countdown, arithmetic, countdown, guess_number  # noqa: E402,F401  (registration)
 
 # task -> check(completion, row) -> bool: is a completion right (rule-based rewards, SFT / RM held-out scores,
 # the tiny models' warm start)

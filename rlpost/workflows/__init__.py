@@ -14,6 +14,10 @@ Optional hooks the trainer uses when a workflow defines them:
 * ``metrics(trajectories) -> {name: float}``: logged every step (and as ``eval/<name>`` at evaluation).
 * ``eval_rollout(prompts, params)``: used instead of ``rollout`` for evaluation (A²FM: adaptive only).
 
+``multi_turn`` runs a user environment (rlpost/envs/, docs/environments.md). A trajectory's
+``info["reward_columns"]`` (a dict of per-trajectory values) reaches the reward functions as extra columns
+(multi_turn: ``conversation``, ``env_reward``).
+
 A trajectory may hold several samples (APR: one per engine call of a tree); the trainer then computes
 advantages with one reward per trajectory and gives each sample its trajectory's advantage.
 """
@@ -23,9 +27,11 @@ WORKFLOWS = Registry("rollout workflow")
 
 from rlpost.workflows.a2fm import A2FMParams, A2FMWorkflow  # noqa: E402
 from rlpost.workflows.apr import AprParams, AprWorkflow  # noqa: E402
+from rlpost.workflows.multi_turn import MultiTurnParams, MultiTurnWorkflow  # noqa: E402
 
 from rlpost.workflows.single_turn import SingleTurnWorkflow  # noqa: E402
 
 WORKFLOWS.add("single_turn", SingleTurnWorkflow)
 WORKFLOWS.add("apr", AprWorkflow, AprParams)
 WORKFLOWS.add("a2fm", A2FMWorkflow, A2FMParams)
+WORKFLOWS.add("multi_turn", MultiTurnWorkflow, MultiTurnParams)

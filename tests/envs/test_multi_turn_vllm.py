@@ -1,0 +1,60 @@
+"""multi_turn on the vLLM engines (in-process ``vllm`` and an ``rlpost serve`` worker): feedback episodes whose
+trained tokens the learner scores exactly as the sampler did (1e-4, the engines' fp32 tolerance on CPU), with the
+feedback rendered by the chat template between the turns."""
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+
+from rlpost.batch import collate  # noqa: E402
+from rlpost.config import ModelConfig  # noqa: E402
+from rlpost.engines.base import SamplingParams  # noqa: E402
+from rlpost.learner import token_logprobs  # noqa: E402
+from rlpost.models.loading import load_model, load_tokenizer  # noqa: E402
+from rlpost.types import Prompt  # noqa: E402
+from rlpost.workflows.multi_turn import MultiTurnWorkflow  # noqa: E402
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+TOKEN = "test-token-envs"
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_path):
+    return load_tokenizer(str(tiny_model_path), ModelConfig())
+
+
+@pytest.fixture(scope="module", params=["vllm", "vllm_server"])
+def engine(request, tiny_model_path, tok, tmp_path_factory):
+    if request.param == "vllm":
+        from rlpost.engines.vllm_engine import VLLMEngine
+        eng = VLLMEngine(str(tiny_model_path), tok, dtype="float32", gpu_memory_utilization=0.2, max_model_len=256)
+        yield eng
+        eng.close()
+        return
+    from rlpost.engines.vllm_server import VLLMServerEngine, start_workers, stop_workers
+    handles = start_workers(str(tiny_model_path), 1, token=TOKEN, timeout_s=600,
+                            engine_args=["--dtype", "float32", "--gpu-memory-utilization", "0.2", "--max-model-len", "256"],
+                            log_dir=str(tmp_path_factory.mktemp("worker-logs")))
+    eng = VLLMServerEngine([h.url for h in handles], tok, token=TOKEN, timeout_s=120)
+    yield eng
+    eng.close()
+    stop_workers(handles, timeout_s=20)
+
+
+def test_feedback_episodes_train_on_the_sampled_tokens(engine, tok, tiny_model_path):
+    prompts = [Prompt(i, "", [{"role": "user", "content": "Guess my number (1-16)."}], {"answer": str(a)})
+               for i, a in enumerate((3, 11))]
+    wf = MultiTurnWorkflow(engine, tok, env="rlpost.envs.examples:GuessNumberEnv", max_turns=3, max_total_tokens=200)
+    trajs = wf.rollout(prompts, SamplingParams(n=2, max_tokens=6, seed=0))
+    assert max(t.info["turns"] for t in trajs) > 1
+    for t in trajs:   # every observation is the template's rendering of the environment's message
+        s, conv = t.samples[0], t.info["conversation"]
+        feedback = [m["content"] for m in conv[2:] if m["role"] == "user"][: t.info["turns"] - 1]
+        masked = tok.decode([i for i, m in zip(s.completion_ids, s.loss_mask) if not m], skip_special_tokens=False)
+        assert masked == "".join(f"\n<|im_start|>user\n{f}<|im_end|>\n<|im_start|>assistant\n" for f in feedback)
+    model = load_model(str(tiny_model_path), ModelConfig(), "cpu").eval()
+    batch = collate(trajs, tok.pad_token_id)
+    with torch.no_grad():
+        logp, _ = token_logprobs(model, batch, 1.0, False)
+    diff = ((logp - batch.sampler_logprobs).abs() * batch.response_mask).max().item()
+    assert diff < 1e-4

@@ -1,0 +1,68 @@
+"""Tool-call parsers on hand-written turns, tool schemas, and the environment check of `rlpost validate`."""
+import pytest
+
+from rlpost.config import ConfigError
+from rlpost.envs.base import tool_schemas, tool_table
+from rlpost.envs.parsers import parse_hermes, parse_llama3_json
+from rlpost.resolve import resolve_file
+from rlpost.tools import ToolParseError
+
+
+def calls(parsed):
+    return [(c.name, c.arguments, c.error) for c in parsed]
+
+
+def test_hermes_parser():
+    assert parse_hermes("The answer is 4.") == []
+    two = '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call> and <tool_call>{"name": "b", "arguments": {}}</tool_call>'
+    assert calls(parse_hermes(two)) == [("add", {"a": 1}, None), ("b", {}, None)]
+    assert isinstance(parse_hermes('<tool_call>{"name": "add"'), ToolParseError)
+    assert calls(parse_hermes('<tool_call>{"arguments": {}}</tool_call>')) == [("", {}, "tool call 1 has no 'name'")]
+
+
+def test_llama3_json_parser():
+    assert parse_llama3_json("The answer is 4.") == []
+    one = '<|python_tag|>{"name": "add", "parameters": {"a": 1, "b": 2}}'
+    assert calls(parse_llama3_json(one)) == [("add", {"a": 1, "b": 2}, None)]
+    both = '{"name": "a", "parameters": {}}; {"name": "b", "arguments": {"x": 1}}'
+    assert calls(parse_llama3_json(both)) == [("a", {}, None), ("b", {"x": 1}, None)]
+    bad = parse_llama3_json('{"name": "add", "parameters": ')
+    assert isinstance(bad, ToolParseError) and bad.message == "no JSON object found in the tool call block"
+
+
+def test_tool_schemas_from_type_hints_and_docstrings():
+    from rlpost.envs.examples import CalculatorEnv
+    (schema,) = tool_schemas(tool_table(CalculatorEnv().tools))
+    assert schema == {"type": "function", "function": {
+        "name": "calculator", "description": "Evaluate an arithmetic expression exactly.",
+        "parameters": {"type": "object", "properties": {"expression": {
+            "type": "string", "description": 'numbers with + - * / ** % and parentheses, e.g. "1234*5678"'}},
+            "required": ["expression"]}, "return": {"type": "string"}}}
+
+
+TOOL_CONFIG = "configs/tiny/arith_tool_calculator.yaml"
+
+
+def test_validate_resolves_the_environment_and_its_kwargs():
+    _, resolved = resolve_file(TOOL_CONFIG, ["rollout.workflow.env_kwargs.use_python=true"])
+    wf = resolved["rollout"]["workflow"]
+    assert wf["name"] == "multi_turn" and wf["env"] == "rlpost.envs.examples:CalculatorEnv"
+    assert wf["env_kwargs"] == {"system_prompt": "Use the calculator.", "use_python": True}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rollout.workflow.env=rlpost.envs.examples:NoSuchEnv",
+     "rollout.workflow.env: cannot import environment 'rlpost.envs.examples:NoSuchEnv'"),
+    ("rollout.workflow.env=rlpost.envs.examples",
+     "rollout.workflow.env: expected 'package.module:ClassName'"),
+    ("rollout.workflow.env_kwargs.use_pyton=true",
+     "rollout.workflow.env_kwargs (rlpost.envs.examples:CalculatorEnv): unknown parameter 'use_pyton' "
+     "(known: use_python, system_prompt)"),
+    ("rollout.workflow.env_kwargs.use_python=3",
+     "rollout.workflow.env_kwargs (rlpost.envs.examples:CalculatorEnv).use_python: expected bool"),
+    ("rollout.workflow.parser=hermez", "rollout.workflow (multi_turn): parser: unknown tool-call parser 'hermez'; did you mean 'hermes'?"),
+])
+def test_validate_names_a_bad_environment(override, message):
+    with pytest.raises(ConfigError) as err:
+        resolve_file(TOOL_CONFIG, [override])
+    assert message in str(err.value)
