@@ -206,7 +206,8 @@ def write_table(path: Path, groups: list[dict], info: dict, traces: dict | None 
                      f"| {_fmt(g['after_dpo'])} | {_fmt(gain)} | {_fmt(g['kl_to_initial'])} "
                      f"| {_fmt(g['implicit_reward'], 2)} | {_fmt(g['dpo_margin'], 2)} |")
     lines += ["", best_after_dpo(groups), "",
-              f"Plot: curves.png. Runtime {info['seconds'] / 60:.1f} min on CPU.", ""]
+              f"Plot: curves.png. Wall time of this invocation {info['seconds'] / 60:.1f} min on CPU (runs that already "
+              "finished in the work folder are reused, not retrained).", ""]
     if traces:
         from rlpost.studies.common import activity_section
         fdiv = {k: v for k, v in traces.items() if not k.startswith("nll ")}
