@@ -35,10 +35,11 @@ def test_apr_and_a2fm_tables_report_activity(tmp_path):
     res = json.loads((ROOT / "results/a2fm/results.json").read_text())
     for r in res["runs"].values():   # no agentic route, no tool call in any step
         for c in r["rl_curve"]:
-            c.update({"a2fm/share/instant": 0.5, "a2fm/share/reasoning": 0.5, "a2fm/tool_calls": 0.0})
+            c.update({"a2fm/share/instant": 0.5, "a2fm/share/reasoning": 0.5, "a2fm/share/agentic": 0.0,
+                      "a2fm/tool_calls": 0.0})
     a2fm.write_table(res, tmp_path / "a2fm.md")
     head = (tmp_path / "a2fm.md").read_text().splitlines()[2]
-    assert head == "**Never acted: tools, agentic route.** Rows that depend on them do not test them."
+    assert head == "**Never acted: agentic route, tools.** Rows that depend on them do not test them."
 
 
 def test_constrained_table_reports_multiplier_activity(tmp_path):

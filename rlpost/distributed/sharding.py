@@ -287,13 +287,14 @@ def setup(cfg) -> Runtime:
 
 
 def _check(cfg, runtime: Runtime) -> None:
-    check_world_rules(cfg, runtime.world_size)
+    check_world_rules(cfg, runtime.world_size, zero3=runtime.zero3, split=runtime.split)
     if cfg.trainer.eval_benchmarks and not runtime.is_main:
         log.debug("benchmark evaluation runs on every rank; rank 0 logs it")
 
 
-def check_world_rules(cfg, world_size: int) -> None:
-    """The config rules that depend on the number of learner ranks (also run by ``rlpost validate``)."""
+def check_world_rules(cfg, world_size: int, zero3: bool | None = None, split: bool | None = None) -> None:
+    """The config rules that depend on the number of learner ranks (also run by ``rlpost validate``). ``zero3`` and
+    ``split``: the runtime's, when it exists; otherwise read from the config."""
     r, a, d, w = cfg.rollout, cfg.algo, cfg.distributed, world_size
     if r.prompts_per_step % w:
         raise ConfigError(f"rollout.prompts_per_step ({r.prompts_per_step}) must divide by the number of learner "
@@ -303,7 +304,8 @@ def check_world_rules(cfg, world_size: int) -> None:
         raise ConfigError(f"optim.steps_per_generation ({cfg.optim.steps_per_generation}) must divide each rank's "
                           f"share of the generation batch ({local_rows} = prompts_per_step / {w} ranks * "
                           "num_generations)")
-    zero3 = d.backend == "deepspeed" and d.zero_stage == 3
-    if a.dynamic_sampling and (zero3 or d.rollout != "split"):
+    zero3 = d.backend == "deepspeed" and d.zero_stage == 3 if zero3 is None else zero3
+    split = d.rollout == "split" if split is None else split
+    if a.dynamic_sampling and (zero3 or not split):
         raise ConfigError("algo.dynamic_sampling with several learner ranks needs distributed.rollout=split and "
                           "not ZeRO-3 (ranks refill different numbers of groups; ZeRO-3 generation is collective)")
