@@ -42,23 +42,10 @@ def pinned(core: int | None) -> list[str]:
     return ["taskset", "-c", str(core)] if core is not None and shutil.which("taskset") else []
 
 
-def random_model(out: Path) -> Path:
-    """A random-init model the shape of the shipped tiny Qwen2, with the char tokenizer and chat template."""
-    import torch
-
-    from rlpost.models.tiny import TinySpec, build_model
-    from rlpost.models.tokenizer import build_char_tokenizer
-    tok = build_char_tokenizer()
-    torch.manual_seed(0)
-    build_model(TinySpec(), len(tok), tok.eos_token_id, tok.pad_token_id).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def model_path(setting: str, scratch: Path) -> str:
-    from rlpost.models.tiny import ensure_tiny
+    from rlpost.models.tiny import ensure_tiny, save_random_tiny
     name = SETTINGS[setting]["model"]
-    return str(random_model(scratch / "random-model")) if name == "random" else str(ensure_tiny(name))
+    return save_random_tiny(scratch / "random-model") if name == "random" else str(ensure_tiny(name))
 
 
 def start_worker(path: str, core: int | None, log_dir: Path):

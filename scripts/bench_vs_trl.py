@@ -107,19 +107,6 @@ def run_trl(model_path: str, max_tokens: int, steps: int, seed: int) -> dict:
             "mean_length": statistics.mean(h["completions/mean_length"] for h in logs)}
 
 
-def build_random_tiny(out: str) -> str:
-    """The tiny Qwen2 architecture with random weights (no warm start) and the char tokenizer."""
-    import torch
-
-    from rlpost.models.tiny import TinySpec, build_model
-    from rlpost.models.tokenizer import build_char_tokenizer
-    tok = build_char_tokenizer()
-    torch.manual_seed(0)
-    build_model(TinySpec(), len(tok), tok.eos_token_id, tok.pad_token_id).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 def worker(args) -> None:
     import torch
     torch.manual_seed(args.seed)
@@ -158,7 +145,8 @@ def main() -> None:
         from rlpost.models.tiny import ensure_tiny
         args.model = str(ensure_tiny("tiny:qwen2:arithmetic"))
     elif args.model == "random-tiny":
-        args.model = build_random_tiny("runs/bench/random-tiny")
+        from rlpost.models.tiny import save_random_tiny
+        args.model = save_random_tiny("runs/bench/random-tiny")
     from rlpost.provenance import describe
     print(f"bench_vs_trl, {describe()}")
     print(f"model {args.model}; {PROMPTS} prompts x {GENERATIONS} generations, {args.steps} steps, "

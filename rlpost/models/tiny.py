@@ -125,6 +125,19 @@ def build_model(spec: TinySpec, vocab_size: int, eos_id: int, pad_id: int):
     raise ValueError(f"tiny model arch must be 'qwen2' or 'llama', got {spec.arch!r}")
 
 
+def save_random_tiny(out) -> str:
+    """The tiny Qwen2 architecture with random weights (seed 0, no warm start) and the char tokenizer, saved to ``out``
+    (benchmarks' generation-heavy setting: a random model writes to its length cap)."""
+    import torch
+
+    from rlpost.models.tokenizer import build_char_tokenizer
+    tok = build_char_tokenizer()
+    torch.manual_seed(0)
+    build_model(TinySpec(), len(tok), tok.eos_token_id, tok.pad_token_id).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
 def _encode(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                          add_generation_prompt=True)
