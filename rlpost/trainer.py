@@ -385,7 +385,7 @@ class Trainer:
     def _evaluate_current(self) -> dict:
         """evaluate() mid-step, for a method: the engine gets the updated weights first (the step's sync is later)."""
         if self.engine_needs_sync and self.rollouts is None:   # async: evaluate() loads a snapshot of them itself
-            self.engine.load_weights(self.model.named_parameters())
+            sync_engine(self.engine, self.model, self.dist)   # merged LoRA / gathered ZeRO-3 weights, as every sync
         return self.evaluate()
 
     def generate(self) -> tuple[list[Trajectory], dict]:
