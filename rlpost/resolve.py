@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import types
 import typing
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def check_call_kwargs(fn, kwargs: dict, where: str) -> dict:
 
 
 def _is_simple(tp) -> bool:
-    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")) else (tp,)
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
     return all(a in (bool, int, float, str, type(None)) for a in args)
 
 
@@ -208,19 +209,13 @@ def resolve_methods(method_cfg: dict) -> dict:
 
 
 def check_world_size(cfg: Config, world_size: int) -> None:
-    """The rules that depend on the number of learner processes (rlpost/distributed.py), for ``world_size``."""
+    """The rules that depend on the number of learner processes (rlpost/distributed/sharding.py), for ``world_size``."""
     from rlpost import distributed
-    from rlpost.algos.lr_controllers import LR_CONTROLLERS
     if cfg.distributed.backend == "none":
         if world_size > 1:
             raise ConfigError(f"launched with WORLD_SIZE={world_size} but distributed.backend is none: set "
                               "distributed.backend=ddp or deepspeed (or start a single process)")
         return
-    name, _ = component(cfg.algo.lr_controller)
-    if name is not None and getattr(LR_CONTROLLERS.get(name), "needs_grad_stats", False) \
-            and not getattr(LR_CONTROLLERS.get(name), "supports_distributed", False):
-        raise ConfigError(f"algo.lr_controller {name}: it reads per-micro-batch gradient norms, which "
-                          f"distributed.backend={cfg.distributed.backend} reduces across ranks; use distributed.backend=none")
     distributed.check_world_rules(cfg, world_size)
 
 
