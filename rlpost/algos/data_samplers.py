@@ -67,7 +67,8 @@ class PermutationSampler:
         self._cache: tuple[int, list[int]] | None = None
 
     def permutation(self, epoch: int) -> list[int]:
-        raise NotImplementedError
+        """Epoch ``epoch``'s order of the rows: the one thing each registered subclass defines (its own RNG)."""
+        raise NotImplementedError(f"{type(self).__name__} must define permutation(epoch)")
 
     def _order(self) -> list[int]:
         if self._cache is None or self._cache[0] != self.epoch:
