@@ -149,3 +149,15 @@ def rank_rng_state(path: Path, state: dict, runtime: Runtime | None = None) -> d
     if rt.enabled and own.exists():
         return torch.load(own, weights_only=False)["rng"]
     return state["rng"]
+
+
+def writable_output_dir(path: Path) -> None:
+    """Create ``path`` and check that files can be written there; a ConfigError naming trainer.output_dir if not
+    (before any model loads, rather than at the first checkpoint)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".rlpost-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"trainer.output_dir: cannot write to {str(path)!r} ({err.strerror or err})") from None

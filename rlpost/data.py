@@ -5,11 +5,16 @@ formatted with the tokenizer's chat template; every other column is kept for the
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
+from rlpost.config import ConfigError
 from rlpost.types import Prompt
+
+log = logging.getLogger("rlpost")
 
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -124,3 +129,34 @@ def task_or_file_rows(task: str | None, task_kwargs: dict, path: str | None, spl
         return load_rows(path, split)
     from rlpost.tasks import TASKS
     return TASKS.get(task)(split, n, seed=seed, **task_kwargs)
+
+
+def fit_prompts(prompts: list[Prompt], tokenizer, room: int, policy: str, which: str) -> list[Prompt]:
+    """Prompts longer than ``room`` tokens (the context minus rollout.max_completion_length), handled before step 0
+    by data.overlong_prompts: ``error`` (a ConfigError naming the first one), ``drop`` (a counted warning) or
+    ``truncate_left`` (keep the last ``room`` tokens: the question usually sits at the end)."""
+    if policy not in ("error", "drop", "truncate_left"):
+        raise ConfigError(f"data.overlong_prompts: {policy!r} is not one of error, drop, truncate_left")
+    ids = [tokenizer(p.text, add_special_tokens=False)["input_ids"] for p in prompts]
+    lengths = [len(x) for x in ids]
+    over = [i for i, n in enumerate(lengths) if n > room]
+    if not over:
+        return prompts
+    first = over[0]
+    if policy == "error" or room <= 0:
+        raise ConfigError(f"{len(over)} of {len(prompts)} {which} prompts do not fit the model's context with "
+                          f"rollout.max_completion_length room (first: row {prompts[first].id}, {lengths[first]} tokens > "
+                          f"{room}); set data.overlong_prompts=drop or truncate_left, a smaller max_completion_length "
+                          "or a larger rollout.max_model_len")
+    log.warning("data.overlong_prompts=%s: %d of %d %s prompts are longer than %d tokens", policy, len(over),
+                len(prompts), which, room)
+    if policy == "drop":
+        dropped = set(over)
+        kept = [p for i, p in enumerate(prompts) if i not in dropped]
+        if not kept:
+            raise ConfigError(f"data.overlong_prompts=drop: every {which} prompt is longer than {room} tokens")
+        return kept
+    out = list(prompts)
+    for i in over:
+        out[i] = dataclasses.replace(prompts[i], text=tokenizer.decode(ids[i][-room:]))
+    return out

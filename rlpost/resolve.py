@@ -104,7 +104,7 @@ def defaults_of(fn) -> dict:
 
 def resolve_train(cfg: Config, world_size: int | None = None) -> dict:
     """The run config with every component expanded and checked; raises ConfigError (loads no weights)."""
-    from rlpost.async_rollout import check_async, is_settings
+    from rlpost.rollout.schedule import check_async, is_settings
     from rlpost.methods import validate_methods
     check_async(cfg)   # first: what cannot run asynchronously says so, before the methods' own rules
     validate_methods(cfg)

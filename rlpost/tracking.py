@@ -7,6 +7,8 @@ import math
 import os
 from pathlib import Path
 
+import torch
+
 log = logging.getLogger(__name__)
 
 
@@ -106,3 +108,20 @@ def plot_metrics(metrics_path: str | Path, out_png: str | Path, keys=("reward/me
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return Path(out_png)
+
+
+def completion_rows(step: int, trajectories, batch, advantages: torch.Tensor) -> list[dict]:
+    """One row per trajectory for completions.jsonl: prompt, completion, reward (and its components), the
+    trajectory's advantage (mean over its trained tokens), completion tokens and whether it was truncated."""
+    mask = batch.response_mask
+    traj_index = batch.traj_index if batch.traj_index is not None else torch.arange(len(batch))
+    adv_sum = torch.zeros(len(trajectories)).index_add_(0, traj_index, (advantages * mask).sum(-1))
+    tokens = torch.zeros(len(trajectories)).index_add_(0, traj_index, mask.sum(-1))
+    rows = []
+    for j, t in enumerate(trajectories):
+        rows.append({"step": step, "group": t.group_id, "prompt": t.prompt.text, "completion": t.final_text,
+                     "reward": t.reward, **{f"reward/{k}": v for k, v in t.reward_components.items()},
+                     "advantage": float(adv_sum[j] / tokens[j].clamp(min=1)),
+                     "tokens": int(sum(len(s.completion_ids) for s in t.samples)), "truncated": t.truncated,
+                     **({"conversation": t.info["conversation"]} if "conversation" in t.info else {})})
+    return rows

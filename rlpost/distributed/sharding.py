@@ -108,10 +108,7 @@ class Runtime:
         """Replicated rollouts: this rank's contiguous share of the groups (order of first appearance)."""
         if not self.enabled or self.split:
             return trajectories
-        groups = list(dict.fromkeys(t.group_id for t in trajectories))
-        lo, hi = (len(groups) * r // self.world_size for r in (self.rank, self.rank + 1))
-        mine = set(groups[lo:hi])
-        return [t for t in trajectories if t.group_id in mine]
+        return group_share(trajectories, self.rank, self.world_size)
 
     def gather_for_metrics(self, trajs: list, components: dict) -> tuple[list, dict]:
         """Split rollouts: light copies of every rank's trajectories (reward, lengths, truncation) and reward
@@ -148,10 +145,12 @@ class Runtime:
             self.deepspeed_engine = self.ops.engine
         learner.dist = self.ops
 
-    def wrap_engine(self, engine):
+    def wrap_engine(self, engine, gather: bool = True):
+        """This rank's engine: per-rank seeds; ``gather``: under ZeRO-3 an engine on the learner's model
+        generates with its parameters gathered (not one with a model of its own)."""
         if not self.enabled:
             return engine
-        return RankEngine(engine, self)
+        return RankEngine(engine, self, gather)
 
     # ------------------------------------------------------------------ ZeRO-3 gathers
     def gather_context(self, params):
@@ -214,6 +213,14 @@ class Runtime:
                 pass
 
 
+def group_share(trajectories: list, rank: int, world_size: int) -> list:
+    """Rank ``rank``'s contiguous share of the groups of ``trajectories`` (groups in order of first appearance)."""
+    groups = list(dict.fromkeys(t.group_id for t in trajectories))
+    lo, hi = (len(groups) * r // world_size for r in (rank, rank + 1))
+    mine = set(groups[lo:hi])
+    return [t for t in trajectories if t.group_id in mine]
+
+
 SINGLE_PROCESS = Runtime()  # the disabled runtime: what functions taking ``runtime=None`` use
 
 
@@ -222,9 +229,10 @@ class RankEngine:
     ``seed_offset``, like the vllm engine, gets this rank's row offset instead), and under ZeRO-3 generation
     with the model's parameters gathered (the hf engine runs on the partitioned learner model)."""
 
-    def __init__(self, engine, runtime: Runtime):
+    def __init__(self, engine, runtime: Runtime, gather: bool = True):
         self.engine = engine
         self.runtime = runtime
+        self.gather = gather
 
     def generate(self, requests, params, **kwargs):
         rt = self.runtime
@@ -235,7 +243,8 @@ class RankEngine:
                 kwargs["seed_offset"] = rt.rank * len(requests)
             elif not takes_offset:
                 params = dataclasses.replace(params, seed=seed_for_rank(params.seed, rt.rank))
-        gather = rt.full_parameters() if getattr(self.engine, "model", None) is not None else contextlib.nullcontext()
+        on_learner = self.gather and getattr(self.engine, "model", None) is not None
+        gather = rt.full_parameters() if on_learner else contextlib.nullcontext()
         with gather:
             return self.engine.generate(requests, params, **kwargs)
 

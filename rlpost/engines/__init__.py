@@ -4,7 +4,7 @@ hf: transformers, in the learner's process on the learner's own model object. vl
 the trainer's process (rlpost/engines/vllm_engine.py). vllm_server: the client of ``rlpost serve`` workers
 (rlpost/engines/vllm_server.py). The vLLM modules import vllm only when an engine is built.
 """
-from rlpost.engines.base import ENGINES, Engine, EngineError, GenRequest, GuardedEngine, SamplingParams  # noqa: F401
+from rlpost.engines.base import ENGINES, Engine, EngineError, GenRequest, SamplingParams  # noqa: F401
 from rlpost.engines import hf, vllm_engine, vllm_server  # noqa: F401  (registration)
 
 

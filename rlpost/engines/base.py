@@ -75,35 +75,3 @@ class Engine(Protocol):
 class EngineError(RuntimeError):
     """A rollout engine failed: a worker died, timed out or answered with an error. The message carries the
     worker's last log lines; the trainer checkpoints the last finished step before letting it propagate."""
-
-
-class GuardedEngine:
-    """Wraps an engine so that an :class:`EngineError` from ``generate`` or ``load_weights`` first calls
-    ``on_error(err)`` (the trainer writes a checkpoint there), then propagates. Everything else, including
-    attributes such as the hf engine's ``model``, is delegated to the wrapped engine."""
-
-    def __init__(self, engine, on_error: Callable[[EngineError], None]):
-        self.engine = engine
-        self.on_error = on_error
-
-    def generate(self, requests: list[GenRequest], params: SamplingParams) -> list[Sample]:
-        try:
-            return self.engine.generate(requests, params)
-        except EngineError as err:
-            self.on_error(err)
-            raise
-
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        try:
-            self.engine.load_weights(named_tensors)
-        except EngineError as err:
-            self.on_error(err)
-            raise
-
-    def close(self) -> None:
-        self.engine.close()
-
-    def __getattr__(self, name: str):
-        if name == "engine":  # not set yet (e.g. during unpickling): avoid infinite recursion
-            raise AttributeError(name)
-        return getattr(self.engine, name)
