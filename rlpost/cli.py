@@ -68,15 +68,15 @@ def error_boundary(command):
 
 
 def cmd_train(args) -> int:
-    from rlpost.config import load_config
     from rlpost.engines.base import EngineError
     from rlpost.learner import NonFiniteGradientError
+    from rlpost.resolve import load_resolved
     from rlpost.trainer import Trainer
 
     trainer = None
     try:
-        cfg = load_config(args.config, args.overrides)
-        trainer = Trainer(cfg)
+        cfg, resolved = load_resolved(args.config, args.overrides)   # resolved once, before anything loads
+        trainer = Trainer(cfg, resolved)
         trainer.setup()
         summary = trainer.train()
     except bad_input_errors():   # bad input, found before or during step 0; later a KeyError or OSError is a failure
@@ -91,7 +91,7 @@ def cmd_train(args) -> int:
               "trainer.resume_from_checkpoint=latest" if saved else ""), file=sys.stderr)
         return 3
     finally:
-        if trainer is not None and hasattr(trainer, "engine"):
+        if trainer is not None:
             trainer.close()
     last = summary["last"]
     print(f"\nfinished {last.get('step')} steps: reward/mean {last.get('reward/mean', float('nan')):.3f}, "

@@ -315,7 +315,9 @@ SECTION_ALIASES = {(k.split(".")[0], k.split(".")[1]): v for k, v in {
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """YAML file (optional) + ``key=value`` overrides -> validated :class:`Config`."""
+    """YAML file (optional) + ``key=value`` overrides -> validated :class:`Config` (types, ranges, the rules
+    between fields). Registry names, component params and method rules are the resolver's:
+    ``rlpost.resolve.load_resolved`` does both, and the trainer resolves a config it is given once."""
     raw = normalise_aliases(read_yaml_sections(path))
     for item in overrides or []:
         key, value = parse_override(item)
@@ -325,8 +327,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if reward_weights is not None:
         apply_reward_weights(cfg, reward_weights)
     validate(cfg)
-    from rlpost.resolve import resolve_train
-    resolve_train(cfg)   # every registry name, component param and method rule, before anything loads
     return cfg
 
 

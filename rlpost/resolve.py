@@ -229,6 +229,19 @@ def check_context(model_cfg, needed: int, key: str) -> None:
                           "or lower the length)")
 
 
+def load_resolved(path: str | Path | None = None, overrides: list[str] | None = None,
+                  world_size: int | None = None) -> tuple[Config, dict]:
+    """A train config and its resolution (every registry name, component param and method rule checked, before
+    anything loads): what ``rlpost train`` hands the trainer."""
+    cfg = load_config(path, overrides)
+    return cfg, resolve_train(cfg, world_size)
+
+
+def load_checked(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """:func:`load_resolved`'s config alone (for code that only needs to know the config runs)."""
+    return load_resolved(path, overrides)[0]
+
+
 # ---------------------------------------------------------------------------------------------- any config
 
 def config_kind(path: str | Path | None, overrides: list[str] | None = None) -> str:

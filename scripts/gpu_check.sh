@@ -37,7 +37,7 @@ run() {  # run a step (or, with --dry-run, only print it)
 }
 
 check_config() {  # a train command's config + overrides must load, even in a dry run
-  $PY -c "import sys; from rlpost.config import load_config; load_config(sys.argv[1], sys.argv[2:])" "$@"
+  $PY -c "import sys; from rlpost.resolve import load_checked; load_checked(sys.argv[1], sys.argv[2:])" "$@"
 }
 
 accuracy() {  # eval/accuracy rows of a run

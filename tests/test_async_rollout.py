@@ -1,5 +1,5 @@
-"""Asynchronous rollouts (rollout.async_level, rlpost/async_rollout.py): the schedule, the driver's weight versions
-and checkpoint state, the config rules, and end-to-end runs on the tiny model (hf engine)."""
+"""Asynchronous rollouts (rollout.async_level, rlpost/rollout/): the schedule, the pipeline's weight versions and
+checkpoint state, the config rules, and end-to-end runs on the tiny model (hf engine)."""
 import json
 import threading
 
@@ -7,7 +7,10 @@ import pytest
 import torch
 import yaml
 
-from rlpost.async_rollout import AsyncRollout, RolloutJob, behaviour_version, is_settings
+from rlpost.distributed import Runtime
+from rlpost.rollout import RolloutPipeline, behaviour_version, is_settings
+from rlpost.samplers import build_sampler
+from rlpost.timing import PhaseTimes
 from rlpost.cli import main
 from rlpost.config import ConfigError, load_config
 from rlpost.types import Prompt, Sample, Trajectory
@@ -33,7 +36,7 @@ class RecordingEngine:
 
     def load_weights(self, named):
         (_, tensor), = list(named)
-        self.value, self.loads = float(tensor), self.loads + 1
+        self.value, self.loads = float(tensor.detach()), self.loads + 1
         self.threads.add(threading.get_ident())
 
 
@@ -43,80 +46,96 @@ class OneParam(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(()))
 
 
-def traj(i):
-    return Trajectory(prompt=Prompt(i, "p"), group_id=i, samples=[Sample([1], [2], [0.0])], final_text="x")
+class FakeWorkflow:
+    """One trajectory per prompt whose text is the weight value the engine holds; records the generating thread."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def rollout(self, draws, params):
+        self.engine.threads.add(threading.get_ident())
+        return [Trajectory(prompt=d, group_id=d.id, samples=[Sample([1], [2], [0.0])], final_text=f"{self.engine.value}")
+                for d in draws]
 
 
-def fake_rollout(engine):
-    def run(job):
-        engine.threads.add(threading.get_ident())
-        return [traj(i) for i in job.indices] + [Trajectory(Prompt(-1, "w"), -1, [], f"{engine.value}")]
-    return run
+class FakeScorer:
+    def score(self, trajs):
+        for t in trajs:
+            t.reward = float(t.final_text)
+        return {"value": [t.reward for t in trajs]}
+
+    def metrics(self, trajs, components):
+        return {"reward/mean": sum(t.reward for t in trajs) / len(trajs)}
 
 
-def drive(level, steps, model, driver):
-    """The trainer's schedule: publish version 0, queue 0..k, then per step take, update, publish, queue step+k+1."""
-    driver.publish(0, model)
-    for t in range(level + 1):
-        driver.submit(RolloutJob(t, [t], behaviour_version(t, level)))
+def pipeline(level, engine, model, steps=6):
+    cfg = load_config(TINY, [f"rollout.async_level={level}", "rollout.prompts_per_step=2", f"trainer.max_steps={steps}"])
+    return RolloutPipeline(cfg, engine=engine, workflow=FakeWorkflow(engine), scorer=FakeScorer(),
+                           prompts=[Prompt(i, "p") for i in range(8)], sampler=build_sampler("uniform", 8, 0, True),
+                           methods={}, dist=Runtime(), model=model, times=PhaseTimes())
+
+
+def drive(level, steps, model, rollouts, start=0):
+    """The trainer's side: start on version ``start``, then per step take the batch, update, publish."""
     seen = []
-    for step in range(steps):
-        trajs, metrics = driver.take(step)
-        seen.append((float(trajs[-1].final_text), metrics["async/staleness_max"], trajs[0].policy_version))
+    for step in range(start, steps):
+        trajs, metrics = rollouts.batch(step)
+        seen.append((float(trajs[-1].final_text), metrics.get("async/staleness_max"), trajs[0].policy_version,
+                     [t.prompt.id for t in trajs]))
         with torch.no_grad():
             model.w.add_(1.0)                       # the update: version step + 1 has w = step + 1
-        driver.publish(step + 1, model)
-        if step + 1 + level < steps:
-            driver.submit(RolloutJob(step + 1 + level, [step + 1 + level], behaviour_version(step + 1 + level, level)))
+        rollouts.publish(step + 1)
     return seen
 
 
 @pytest.mark.parametrize("level", [1, 2])
 def test_each_batch_is_generated_on_its_version_on_the_generation_thread(level):
     engine, model = RecordingEngine(), OneParam()
-    driver = AsyncRollout(engine, fake_rollout(engine), level, timeout_s=30)
+    rollouts = pipeline(level, engine, model)
     try:
-        seen = drive(level, 6, model, driver)
+        rollouts.start(0)
+        seen = drive(level, 6, model, rollouts)
     finally:
-        driver.close()
+        rollouts.close()
     expected = [behaviour_version(t, level) for t in range(6)]
     assert [s[0] for s in seen] == expected                                # the weights each batch ran on
     assert [s[2] for s in seen] == expected                                # the version each trajectory carries
     assert [s[1] for s in seen] == [t - v for t, v in enumerate(expected)]  # staleness: 0, 1, (2,) then k
     assert engine.threads and threading.get_ident() not in engine.threads
     assert engine.loads == len(set(expected))                              # one load per version, not per batch
-    assert set(driver.snapshots) <= {5, 6}                                 # older snapshots were dropped
+    assert set(rollouts.weights) <= {5, 6}                                 # older snapshots were dropped
+    # the prompts of each step are those the synchronous pipeline draws (step order), whatever the lookahead
+    sync_engine, sync_model = RecordingEngine(), OneParam()
+    sync = pipeline(0, sync_engine, sync_model)
+    sync.start(0)
+    assert [s[3] for s in drive(0, 6, sync_model, sync)] == [s[3] for s in seen]
 
 
 def test_checkpoint_state_keeps_old_version_results_and_regenerates_the_rest():
     engine, model = RecordingEngine(), OneParam()
-    driver = AsyncRollout(engine, fake_rollout(engine), 2, timeout_s=30)
-    driver.publish(0, model)
-    for t in range(3):
-        driver.submit(RolloutJob(t, [t], 0))
-    driver.take(0)
+    rollouts = pipeline(2, engine, model)
+    rollouts.start(0)
+    rollouts.batch(0)
     with torch.no_grad():
         model.w.add_(1.0)
-    driver.publish(1, model)
-    driver.submit(RolloutJob(3, [3], 1))
-    state = driver.state_dict(current_version=1)            # queued: steps 1, 2 (version 0) and 3 (version 1)
-    driver.close()
+    rollouts.publish(1)                                     # queued: steps 1, 2 (version 0) and 3 (version 1)
+    state = rollouts.state_dict(1)
+    rollouts.close()
     assert [(j["step"], j["version"], j["result"] is not None) for j in state["jobs"]] == \
         [(1, 0, True), (2, 0, True), (3, 1, False)]
-    assert float(state["jobs"][0]["result"][-1].final_text) == 0.0
+    assert float(state["jobs"][0]["result"].kept[-1].final_text) == 0.0
     # resume: the saved batches come back as they were, the version-1 batch is regenerated on version 1
     engine2 = RecordingEngine()
-    resumed = AsyncRollout(engine2, fake_rollout(engine2), 2, timeout_s=30)
-    resumed.publish(1, model)
-    resumed.load_state_dict(state, current_version=1)
+    resumed = pipeline(2, engine2, model)
+    resumed.start(1, state)
     try:
-        got = [float(resumed.take(step)[0][-1].final_text) for step in (1, 2, 3)]
+        got = [float(resumed.batch(step)[0][-1].final_text) for step in (1, 2, 3)]
     finally:
         resumed.close()
     assert got == [0.0, 0.0, 1.0] and engine2.loads == 1
-    wrong = AsyncRollout(RecordingEngine(), None, 1, timeout_s=30)
+    wrong = pipeline(1, RecordingEngine(), model)
     with pytest.raises(ConfigError, match="async_level=1, but the checkpoint was written with async_level=2"):
-        wrong.load_state_dict(state, current_version=1)
+        wrong.start(1, state)
     wrong.close()
 
 
@@ -135,20 +154,23 @@ def test_off_policy_correction_is_on_by_default_with_async():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["algo.dynamic_sampling=true"], "algo.dynamic_sampling does not work with rollout.async_level=1: its refill"),
-    (["method.hapo={}", "algo.loss=hapo"], "method hapo / rollout.logits_processor hapo_temperature does not work"),
-    (["method.gain_rl={}", "data.sampler={name: gain_rl}"], "data.sampler gain_rl does not work with rollout.async"),
-    (["rollout.workflow=apr"], "rollout.workflow apr does not work with rollout.async_level=1: multi-call"),
-    (["rollout.workflow=a2fm"], "rollout.workflow a2fm does not work with rollout.async_level=1"),
     (["rollout.engine=vllm", "rollout.enable_sleep_mode=true"], "rollout.enable_sleep_mode does not work with"),
-    (["distributed.backend=ddp"], "rollout.async_level=1 is single-process for now"),
-    (["model.lora.r=8"], "rollout.async_level > 0 with rollout.engine=hf copies the model"),
+    (["distributed.backend=ddp", "algo.dynamic_sampling=true"], "needs rollout.engine=vllm_server (one driver"),
 ])
 def test_validate_rejects_what_does_not_run_asynchronously(capsys, overrides, message):
     code = main(["validate", TINY, "rollout.async_level=1", *overrides])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("config error: ") and message in err, err
     assert main(["validate", TINY, *overrides]) in (0, 2)     # (the same keys may have other rules of their own)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["algo.dynamic_sampling=true"], ["method.hapo={}", "algo.loss=hapo"],
+    ["method.gain_rl={}", "data.sampler={name: gain_rl}"], ["rollout.workflow=apr"], ["rollout.workflow=a2fm"],
+    ["distributed.backend=ddp"], ["model.lora.r=8"], ["rollout.engine=vllm"],
+])
+def test_validate_accepts_the_compositions_that_used_to_be_refused(capsys, overrides):
+    assert main(["validate", TINY, "rollout.async_level=1", *overrides]) == 0, capsys.readouterr().err
 
 
 def test_validate_prints_the_effective_correction(capsys):

@@ -97,7 +97,7 @@ def test_explicit_values_win_over_a_components_defaults_even_when_equal_to_the_g
     import copy
 
     from rlpost.algos import POLICY_LOSSES, build_params
-    from rlpost.trainer import user_set_fields
+    from rlpost.config import explicit_fields as user_set_fields
     cfg = load_config("configs/tiny/arith_grpo.yaml", ["algo.loss=gspo", *overrides])
     entry = POLICY_LOSSES.entry("gspo")
     for algo in (cfg.algo, copy.deepcopy(cfg.algo)):

@@ -13,6 +13,7 @@ import yaml
 
 from rlpost.config import ConfigError, load_config
 from rlpost.methods import validate_methods
+from rlpost.resolve import load_checked
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted(p for d in ("configs", "recipes") for p in (ROOT / d).rglob("*.y*ml"))
@@ -58,7 +59,7 @@ def test_rlpost_validate_accepts_every_shipped_config(path, capsys):
 # ------------------------------------------------------------------ combination rules (rlpost/methods/*.validate)
 
 def _cfg(*overrides):
-    return load_config(ROOT / "configs/tiny/arith_grpo.yaml", list(overrides))
+    return load_checked(ROOT / "configs/tiny/arith_grpo.yaml", list(overrides))
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -99,7 +100,7 @@ def _cfg(*overrides):
     (["data.sampler={name: gain_rl, sigma: -1}", "method.gain_rl={}"], "sigma"),
 ])
 def test_combination_rules(overrides, message):
-    with pytest.raises(ConfigError, match=re.escape(message)):   # load_config resolves the config, methods included
+    with pytest.raises(ConfigError, match=re.escape(message)):   # load_checked resolves the config, methods included
         _cfg(*overrides)
 
 

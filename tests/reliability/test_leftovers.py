@@ -72,7 +72,6 @@ def test_a_weight_sync_that_fails_still_logs_its_step_and_resume_misses_none(tmp
     """An engine whose weight sync fails after step 2 (a worker dying mid-sync): the run stops with exit 3, the
     checkpoint is step 2 and metrics.jsonl has step 2's row; resuming continues with step 3 (before: 1, 3, 4)."""
     from rlpost.engines.base import EngineError
-    from rlpost.trainer import Trainer
     calls = {"n": 0}
 
     class SyncFails:
@@ -93,9 +92,9 @@ def test_a_weight_sync_that_fails_still_logs_its_step_and_resume_misses_none(tmp
         def close(self):
             self.inner.close()
 
-    build = Trainer._build_engine
-    monkeypatch.setattr(Trainer, "_build_engine", lambda self: type(build(self))(SyncFails(build(self).engine),
-                                                                             self._engine_failed))
+    import rlpost.rollout.build as rollout_build
+    build = rollout_build.build_engine
+    monkeypatch.setattr(rollout_build, "build_engine", lambda *args, **kwargs: SyncFails(build(*args, **kwargs)))
     out = tmp_path / "run"
     assert train(out, "trainer.max_steps=4", "trainer.save_steps=0") == 3
     assert steps(out) == [0, 1, 2] and (out / "checkpoints" / "step-2").exists()
