@@ -9,7 +9,8 @@ import torch
 from rlpost.algos import ADVANTAGES, AdvantageInput, build_params
 from rlpost.algos.advantages import per_trajectory
 from rlpost.algos.kl_reward import build_kl_controller, kl_penalty, sequence_kl, shape_rewards
-from rlpost.config import ConfigError, component, explicit_fields
+from rlpost.checks import registry_entry
+from rlpost.config import component, explicit_fields
 
 
 def kl_reward_controller(k):
@@ -23,10 +24,7 @@ class AdvantageStep:
 
     def __init__(self, algo_cfg, dist):
         name, overrides = component(algo_cfg.advantage)
-        try:
-            entry = ADVANTAGES.entry(name)
-        except KeyError as err:
-            raise ConfigError(f"algo.advantage: {err.args[0]}") from None
+        entry = registry_entry(ADVANTAGES, name, "algo.advantage")
         self.fn = entry.fn
         self.params = build_params(entry.params, explicit_fields(algo_cfg), overrides, where=f"algo.advantage ({name})")
         self.kl_cfg, self.kl_controller, self.dist = algo_cfg.kl_reward, kl_reward_controller(algo_cfg.kl_reward), dist

@@ -7,17 +7,11 @@ import dataclasses
 
 from rlpost.algos import build_params
 from rlpost.algos.losses import DEFAULT_AGGREGATION
+from rlpost.checks import registry_entry
 from rlpost.config import ConfigError, component, explicit_fields
 from rlpost.learner import Learner, LearnerSettings, build_optimizer, build_scheduler
 from rlpost.methods import Needs
 from rlpost.rollout.schedule import is_settings
-
-
-def registry_entry(registry, name, key):
-    try:
-        return registry.entry(name)
-    except KeyError as err:
-        raise ConfigError(f"{key}: {err.args[0]}") from None
 
 
 def learner_settings(cfg, need_old_ref: bool) -> LearnerSettings:

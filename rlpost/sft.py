@@ -164,7 +164,7 @@ def lr_params(cfg: SFTRunConfig):
 def resolve_stage(cfg) -> dict:
     """An sft/dpo config as a plain mapping with its loss and LR recipe expanded (``rlpost validate``), checked
     like a run config: the task's name, the sequence length against a known model's context window."""
-    from rlpost.resolve import check_context, expanded, registry_entry
+    from rlpost.checks import check_context, expanded, registry_entry
     out = dataclasses.asdict(cfg)
     if cfg.data.task is not None and cfg.data.train_path is None:
         from rlpost.tasks import TASKS

@@ -75,7 +75,7 @@ def import_env(spec: str, where: str = "rollout.workflow.env") -> type:
 
 def check_env(spec: str, kwargs: dict, where: str = "rollout.workflow") -> type:
     """Import the environment and bind ``kwargs`` to its constructor without building it (``rlpost validate``)."""
-    from rlpost.resolve import check_call_kwargs
+    from rlpost.checks import check_call_kwargs
     cls = import_env(spec, f"{where}.env")
     check_call_kwargs(cls, dict(kwargs or {}), f"{where}.env_kwargs ({spec})")
     return cls

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 from rlpost.algos import build_params
-from rlpost.config import ConfigError, component
+from rlpost.checks import registry_entry
+from rlpost.config import component
 from rlpost.rollout.pipeline import RolloutPipeline
 from rlpost.rollout.scoring import Scorer
 
@@ -15,10 +16,7 @@ def build_workflow(cfg, engine, tokenizer):
     """``rollout.workflow`` (a name or ``{name: ..., params}``) built on ``engine``."""
     from rlpost.workflows import WORKFLOWS
     name, overrides = component(cfg.rollout.workflow)
-    try:
-        entry = WORKFLOWS.entry(name)
-    except KeyError as err:
-        raise ConfigError(f"rollout.workflow: {err.args[0]}") from None
+    entry = registry_entry(WORKFLOWS, name, "rollout.workflow")
     params = build_params(entry.params, None, overrides, where=f"rollout.workflow ({name})")
     return entry.fn(engine, tokenizer, **(dataclasses.asdict(params) if params else {}))
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch

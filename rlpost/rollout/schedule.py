@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from rlpost.config import ConfigError, component, explicit_fields
+from rlpost.config import ConfigError, explicit_fields
 from rlpost.engines.base import SamplingParams, stable_seed
 
 ASYNC_IS_MODE = "token_truncate"    # the default off-policy correction with async_level > 0
