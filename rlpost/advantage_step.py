@@ -4,6 +4,8 @@ and, for trajectories of several samples (APR's call trees, A²FM's tool turns),
 to each of its rows. The estimators themselves are pure math in rlpost/algos/."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from rlpost.algos import ADVANTAGES, AdvantageInput, build_params
@@ -37,8 +39,9 @@ class AdvantageStep:
         shaped, kl_metrics = self.kl_shaped_rewards(batch, fixed, multi_row)
         inp = AdvantageInput(**{"rewards": batch.rewards, **shaped}, group_ids=batch.group_ids,
                              response_mask=batch.response_mask, entropies=entropies,
-                             extra={"old_logprobs": fixed.old_logprobs, "sum_p_sq": fixed.sum_p_sq,
-                                    "truncated": batch.truncated, **(method_extra or {})})
+                             old_logprobs=fixed.old_logprobs, ref_logprobs=fixed.ref_logprobs,
+                             sum_p_sq=fixed.sum_p_sq, truncated=batch.truncated)
+        inp = dataclasses.replace(inp, **(method_extra or {}))   # a method's inputs (fields of AdvantageInput)
         if multi_row:
             advantages, metrics = per_trajectory(self.fn, self.params, inp, batch.traj_index)
         else:

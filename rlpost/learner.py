@@ -315,7 +315,7 @@ class Learner:
         mask = mb.response_mask
         inp = LossInput(logprobs=logp, old_logprobs=old_lp, advantages=adv, response_mask=mask,
                         entropies=entropy.detach() if entropy is not None else None,
-                        old_entropies=fixed.old_entropies, extra=extra)
+                        old_entropies=fixed.old_entropies, **extra)
         loss_mat, metrics = self.loss_fn(inp, s.loss_params)
         loss_mat = loss_mat * mb.sample_weights[:, None]  # the policy term only (APR: KL is not divided by S)
         if fixed.entropy_mask is not None:  # forking tokens: policy term on high-entropy tokens only

@@ -34,7 +34,7 @@ class ADORAParams:
     p_lo: float | None = None         # optional lower bound on the success rate (ours, off)
     variant: str = "llm_code"         # Length edge cases: "llm_code" (no failure -> L_fail=-inf) | "vlm_code"
     correct_threshold: float = 0.5    # R > c counts as correct (K&K code: 1.01)
-    max_length: int | None = None     # failures with L >= max_length count as truncated (else extra["truncated"])
+    max_length: int | None = None     # failures with L >= max_length count as truncated (else inp.truncated)
     base: str = "grpo"                # base estimator whose advantages are weighted (any other ADVANTAGES name)
     scale_rewards: str = "group"      # passed to the base estimator when it declares it
     eps: float = 1e-6                 # passed to the base estimator when it declares it
@@ -83,8 +83,8 @@ def group_weights(rewards: torch.Tensor, lengths: torch.Tensor, group_ids: torch
 
 
 def _truncated(inp: AdvantageInput, lengths: torch.Tensor, params: ADORAParams) -> torch.Tensor:
-    if "truncated" in inp.extra:
-        return torch.as_tensor(inp.extra["truncated"], dtype=torch.bool)
+    if inp.truncated is not None:
+        return torch.as_tensor(inp.truncated, dtype=torch.bool)
     if params.max_length is not None:
         return lengths >= params.max_length
     return torch.zeros_like(lengths, dtype=torch.bool)
@@ -94,7 +94,7 @@ def _truncated(inp: AdvantageInput, lengths: torch.Tensor, params: ADORAParams) 
 def adora_advantage(inp: AdvantageInput, params: ADORAParams):
     """A_it = w_{g(i)} * A^base_it, weight applied after the base estimator's std normalisation (as the code).
 
-    rewards [B], group_ids [B], response_mask [B,T] -> [B,T]. Optional ``inp.extra["truncated"]`` [B] bool
+    rewards [B], group_ids [B], response_mask [B,T] -> [B,T]. Optional ``inp.truncated`` [B] bool
     (finish_reason == "length"); without it ``max_length`` (or nothing) decides truncation. Groups of
     one or with all-equal rewards keep advantage 0 whatever their weight.
     """

@@ -134,7 +134,8 @@ def per_trajectory(fn, params, inp: AdvantageInput, traj_index: torch.Tensor):
     For multi-call rollouts (APR: one trajectory = a call tree, one row per call) the rows repeat the
     tree's reward, so row-level group statistics would weight a tree by its number of calls; here the
     group mean/std are over trees, as in TinyRL. ``fn`` sees one row per trajectory (rewards, group ids,
-    a [N,1] mask of ones, ``truncated`` = any call truncated, the tree's KL penalty and the non-tensor extras);
+    a [N,1] mask of ones, ``truncated`` = any call truncated, the tree's KL penalty, reward components and
+    sequence score norms, the multipliers' weights and thresholds);
     per-token inputs (entropies, old log-probs, token rewards) are not available, so token-level estimators
     are not supported on multi-call trajectories. Trajectories without rows (no sample) do not enter the statistics.
     """
@@ -142,12 +143,16 @@ def per_trajectory(fn, params, inp: AdvantageInput, traj_index: torch.Tensor):
     num = int(inv.max().item()) + 1 if inv.numel() else 0
     rows = torch.arange(len(traj_index))
     first = torch.zeros(num, dtype=torch.long).scatter_reduce(0, inv, rows, reduce="amin", include_self=False)
-    extra = {k: v for k, v in inp.extra.items() if not isinstance(v, torch.Tensor)}
-    truncated = inp.extra.get("truncated")
-    if isinstance(truncated, torch.Tensor):
-        extra["truncated"] = torch.zeros(num, dtype=torch.bool).index_put_((inv,), truncated.bool(), accumulate=True)
+    truncated = None
+    if inp.truncated is not None:
+        truncated = torch.zeros(num, dtype=torch.bool).index_put_((inv,), inp.truncated.bool(), accumulate=True)
+    components = None if inp.reward_components is None else \
+        {k: torch.as_tensor(v)[first] for k, v in inp.reward_components.items()}
     traj_inp = AdvantageInput(rewards=inp.rewards[first], group_ids=inp.group_ids[first],
-                              response_mask=torch.ones(num, 1, dtype=inp.response_mask.dtype), entropies=None, extra=extra,
-                              kl_penalty=inp.kl_penalty[first] if inp.kl_penalty is not None else None)
+                              response_mask=torch.ones(num, 1, dtype=inp.response_mask.dtype), entropies=None,
+                              kl_penalty=inp.kl_penalty[first] if inp.kl_penalty is not None else None,
+                              truncated=truncated, score_sq_norm=None if inp.score_sq_norm is None else
+                              torch.as_tensor(inp.score_sq_norm)[first], reward_components=components,
+                              multiplier_weights=inp.multiplier_weights, thresholds=inp.thresholds)
     adv, metrics = fn(traj_inp, params)
     return broadcast(adv[:, 0][inv], inp.response_mask), metrics

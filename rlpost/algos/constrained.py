@@ -159,14 +159,13 @@ def _vector(values, names: Sequence[str], what: str) -> torch.Tensor:
 # Rewards
 # --------------------------------------------------------------------------------------------
 
-def component_matrix(extra: Mapping[str, Any], names: Sequence[str]) -> torch.Tensor:
-    """``extra["reward_components"]`` (name -> [B]) stacked in ``names`` order: [B, N] float64."""
-    comps = extra.get("reward_components")
+def component_matrix(comps: Mapping[str, Any] | None, names: Sequence[str]) -> torch.Tensor:
+    """``comps`` (``inp.reward_components``, name -> [B]) stacked in ``names`` order: [B, N] float64."""
     if comps is None:
-        raise KeyError("advantage 'constrained' needs inp.extra['reward_components']: name -> [B] tensor")
+        raise KeyError("advantage 'constrained' needs inp.reward_components: name -> [B] tensor")
     missing = [n for n in names if n not in comps]
     if missing:
-        raise KeyError(f"inp.extra['reward_components'] lacks {missing}; has {sorted(comps)}")
+        raise KeyError(f"inp.reward_components lacks {missing}; has {sorted(comps)}")
     return torch.stack([torch.as_tensor(comps[n]).to(torch.float64) for n in names], dim=-1)
 
 
@@ -256,7 +255,7 @@ class LagrangeMultipliers:
         self.thresholds = _vector(thresholds, self.names, "thresholds")
 
     def extra(self) -> dict[str, Any]:
-        """What the advantage reads: ``inp.extra.update(multipliers.extra())``."""
+        """What the advantage reads: ``dataclasses.replace(inp, **multipliers.extra())``."""
         return {"multiplier_weights": self.weights(),
                 "thresholds": dict(zip(self.names, self.thresholds.tolist()))}
 
@@ -298,7 +297,7 @@ class LagrangeMultipliers:
 def constrained(inp: AdvantageInput, params: ConstrainedAdvParams):
     """Per-component normalised advantages mixed by bounded multipliers (Eq. 4.4).
 
-    inp.extra:
+    inp (typed fields):
       reward_components:  name -> [B] tensor, one score per completion per RM
       multiplier_weights: [N] tensor (component order) or name -> float, g(μ_i) (mu/xi/all)
       thresholds:         name -> θ_i, overrides ``params.thresholds`` (NM-PPO moves them)
@@ -312,10 +311,11 @@ def constrained(inp: AdvantageInput, params: ConstrainedAdvParams):
     """
     names = params.components
     N = len(names)
-    R = component_matrix(inp.extra, names)                                          # [B, N]
+    R = component_matrix(inp.reward_components, names)                                          # [B, N]
     theta = None                                                                    # [N] or None (sum)
     if params.thresholds:
-        theta = _vector(inp.extra.get("thresholds", params.thresholds), names, "thresholds").to(R.device)
+        given = inp.thresholds if inp.thresholds is not None else params.thresholds
+        theta = _vector(given, names, "thresholds").to(R.device)
     alpha = torch.tensor([params.weights.get(n, 1.0) for n in names], dtype=torch.float64, device=R.device)
 
     def norm(v):
@@ -329,10 +329,10 @@ def constrained(inp: AdvantageInput, params: ConstrainedAdvParams):
         R_task = _minus_kl(composite_reward(R, alpha), inp)
         seq_adv = norm(R_task)
     else:
-        if "multiplier_weights" not in inp.extra:
-            raise KeyError(f"mode {params.mode!r} needs inp.extra['multiplier_weights'] "
-                           "(use inp.extra.update(LagrangeMultipliers.extra()))")
-        w = _vector(inp.extra["multiplier_weights"], names, "multiplier_weights").to(R.device)  # [N]
+        if inp.multiplier_weights is None:
+            raise KeyError(f"mode {params.mode!r} needs inp.multiplier_weights "
+                           "(use dataclasses.replace(inp, **LagrangeMultipliers.extra()))")
+        w = _vector(inp.multiplier_weights, names, "multiplier_weights").to(R.device)  # [N]
         R_task = _minus_kl(_task_reward(inp, params, R, alpha), inp)              # [B]
         A_i = torch.stack([norm(R[:, i]) for i in range(N)], dim=-1)              # [B, N]
         sign = -1.0 if params.mode == "all" else 1.0
@@ -361,9 +361,9 @@ def _minus_kl(task: torch.Tensor, inp: AdvantageInput) -> torch.Tensor:
 def _task_reward(inp: AdvantageInput, params: ConstrainedAdvParams, R, alpha) -> torch.Tensor:
     if params.task == "kl":
         for key in ("old_logprobs", "ref_logprobs"):
-            if key not in inp.extra:
-                raise KeyError(f"task 'kl' needs inp.extra[{key!r}] ([B,T] log-probs of the sampled tokens)")
-        return kl_task_reward(inp.extra["old_logprobs"], inp.extra["ref_logprobs"],
+            if getattr(inp, key) is None:
+                raise KeyError(f"task 'kl' needs inp.{key} ([B,T] log-probs of the sampled tokens)")
+        return kl_task_reward(inp.old_logprobs, inp.ref_logprobs,
                               inp.response_mask, params.kl_coef)
     if params.task == "weighted_sum":
         return composite_reward(R, alpha)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,19 +24,34 @@ class AdvantageInput:
     group_ids:      [B] long, completions sharing a prompt share an id (group size G)
     response_mask:  [B,T] float, 1 for completion tokens that count in the loss
     entropies:      [B,T] float or None, per-token entropy under the old policy (nats)
-    extra:          anything else a paper's estimator needs (e.g. per-token ``sum_p_sq``)
     token_rewards:  [B,T] float64 or None (``algo.kl_reward`` off): r_it = −β KL_it + R_i 1[t = last], summing
                     to ``rewards``; per-token estimators (returns-to-go) read it
     kl_penalty:     [B] float64 or None: β Σ_t KL_it, already subtracted from ``rewards``; an estimator that
-                    builds its own reward from ``extra`` (constrained) subtracts it itself
+                    builds its own reward from the components (constrained) subtracts it itself
+    old_logprobs:   [B,T] or None, log pi_old of the sampled tokens (OBLR-PO's score-norm proxy, constrained's
+                    KL task)
+    ref_logprobs:   [B,T] or None, log pi_ref of the sampled tokens (constrained's KL task)
+    sum_p_sq:       [B,T] or None, sum_v pi_old(v)^2 per position (OBLR-PO, rlpost/algos/oblr_po.py)
+    truncated:      [B] bool or None, the completion hit the length cap (ADORA)
+    score_sq_norm:  [B] or None, ||grad log pi||^2 per sequence (OBLR-PO weight=exact)
+    reward_components: name -> [B] or None, each reward model's score per completion (constrained RLHF)
+    multiplier_weights: [N] tensor or name -> float or None, the Lagrange multipliers' weights (constrained)
+    thresholds:     name -> θ_i or None, overrides the estimator's own thresholds (constrained, NM-PPO)
     """
     rewards: torch.Tensor
     group_ids: torch.Tensor
     response_mask: torch.Tensor
     entropies: torch.Tensor | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     token_rewards: torch.Tensor | None = None
     kl_penalty: torch.Tensor | None = None
+    old_logprobs: torch.Tensor | None = None
+    ref_logprobs: torch.Tensor | None = None
+    sum_p_sq: torch.Tensor | None = None
+    truncated: torch.Tensor | None = None
+    score_sq_norm: torch.Tensor | None = None
+    reward_components: dict[str, torch.Tensor] | None = None
+    multiplier_weights: Any = None
+    thresholds: dict[str, float] | None = None
 
 
 @dataclass
@@ -49,7 +64,7 @@ class LossInput:
     response_mask:  1 for tokens in the loss
     entropies:      current per-token entropy (detached) or None
     old_entropies:  per-token entropy under pi_old or None
-    extra:          anything else a paper's loss needs
+    entropy_stats:  HAPO's entropy statistics of the step's batch (an ``EntropyStats`` or its dict) or None
     """
     logprobs: torch.Tensor
     old_logprobs: torch.Tensor
@@ -57,7 +72,7 @@ class LossInput:
     response_mask: torch.Tensor
     entropies: torch.Tensor | None = None
     old_entropies: torch.Tensor | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    entropy_stats: Any = None
 
 
 def build_params(params_cls: type | None, shared: dict[str, Any] | None = None,

@@ -16,7 +16,7 @@ Components and where they live:
 
 Statistics carried between steps: after the old-policy forward of step t the trainer computes
 ``stats = entropy_stats(old_entropies, response_mask, rho)`` over the whole batch; it feeds the loss of
-step t (``inp.extra["entropy_stats"]``, when ``loss_stats="step"``) and the rollout of step t+1
+step t (``inp.entropy_stats``, when ``loss_stats="step"``) and the rollout of step t+1
 (``HAPOTemperature.next_state``).
 """
 from __future__ import annotations
@@ -215,11 +215,11 @@ def redistribute_advantages(adv, ht, ratio, eps_low, eps_high, beta: float):
 def _loss_stats(inp: LossInput, params: HAPOLossParams) -> EntropyStats | None:
     if params.loss_stats == "microbatch":
         return entropy_stats(inp.entropies, inp.response_mask, params.entropy_pivot)
-    if "entropy_stats" not in inp.extra:
-        raise KeyError("algo.loss hapo with loss_stats='step' needs inp.extra['entropy_stats'] = "
+    if inp.entropy_stats is None:
+        raise KeyError("algo.loss hapo with loss_stats='step' needs inp.entropy_stats = "
                        "rlpost.algos.hapo.entropy_stats(old_entropies, response_mask, entropy_pivot) computed "
                        "once over the step's batch; or set algo.loss.loss_stats=microbatch")
-    return EntropyStats.from_any(inp.extra["entropy_stats"])
+    return EntropyStats.from_any(inp.entropy_stats)
 
 
 @POLICY_LOSSES.register("hapo", params=HAPOLossParams)
@@ -229,7 +229,7 @@ def hapo_loss(inp: LossInput, params: HAPOLossParams):
         r = exp(l - l_old);  h~ from the *current* entropies ``inp.entropies`` [B,T]
         l_it = max(-A' r, -A' clip(r, 1 - eps_L(h~), 1 + eps_R(h~)));  A' < 0:  l_it = min(l_it, -A' c)
 
-    Needs ``inp.entropies`` and, with ``loss_stats="step"`` (default), ``inp.extra["entropy_stats"]``
+    Needs ``inp.entropies`` and, with ``loss_stats="step"`` (default), ``inp.entropy_stats``
     (an :class:`EntropyStats` or its dict). Aggregate with ``token-mean``.
     """
     if inp.entropies is None:

@@ -52,18 +52,18 @@ class OBLRAdvParams:
 
 
 def baseline_weights(inp: AdvantageInput, params: OBLRAdvParams) -> torch.Tensor:
-    """w [B] float64 from ``params.weight``; see :func:`oblr_advantage` for the extra keys each needs."""
+    """w [B] float64 from ``params.weight``; see :func:`oblr_advantage` for the inputs each needs."""
     mask = inp.response_mask
     if params.weight == "logit_score_norm":
-        missing = [k for k in ("old_logprobs", "sum_p_sq") if k not in inp.extra]
+        missing = [k for k in ("old_logprobs", "sum_p_sq") if getattr(inp, k) is None]
         if missing:
-            raise KeyError(f"algo.advantage oblr (weight=logit_score_norm) needs inp.extra{missing}: "
+            raise KeyError(f"algo.advantage oblr (weight=logit_score_norm) needs inp.{' and inp.'.join(missing)}: "
                            "old-policy log-probs [B,T] and sum_v pi^2 [B,T] (oblr_po.sum_p_squared)")
-        return score_norm_proxy(inp.extra["old_logprobs"], inp.extra["sum_p_sq"], mask)
+        return score_norm_proxy(inp.old_logprobs, inp.sum_p_sq, mask)
     if params.weight == "exact":
-        if "score_sq_norm" not in inp.extra:
-            raise KeyError("algo.advantage oblr (weight=exact) needs inp.extra['score_sq_norm'] [B]")
-        return torch.as_tensor(inp.extra["score_sq_norm"], dtype=torch.float64)
+        if inp.score_sq_norm is None:
+            raise KeyError("algo.advantage oblr (weight=exact) needs inp.score_sq_norm [B]")
+        return torch.as_tensor(inp.score_sq_norm, dtype=torch.float64)
     if params.weight == "length":
         return mask.sum(-1).double()
     return torch.ones(mask.shape[0], dtype=torch.float64)
@@ -95,9 +95,9 @@ def weighted_baseline(rewards: torch.Tensor, weights: torch.Tensor, group_ids: t
 def oblr_advantage(inp: AdvantageInput, params: OBLRAdvParams):
     """A_it = m_it (R_i - b_i) with the gradient-weighted baseline of :func:`weighted_baseline` [B,T].
 
-    Extra inputs: weight="logit_score_norm" needs ``inp.extra["old_logprobs"]`` [B,T] and
-    ``inp.extra["sum_p_sq"]`` [B,T] (both from the old-policy forward); "exact" needs
-    ``inp.extra["score_sq_norm"]`` [B] (per-sequence ||grad log pi||^2); "length"/"uniform" need nothing
+    Extra inputs: weight="logit_score_norm" needs ``inp.old_logprobs`` [B,T] and
+    ``inp.sum_p_sq`` [B,T] (both from the old-policy forward); "exact" needs
+    ``inp.score_sq_norm`` [B] (per-sequence ||grad log pi||^2); "length"/"uniform" need nothing
     ("uniform" + leave_one_out is RLOO, "uniform" without it is Dr.GRPO).
     """
     R = inp.rewards.double()

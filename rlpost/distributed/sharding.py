@@ -145,12 +145,12 @@ class Runtime:
             self.deepspeed_engine = self.ops.engine
         learner.dist = self.ops
 
-    def wrap_engine(self, engine, gather: bool = True):
-        """This rank's engine: per-rank seeds; ``gather``: under ZeRO-3 an engine on the learner's model
-        generates with its parameters gathered (not one with a model of its own)."""
+    def wrap_engine(self, engine):
+        """This rank's engine: per-rank sampling seeds (split rollouts). Generation on the learner's own model under
+        ZeRO-3 needs :meth:`full_parameters` around it, which the rollout pipeline holds for a whole batch."""
         if not self.enabled:
             return engine
-        return RankEngine(engine, self, gather)
+        return RankEngine(engine, self)
 
     # ------------------------------------------------------------------ ZeRO-3 gathers
     def gather_context(self, params):
@@ -226,13 +226,11 @@ SINGLE_PROCESS = Runtime()  # the disabled runtime: what functions taking ``runt
 
 class RankEngine:
     """The rollout engine of one rank: per-rank sampling seeds in split mode (an engine that takes a
-    ``seed_offset``, like the vllm engine, gets this rank's row offset instead), and under ZeRO-3 generation
-    with the model's parameters gathered (the hf engine runs on the partitioned learner model)."""
+    ``seed_offset``, like the vllm engine, gets this rank's row offset instead)."""
 
-    def __init__(self, engine, runtime: Runtime, gather: bool = True):
+    def __init__(self, engine, runtime: Runtime):
         self.engine = engine
         self.runtime = runtime
-        self.gather = gather
 
     def generate(self, requests, params, **kwargs):
         rt = self.runtime
@@ -243,10 +241,7 @@ class RankEngine:
                 kwargs["seed_offset"] = rt.rank * len(requests)
             elif not takes_offset:
                 params = dataclasses.replace(params, seed=seed_for_rank(params.seed, rt.rank))
-        on_learner = self.gather and getattr(self.engine, "model", None) is not None
-        gather = rt.full_parameters() if on_learner else contextlib.nullcontext()
-        with gather:
-            return self.engine.generate(requests, params, **kwargs)
+        return self.engine.generate(requests, params, **kwargs)
 
     def load_weights(self, named_tensors) -> None:
         self.engine.load_weights(named_tensors)
@@ -315,6 +310,6 @@ def check_world_rules(cfg, world_size: int, zero3: bool | None = None, split: bo
                           "num_generations)")
     zero3 = d.backend == "deepspeed" and d.zero_stage == 3 if zero3 is None else zero3
     split = d.rollout == "split" if split is None else split
-    if a.dynamic_sampling and (zero3 or not split):
-        raise ConfigError("algo.dynamic_sampling with several learner ranks needs distributed.rollout=split and "
-                          "not ZeRO-3 (ranks refill different numbers of groups; ZeRO-3 generation is collective)")
+    if a.dynamic_sampling and not split:
+        raise ConfigError("algo.dynamic_sampling with several learner ranks needs distributed.rollout=split (each "
+                          "rank refills its own share of the groups)")

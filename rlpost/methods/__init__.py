@@ -11,8 +11,9 @@ the trainer applies. A method assigns no attribute of the trainer, learner or en
     rollout_params(params, purpose, step) -> params   before each rollout (purpose "rollout" or "eval")
     kl_coef() -> float | None                before each step: the learner's KL coefficient from then on (None: keep)
     extras(ctx: StepContext) -> Extras       after the old/ref forward, before advantages:
-        advantage: into AdvantageInput.extra; loss_rows: [B,...] tensors sliced per micro-batch into
-        LossInput.extra; loss_step: step-level values passed unchanged into LossInput.extra
+        advantage: fields of AdvantageInput (e.g. reward_components); loss_rows: [B,...] tensors sliced per
+        micro-batch into fields of LossInput; loss_step: step-level values set unchanged on LossInput
+        (e.g. entropy_stats); a key that is no field of the input is a TypeError
     after_update(ctx: StepContext) -> dict   after the optimizer steps (``ctx.update_metrics`` set): metrics to log
     state_dict() / load_state_dict(state)    saved in every checkpoint
 

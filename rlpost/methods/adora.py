@@ -1,4 +1,4 @@
-"""ADORA needs no hooks: ``algo.advantage: adora`` reads ``AdvantageInput.extra["truncated"]``, which the
+"""ADORA needs no hooks: ``algo.advantage: adora`` reads ``AdvantageInput.truncated``, which the
 trainer always passes, and logs ``adora/tas_frac`` (share of advantageous groups),
 ``adora/length_adv_frac``, ``adora/difficulty_adv_frac``, ``adora/success_rate_mean`` and
 ``adora/weight_mean`` with the advantage metrics. This module holds its combination rules;

@@ -12,7 +12,7 @@ setup         builds LagrangeMultipliers (mu/xi/all) and ProxyPointSearch (``pro
               and the learner has no reference model (algo.beta = 0, as the paper's μ/ξ-PPO).
 extras        ``reward_components`` (name -> [B] tensor, one row per Batch row, from
               ``Trajectory.reward_components``), the old/reference log-probs for the KL task and the
-              current multiplier weights and thresholds, all into ``AdvantageInput.extra``.
+              current multiplier weights and thresholds, all typed fields of ``AdvantageInput``.
 after_update  one multiplier SGD step per policy mini-batch (multiplier_update: minibatch) on the
               mini-batch's RM means — the learner's own partition (``StepContext.mini_batches``), replayed
               after its optimizer steps: the advantages of this rollout were fixed before the update, so the

@@ -6,7 +6,7 @@ HAPO's components are chosen where they act: ``algo.advantage: hapo`` (B), ``alg
 - the learner computes per-token entropies (``Needs(entropies=True)``): old-policy ones in ``prepare`` and the
   current ones in every micro-batch;
 - after the old-policy forward of step t, ``entropy_stats(old_entropies, mask, rho)`` over the whole batch
-  goes to the loss of step t (``LossInput.extra["entropy_stats"]``, loss_stats="step"), and
+  goes to the loss of step t (``LossInput.entropy_stats``, loss_stats="step"), and
   ``HAPOTemperature.next_state(...)`` is kept for the rollout of step t+1 (and checkpointed);
 - the temperature processor is added to training rollouts only (evaluation samples at T_base);
 - logged: ``hapo/temperature_mean|min|max|up_frac|down_frac|has_stats`` (rollout), ``hapo/stats_q``,

@@ -4,7 +4,7 @@ Two independent pieces:
 
 - ``algo.advantage: {name: oblr, weight: logit_score_norm}`` needs sum_v pi_v^2 per token from the
   old-policy forward: ``method: {oblr: {}}`` declares ``Needs(sum_p_sq=True)`` (the trainer passes
-  ``FixedLogprobs.sum_p_sq`` as ``AdvantageInput.extra["sum_p_sq"]``). Weights ``length`` / ``uniform`` need no hooks.
+  ``FixedLogprobs.sum_p_sq`` as ``AdvantageInput.sum_p_sq``). Weights ``length`` / ``uniform`` need no hooks.
 - ``algo.lr_controller: oblr_snr`` is built by the trainer and fed by the learner
   (``{"prefix_grad_sq_norms": [...], "prefix_cum_shares": [...]}`` each optimizer step); it needs no method,
   only >= 2 micro-batches per optimizer step and a single-process learner (``distributed.backend: none``). It logs ``oblr/snr``, ``oblr/snr_step``, ``oblr/signal``, ``oblr/noise``,
@@ -42,7 +42,7 @@ def validate(cfg) -> None:
     weight = _oblr_weight(cfg)
     if weight == "exact":
         raise ConfigError("algo.advantage oblr: weight=exact needs per-sequence squared score norms "
-                          "(inp.extra['score_sq_norm']), which rlpost's learner does not compute; "
+                          "(inp.score_sq_norm), which rlpost's learner does not compute; "
                           "use weight logit_score_norm (default), length or uniform")
     if weight == "logit_score_norm" and not active(cfg, "oblr"):
         raise ConfigError("algo.advantage oblr (weight logit_score_norm) needs `method: {oblr: {}}`: it makes the "

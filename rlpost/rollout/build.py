@@ -21,11 +21,10 @@ def build_workflow(cfg, engine, tokenizer):
     return entry.fn(engine, tokenizer, **(dataclasses.asdict(params) if params else {}))
 
 
-def build_engine(cfg, model, tokenizer, model_path: str, dist, gather: bool = True):
-    """The configured engine for this rank (hf: on ``model``); ``gather``: ZeRO-3 generation gathers the
-    parameters of the learner's model (not for a generator model of its own)."""
+def build_engine(cfg, model, tokenizer, model_path: str, dist):
+    """The configured engine for this rank (hf: on ``model``)."""
     from rlpost.engines import build_engine as engine_for
-    return dist.wrap_engine(engine_for(cfg, model, tokenizer, model_path), gather=gather)
+    return dist.wrap_engine(engine_for(cfg, model, tokenizer, model_path))
 
 
 def generator_model(cfg, model_path: str):
@@ -44,7 +43,7 @@ def build_pipeline(cfg, *, model, tokenizer, model_path: str, dist, prompts, sam
     if cfg.rollout.async_level > 0 and getattr(engine, "model", None) is model:
         # the learner's own model cannot generate while it trains: the generation thread gets a copy
         eval_engine, eval_workflow = engine, workflow
-        engine = build_engine(cfg, generator_model(cfg, model_path), tokenizer, model_path, dist, gather=False)
+        engine = build_engine(cfg, generator_model(cfg, model_path), tokenizer, model_path, dist)
         workflow = build_workflow(cfg, engine, tokenizer)
     scorer = Scorer(rewards, workflow, cfg.rollout.max_completion_length)
     return RolloutPipeline(cfg, engine=engine, workflow=workflow, scorer=scorer, prompts=prompts, sampler=sampler,

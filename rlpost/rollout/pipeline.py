@@ -43,6 +43,7 @@ state of those on version s, which the resumed run regenerates from the checkpoi
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -187,7 +188,8 @@ class RolloutPipeline:
         if self.k == 0 or self.eval_engine is not self.engine:
             if changed_since_publish and self.k == 0:
                 self._push_live()
-            return run(self.eval_workflow, self.eval_engine)
+            with self._learner_weights(self.eval_engine):
+                return run(self.eval_workflow, self.eval_engine)
         weights = snapshot(self.model, self.dist) if self.generates or self.dist.zero3 else None  # (collective)
         if not self.generates:        # driver layout: rank 0's thread evaluates; the others take its numbers
             return self.dist.broadcast_object(None)
@@ -259,7 +261,8 @@ class RolloutPipeline:
         elif self.pool is None:         # k = 0: produced inline when batch() takes it
             future = Future()
             try:
-                future.set_result(self._produce(job))
+                with self._learner_weights(self.engine):
+                    future.set_result(self._produce(job))
             except BaseException as err:  # noqa: BLE001 - re-raised by batch()
                 future.set_exception(err)
                 raise
@@ -348,6 +351,12 @@ class RolloutPipeline:
             from rlpost.distributed.weight_sync import sync_engine
             sync_engine(self.engine, self.model, self.dist)
         self.engine_version = self.version
+
+    def _learner_weights(self, engine):
+        """An engine that generates with the learner's own model: under ZeRO-3 its parameters gathered (and the
+        fetch hooks off) for the whole batch, collective on all ranks (which produce a batch in lockstep)."""
+        on_learner = getattr(engine, "model", None) is self.model
+        return self.dist.full_parameters() if on_learner else contextlib.nullcontext()
 
     def _drop_unused_weights(self) -> None:
         """Forget the snapshots no queued job needs (the newest stays: the next queued batch may need it)."""

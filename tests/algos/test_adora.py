@@ -25,8 +25,8 @@ DA = [1, 1, 0, 0, 1, 0, 1]
 def _inputs(truncated=True):
     lengths = torch.tensor(LENGTHS)
     mask = (torch.arange(20)[None] < lengths[:, None]).float()
-    extra = {"truncated": torch.tensor(TRUNC)} if truncated else {}
-    return AdvantageInput(torch.tensor(REWARDS, dtype=torch.float32), torch.arange(28) // 4, mask, extra=extra)
+    return AdvantageInput(torch.tensor(REWARDS, dtype=torch.float32), torch.arange(28) // 4, mask,
+                          truncated=torch.tensor(TRUNC) if truncated else None)
 
 
 def _crit(params, truncated=True):

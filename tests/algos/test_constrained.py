@@ -1,4 +1,5 @@
 """Constrained RLHF (rlpost/algos/constrained.py) against hand-computed numbers."""
+import dataclasses
 import io
 import math
 
@@ -97,7 +98,7 @@ def test_multiplier_state_dict_roundtrip_and_thresholds():
 
 # ---------------------------------------------------------------- advantage
 
-def _inp(**extra):
+def _inp(**fields):
     # two groups of two; components a, b; old − ref log-ratios whose masked sums are (0.3, 0.4, 0.5, 0.2)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 0]], dtype=torch.float32)
     log_ratio = torch.tensor([[0.1, 0.2, 9.0], [0.0, 0.1, 0.3], [0.5, 9.0, 9.0], [0.1, 0.1, 9.0]])
@@ -105,9 +106,9 @@ def _inp(**extra):
         "reward_components": {"a": torch.tensor([0.0, 1.0, 0.2, 0.6]), "b": torch.tensor([0.0, 2.0, 3.0, 1.0])},
         "old_logprobs": log_ratio - 1.0, "ref_logprobs": torch.full((4, 3), -1.0),
     }
-    base.update(extra)
+    base.update(fields)
     return AdvantageInput(rewards=torch.tensor([1.0, 0.0, 0.0, 1.0]), group_ids=torch.tensor([0, 0, 1, 1]),
-                          response_mask=mask, extra=base)
+                          response_mask=mask, **base)
 
 
 def _params(**kw):
@@ -169,8 +170,7 @@ def test_sum_mode_one_group_of_three():
     # A = (−4/3, −1/3, 5/3)/1.5275252 = (−0.8728716, −0.2182179, 1.0910895)
     inp = AdvantageInput(rewards=torch.zeros(3), group_ids=torch.zeros(3, dtype=torch.long),
                          response_mask=torch.ones(3, 2),
-                         extra={"reward_components": {"a": torch.tensor([0.0, 0.5, 1.0]),
-                                                      "b": torch.tensor([1.0, 1.0, 2.0])}})
+                         reward_components={"a": torch.tensor([0.0, 0.5, 1.0]), "b": torch.tensor([1.0, 1.0, 2.0])})
     params = build_params(ConstrainedAdvParams, overrides={"mode": "sum", "weights": {"a": 2.0, "b": 1.0}, "eps": 0.0})
     adv, _ = ADVANTAGES.get("constrained")(inp, params)
     assert torch.allclose(adv[:, 1], torch.tensor([-0.8728716, -0.2182179, 1.0910895]), atol=1e-6)
@@ -183,7 +183,7 @@ def test_normalize_batch_scale():
     assert torch.allclose(out, torch.tensor([-0.5, 0.5, -1.0, 1.0], dtype=torch.float64) / 1.7078251, atol=1e-6)
 
 
-def test_thresholds_from_extra_override_params():
+def test_thresholds_from_the_input_override_params():
     inp = _inp(multiplier_weights=torch.zeros(2), thresholds={"a": 0.4, "b": 1.5})
     _, metrics = ADVANTAGES.get("constrained")(inp, _params(mode="xi"))
     assert metrics["constrained/gap/a"] == pytest.approx(0.05)
@@ -192,9 +192,8 @@ def test_thresholds_from_extra_override_params():
 def test_multipliers_feed_the_advantage():
     params = _params(mode="xi")
     mult = LagrangeMultipliers.from_params(params)
-    mult.update(component_means(_inp().extra["reward_components"], index=torch.tensor([0, 1])))
-    inp = _inp()
-    inp.extra.update(mult.extra())
+    mult.update(component_means(_inp().reward_components, index=torch.tensor([0, 1])))
+    inp = dataclasses.replace(_inp(), **mult.extra())
     _, metrics = ADVANTAGES.get("constrained")(inp, params)
     assert metrics["constrained/multiplier/a"] == pytest.approx(mult.as_dict()["a"])
 
@@ -375,7 +374,7 @@ def test_proxy_search_finds_the_peak_of_a_synthetic_eval():
 def test_zero_spread_component_contributes_nothing():
     # group 1 has b = (1, 1): with the default eps its normalised b is 0, not NaN
     inp = _inp(multiplier_weights=torch.tensor([0.0, 0.5]))
-    inp.extra["reward_components"]["b"] = torch.tensor([0.0, 2.0, 1.0, 1.0])
+    inp.reward_components["b"] = torch.tensor([0.0, 2.0, 1.0, 1.0])
     adv, _ = ADVANTAGES.get("constrained")(inp, build_params(ConstrainedAdvParams, overrides={
         "mode": "xi", "thresholds": {"a": 0.5, "b": 1.5}}))
     assert torch.isfinite(adv).all()

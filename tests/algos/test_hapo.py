@@ -154,7 +154,7 @@ def _loss_input(requires_grad=False):
     logp = torch.tensor([ratio]).log().requires_grad_(requires_grad)
     return LossInput(logprobs=logp, old_logprobs=old, advantages=torch.tensor([adv]),
                      response_mask=torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=torch.float32),
-                     entropies=_H([ht_lams]), extra={"entropy_stats": STATS.to_dict()})
+                     entropies=_H([ht_lams]), entropy_stats=STATS.to_dict())
 
 
 def test_hapo_loss_by_hand():
@@ -195,7 +195,7 @@ def test_hapo_loss_ablations_and_microbatch_stats():
     assert loss[0, 1].item() == pytest.approx(-1.0) and m["hapo/boost_frac"] == 0
     # microbatch statistics = step statistics computed on the same tokens
     inp = _loss_input()
-    inp.extra = {"entropy_stats": entropy_stats(inp.entropies, inp.response_mask, 0.8)}
+    inp.entropy_stats = entropy_stats(inp.entropies, inp.response_mask, 0.8)
     step, _ = hapo_loss(inp, HAPOLossParams())
     micro, _ = hapo_loss(_loss_input(), HAPOLossParams(loss_stats="microbatch"))
     assert torch.allclose(step, micro)
@@ -206,7 +206,7 @@ def test_hapo_loss_uniform_entropy_equals_plain_clip_and_errors():
     # and h~ <= 0 get factor 1 + 0 = 1, so A' = A and the loss is the DAPO clip with dual clip.
     inp = _loss_input()
     inp.entropies = torch.full((1, 6), 0.3)
-    inp.extra = {}
+    inp.entropy_stats = None
     loss, m = hapo_loss(inp, HAPOLossParams(loss_stats="microbatch"))
     r = torch.tensor([1.3, 1.0, 0.5, 0.45, 25.0])
     A = torch.tensor([1.0, 1.0, -1.0, -1.0, -2.0])

@@ -100,7 +100,7 @@ def test_constrained_sum_subtracts_the_penalty_from_the_task():
     params = build_params(ConstrainedAdvParams, overrides={"mode": "sum", "weights": {"a": 1.0, "b": 1.0},
                                                           "scale_rewards": "none"})
     inp = AdvantageInput(rewards=torch.zeros(2), group_ids=torch.tensor([0, 0]), response_mask=torch.ones(2, 1),
-                         extra={"reward_components": {"a": torch.tensor([1.0, 0.0]), "b": torch.zeros(2)}},
+                         reward_components={"a": torch.tensor([1.0, 0.0]), "b": torch.zeros(2)},
                          kl_penalty=torch.tensor([0.5, 0.25], dtype=torch.float64))
     adv, metrics = ADVANTAGES.get("constrained")(inp, params)
     assert adv[:, 0].tolist() == pytest.approx([0.375, -0.375])

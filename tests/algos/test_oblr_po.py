@@ -60,8 +60,8 @@ def test_oblr_advantage_by_hand_from_extras():
     # every token has pi(o) = 0.5 and sum pi^2 = 0.5 -> 1 - 1 + 0.5 = 0.5 per token;
     # lengths 2, 4, 6 -> w = [1, 2, 3]; R = [1, 0, 1] -> A = R - b = [0.4, -1, 2/3] on each completion's tokens
     mask = (torch.arange(6)[None] < torch.tensor([[2], [4], [6]])).float()
-    extra = {"old_logprobs": torch.full((3, 6), math.log(0.5)), "sum_p_sq": torch.full((3, 6), 0.5)}
-    inp = AdvantageInput(torch.tensor([1.0, 0.0, 1.0]), torch.zeros(3, dtype=torch.long), mask, extra=extra)
+    inp = AdvantageInput(torch.tensor([1.0, 0.0, 1.0]), torch.zeros(3, dtype=torch.long), mask,
+                         old_logprobs=torch.full((3, 6), math.log(0.5)), sum_p_sq=torch.full((3, 6), 0.5))
     adv, m = ADVANTAGES.get("oblr")(inp, OBLRAdvParams())
     assert torch.allclose(adv, torch.tensor([[0.4], [-1.0], [2 / 3]]) * mask, atol=1e-6)
     assert m["oblr/weight_mean"] == pytest.approx(2.0)

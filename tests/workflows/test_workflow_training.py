@@ -55,13 +55,16 @@ def test_collate_records_the_trajectory_of_each_row():
 
 
 def test_tree_advantages_use_one_reward_per_tree_and_reach_every_call():
-    from rlpost.trainer import Trainer
+    from rlpost.advantage_step import AdvantageStep
+    from rlpost.config import load_config
+    from rlpost.distributed import Runtime
     trajs = [traj(0, 1.0, 3), traj(0, 0.0, 1), traj(1, 1.0, 1), traj(1, 1.0, 2), traj(2, 1.0, 1), traj(2, 0.0, 4)]
     batch = collate(trajs, pad_id=0)
-    tr = Trainer.__new__(Trainer)
-    tr.advantage_fn, tr.advantage_params = grpo, GRPOAdvParams(std="population", eps=1e-10)
+    step = AdvantageStep(load_config(None, ["algo.advantage={name: grpo, std: population, eps: 1.0e-10}"]).algo,
+                         Runtime())
+    assert step.fn is grpo and step.params == GRPOAdvParams(std="population", eps=1e-10)
     fixed = FixedLogprobs()
-    adv, metrics = tr.compute_advantages(batch, fixed)
+    adv, metrics = step(batch, fixed)
     # group 0: trees (1, 0): mean 1/2, std 1/2 -> +1 on the 3 calls of tree 0, -1 on tree 1's call
     # (row-level stats would use mean 3/4 over the 4 rows); group 1: all solved -> 0; group 2 as group 0
     per_row = adv[:, 0].tolist()
@@ -70,8 +73,8 @@ def test_tree_advantages_use_one_reward_per_tree_and_reach_every_call():
     assert metrics["advantage/abs_mean"] == pytest.approx(4 / 6)   # over the 6 trees, not the 12 rows
     # a batch of single-sample trajectories takes the estimator's own path (same numbers)
     single = collate([traj(0, 1.0, 1), traj(0, 0.0, 1)], pad_id=0)
-    assert tr.compute_advantages(single, fixed)[0][:, 0].tolist() == pytest.approx([1.0, -1.0])
-    direct = per_trajectory(grpo, tr.advantage_params, AdvantageInput(single.rewards, single.group_ids,
+    assert step(single, fixed)[0][:, 0].tolist() == pytest.approx([1.0, -1.0])
+    direct = per_trajectory(grpo, step.params, AdvantageInput(single.rewards, single.group_ids,
                                                                       single.response_mask), single.traj_index)[0]
     assert direct[:, 0].tolist() == pytest.approx([1.0, -1.0])
 
@@ -110,26 +113,23 @@ def test_sample_weights_scale_the_policy_term_but_not_the_kl(random_tiny_model):
 # ------------------------------------------------------------------------------ trainer hooks
 
 def test_trainer_scores_a2fm_groups_through_the_workflow_and_logs_its_metrics():
-    from rlpost.config import RewardConfig, load_config
+    from rlpost.config import RewardConfig
     from rlpost.rewards import RewardManager
-    from rlpost.trainer import Trainer
+    from rlpost.rollout import Scorer
     from rlpost.workflows.a2fm import A2FMWorkflow, score_apo_batch
-    tr = Trainer.__new__(Trainer)
-    tr.cfg = load_config(None, ["rewards=[a2fm_exact_match]"])
-    tr.rewards = RewardManager.from_config([RewardConfig("a2fm_exact_match")])
-    tr.workflow = A2FMWorkflow(ScriptedEngine(policy), CharTokenizer(), rho=1)
-    trajs = tr.workflow.rollout([prompt(0), prompt(1, "INVALID question")], SamplingParams(n=2, max_tokens=10_000))
+    workflow = A2FMWorkflow(ScriptedEngine(policy), CharTokenizer(), rho=1)
+    scorer = Scorer(RewardManager.from_config([RewardConfig("a2fm_exact_match")]), workflow, 10_000)
+    trajs = workflow.rollout([prompt(0), prompt(1, "INVALID question")], SamplingParams(n=2, max_tokens=10_000))
     assert len(trajs) == 2 * (3 + 2)       # gamma = params.n adaptive rollouts after 3 * rho forced ones
-    components = tr.score(trajs)
+    components = scorer.score(trajs)
     expected = score_apo_batch(copy.deepcopy(trajs))
     assert [t.reward for t in trajs] == expected == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
     assert components["a2fm_exact_match"] == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]  # r_acc
     assert components["apo/format"][-2:] == [0.0, 0.0] and "apo/adaptive_factor" in components
-    tr.cfg.trainer.log_completions = False
-    m = tr._rollout_metrics(trajs, components)
+    m = scorer.metrics(trajs, components)
     assert m["a2fm/invalid_route_rate"] == 0.5 and m["reward/apo/format/mean"] == 0.8
     # evaluation rolls out adaptive rollouts only
-    evals = tr.workflow.eval_rollout([prompt(0)], SamplingParams(n=3, max_tokens=10_000))
+    evals = workflow.eval_rollout([prompt(0)], SamplingParams(n=3, max_tokens=10_000))
     assert len(evals) == 3 and not any(t.info["forced"] for t in evals)
 
 
