@@ -134,7 +134,7 @@ def test_async_multi_turn_runs_and_resumes_exactly(tmp_path):
     step 3's is regenerated on version 2) that logs the uninterrupted run's values."""
     overrides = ["rollout.async_level=1", "trainer.max_steps=4", *SMALL]
     full, resumed = resume_after_kill(tmp_path, TOOL, overrides, kill_step=2)
-    _, completions = run(tmp_path / "again", TOOL, *overrides)
+    completions = [json.loads(line) for line in (tmp_path / "full" / "completions.jsonl").read_text().splitlines()]
     assert_whole_groups(completions, 4)
     assert_schedule(full, 1)
     assert [r["step"] for r in resumed] == [3, 4]
@@ -206,3 +206,42 @@ def test_async_lora_on_hf_trains_the_adapter_and_generates_on_merged_snapshots(t
     assert one_off[1]["reward/mean"] == sync[1]["reward/mean"] and one_off[1]["tokens"] == sync[1]["tokens"]
     assert abs(one_off[1]["rollout/is_ratio/mean"] - 1) < 1e-4        # version 0 on both sides
     assert (tmp_path / "async" / "final_model" / "adapter_config.json").exists()
+
+
+@pytest.mark.slow
+def test_an_engine_failure_during_async_rollouts_checkpoints_and_stops(tmp_path, monkeypatch, capsys):
+    """The generation thread's engine dies while the learner trains: the run stops with exit 3 and the engine's
+    message, after writing a checkpoint of the last finished step; resuming from it finishes the run."""
+    import threading
+
+    import rlpost.rollout.build as rollout_build
+    from rlpost.engines.base import EngineError
+    calls = {"n": 0}
+
+    class DiesOnThirdBatch:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def generate(self, requests, params):
+            if threading.current_thread().name.startswith("rlpost-rollout"):
+                calls["n"] += 1
+                if calls["n"] == 3:          # batches 0, 1 (version 0), then the one of step 2 fails
+                    raise EngineError("worker 0 died\nlast log lines: out of memory")
+            return self.inner.generate(requests, params)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    build = rollout_build.build_engine
+    monkeypatch.setattr(rollout_build, "build_engine", lambda *a, **k: DiesOnThirdBatch(build(*a, **k)))
+    out = tmp_path / "run"
+    overrides = [f"trainer.output_dir={out}", *QUIET, *SMALL, "rollout.async_level=1", "trainer.max_steps=4",
+                 "trainer.save_steps=0"]
+    assert main(["train", GRPO, *overrides]) == 3
+    err = capsys.readouterr().err
+    assert "worker 0 died" in err and "out of memory" in err and "step-2" in err
+    assert (out / "checkpoints" / "step-2").exists()
+    monkeypatch.undo()
+    assert main(["train", GRPO, *overrides, "trainer.resume_from_checkpoint=latest"]) == 0
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3, 4]
