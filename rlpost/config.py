@@ -99,7 +99,7 @@ class RolloutConfig:
     generation_batch_size: int | None = None  # sequences generated per engine call (None: all at once)
     async_level: int = 0                      # 0: synchronous loop; k >= 1: the batch of step t is generated on the weights
                                               # of step max(0, t-k) while the learner trains (1 = one-step-off); prime-rl's
-                                              # max_async_level (rlpost/async_rollout.py, README "Asynchronous rollouts")
+                                              # max_async_level (rlpost/rollout/pipeline.py, README "Asynchronous rollouts")
     # vLLM engine options (rollout.engine=vllm / vllm_server)
     gpu_memory_utilization: float = 0.3       # vLLM memory share (CPU memory on CPU builds)
     max_model_len: int | None = None          # vLLM context length; default prompt + completion cap

@@ -60,3 +60,36 @@ def test_one_step_off_on_the_colocated_engine(tmp_path):
     assert rows[1]["rollout/logprob_diff"] < 1e-4              # version 0 in the engine = the learner's weights
     assert rows[2]["rollout/logprob_diff"] > 1e-3              # version 0 samples, the learner at version 1
     assert "eval/accuracy" in rows[0] and "eval/accuracy" in rows[-1]
+
+
+MULTI_TURN = ["configs/tiny/guess_number_feedback.yaml", "trainer.progress_bar=false", "trainer.report_to=[]",
+              "trainer.save_steps=0", "trainer.max_steps=3", "trainer.eval_steps=0", "data.num_eval=8",
+              "rollout.prompts_per_step=4", "rollout.num_generations=4", "rollout.async_level=1",
+              "rollout.max_model_len=256", "trainer.log_completions=true", "trainer.num_completions_to_print=0"]
+
+
+def _multi_turn_checks(out):
+    """One step off: staleness 0, 1, 1; step 1's episodes were sampled by version 0 (sampler and learner
+    log-probs agree on the trained tokens); every step trains 4 whole groups of 4 episodes."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["async/staleness_max"] for r in rows[1:]] == [0, 1, 1]
+    assert rows[1]["rollout/logprob_diff"] < 1e-4
+    completions = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    for step in (1, 2, 3):
+        groups = [r["group"] for r in completions if r["step"] == step]
+        assert len(set(groups)) == 4 and all(groups.count(g) == 4 for g in groups), (step, groups)
+    assert any(r.get("conversation") and len(r["conversation"]) > 3 for r in completions)   # several turns
+
+
+def test_async_multi_turn_on_a_worker(worker, tmp_path):
+    out = tmp_path / "multi_turn_server"
+    assert main(["train", *MULTI_TURN, f"trainer.output_dir={out}", "rollout.engine=vllm_server",
+                 f"rollout.server_urls=[{worker.url}]"]) == 0
+    _multi_turn_checks(out)
+
+
+def test_async_multi_turn_on_the_colocated_engine(tmp_path):
+    out = tmp_path / "multi_turn_colocated"
+    assert main(["train", *MULTI_TURN, f"trainer.output_dir={out}", "rollout.engine=vllm",
+                 "rollout.gpu_memory_utilization=0.2"]) == 0
+    _multi_turn_checks(out)
