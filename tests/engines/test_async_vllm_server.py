@@ -93,3 +93,35 @@ def test_async_multi_turn_on_the_colocated_engine(tmp_path):
     assert main(["train", *MULTI_TURN, f"trainer.output_dir={out}", "rollout.engine=vllm",
                  "rollout.gpu_memory_utilization=0.2"]) == 0
     _multi_turn_checks(out)
+
+
+def test_async_two_ranks_with_a_worker_driver_generates_for_all(worker, tmp_path):
+    """DDP on 2 ranks, one step off, dynamic sampling, a shared worker: rank 0 pushes each version, generates and
+    refills the whole step; every rank trains its contiguous half of the kept groups (rank 0's half is whole)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "driver"
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "rlpost.cli", "train", "configs/tiny/arith_grpo.yaml", f"trainer.output_dir={out}",
+           "distributed.backend=ddp", "rollout.engine=vllm_server", f"rollout.server_urls=[{worker.url}]",
+           "rollout.async_level=1", "rollout.max_model_len=256", "algo.dynamic_sampling=true", "algo.loss=dapo",
+           "rollout.prompts_per_step=4", "rollout.num_generations=4", "trainer.max_steps=3", "trainer.eval_steps=0",
+           "data.num_eval=8", "trainer.progress_bar=false", "trainer.report_to=[]", "trainer.save_steps=0",
+           "trainer.log_completions=true", "trainer.num_completions_to_print=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["async/staleness_max"] for r in rows[1:]] == [0, 1, 1]
+    assert all(r["dynamic_sampling/rounds"] >= 1 and r["dynamic_sampling/kept_groups"] <= 4 for r in rows[1:])
+    completions = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    for step in (1, 2, 3):
+        groups = [r["group"] for r in completions if r["step"] == step]
+        assert 0 < len(set(groups)) <= 2 and all(groups.count(g) == 4 for g in groups), (step, groups)
