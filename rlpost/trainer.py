@@ -287,10 +287,8 @@ class Trainer:
     def _load(self, path: Path) -> dict | None:
         """Resume from checkpoint ``path``; returns the pipeline's state (its queued batches)."""
         state = ckpt.load_state(path)
-        saved_level = (state.get("async") or {}).get("level", 0)
-        if saved_level != self.cfg.rollout.async_level:
-            raise ConfigError(f"rollout.async_level={self.cfg.rollout.async_level}, but {path} was written with "
-                              f"async_level={saved_level}: resume with the same value (the batch schedule differs)")
+        rollout_state = state.get("async") or {"level": 0, "jobs": []}   # (written before the pipeline: synchronous)
+        self.pipeline.check_resumable(rollout_state, path)   # before anything is loaded
         ckpt.load_model_and_optimizer(path, state, self.model, self.learner.optimizer, self.dist)
         self.learner.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
@@ -304,7 +302,7 @@ class Trainer:
         ckpt.set_rng_state(ckpt.rank_rng_state(path, state, self.dist))
         self.step = state["step"]
         log.info("resumed from %s at step %d", path, self.step)
-        return state.get("async")
+        return rollout_state
 
     def finish(self, last: dict) -> dict:
         final = self.out / "final_model"

@@ -129,10 +129,9 @@ class RolloutPipeline:
     def start(self, version: int, state: dict | None = None) -> None:
         """The learner holds version ``version`` (0, or a resumed checkpoint's step): push it, restore the queue a
         checkpoint kept (``state``), and queue the batches the schedule generates on it."""
-        if state is not None and state.get("level", 0) != self.k:
-            raise ConfigError(f"rollout.async_level={self.k}, but the checkpoint was written with "
-                              f"async_level={state.get('level', 0)}: resume with the same value (the batch "
-                              "schedule differs)")
+        if state is not None:
+            self.check_resumable(state)
+            state = self._own_share(state)
         self.version = version
         if self.k == 0:
             self._push_live()
@@ -148,6 +147,25 @@ class RolloutPipeline:
         for step in range(version, version + self.k + 1):   # (a resumed run with a larger max_steps queues
             if step not in self.pending:                      # the batches its checkpoint had not)
                 self._queue(step)
+
+    def check_resumable(self, state: dict, path=None) -> None:
+        """ConfigError when a checkpoint's queue was written with another lookahead (the batch schedule differs)."""
+        if state.get("level", 0) != self.k:
+            raise ConfigError(f"rollout.async_level={self.k}, but {path or 'the checkpoint'} was written with "
+                              f"async_level={state.get('level', 0)}: resume with the same value (the batch "
+                              "schedule differs)")
+
+    def _own_share(self, state: dict) -> dict:
+        """This rank's queue of a checkpoint written by every rank (``ranks``), or the single process's."""
+        if "ranks" not in state:
+            if self.dist.enabled and state.get("jobs"):
+                raise ConfigError("the checkpoint's rollout queue was written by a single process; resume it with "
+                                  "distributed.backend=none")
+            return state
+        if len(state["ranks"]) != self.dist.world_size:
+            raise ConfigError(f"the checkpoint's rollout queue was written by {len(state['ranks'])} ranks, this run has "
+                              f"{self.dist.world_size}: resume with the same number of ranks")
+        return state["ranks"][self.dist.rank]
 
     def publish(self, version: int) -> None:
         """The learner's model is version ``version`` now. k = 0: an engine with its own weights gets them now
@@ -204,7 +222,14 @@ class RolloutPipeline:
     def state_dict(self, version: int) -> dict:
         """Queued work for a checkpoint at ``version``: the results of jobs on older versions (waits for them), the
         prompts, params and sampler state of the others (regenerated on resume). A job that failed (its engine
-        died) is kept as one to regenerate, on the checkpoint's version."""
+        died) is kept as one to regenerate, on the checkpoint's version. Several ranks: every rank's queue (each
+        holds its own share), gathered (collective) for the checkpoint that rank 0 writes."""
+        local = self._local_state(version)
+        if not self.dist.enabled:
+            return local
+        return {"level": self.k, "ranks": self.dist.all_gather_object(local)}
+
+    def _local_state(self, version: int) -> dict:
         jobs = []
         for step in sorted(self.pending):
             job, future = self.pending[step]
@@ -273,7 +298,7 @@ class RolloutPipeline:
     def _restore(self, saved: dict, version: int) -> None:
         job = RolloutJob(saved["step"], list(saved["indices"]), saved["version"], saved.get("params"),
                          saved.get("state_lag", 0))
-        if saved["result"] is None and job.version != version:
+        if saved["result"] is None and job.version != version and self.generates:
             raise ValueError(f"checkpoint: queued batch of step {job.step} (version {job.version}) has no "
                              f"trajectories and is not on the checkpoint's version {version}")
         if job.params is None:
