@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlpost.studies.common import activity_section
+from rlpost.studies.common import STD_NOTE, activity_section, mean_std
 
 log = logging.getLogger("rlpost")
 
@@ -249,7 +249,7 @@ def summarise(results: dict[str, list[list[dict]]]) -> dict:
         agg = {}
         for key in per_seed[0]:
             vals = [p[key] for p in per_seed if p[key] is not None]
-            agg[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))} if vals else None
+            agg[key] = mean_std(vals) if vals else None
         out[variant] = {"per_seed": per_seed, "mean": agg}
     return out
 
@@ -283,7 +283,7 @@ def write_table(path: Path, summary: dict, info: dict, results: dict | None = No
         f"lr {info['learning_rate']}, seeds {info['seeds']}; μ/ξ/All: multiplier SGD lr {info['multiplier_lr']} "
         f"(momentum 0.1, one step per RL step), ξ/μ task = −0.2·KL to the initial policy; sum/All/SAT: KL to the initial policy in the reward "
         f"(algo.kl_reward: β 0.2, adaptive controller, target 0.5 nats per sequence). "
-        f"Mean ± std over seeds; true score = eval/accuracy (SE ≈ 0.04 per evaluation at 128 problems).",
+        f"Mean ± std over seeds; true score = eval/accuracy (SE ≈ 0.04 per evaluation at 128 problems).", "", STD_NOTE,
         "",
         f"Proxy points from the unconstrained runs (RM batch means at the {len(info['proxy_points'])} best "
         f"evaluations on a selection set of {info.get('n_select', '?')} held-out problems disjoint from the scoring "
@@ -353,6 +353,22 @@ def plot(path: Path, results: dict[str, list[list[dict]]], thresholds: dict) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def rewrite(output_dir: str | Path = "results/constrained_rlhf") -> dict:
+    """Rebuild ``table.md``, ``curves.png`` and the summary in ``results.json`` from the committed
+    ``metrics/<variant>_s<seed>.jsonl`` and ``info`` (no training): the table follows the current aggregation."""
+    from rlpost.tracking import read_metrics
+    out = Path(output_dir)
+    data = json.loads((out / "results.json").read_text())
+    info = data["info"]
+    variants = [v for v in VARIANTS if (out / "metrics" / f"{v}_s{info['seeds'][0]}.jsonl").exists()]
+    results = {v: [read_metrics(out / "metrics" / f"{v}_s{s}.jsonl") for s in info["seeds"]] for v in variants}
+    summary = summarise(results)
+    write_table(out / "table.md", summary, info, results)
+    plot(out / "curves.png", results, info["thresholds"])
+    (out / "results.json").write_text(json.dumps({"info": info, "summary": summary}, indent=2))
+    return {"table": str(out / "table.md"), "summary": summary}
 
 
 # --------------------------------------------------------------------------------------------- entry point
