@@ -66,20 +66,25 @@ HAPO_COMPONENTS = (
               what="mean |token-weighted - plain group mean reward| over groups"),
     Component("C advantage redistribution", "hapo/boost_frac", what="share of tokens boosted"),
     Component("C advantage redistribution", "hapo/damp_frac", what="share of tokens damped"),
-    Component("D adaptive clipping", "hapo/eps_high_mean", "range", 0.28,
-              what="mean upper clip bound over tokens; 0.28 = fixed (the tiny config's epsilon_high)"),
+    Component("D adaptive clipping", "hapo/eps_high_mean", "range", 0.2,
+              what="mean upper clip bound over tokens; 0.2 = fixed (the tiny config's epsilon_high)"),
+    Component("D adaptive clipping", "hapo/eps_low_mean", "range", 0.2,
+              what="mean lower clip bound over tokens; 0.2 = fixed (the tiny config's epsilon)"),
     Component("D adaptive clipping", "policy/clipfrac", what="share of tokens clipped (at the bounds in use)"),
 )
 
 RECIPES = {
     "hapo": Recipe("HAPO", "configs/tiny/arith_hapo.yaml", "DAPO + adaptive temperature, token-level group "
-                   "average, advantage redistribution, adaptive clip; every row makes two passes over each "
-                   "generation batch (algo.num_iterations 2), so the ratio leaves 1 and C and D can act",
+                   "average, advantage redistribution, adaptive clip, with the released code's settings behind "
+                   "the paper's Table 1 (h_sign_mode released_code in the loss and the temperature processor, "
+                   "tau 0.05, eps_R 0.2, micro-batch entropy statistics, |A| >= 5 group fallback); every row "
+                   "makes two passes over each generation batch (algo.num_iterations 2), so the ratio leaves 1 "
+                   "and C and D can act",
                    ("hapo/temperature_mean", "hapo/temperature_min", "hapo/temperature_max", "hapo/damp_frac",
-                    "hapo/boost_frac", "policy/clipfrac", "policy/entropy"),
+                    "hapo/boost_frac", "hapo/fallback_group_frac", "policy/clipfrac", "policy/entropy"),
                    HAPO_COMPONENTS,
                    ablations={"HAPO w/o A": ["rollout.logits_processor=null"],
-                              "HAPO w/o B": ["algo.advantage.name=grpo"],
+                              "HAPO w/o B": ["algo.advantage=grpo"],
                               "HAPO w/o C": ["algo.loss.adv_redistribution=false"],
                               "HAPO w/o D": ["algo.loss.adaptive_clip=false"]},
                    shared=("algo.num_iterations=2",)),
@@ -290,9 +295,33 @@ def reproduce(recipe: str, steps: int = 40, seeds: list[int] | None = None, task
     return {"table": str(out_dir / "table.md"), "curves": str(out_dir / "curves.png"), "summary": table}
 
 
+def load_runs(path: str | Path) -> tuple[dict, list[RunResult]]:
+    """A committed ``runs.json`` and its runs as :class:`RunResult` (curves, timings, signals, traces)."""
+    data = json.loads(Path(path).read_text())
+    runs = [RunResult(r["method"], r["task"], r["seed"], [tuple(c) for c in r["curve"]], r["wall_s"], r["cpu_s"],
+                      r["out_dir"], r["signals"], r["trace"]) for r in data["runs"]]
+    return data, runs
+
+
+def rewrite(recipe: str, out_root: str | Path = "results", threshold: float | None = None) -> dict:
+    """Rewrite ``<out_root>/<recipe>/table.md`` and the summary in ``runs.json`` from the committed runs (no
+    training; the where-made line is the one stored with the runs)."""
+    path = Path(out_root) / recipe / "runs.json"
+    data, runs = load_runs(path)
+    summary = write_table(path.parent / "table.md", recipe, runs, Budget(**data["budget"]), data["seeds"], threshold,
+                          data["provenance"])
+    data["summary"] = json.loads(json.dumps(summary))
+    path.write_text(json.dumps(data, indent=1))
+    return summary
+
+
 # ---------------------------------------------------------------- summary
 
+STD_NOTE = "std: the sample standard deviation over seeds (ddof 1), as in every rlpost results table."
+
+
 def _mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof 1; 0 for a single value) of the non-NaN values."""
     xs = [x for x in xs if not math.isnan(x)]
     if not xs:
         return float("nan"), float("nan")
@@ -314,6 +343,7 @@ def summarize(results: list[RunResult], threshold: float | None = None) -> dict:
 
     Default threshold: half of GRPO's mean gain, initial + 0.5 * (GRPO final - initial), where initial is
     the mean step-0 accuracy of all runs of the task (the same model: it differs only by eval noise = 0).
+    Also the steps to GRPO's final mean accuracy (the GAIN-RL paper's metric: steps to vanilla GRPO's accuracy).
     """
     out: dict = {}
     for task in dict.fromkeys(r.task for r in results):
@@ -330,15 +360,21 @@ def summarize(results: list[RunResult], threshold: float | None = None) -> dict:
             mean, sd = _mean_std(finals)
             reach = [steps_to(r.curve, thr) for r in mr] if thr is not None else []
             reached = [s for s in reach if s is not None]
+            # the GAIN-RL paper's metric: training steps until held-out accuracy reaches GRPO's final (mean) accuracy
+            to_grpo = [steps_to(r.curve, grpo_final) for r in mr] if not math.isnan(grpo_final) else []
+            grpo_reached = [s for s in to_grpo if s is not None]
             methods[method] = {"final_mean": mean, "final_std": sd, "final_min": min(finals), "final_max": max(finals),
                                "best_mean": _mean_std([max(a for _, a in r.curve) for r in mr if r.curve])[0],
                                "steps_to_threshold": reach, "reached": len(reached), "n": len(mr),
                                "steps_to_threshold_mean": sum(reached) / len(reached) if reached else None,
+                               "steps_to_grpo_final": to_grpo, "grpo_final_reached": len(grpo_reached),
+                               "steps_to_grpo_final_mean": (sum(grpo_reached) / len(grpo_reached)
+                                                            if grpo_reached else None),
                                "wall_s_mean": _mean_std([r.wall_s for r in mr])[0],
                                "cpu_s_mean": _mean_std([r.cpu_s for r in mr])[0],
                                "signals": {k: _mean_std([r.signals.get(k, float("nan")) for r in mr])[0]
                                            for k in dict.fromkeys(k for r in mr for k in r.signals)}}
-        out[task] = {"initial_accuracy": init, "threshold": thr, "methods": methods}
+        out[task] = {"initial_accuracy": init, "threshold": thr, "grpo_final": grpo_final, "methods": methods}
     return out
 
 
@@ -394,7 +430,8 @@ def _activity_lines(results: list[RunResult], components, task: str) -> list[str
 
 
 def write_table(path: Path, recipe: str, results: list[RunResult], budget: Budget, seeds: list[int],
-                threshold: float | None = None) -> dict:
+                threshold: float | None = None, provenance: str | None = None) -> dict:
+    """Write the recipe's table.md from ``results``; ``provenance``: the where-made line (default: this machine)."""
     summary = summarize(results, threshold)
     rec = RECIPES[recipe]
     rows = list(dict.fromkeys(r.method for r in results))
@@ -425,21 +462,25 @@ def write_table(path: Path, recipe: str, results: list[RunResult], budget: Budge
              "all threads: unlike wall time it does not depend on what else the shared machine runs).", "",
              "Generated by `rlpost reproduce " + recipe + f" --steps {budget.steps} --seeds {len(seeds)}`"
              " (rlpost/reproduce.py). Tiny models and tasks: differences of a few points are within seed noise; "
-             "read the spread column before the mean.", "",
-             provenance_line(), ""]
+             "read the spread column before the mean.", "", STD_NOTE, "",
+             provenance or provenance_line(), ""]
     for task, s in summary.items():
         thr = s["threshold"]
         thr_text = f"{thr:.3f}" if thr is not None else "n/a (GRPO did not improve)"
         lines += [f"## {task}", "", f"Initial held-out accuracy (step 0): {s['initial_accuracy']:.3f}. "
-                  f"Threshold for 'steps to threshold': {thr_text} (half of GRPO's mean gain unless --threshold).", "",
+                  f"Threshold for 'steps to threshold': {thr_text} (half of GRPO's mean gain unless --threshold). "
+                  f"'Steps to GRPO's final': the first evaluated step at or above GRPO's final mean accuracy "
+                  f"({s['grpo_final']:.3f}; the GAIN-RL paper's metric), mean over the seeds that reached it.", "",
                   "| method | final acc. mean ± std | min..max | best acc. (mean) "
-                  "| steps to threshold (mean, reached) | CPU s/run |",
-                  "|---|---|---|---|---|---|"]
+                  "| steps to threshold (mean, reached) | steps to GRPO's final (mean, reached) | CPU s/run |",
+                  "|---|---|---|---|---|---|---|"]
         for method, m in s["methods"].items():
             st = (f"{m['steps_to_threshold_mean']:.1f} ({m['reached']}/{m['n']})"
                   if m["steps_to_threshold_mean"] is not None else f"- (0/{m['n']})")
+            sg = (f"{m['steps_to_grpo_final_mean']:.1f} ({m['grpo_final_reached']}/{m['n']})"
+                  if m.get("steps_to_grpo_final_mean") is not None else f"- (0/{m['n']})")
             lines.append(f"| {method} | {m['final_mean']:.3f} ± {m['final_std']:.3f} "
-                         f"| {m['final_min']:.3f}..{m['final_max']:.3f} | {m['best_mean']:.3f} | {st} "
+                         f"| {m['final_min']:.3f}..{m['final_max']:.3f} | {m['best_mean']:.3f} | {st} | {sg} "
                          f"| {m['cpu_s_mean']:.0f} |")
         lines.append("")
         if rec.components:

@@ -36,7 +36,7 @@ def test_apr_and_a2fm_tables_report_activity(tmp_path):
     for r in res["runs"].values():   # no agentic route, no tool call in any step
         for c in r["rl_curve"]:
             c.update({"a2fm/share/instant": 0.5, "a2fm/share/reasoning": 0.5, "a2fm/share/agentic": 0.0,
-                      "a2fm/tool_calls": 0.0})
+                      "a2fm/tool_calls": 0.0, "a2fm/apo_cost_factor": 0.75, "a2fm/apo_cost_factor_partial": 0.5})
     a2fm.write_table(res, tmp_path / "a2fm.md")
     head = (tmp_path / "a2fm.md").read_text().splitlines()[2]
     assert head == "**Never acted: agentic route, tools.** Rows that depend on them do not test them."

@@ -14,6 +14,7 @@ No L x L cosine matrix is built: with unit vectors x^, sum_{i in A, j in B} cos_
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import tempfile
@@ -231,6 +232,8 @@ class GainRLParams:
     max_length: int = 1024
     score_batch_size: int = 8
     angle_span: str = "full"     # training-time angle over "full" prompt+response (code) or "prompt"
+    angle_order: str | None = None   # file of precomputed row ids by descending concentration (the authors release
+                                     # sorted indices per model and data set): used instead of the scoring pass
 
     def __post_init__(self):
         if self.sigma <= 0:
@@ -253,6 +256,32 @@ def mu_update(mu: float, accuracy: float, angle: float, p: GainRLParams) -> tupl
     return mu + min(max(delta, p.adj_min), p.adj_max), delta
 
 
+def load_angle_order(path: str | os.PathLike, num_rows: int) -> torch.Tensor:
+    """Row ids ordered by descending angle concentration (rank 0 first), from ``path``: a torch file (``.pt``: a 1-D
+    tensor or list, or a dict with "indices"), a JSON list (``.json``) or one id per line. It must be a permutation
+    of 0..num_rows-1 (the training rows in file order); errors name ``data.sampler.angle_order`` and the file."""
+    path = Path(path)
+    where = f"data.sampler.angle_order {str(path)!r}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: no such file")
+    if path.suffix == ".pt":
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = obj["indices"] if isinstance(obj, dict) and "indices" in obj else obj
+    elif path.suffix == ".json":
+        obj = json.loads(path.read_text())
+    else:
+        obj = [int(line) for line in path.read_text().split()]
+    order = torch.as_tensor(obj).flatten()
+    if order.is_floating_point() or order.numel() != num_rows:
+        raise ValueError(f"{where}: needs {num_rows} integer row ids (one per training row), got "
+                         f"{order.numel()} of dtype {order.dtype}")
+    order = order.long()
+    if not torch.equal(torch.sort(order).values, torch.arange(num_rows)):
+        raise ValueError(f"{where}: not a permutation of the {num_rows} training rows 0..{num_rows - 1} "
+                         "(repeated or out-of-range ids)")
+    return order
+
+
 def rank_order(scores: Sequence[float]) -> torch.Tensor:
     """Row ids sorted by descending score (stable); NaN scores go last, not first as torch.sort puts them."""
     s = torch.as_tensor(list(scores) if not isinstance(scores, torch.Tensor) else scores, dtype=torch.float64)
@@ -264,7 +293,8 @@ def rank_order(scores: Sequence[float]) -> torch.Tensor:
 class GainRLSampler:
     """Gaussian sampler over angle ranks with the dynamic mean update.
 
-    ``scores``: one angle score per row (from :func:`compute_angle_scores`), required.
+    ``scores``: one angle score per row (from :func:`compute_angle_scores`), required unless ``params.angle_order``
+    names a precomputed order (:func:`load_angle_order`), which then sets the ranks (scores unknown: NaN).
     ``next_indices(S)``: S distinct row ids, ranks drawn without replacement with p(k) ~ exp(-(k - mu)^2 /
     (2 sigma^2)) (Gumbel top-k on log p, exact and underflow-free), returned by ascending rank.
     ``update({"accuracy": mean correctness in [0, acc_scale], "angle": mean training-time angle})`` once per
@@ -275,13 +305,16 @@ class GainRLSampler:
 
     def __init__(self, num_rows: int, params: GainRLParams | None = None, seed: int = 0,
                  scores: Sequence[float] | None = None):
+        self.params = params or GainRLParams()
+        if self.params.angle_order and scores is None:
+            scores = [float("nan")] * num_rows
         if scores is None or len(scores) != num_rows:
             raise ValueError(f"data.sampler gain_rl needs one angle score per row ({num_rows}), got "
                              f"{None if scores is None else len(scores)}")
-        self.params = params or GainRLParams()
         self.num_rows = num_rows
         self.scores = torch.as_tensor(scores, dtype=torch.float64)
-        self.order = rank_order(self.scores)
+        self.order = (load_angle_order(self.params.angle_order, num_rows) if self.params.angle_order
+                      else rank_order(self.scores))
         self.mu = float(self.params.mu0)
         self.gen = torch.Generator().manual_seed(seed)
         self._metrics: dict[str, float] = {}
@@ -302,8 +335,9 @@ class GainRLSampler:
         ranks = torch.topk(self._log_p() + gumbel, batch_size).indices.sort().values
         rows = self.order[ranks]
         s = self.scores[rows]
-        self._metrics.update({"gain_rl/mu": self.mu, "gain_rl/sampled_rank_mean": ranks.double().mean().item(),
-                              "gain_rl/sampled_score_mean": torch.nan_to_num(s).mean().item()})
+        self._metrics.update({"gain_rl/mu": self.mu, "gain_rl/sampled_rank_mean": ranks.double().mean().item()})
+        if not bool(torch.isnan(self.scores).all()):   # with a precomputed order the scores are unknown
+            self._metrics["gain_rl/sampled_score_mean"] = torch.nan_to_num(s).mean().item()
         return rows.tolist()
 
     def update(self, metrics: dict) -> dict[str, float]:

@@ -4,8 +4,14 @@ Every component is driven by one normalised entropy score h~ in [-1, 1] (paper E
 
     lam = log max(H, 1e-8);  q = Quantile_rho(lam), "nearest";  sigma = sqrt(mean (lam - q)^2)
     h   = (lam - q) / sigma;  h+ = max(max h>0, 1e-8);  h- = min(min h<0, -1e-8)
-    h~  = h / h+  (h > 0)      h~ = h / |h-|  (h <= 0)        ("signed", default: the paper's [-1, 1])
-                               h~ = h / h-    (h <= 0)        ("released_code": non-negative, as the code)
+    h~  = h / h+  (h > 0)      h~ = h / h-    (h <= 0)        ("released_code", default: non-negative, as the
+                                                              released code and the transcribed Eq. 6)
+                               h~ = h / |h-|  (h <= 0)        ("signed": the prose's [-1, 1], an interpretation)
+
+Defaults are the released code's settings behind the paper's Table 1 (starriver030515/HAPO @ 7671dde, all six
+recipes): h_sign_mode "released_code" in the loss and the temperature processor, tau 0.05, eps_R 0.2, loss
+statistics over the micro-batch, the |A| >= 5 group fallback on. The prose reading (signed, tau 0.1, eps_R 0.28,
+step statistics, no fallback) stays available through those keys.
 
 Components and where they live:
 
@@ -102,7 +108,7 @@ def h_tilde(entropies: torch.Tensor, stats: EntropyStats | None, mode: str = "si
 class HAPOAdvParams:
     scale_rewards: str = "group"       # "group": divide by the token-weighted group std; "none": R - mu_g only
     eps: float = 1e-6                  # added to the std
-    group_adv_fallback: bool = False   # code-only safeguard: a group with any |A| >= threshold uses GRPO's A
+    group_adv_fallback: bool = True    # released code (not in the paper): a group with any |A| >= threshold uses GRPO's A
     fallback_threshold: float = 5.0
 
     def __post_init__(self):
@@ -122,7 +128,7 @@ def hapo_advantage(inp: AdvantageInput, params: HAPOAdvParams):
         L_i = sum_t m_it;  mu_g = sum_i L_i R_i / sum_i L_i;  sd_g = sqrt(sum_i L_i (R_i - mu_g)^2 / sum_i L_i)
         A_it = (R_i - mu_g) / (sd_g + eps)          so that  sum_{i in g, t} m_it A_it = 0
 
-    A group with no tokens gets 0. ``group_adv_fallback`` (released code, not in the paper; off by default)
+    A group with no tokens gets 0. ``group_adv_fallback`` (released code, not in the paper; on by default)
     replaces a group whose valid tokens have any |A| >= ``fallback_threshold`` by GRPO's
     (R_i - mean R) / (std_unbiased R + eps), which breaks the zero-sum property for that group.
     """
@@ -170,13 +176,14 @@ hapo_advantage.needs = ()
 @dataclass
 class HAPOLossParams:
     epsilon: float = 0.2                 # eps_L, base lower clip (code and paper 0.2)
-    epsilon_high: float | None = 0.28    # eps_R, base upper clip (paper 0.28, code 0.2); None = epsilon
+    epsilon_high: float | None = 0.2     # eps_R, base upper clip (released code 0.2, paper 0.28); None = epsilon
     dual_clip_c: float | None = 10.0     # dual-clip bound for A < 0 (code recipes 10, YAML 3); None = off
     entropy_pivot: float = 0.8           # rho, the quantile of log-entropy that maps to h~ = 0
     clip_alpha: float = 1.0              # alpha (D): bounds widen up to (1 + alpha) x base
     adv_beta: float = 1.0                # beta (C): advantage factor 1 + beta h~
-    h_sign_mode: str = "signed"          # "signed" (paper) | "released_code" (h~ >= 0 for low entropy)
-    loss_stats: str = "step"             # "step": stats of the step's old entropies; "microbatch": the code's
+    h_sign_mode: str = "released_code"   # "released_code" (code, Eq. 6: h~ >= 0 for low entropy) | "signed" (prose)
+    loss_stats: str = "microbatch"       # "microbatch": the code's (stats of the loss's own window); "step": the
+                                         # step's old entropies (independent of micro-batch packing)
     adv_redistribution: bool = True      # component C on/off (ablation)
     adaptive_clip: bool = True           # component D on/off (ablation)
 
@@ -229,7 +236,11 @@ def hapo_loss(inp: LossInput, params: HAPOLossParams):
         r = exp(l - l_old);  h~ from the *current* entropies ``inp.entropies`` [B,T]
         l_it = max(-A' r, -A' clip(r, 1 - eps_L(h~), 1 + eps_R(h~)));  A' < 0:  l_it = min(l_it, -A' c)
 
+<<<<<<< HEAD
     Needs ``inp.entropies`` and, with ``loss_stats="step"`` (default), ``inp.entropy_stats``
+=======
+    Needs ``inp.entropies`` and, with ``loss_stats="step"``, ``inp.extra["entropy_stats"]``
+>>>>>>> wt-fidelity
     (an :class:`EntropyStats` or its dict). Aggregate with ``token-mean``.
     """
     if inp.entropies is None:
@@ -274,9 +285,9 @@ hapo_loss.default_aggregation = "token-mean"
 
 @dataclass
 class HAPOTemperatureParams:
-    temperature_tau: float = 0.1     # tau: T = T_base (1 + tau h~)  (paper 0.1, released code 0.05)
+    temperature_tau: float = 0.05    # tau: T = T_base (1 + tau h~)  (released code 0.05, paper 0.1)
     entropy_pivot: float = 0.8       # rho of the statistics carried from the previous step
-    h_sign_mode: str = "signed"
+    h_sign_mode: str = "released_code"   # the code's sampler; "signed" = the prose reading
     temperature: float = 1.0         # T_base, applied by the engine; used here only for the logged temperatures
 
     def __post_init__(self):

@@ -24,7 +24,9 @@ state_dict    multipliers, search and the adaptive KL coefficient, saved in ever
 
 Logged each step: ``constrained/multiplier/<c>``, ``constrained/reward/<c>``, ``constrained/gap/<c>``,
 ``constrained/violation/<c>`` (from the advantage, on the rollout batch), ``constrained/threshold/<c>``,
-``constrained/multiplier_loss`` and, with NM-PPO, ``proxy_search/*``.
+``constrained/multiplier_loss``, ``constrained/multiplier_steps`` (multiplier steps this update: one per policy
+mini-batch step, ``optim.steps_per_generation`` x ``algo.num_iterations``, with ``multiplier_update: minibatch``;
+the paper takes 20 x 5 = 100) and, with NM-PPO, ``proxy_search/*``.
 """
 from __future__ import annotations
 
@@ -147,8 +149,13 @@ class ConstrainedRLHF(MethodHooks):
             if self.params.multiplier_update == "minibatch":
                 for rows in ctx.mini_batches:   # the learner's optimizer steps, in order
                     out.update(self.multipliers.update(component_means(comps, index=rows)))
+                n_steps = len(ctx.mini_batches)
             else:
                 out.update(self.multipliers.update(component_means(comps)))
+                n_steps = 1
+            # multiplier steps this update: steps_per_generation x num_iterations with multiplier_update minibatch
+            # (the paper: 20 minibatches x 5 epochs = 100), 1 with rollout
+            out["constrained/multiplier_steps"] = float(n_steps)
             thresholds = dict(zip(self.multipliers.names, self.multipliers.thresholds.tolist()))
         else:
             thresholds = dict(self.params.thresholds)

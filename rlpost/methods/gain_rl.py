@@ -102,14 +102,18 @@ class GainRLMethod(MethodHooks):
             raise ConfigError(f"data.sampler gain_rl: layer {p.layer} does not exist in the model ({err})") from None
         if p.sigma >= n:
             log.warning("gain_rl: sigma=%s ranks >= %d training rows: the curriculum is close to uniform", p.sigma, n)
-        ids = tokenize_prompts(ctx.tokenizer, ctx.train_prompts)
-        data_hash = hashlib.sha256(repr(ids).encode()).hexdigest()[:16]
-        key = angle_cache_key(ctx.model_path, cfg.model.revision, model_fingerprint(ctx.model), data_hash,
-                              p.layer, p.n_prefix, p.n_suffix, p.w_intra, p.w_inter, p.max_length)
-        cache = Path(self.cache_dir) if self.cache_dir else cache_root() / "angles"
-        scores = cached_angle_scores(cache, key, lambda: compute_angle_scores(
-            ctx.model, ctx.tokenizer, ids, p.layer, p.score_batch_size, p.n_prefix, p.n_suffix,
-            p.w_intra, p.w_inter, p.max_length))
+        if p.angle_order:   # a precomputed order (e.g. the authors' sorted indices): no scoring pass
+            log.info("gain_rl: angle order from %s (no offline scoring pass)", p.angle_order)
+            scores = [float("nan")] * n
+        else:
+            ids = tokenize_prompts(ctx.tokenizer, ctx.train_prompts)
+            data_hash = hashlib.sha256(repr(ids).encode()).hexdigest()[:16]
+            key = angle_cache_key(ctx.model_path, cfg.model.revision, model_fingerprint(ctx.model), data_hash,
+                                  p.layer, p.n_prefix, p.n_suffix, p.w_intra, p.w_inter, p.max_length)
+            cache = Path(self.cache_dir) if self.cache_dir else cache_root() / "angles"
+            scores = cached_angle_scores(cache, key, lambda: compute_angle_scores(
+                ctx.model, ctx.tokenizer, ids, p.layer, p.score_batch_size, p.n_prefix, p.n_suffix,
+                p.w_intra, p.w_inter, p.max_length))
         self.sampler = build_sampler(cfg.data.sampler, n, cfg.trainer.seed, cfg.data.shuffle_dataset, scores=scores)
         self.reward_name = cfg.rewards[0].name
         return Needs(sampler=self.sampler, old_forward_hooks=(self.angle_hook,))

@@ -224,7 +224,8 @@ def _num(v, fmt="{:.0f}"):
     return "-" if v is None else fmt.format(v)
 
 
-ACTIVITY_METRICS = ("a2fm/share/instant", "a2fm/share/reasoning", "a2fm/share/agentic", "a2fm/tool_calls")
+ACTIVITY_METRICS = ("a2fm/share/instant", "a2fm/share/reasoning", "a2fm/share/agentic", "a2fm/tool_calls",
+                    "a2fm/apo_cost_factor", "a2fm/apo_cost_factor_partial")
 
 
 def activity_components():
@@ -232,7 +233,11 @@ def activity_components():
     return (Component("instant route", "a2fm/share/instant", what="share of rollouts"),
             Component("reasoning route", "a2fm/share/reasoning", what="share of rollouts"),
             Component("agentic route", "a2fm/share/agentic", what="share of rollouts"),
-            Component("tools", "a2fm/tool_calls", what="tool calls per rollout"))
+            Component("tools", "a2fm/tool_calls", what="tool calls per rollout"),
+            Component("APO cost factor", "a2fm/apo_cost_factor", "range", 1.0,
+                      what="mean 1 − p^α over adaptive reasoning/agentic rollouts; 1 = no cost"),
+            Component("APO cost exponent α", "a2fm/apo_cost_factor_partial",
+                      what="share of those rollouts with 0 < 1 − p^α < 1, the only case where α changes the reward"))
 
 
 def write_table(results: dict, path: Path) -> None:

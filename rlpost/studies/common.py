@@ -17,6 +17,18 @@ import torch
 log = logging.getLogger("rlpost")
 
 
+STD_NOTE = "std: the sample standard deviation over seeds (ddof 1), as in every rlpost results table."
+
+
+def mean_std(values) -> dict:
+    """{"mean", "std"} of a list of numbers, std the sample std (ddof 1; 0 for one value):
+    s = sqrt(sum (x - mean)^2 / (n - 1))."""
+    vals = [float(v) for v in values]
+    m = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return {"mean": m, "std": sd}
+
+
 def scratch_model(arch: str = "llama", hidden_size: int = 128, num_layers: int = 2, num_heads: int = 4,
                   num_kv_heads: int = 2, intermediate_size: int = 512, max_position_embeddings: int = 2048,
                   seed: int = 0, tokenizer=None):

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlpost.studies.common import activity_section
+from rlpost.studies.common import STD_NOTE, activity_section, mean_std
 
 log = logging.getLogger("rlpost")
 
@@ -132,8 +132,10 @@ def _spearman(a, b) -> float:
 def run_config(variant: str, seed: int, steps: int, rms: dict, thresholds: dict | None, out_dir: Path, *,
                length_weight: float, eval_every: int, num_eval: int, prompts_per_step: int, num_generations: int,
                learning_rate: float, num_threads: int | None, base_model: str, multiplier_lr: float,
-               selection: str | None = None, n_select: int = 0) -> dict:
-    """The rlpost train config (a plain dict) of one run."""
+               selection: str | None = None, n_select: int = 0, steps_per_generation: int = 1,
+               num_iterations: int = 1) -> dict:
+    """The rlpost train config (a plain dict) of one run. ``steps_per_generation`` x ``num_iterations``: policy
+    steps per RL update, each followed by one multiplier step (the paper: 20 minibatches x 5 epochs = 100)."""
     weights = {"rm_answer": 1.0, "rm_length": length_weight}
     adv: dict = {"name": "constrained", "mode": variant}
     if variant in ("mu", "xi", "all"):
@@ -152,8 +154,10 @@ def run_config(variant: str, seed: int, steps: int, rms: dict, thresholds: dict 
         "data": {"task": "arithmetic", "num_train": 2000, "num_eval": num_eval},
         "rollout": {"num_generations": num_generations, "prompts_per_step": prompts_per_step,
                     "max_completion_length": 8, "temperature": 1.0},
-        "algo": {"advantage": adv, "beta": 0.0, **kl_reward},
-        "optim": {"learning_rate": learning_rate, "micro_batch_size": 64},
+        "algo": {"advantage": adv, "beta": 0.0, **kl_reward,
+                 **({"num_iterations": num_iterations} if num_iterations != 1 else {})},
+        "optim": {"learning_rate": learning_rate, "micro_batch_size": 64,
+                  **({"steps_per_generation": steps_per_generation} if steps_per_generation != 1 else {})},
         "rewards": [{"name": "arithmetic", "weight": 0.0}]
                    + [{"name": "reward_model", "weight": weights[n],
                        "kwargs": {"path": rms[n]["path"], "name": n, "batch_size": 64, "device": "cpu"}}
@@ -249,7 +253,7 @@ def summarise(results: dict[str, list[list[dict]]]) -> dict:
         agg = {}
         for key in per_seed[0]:
             vals = [p[key] for p in per_seed if p[key] is not None]
-            agg[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))} if vals else None
+            agg[key] = mean_std(vals) if vals else None
         out[variant] = {"per_seed": per_seed, "mean": agg}
     return out
 
@@ -272,6 +276,13 @@ def activity_components():
                    what="mean Σ_t KL_t to the initial policy that the reward is penalised by; acted = nonzero"))
 
 
+def _steps_text(info: dict) -> str:
+    """Policy and multiplier steps per RL update (results made before these keys existed: 1 x 1)."""
+    s, e = info.get("steps_per_generation", 1), info.get("num_iterations", 1)
+    return (f"policy and multiplier steps per RL update: {s} mini-batch(es) × {e} pass(es) = {s * e} "
+            "(paper: 20 × 5 = 100)")
+
+
 def write_table(path: Path, summary: dict, info: dict, results: dict | None = None) -> None:
     th = info["thresholds"]
     lines = [
@@ -281,9 +292,9 @@ def write_table(path: Path, summary: dict, info: dict, results: dict | None = No
         f"(two learned RMs, TRL RewardTrainer); true score = held-out greedy accuracy on {info['num_eval']} problems. "
         f"{info['steps']} RL steps × {info['prompts_per_step']} prompts × {info['num_generations']} samples, "
         f"lr {info['learning_rate']}, seeds {info['seeds']}; μ/ξ/All: multiplier SGD lr {info['multiplier_lr']} "
-        f"(momentum 0.1, one step per RL step), ξ/μ task = −0.2·KL to the initial policy; sum/All/SAT: KL to the initial policy in the reward "
+        f"(momentum 0.1), {_steps_text(info)}, ξ/μ task = −0.2·KL to the initial policy; sum/All/SAT: KL to the initial policy in the reward "
         f"(algo.kl_reward: β 0.2, adaptive controller, target 0.5 nats per sequence). "
-        f"Mean ± std over seeds; true score = eval/accuracy (SE ≈ 0.04 per evaluation at 128 problems).",
+        f"Mean ± std over seeds; true score = eval/accuracy (SE ≈ 0.04 per evaluation at 128 problems).", "", STD_NOTE,
         "",
         f"Proxy points from the unconstrained runs (RM batch means at the {len(info['proxy_points'])} best "
         f"evaluations on a selection set of {info.get('n_select', '?')} held-out problems disjoint from the scoring "
@@ -355,17 +366,36 @@ def plot(path: Path, results: dict[str, list[list[dict]]], thresholds: dict) -> 
     plt.close(fig)
 
 
+def rewrite(output_dir: str | Path = "results/constrained_rlhf") -> dict:
+    """Rebuild ``table.md``, ``curves.png`` and the summary in ``results.json`` from the committed
+    ``metrics/<variant>_s<seed>.jsonl`` and ``info`` (no training): the table follows the current aggregation."""
+    from rlpost.tracking import read_metrics
+    out = Path(output_dir)
+    data = json.loads((out / "results.json").read_text())
+    info = data["info"]
+    variants = [v for v in VARIANTS if (out / "metrics" / f"{v}_s{info['seeds'][0]}.jsonl").exists()]
+    results = {v: [read_metrics(out / "metrics" / f"{v}_s{s}.jsonl") for s in info["seeds"]] for v in variants}
+    summary = summarise(results)
+    write_table(out / "table.md", summary, info, results)
+    plot(out / "curves.png", results, info["thresholds"])
+    (out / "results.json").write_text(json.dumps({"info": info, "summary": summary}, indent=2))
+    return {"table": str(out / "table.md"), "summary": summary}
+
+
 # --------------------------------------------------------------------------------------------- entry point
 
 def run(output_dir: str | Path = "results/constrained_rlhf", seeds=(0, 1, 2), steps: int = 40, *,
         variants=VARIANTS, work_dir: str | Path = "runs/reproduce/constrained_rlhf", base_model: str = "tiny:qwen2:arithmetic",
         rm_pairs: int = 512, rm_steps: int = 150, length_weight: float = 1.0, eval_every: int = 5, num_eval: int = 128,
         prompts_per_step: int = 16, num_generations: int = 4, learning_rate: float = 1e-4, top_k: int = 3,
-        multiplier_lr: float = 1.0, num_threads: int | None = 1, n_select: int = 128, force: bool = False) -> dict:
+        multiplier_lr: float = 1.0, num_threads: int | None = 1, n_select: int = 128, steps_per_generation: int = 1,
+        num_iterations: int = 1, force: bool = False) -> dict:
     """Run the study; returns ``{"table", "plot", "results", "summary", "thresholds"}`` (paths and numbers).
 
     ``multiplier_lr`` (default 1.0, the paper's 0.1 × 10): the paper takes ~100 multiplier steps per rollout
-    (5 epochs × 20 minibatches) and 10k in a run; this miniature takes one per step, 40 in a run.
+    (5 epochs × 20 minibatches) and 10k in a run; this miniature by default takes one per step, 40 in a run.
+    ``steps_per_generation`` × ``num_iterations`` (default 1 × 1): policy steps per RL update, each followed by a
+    multiplier step; 20 × 5 with ``multiplier_lr=0.1`` is the paper's setting.
     ``num_threads`` (default 1): torch threads; on a shared CPU one thread per process is much faster for
     these tiny models than an oversubscribed OpenMP pool.
     """
@@ -387,7 +417,8 @@ def run(output_dir: str | Path = "results/constrained_rlhf", seeds=(0, 1, 2), st
     common = dict(length_weight=length_weight, eval_every=eval_every, num_eval=num_eval,
                   prompts_per_step=prompts_per_step, num_generations=num_generations, learning_rate=learning_rate,
                   num_threads=num_threads, base_model=base_model, multiplier_lr=multiplier_lr,
-                  selection=str(select_path), n_select=n_select)
+                  selection=str(select_path), n_select=n_select, steps_per_generation=steps_per_generation,
+                  num_iterations=num_iterations)
 
     def one(variant, seed, thresholds):
         raw = run_config(variant, seed, steps, rms, thresholds, Path("."), **common)
@@ -408,7 +439,8 @@ def run(output_dir: str | Path = "results/constrained_rlhf", seeds=(0, 1, 2), st
     info = {"thresholds": thresholds, "proxy_points": best_points, "reward_models": rms, "rm_quality": quality,
             "seeds": seeds, "steps": steps, "length_weight": length_weight, "num_eval": num_eval,
             "prompts_per_step": prompts_per_step, "num_generations": num_generations, "learning_rate": learning_rate,
-            "multiplier_lr": multiplier_lr, "n_select": n_select, "seconds": time.perf_counter() - start}
+            "multiplier_lr": multiplier_lr, "n_select": n_select, "steps_per_generation": steps_per_generation,
+            "num_iterations": num_iterations, "seconds": time.perf_counter() - start}
     write_table(out / "table.md", summary, info, results)
     plot(out / "curves.png", results, thresholds)
     (out / "results.json").write_text(json.dumps({"info": info, "summary": summary}, indent=2))

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rlpost.studies.common import STD_NOTE, mean_std
+
 log = logging.getLogger("rlpost")
 
 OBJECTIVES = ("nll", "f_pearson", "f_hellinger", "f_js", "f_kl", "f_tv")
@@ -143,6 +145,26 @@ def run(output_dir: str | Path = "results/implicit_sft", seeds=(0, 1, 2), steps:
             "rows": rows, "groups": groups}
 
 
+def rewrite(output_dir: str | Path = "results/implicit_sft") -> dict:
+    """Rebuild ``table.md``, ``curves.png`` and the aggregates in ``results.json`` from the committed per-seed rows
+    and ``metrics/sft_*.jsonl`` (no training): the table follows the current aggregation and formatting."""
+    from rlpost.tracking import read_metrics
+    out = Path(output_dir)
+    data = json.loads((out / "results.json").read_text())
+    info, rows = data["info"], data["rows"]
+    traces: dict = {}
+    for r in sorted(rows, key=lambda r: r["seed"]):
+        key = f"{r['loss']} ×{r['lr_scale']:g}"
+        traces.setdefault(key, []).append(read_metrics(out / "metrics" / f"sft_{r['loss']}_x{r['lr_scale']:g}_s{r['seed']}.jsonl"))
+    groups = aggregate(rows)
+    write_table(out / "table.md", groups, info, traces)
+    scales = list(dict.fromkeys(r["lr_scale"] for r in rows if r["loss"] == "nll"))
+    objectives = list(dict.fromkeys(r["loss"] for r in rows))
+    plot(out / "curves.png", groups, scales, objectives, info["objective_lr_scale"])
+    (out / "results.json").write_text(json.dumps({"info": info, "rows": rows, "groups": groups}, indent=2))
+    return {"table": str(out / "table.md"), "groups": groups}
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
     keys = ("initial", "after_sft", "after_dpo", "kl_to_initial", "implicit_reward", "dpo_margin")
     out = []
@@ -151,7 +173,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
         g = {"loss": loss, "lr_scale": scale, "lr": sel[0]["lr"], "n": len(sel)}
         for k in keys:
             vals = [r[k] for r in sel if r[k] is not None]
-            g[k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "values": vals} if vals else None
+            g[k] = {**mean_std(vals), "values": vals} if vals else None
         out.append(g)
     return out
 
@@ -191,7 +213,7 @@ def write_table(path: Path, groups: list[dict], info: dict, traces: dict | None 
         f"DPO: {info['dpo_steps']} steps on {info['dpo_pairs']} pairs (chosen = gold, rejected = near miss; β "
         f"{info['dpo_beta']}, lr {info['dpo_lr']:g}), reference = the SFT model. Held-out score = greedy accuracy on "
         f"{info['num_eval']} test problems. f-divergence objectives (RECONSTRUCTIONS) use β = {info['fdiv_beta']} at "
-        f"lr × {info['objective_lr_scale']:g}. Seeds {info['seeds']}; mean ± std.",
+        f"lr × {info['objective_lr_scale']:g}. Seeds {info['seeds']}; mean ± std over seeds.", "", STD_NOTE,
         "",
         "| SFT objective | SFT lr | held-out: start | after SFT | after DPO | DPO gain | KL to initial (end of SFT) "
         "| Σ_t log π/π_ref (end of SFT) | DPO margin |",
@@ -201,7 +223,7 @@ def write_table(path: Path, groups: list[dict], info: dict, traces: dict | None 
         gain = None
         if g["after_dpo"] and g["after_sft"]:
             diffs = np.array(g["after_dpo"]["values"]) - np.array(g["after_sft"]["values"])
-            gain = {"mean": float(diffs.mean()), "std": float(diffs.std())}
+            gain = mean_std(diffs.tolist())
         lines.append(f"| {g['loss']} | {g['lr']:.2g} (×{g['lr_scale']:g}) | {_fmt(g['initial'])} | {_fmt(g['after_sft'])} "
                      f"| {_fmt(g['after_dpo'])} | {_fmt(gain)} | {_fmt(g['kl_to_initial'])} "
                      f"| {_fmt(g['implicit_reward'], 2)} | {_fmt(g['dpo_margin'], 2)} |")

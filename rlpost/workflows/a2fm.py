@@ -440,6 +440,27 @@ class A2FMWorkflow:
                           sample_weights=[1.0], info=info)
 
 
+def apo_cost_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
+    """The APO cost factor r_adaptive = 1 − p^α where it applies (adaptive rollouts routed to reasoning or agentic),
+    from scored trajectories (``reward_components`` "adaptive_factor", "easiness"):
+
+    ``a2fm/apo_cost_factor``: its mean over those rollouts; ``a2fm/apo_cost_factor_partial``: the share of them
+    with 0 < factor < 1, the only case in which α changes the reward (with ρ = 1 forced instant rollout per query
+    p is 0 or 1, so the factor is 1 or 0 whatever α); ``a2fm/apo_easiness``: mean p over the queries (groups).
+    No cost-factor keys when no adaptive rollout took a costly route."""
+    out: dict[str, float] = {}
+    groups = {t.group_id: t.reward_components["easiness"] for t in trajectories if "easiness" in t.reward_components}
+    if groups:
+        out["a2fm/apo_easiness"] = sum(groups.values()) / len(groups)
+    costly = [t.reward_components["adaptive_factor"] for t in trajectories
+              if not t.info.get("forced") and t.info.get("mode") in ("reasoning", "agentic")
+              and "adaptive_factor" in t.reward_components]
+    if costly:
+        out["a2fm/apo_cost_factor"] = sum(costly) / len(costly)
+        out["a2fm/apo_cost_factor_partial"] = sum(0.0 < f < 1.0 for f in costly) / len(costly)
+    return out
+
+
 def a2fm_metrics(trajectories: list[Trajectory], price_input_per_mtok: float = 1.0,
                  price_output_per_mtok: float = 1.0) -> dict[str, float]:
     """Routing and efficiency metrics (``a2fm/...``); accuracies need scored trajectories.
@@ -463,6 +484,8 @@ def a2fm_metrics(trajectories: list[Trajectory], price_input_per_mtok: float = 1
             out[f"a2fm/share/{mode}"] = len(ts) / len(trajectories)
             if scored:
                 out[f"a2fm/acc/{mode}"] = sum(t.reward_components["acc"] for t in ts) / len(ts)
+    if scored:
+        out.update(apo_cost_metrics(trajectories))
     out["a2fm/format_ok"] = sum(bool(t.info.get("format_ok")) for t in trajectories) / max(len(trajectories), 1)
     out["a2fm/tool_calls"] = sum(t.info.get("tool_calls", 0) for t in trajectories) / max(len(trajectories), 1)
     if scored:

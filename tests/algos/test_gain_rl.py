@@ -1,4 +1,5 @@
 """GAIN-RL (rlpost/algos/gain_rl.py): angle concentration identities, scores on a real tiny Qwen2, the sampler."""
+import json
 import math
 
 import pytest
@@ -8,7 +9,8 @@ import torch.nn.functional as F
 from rlpost.algos.data_samplers import DATA_SAMPLERS, RandomSampler
 from rlpost.algos.gain_rl import (
     GainRLParams, GainRLSampler, MLPInputHook, angle_cache_key, angle_concentration, angle_terms,
-    cached_angle_scores, common_prefix_len, compute_angle_scores, mu_update, rank_order, sequence_angle,
+    cached_angle_scores, common_prefix_len, compute_angle_scores, load_angle_order, mu_update, rank_order,
+    sequence_angle,
 )
 
 
@@ -219,6 +221,37 @@ def test_sampler_maps_ranks_to_rows_update_and_resume():
         s.next_indices(6)
     with pytest.raises(ValueError, match="angle score per row"):
         GainRLSampler(5, GainRLParams(), seed=0, scores=None)
+
+
+def test_precomputed_angle_order_sets_the_ranks(tmp_path):
+    """data.sampler.angle_order: row ids by descending concentration (the authors' sorted indices) replace the
+    scores; the draws equal those of a sampler whose scores give the same order."""
+    scores = [0.2, 0.9, 0.1, 0.5, 0.7]                    # descending: rows 1, 4, 3, 0, 2
+    order = [1, 4, 3, 0, 2]
+    torch.save(torch.tensor(order), tmp_path / "sorted.pt")
+    (tmp_path / "sorted.json").write_text(json.dumps(order))
+    (tmp_path / "sorted.txt").write_text("\n".join(map(str, order)))
+    torch.save({"indices": order}, tmp_path / "dict.pt")
+    for name in ("sorted.pt", "sorted.json", "sorted.txt", "dict.pt"):
+        assert load_angle_order(tmp_path / name, 5).tolist() == order
+    ref = GainRLSampler(5, GainRLParams(sigma=1.0), seed=4, scores=scores)
+    pre = GainRLSampler(5, GainRLParams(sigma=1.0, angle_order=str(tmp_path / "sorted.pt")), seed=4)
+    assert pre.order.tolist() == order
+    assert [pre.next_indices(2) for _ in range(20)] == [ref.next_indices(2) for _ in range(20)]
+    m = pre.metrics()
+    assert "gain_rl/sampled_score_mean" not in m and m["gain_rl/sampled_rank_mean"] == ref.metrics()[
+        "gain_rl/sampled_rank_mean"]
+    assert GainRLSampler(5, GainRLParams(angle_order=str(tmp_path / "sorted.pt")), seed=0).next_indices(5) == order
+
+
+def test_precomputed_angle_order_errors_name_the_key(tmp_path):
+    torch.save(torch.tensor([0, 1, 1]), tmp_path / "dup.pt")
+    with pytest.raises(ValueError, match="angle_order.*not a permutation"):
+        load_angle_order(tmp_path / "dup.pt", 3)
+    with pytest.raises(ValueError, match="angle_order.*needs 4 integer row ids"):
+        load_angle_order(tmp_path / "dup.pt", 4)
+    with pytest.raises(FileNotFoundError, match="angle_order"):
+        load_angle_order(tmp_path / "missing.pt", 3)
 
 
 def test_random_sampler_epochs_and_resume():

@@ -107,7 +107,7 @@ def test_hapo_advantage_zero_sum_per_group_random():
     lengths = torch.randint(0, T + 1, (B,), generator=g)
     mask = (torch.arange(T)[None] < lengths[:, None]).float()
     inp = AdvantageInput(torch.randint(0, 2, (B,), generator=g).float(), torch.arange(B) // 6, mask)
-    adv, _ = hapo_advantage(inp, HAPOAdvParams())
+    adv, _ = hapo_advantage(inp, HAPOAdvParams(group_adv_fallback=False))   # the fallback breaks the zero sum
     for gid in range(4):
         assert abs((adv[gid * 6:(gid + 1) * 6] * mask[gid * 6:(gid + 1) * 6]).sum().item()) < 1e-4
     assert (adv[mask == 0] == 0).all()
@@ -120,11 +120,11 @@ def test_hapo_advantage_fallback_and_empty_group():
     mask[0, 0] = 1
     mask[1] = 1                                   # row 2: a group whose only completion has no tokens
     inp = AdvantageInput(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0, 0, 1]), mask)
-    adv, m = hapo_advantage(inp, HAPOAdvParams())
+    adv, m = hapo_advantage(inp, HAPOAdvParams(group_adv_fallback=False))
     assert adv[0, 0].item() == pytest.approx(math.sqrt(30), rel=1e-5)
     assert adv[1, 0].item() == pytest.approx(-1 / math.sqrt(30), rel=1e-5)
     assert m["hapo/fallback_group_frac"] == 0.0
-    adv, m = hapo_advantage(inp, HAPOAdvParams(group_adv_fallback=True))
+    adv, m = hapo_advantage(inp, HAPOAdvParams())                 # the released code's fallback is the default
     assert adv[0, 0].item() == pytest.approx(math.sqrt(0.5), rel=1e-5)
     assert adv[1, 0].item() == pytest.approx(-math.sqrt(0.5), rel=1e-5)
     assert m["hapo/fallback_group_frac"] == 0.5
@@ -142,8 +142,11 @@ def test_hapo_advantage_registered():
 
 # ---------------------------------------------------------------- C + D. the loss
 
-# Stats q=0, sigma=1, h+=2, h-=-4, so lam = 1 -> h~ 0.5, lam = 2 -> 1, lam = -2 -> -0.5, lam = -4 -> -1, lam = 0 -> 0.
+# Stats q=0, sigma=1, h+=2, h-=-4, so lam = 1 -> h~ 0.5, lam = 2 -> 1, lam = -2 -> -0.5, lam = -4 -> -1, lam = 0 -> 0
+# (signed); the released code's mode maps lam = -2 -> +0.5 and lam = -4 -> +1 instead.
 STATS = EntropyStats(q=0.0, sigma=1.0, h_pos_max=2.0, h_neg_min=-4.0)
+# the prose reading (not the defaults): signed h~, eps_R 0.28, the step's statistics in the loss
+PROSE = {"h_sign_mode": "signed", "epsilon_high": 0.28, "loss_stats": "step"}
 
 
 def _loss_input(requires_grad=False):
@@ -167,7 +170,7 @@ def test_hapo_loss_by_hand():
     # d: h~=-1, A=-1, r=0.45: eps_L = 0.4; zone (0.8, 1.14); outside & h~<=0 -> A' = -1
     #    l = max(0.45, clip(0.45, 0.6, 1.28) = 0.6) = 0.6
     # e: h~=0, A=-2, r=25: zone (0.9, 1.14), outside, h~<=0 -> A' = -2;  l = max(50, 2.56) = 50 -> dual clip 20
-    loss, m = hapo_loss(_loss_input(), HAPOLossParams())
+    loss, m = hapo_loss(_loss_input(), HAPOLossParams(**PROSE))
     assert torch.allclose(loss[0, :5], torch.tensor([-1.95, -0.5, 1.6, 0.6, 20.0]), atol=1e-5)
     assert m["hapo/boost_frac"] == pytest.approx(2 / 5)        # a, c
     assert m["hapo/damp_frac"] == pytest.approx(1 / 5)         # b
@@ -177,10 +180,35 @@ def test_hapo_loss_by_hand():
     assert m["hapo/h_tilde_mean"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_defaults_are_the_released_code_behind_table_1():
+    """starriver030515/HAPO @ 7671dde (../shared/papers: 1(d)): released_code h~, tau 0.05, eps_R 0.2, micro-batch
+    statistics in the loss, the |A| >= 5 group fallback on."""
+    loss, temp, adv = HAPOLossParams(), HAPOTemperatureParams(), HAPOAdvParams()
+    assert (loss.h_sign_mode, loss.epsilon, loss.epsilon_high, loss.loss_stats) == ("released_code", 0.2, 0.2,
+                                                                                    "microbatch")
+    assert (temp.h_sign_mode, temp.temperature_tau) == ("released_code", 0.05)
+    assert (adv.group_adv_fallback, adv.fallback_threshold) == (True, 5.0)
+
+
+def test_hapo_loss_released_code_by_hand():
+    # released_code h~ (STATS): a 0.5, b +0.5, c 1, d +1, e 0; eps_L = eps_R = 0.2, alpha = beta = 1, c = 10.
+    # a: h~=0.5, A=1, r=1.3: eps_R = 0.3; zone (0.9, 1.15); outside & h~>0 -> A' = 1.5; clip(1.3, .8, 1.3) -> -1.95
+    # b: h~=0.5, A=1, r=1: zone (0.9, 1.15); inside & h~>0 -> not boosted, and not damped (h~ > 0): l = -1
+    # c: h~=1, A=-1, r=0.5: eps_R = 0.4; outside -> A' = -2; l = max(1.0, 2*0.8) = 1.6
+    # d: h~=1, A=-1, r=0.45: eps_L stays 0.2 (h~ > 0); outside -> A' = -2; l = max(0.9, 1.6) = 1.6
+    # e: h~=0, A=-2, r=25: zone (0.9, 1.1), outside & h~<=0 -> A' = -2; l = 50 -> dual clip 20
+    loss, m = hapo_loss(_loss_input(), HAPOLossParams(loss_stats="step"))
+    assert torch.allclose(loss[0, :5], torch.tensor([-1.95, -1.0, 1.6, 1.6, 20.0]), atol=1e-5)
+    assert m["hapo/boost_frac"] == pytest.approx(3 / 5)        # a, c, d
+    assert m["hapo/damp_frac"] == 0.0                          # the code's mode damps no token here (signed: b)
+    assert m["hapo/eps_low_mean"] == pytest.approx(0.2)
+    assert m["hapo/eps_high_mean"] == pytest.approx((0.3 + 0.3 + 0.4 + 0.4 + 0.2) / 5)
+
+
 def test_hapo_loss_gradient_treats_redistribution_as_constant():
     # d l / d logp = -A' r when unclipped: a -> -1.5*1.3 = -1.95, b -> -0.5; clipped c, d and dual-clipped e -> 0
     inp = _loss_input(requires_grad=True)
-    loss, _ = hapo_loss(inp, HAPOLossParams())
+    loss, _ = hapo_loss(inp, HAPOLossParams(**PROSE))
     (loss * inp.response_mask).sum().backward()
     assert torch.allclose(inp.logprobs.grad[0, :5], torch.tensor([-1.95, -0.5, 0.0, 0.0, 0.0]), atol=1e-5)
 
@@ -188,16 +216,16 @@ def test_hapo_loss_gradient_treats_redistribution_as_constant():
 def test_hapo_loss_ablations_and_microbatch_stats():
     # without D, token a: eps_R = 0.28, zone (0.9, 1.14): still boosted, A' = 1.5; clip(1.3) = 1.28
     #   l = max(-1.95, -1.92) = -1.92
-    loss, _ = hapo_loss(_loss_input(), HAPOLossParams(adaptive_clip=False))
+    loss, _ = hapo_loss(_loss_input(), HAPOLossParams(**PROSE, adaptive_clip=False))
     assert loss[0, 0].item() == pytest.approx(-1.92, abs=1e-5)
     # without C: A' = A, so b: -1*1 = -1
-    loss, m = hapo_loss(_loss_input(), HAPOLossParams(adv_redistribution=False))
+    loss, m = hapo_loss(_loss_input(), HAPOLossParams(**PROSE, adv_redistribution=False))
     assert loss[0, 1].item() == pytest.approx(-1.0) and m["hapo/boost_frac"] == 0
     # microbatch statistics = step statistics computed on the same tokens
     inp = _loss_input()
     inp.entropy_stats = entropy_stats(inp.entropies, inp.response_mask, 0.8)
-    step, _ = hapo_loss(inp, HAPOLossParams())
-    micro, _ = hapo_loss(_loss_input(), HAPOLossParams(loss_stats="microbatch"))
+    step, _ = hapo_loss(inp, HAPOLossParams(**PROSE))
+    micro, _ = hapo_loss(_loss_input(), HAPOLossParams(**{**PROSE, "loss_stats": "microbatch"}))
     assert torch.allclose(step, micro)
 
 
@@ -207,7 +235,7 @@ def test_hapo_loss_uniform_entropy_equals_plain_clip_and_errors():
     inp = _loss_input()
     inp.entropies = torch.full((1, 6), 0.3)
     inp.entropy_stats = None
-    loss, m = hapo_loss(inp, HAPOLossParams(loss_stats="microbatch"))
+    loss, m = hapo_loss(inp, HAPOLossParams(epsilon_high=0.28))      # default loss_stats: microbatch
     r = torch.tensor([1.3, 1.0, 0.5, 0.45, 25.0])
     A = torch.tensor([1.0, 1.0, -1.0, -1.0, -2.0])
     plain = torch.maximum(-A * r, -A * r.clamp(0.8, 1.28))
@@ -215,10 +243,10 @@ def test_hapo_loss_uniform_entropy_equals_plain_clip_and_errors():
     assert torch.allclose(loss[0, :5], plain, atol=1e-5)
     assert m["hapo/boost_frac"] == 0 and m["hapo/damp_frac"] == 0
     inp.response_mask = torch.zeros(1, 6)                       # empty mask: finite, metrics 0
-    loss, m = hapo_loss(inp, HAPOLossParams(loss_stats="microbatch"))
+    loss, m = hapo_loss(inp, HAPOLossParams())
     assert torch.isfinite(loss).all() and m["hapo/h_tilde_mean"] == 0
     with pytest.raises(KeyError, match="entropy_stats"):
-        hapo_loss(inp, HAPOLossParams())
+        hapo_loss(inp, HAPOLossParams(loss_stats="step"))
     inp.entropies = None
     with pytest.raises(ValueError, match="entropies"):
         hapo_loss(inp, HAPOLossParams())
@@ -239,7 +267,8 @@ def test_temperature_processor_by_hand():
     # row 0: uniform over 4 -> H = ln 4, lam = ln ln 4 = 0.326634 -> h~ = 0.326634/2 = 0.163317, T = 1.0163317
     # row 1: [20, 0, 0, 0] -> H ~ 1.3e-7, lam ~ -15.9 -> h~ clipped to -1 -> factor 1 - 0.1 = 0.9
     # row 2: [0, 0, -inf, -inf] -> H = ln 2, lam = -0.366513 -> h~ = -0.0916282 -> factor 0.9908372
-    proc = LOGITS_PROCESSORS.get("hapo_temperature")(HAPOTemperatureParams(temperature_tau=0.1), STATS.to_dict())
+    proc = LOGITS_PROCESSORS.get("hapo_temperature")(HAPOTemperatureParams(temperature_tau=0.1, h_sign_mode="signed"),
+                                                     STATS.to_dict())
     logits = torch.tensor([[0.0, 0, 0, 0], [20.0, 0, 0, 0], [0.0, 0, float("-inf"), float("-inf")]])
     out = proc(0, torch.zeros(3, 5, dtype=torch.long), logits)
     f0 = 1 + 0.1 * math.log(math.log(4)) / 2
@@ -258,6 +287,23 @@ def test_temperature_processor_by_hand():
     factor = (logits2 / out2)[0, 0].item()
     assert 0.9 <= factor <= 1.1
     assert torch.allclose(torch.softmax(out2, -1), torch.softmax(logits2 / factor, -1))
+
+
+def test_temperature_processor_released_code_by_hand():
+    # default tau 0.05, released_code h~ >= 0: row 0 h~ = 0.163317 (as signed); row 1 lam ~ -15.9 -> h/h- = 3.97
+    # -> clipped to 1 -> factor 1.05; row 2 lam = -0.366513 -> h~ = +0.0916282. No token is cooled.
+    proc = HAPOTemperature(HAPOTemperatureParams(), STATS.to_dict())
+    logits = torch.tensor([[0.0, 0, 0, 0], [20.0, 0, 0, 0], [0.0, 0, float("-inf"), float("-inf")]])
+    out = proc(0, None, logits)
+    f0 = 1 + 0.05 * math.log(math.log(4)) / 2
+    f2 = 1 - 0.05 * math.log(math.log(2)) / 4
+    assert out[1, 0].item() == pytest.approx(20 / 1.05, rel=1e-5)
+    assert out[2, 0].item() == 0.0 and out[0, 0].item() == 0.0
+    m = proc.metrics()
+    assert m["hapo/temperature_min"] == pytest.approx(f2, rel=1e-5)
+    assert m["hapo/temperature_max"] == pytest.approx(1.05, rel=1e-5)
+    assert m["hapo/temperature_mean"] == pytest.approx((f0 + 1.05 + f2) / 3, rel=1e-5)
+    assert m["hapo/temperature_up_frac"] == pytest.approx(1.0) and m["hapo/temperature_down_frac"] == 0.0
 
 
 def test_temperature_processor_first_step_and_next_state():

@@ -43,6 +43,7 @@ def test_multipliers_logged_within_bounds(tmp_path, tiny_model_path, mode, low, 
             assert r[f"constrained/threshold/{name}"] == pytest.approx({"arithmetic": 0.6, "format": 0.9}[name])
         assert r["constrained/task_reward"] <= 1e-6   # task = -alpha_KL * KL to the initial policy
         assert "constrained/multiplier_loss" in r
+        assert r["constrained/multiplier_steps"] == 2.0        # steps_per_generation 2 x num_iterations 1
     # correctness (0/1) is far below 0.6 on a 22%-accurate model, so its multiplier rises every step
     mult = [r["constrained/multiplier/arithmetic"] for r in steps]
     assert mult[0] < mult[1] < mult[2]
@@ -84,6 +85,19 @@ def test_nm_ppo_must_not_maximise_the_constrained_reward_models(tmp_path, tiny_m
     code, _ = run(tmp_path / "rm", "trainer.max_steps=1", advantage("xi", proxy_search=search),
                   "method.constrained.eval_metric=eval/reward_mean")
     assert code == 2 and "NM-PPO would maximise the reward models it constrains" in capsys.readouterr().err
+
+
+def test_multiplier_steps_per_update_follow_the_policy_steps(tmp_path, tiny_model_path):
+    """optim.steps_per_generation x algo.num_iterations policy steps per update, one multiplier step after each:
+    2 x 3 = 6 here; the full recipes set the paper's 20 x 5 = 100."""
+    code, rows = run(tmp_path / "six", "trainer.max_steps=1", "algo.num_iterations=3", advantage("xi"))
+    assert code == 0 and rows[-1]["constrained/multiplier_steps"] == 6.0
+    code, rows = run(tmp_path / "one", "trainer.max_steps=1", advantage("xi", multiplier_update="rollout"))
+    assert code == 0 and rows[-1]["constrained/multiplier_steps"] == 1.0
+    from rlpost.config import load_config
+    for name in ("full_xi", "full_ppo", "full_nm_ppo"):
+        cfg = load_config(f"recipes/constrained_rlhf/{name}.yaml")
+        assert cfg.optim.steps_per_generation * cfg.algo.num_iterations == 100, name
 
 
 def test_recipe_configs_load():

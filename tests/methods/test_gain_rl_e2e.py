@@ -27,3 +27,20 @@ def test_gain_rl_prompt_span(tmp_path):
     rows = run_train(tmp_path / "run", "configs/tiny/arith_gain_rl.yaml",
                      f"method.gain_rl.cache_dir={tmp_path / 'angles'}", "data.sampler.angle_span=prompt", steps=1)
     assert_finite(rows, KEYS)
+
+
+def test_gain_rl_precomputed_angle_order_replays_the_scored_run(tmp_path):
+    """The order of the cached scores, saved as sorted indices, gives the scored run's draws without scoring."""
+    import torch
+
+    from rlpost.algos.gain_rl import rank_order
+    cache = tmp_path / "angles"
+    scored = run_train(tmp_path / "scored", "configs/tiny/arith_gain_rl.yaml", f"method.gain_rl.cache_dir={cache}",
+                       steps=2)
+    (scores_file,) = cache.glob("angle_scores_*.pt")
+    torch.save(rank_order(torch.load(scores_file)["scores"]), tmp_path / "sorted.pt")
+    pre = run_train(tmp_path / "pre", "configs/tiny/arith_gain_rl.yaml", f"method.gain_rl.cache_dir={tmp_path / 'none'}",
+                    f"data.sampler.angle_order={tmp_path / 'sorted.pt'}", steps=2)
+    assert not (tmp_path / "none").exists()                             # no scoring pass
+    assert [r["gain_rl/sampled_rank_mean"] for r in pre[1:]] == [r["gain_rl/sampled_rank_mean"] for r in scored[1:]]
+    assert "gain_rl/sampled_score_mean" not in pre[-1]

@@ -4,7 +4,8 @@ import pytest
 from rlpost.engines.base import SamplingParams
 from rlpost.types import Prompt, Trajectory
 from rlpost.workflows import WORKFLOWS
-from rlpost.workflows.a2fm import (A2FMParams, A2FMWorkflow, a2fm_metrics, apo_advantages, apo_easiness, apo_reward,
+from rlpost.workflows.a2fm import (A2FMParams, A2FMWorkflow, a2fm_metrics, apo_advantages, apo_cost_metrics,
+                                   apo_easiness, apo_reward,
                                    check_format, exact_match, forced_prefix, parse_route, route_tag, score_apo_batch,
                                    score_apo_group)
 
@@ -113,6 +114,31 @@ def test_score_group_forced_and_adaptive_normalised_together():
     #   = (0.646684 + 0.860969 + 0.045918) / 7 = 0.221939; std = 0.471104
     adv = apo_advantages(rewards, eps=0.0)
     assert adv == pytest.approx([0.98553, -1.13715, 0.98553, -1.13715, 0.45486, 0.98553, -1.13715], abs=1e-4)
+
+
+def test_apo_cost_factor_is_logged_and_alpha_acts_only_on_partial_easiness():
+    """Group 0: forced instant 1, 0 -> p = 1/2 (rho = 2); adaptive reasoning and agentic rollouts get 1 - p^alpha:
+    alpha 2 -> 0.75, alpha 3 -> 0.875. Group 1: one forced instant rollout, right -> p = 1 -> factor 0 whatever
+    alpha (rho = 1: p is 0 or 1). Adaptive instant rollouts and forced ones carry no cost factor."""
+    def groups():
+        g0 = [_traj("instant", True, "42"), _traj("instant", True, "41"), _traj("reasoning", False, "42"),
+              _traj("agentic", False, "42"), _traj("instant", False, "42")]
+        g1 = [_traj("instant", True, "42"), _traj("reasoning", False, "42")]
+        for t in g1:
+            t.group_id = 1
+        return g0, g1
+    for alpha, factor in ((2.0, 0.75), (3.0, 0.875)):
+        g0, g1 = groups()
+        score_apo_group(g0, alpha=alpha)
+        score_apo_group(g1, alpha=alpha)
+        m = apo_cost_metrics(g0 + g1)
+        assert m["a2fm/apo_cost_factor"] == pytest.approx((2 * factor + 0.0) / 3)
+        assert m["a2fm/apo_cost_factor_partial"] == pytest.approx(2 / 3)       # the p = 1 group's rollout: 0
+        assert m["a2fm/apo_easiness"] == pytest.approx((0.5 + 1.0) / 2)
+        assert a2fm_metrics(g0 + g1)["a2fm/apo_cost_factor"] == m["a2fm/apo_cost_factor"]
+    g0, _ = groups()
+    assert "a2fm/apo_cost_factor" not in a2fm_metrics(g0)                      # unscored: nothing to report
+    assert apo_cost_metrics([]) == {}
 
 
 # ----------------------------------------------------------------------------- rollouts
