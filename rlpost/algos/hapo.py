@@ -239,7 +239,7 @@ def hapo_loss(inp: LossInput, params: HAPOLossParams):
 <<<<<<< HEAD
     Needs ``inp.entropies`` and, with ``loss_stats="step"`` (default), ``inp.entropy_stats``
 =======
-    Needs ``inp.entropies`` and, with ``loss_stats="step"``, ``inp.extra["entropy_stats"]``
+    Needs ``inp.entropies`` and, with ``loss_stats="step"``, ``inp.entropy_stats``
 >>>>>>> wt-fidelity
     (an :class:`EntropyStats` or its dict). Aggregate with ``token-mean``.
     """
