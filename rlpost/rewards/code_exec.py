@@ -176,6 +176,20 @@ class CodeExecReward:
         self.timeout_s, self.max_total_s = float(timeout_s), float(max_total_s)
         self.memory_mb, self.max_workers, self.max_output_kb = int(memory_mb), int(max_workers), int(max_output_kb)
 
+    @staticmethod
+    def required_columns(tests_column: str = "tests", **kwargs) -> list[str]:
+        """The dataset column this reward reads (``rlpost doctor`` checks the first rows have it)."""
+        return [tests_column]
+
+    @staticmethod
+    def check_rows(rows: list[dict], tests_column: str = "tests", **kwargs) -> None:
+        """Raise ValueError naming the row when its tests are in no known format (``rlpost doctor``)."""
+        for i, row in enumerate(rows):
+            try:
+                parse_tests(row.get(tests_column))
+            except ValueError as err:
+                raise ValueError(f"row {i}: {err}") from None
+
     def __call__(self, prompts, completions, **columns) -> list[float]:
         if self.tests_column not in columns:
             raise KeyError(f"code_exec needs the {self.tests_column!r} column (kwargs.tests_column); the rows have "
