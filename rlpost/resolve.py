@@ -112,14 +112,16 @@ def resolve_reward(reward, index: int) -> dict:
             raise ConfigError(f"{where}: cannot import reward function {reward.name!r}: {err}") from None
     else:
         fn = registry_entry(REWARDS, reward.name, f"rewards.{index}.name").fn
-    kwargs = check_call_kwargs(fn, dict(reward.kwargs), where)
+    from rlpost.rewards.manager import split_call_options
+    fn_kwargs, timeout = split_call_options(reward.kwargs, f"rewards.{index}")   # call_timeout_s is the manager's
+    kwargs = check_call_kwargs(fn, fn_kwargs, where)
     if inspect.isclass(fn):   # a factory: its required arguments must be given (TRL's functions take **kwargs)
         missing = [n for n, p in inspect.signature(fn).parameters.items()
                    if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
                    and n not in kwargs]
         if missing:
             raise ConfigError(f"{where}: missing kwargs {', '.join(missing)}")
-    return {"name": reward.name, "weight": reward.weight, "kwargs": plain(kwargs)}
+    return {"name": reward.name, "weight": reward.weight, "kwargs": {**plain(kwargs), "call_timeout_s": timeout}}
 
 
 def resolve_methods(method_cfg: dict) -> dict:

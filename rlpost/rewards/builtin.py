@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from rlpost.rewards import REWARDS
+from rlpost.rewards.manager import in_caller_thread
 from rlpost.tasks.arithmetic import check_arithmetic
 from rlpost.tasks.countdown import check_countdown
 
@@ -37,6 +38,7 @@ def countdown_reward(prompts, completions, nums, target, correct_score: float = 
 
 
 @REWARDS.register("math_verify")
+@in_caller_thread   # math-verify's own time limit is signal.alarm (or a process per call off the main thread)
 def math_verify_reward(prompts, completions, answer, correct_score: float = 1.0, incorrect_score: float = 0.0,
                        **kwargs) -> list[float]:
     """correct_score (1.0) when math-verify finds the completion's final answer equivalent to ``answer`` (LaTeX or

@@ -61,6 +61,22 @@ class MeteorReward:
 
     name = "meteor"
 
+    @staticmethod
+    def preflight(**kwargs) -> list[str]:
+        """What would stop the build here (``rlpost doctor``): nltk's WordNet data missing (nltk itself is a package)."""
+        import importlib.util
+        if importlib.util.find_spec("nltk") is None:
+            return []   # reported by the package check
+        import nltk
+        try:
+            nltk.data.find("corpora/wordnet")
+        except LookupError:
+            try:
+                nltk.data.find("corpora/wordnet.zip")
+            except LookupError:
+                return [f"nltk's WordNet data is not found: {_INSTALL['nltk']}"]
+        return []
+
     def __init__(self, alpha: float = 0.9, beta: float = 3.0, gamma: float = 0.5):
         nltk = _require("nltk", "reward meteor")
         from nltk.translate.meteor_score import meteor_score

@@ -116,24 +116,38 @@ class RewardModelReward:
 class RemoteRewardModel:
     """A reward model behind HTTP (e.g. ``python -m rlpost.serving.rm_server --model PATH``).
 
-    Each call POSTs ``{"prompts": [...], "completions": [...]}`` in chunks of ``batch_size`` to ``url``
-    and expects ``{"scores": [float, ...]}`` back (same length). A failed request is retried ``retries``
-    times, then raises (the RewardManager names the reward and the sample; no score is invented).
+    Each call POSTs ``{"prompts": [...], "completions": [...]}`` in batches of ``batch_size`` to ``url``
+    (one request per batch, never one per completion), ``max_concurrency`` batches in flight at once, and
+    expects ``{"scores": [float, ...]}`` back (same length); scores keep the completions' order. A failed request
+    is retried ``retries`` times, then raises (the RewardManager names the reward and the sample; no score is
+    invented).
 
-    kwargs: url, name (default ``remote_reward_model``), timeout_s (30), batch_size (64), retries (1),
-    token (sent as ``Authorization: Bearer <token>``), scale, shift.
+    kwargs: url, name (default ``remote_reward_model``), timeout_s (30, per request), batch_size (64),
+    max_concurrency (4), retries (1), token (sent as ``Authorization: Bearer <token>``), scale, shift.
     """
 
     def __init__(self, url: str, name: str = "remote_reward_model", timeout_s: float = 30.0, batch_size: int = 64,
-                 retries: int = 1, token: str | None = None, scale: float = 1.0, shift: float = 0.0):
-        import requests
+                 retries: int = 1, token: str | None = None, scale: float = 1.0, shift: float = 0.0,
+                 max_concurrency: int = 4):
+        import threading
 
+        if batch_size < 1 or max_concurrency < 1:
+            raise ValueError(f"remote_reward_model {name!r}: batch_size and max_concurrency must be >= 1")
         self.name, self.url = name, url
         self.timeout_s, self.batch_size, self.retries = float(timeout_s), int(batch_size), int(retries)
+        self.max_concurrency = int(max_concurrency)
         self.scale, self.shift = float(scale), float(shift)
-        self.session = requests.Session()
-        if token:
-            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._local = threading.local()   # one requests.Session per thread (a Session is not thread-safe)
+
+    @property
+    def session(self):
+        import requests
+
+        if getattr(self._local, "session", None) is None:
+            self._local.session = requests.Session()
+            self._local.session.headers.update(self.headers)
+        return self._local.session
 
     def _post(self, prompts: list[str], completions: list[str]) -> list[float]:
         import requests
@@ -153,10 +167,14 @@ class RemoteRewardModel:
         raise RuntimeError(f"remote reward model {self.name!r} at {self.url}: {last_err}")
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        from concurrent.futures import ThreadPoolExecutor
+
         prompts, completions = list(prompts), list(completions)
-        out: list[float] = []
-        for start in range(0, len(completions), self.batch_size):
-            out += self._post(prompts[start:start + self.batch_size], completions[start:start + self.batch_size])
+        starts = range(0, len(completions), self.batch_size)
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, max(1, len(starts)))) as pool:
+            batches = pool.map(lambda s: self._post(prompts[s:s + self.batch_size], completions[s:s + self.batch_size]),
+                               starts)
+            out = [score for batch in batches for score in batch]
         if any(math.isnan(s) for s in out):
             raise ValueError(f"remote reward model {self.name!r} returned NaN")
         return [self.scale * (s + self.shift) for s in out]
