@@ -236,11 +236,7 @@ def hapo_loss(inp: LossInput, params: HAPOLossParams):
         r = exp(l - l_old);  h~ from the *current* entropies ``inp.entropies`` [B,T]
         l_it = max(-A' r, -A' clip(r, 1 - eps_L(h~), 1 + eps_R(h~)));  A' < 0:  l_it = min(l_it, -A' c)
 
-<<<<<<< HEAD
-    Needs ``inp.entropies`` and, with ``loss_stats="step"`` (default), ``inp.entropy_stats``
-=======
     Needs ``inp.entropies`` and, with ``loss_stats="step"``, ``inp.entropy_stats``
->>>>>>> wt-fidelity
     (an :class:`EntropyStats` or its dict). Aggregate with ``token-mean``.
     """
     if inp.entropies is None:
