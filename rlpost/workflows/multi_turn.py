@@ -21,8 +21,14 @@ Mechanics (docs/environments.md):
   turn (each sample then cut to its episode's own token budget, which leaves earlier tokens' distribution as is).
 * Token-in/token-out: an episode is one :class:`Sample`; its completion is every sampled token (loss mask 1,
   the engine's log-probs) and every observation token (mask 0, log-prob 0). Sampled ids are never re-tokenised.
-  Observation ids are the chat template's delta: the template rendered over a fixed dummy conversation with and
-  without the new messages, so any template that renders a conversation as a prefix of its extension works.
+  Observation ids are the chat template's rendering of the new messages alone (:class:`ChatDelta`): rendered
+  after a fixed dummy ``[user, assistant]`` and cut after the dummy assistant's text, so templates that
+  re-render earlier turns (Qwen3, Qwen3.5, GPT-OSS, GLM-4, DeepSeek-R1 drop earlier reasoning) work too.
+* Environment methods and tools may be ``async def`` (rlpost/envs/aio.py): the episodes' ``reset`` and
+  ``step`` calls of a turn run concurrently on the workflow's event loop, plain ones in its thread pool.
+* Per-turn credit: each sampled token carries its turn index (``Sample.turn_index``) and the trajectory its
+  per-turn rewards (``Trajectory.turn_rewards``, from ``step``) and state keys, which ``algo.advantage:
+  turn_return`` / ``gigpo`` read (rlpost/algos/turn_credit.py).
 * After a turn: tool calls (``parser``) run the environment's tools and answer with ``tool`` messages (a
   malformed call is answered with an error); a turn without tool calls goes to ``env.step``. Limits end an
   episode cleanly: ``max_turns``, ``max_total_tokens``, a turn cut at ``rollout.max_completion_length``.
@@ -32,18 +38,23 @@ Mechanics (docs/environments.md):
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from rlpost.engines.base import GenRequest, SamplingParams
+from rlpost.envs.aio import EnvLoop, call
 from rlpost.envs.base import (EnvError, StepResult, check_env, parse_error_message, plan_calls, run_jobs, tool_messages,
                               tool_schemas, tool_table)
-from rlpost.envs.parsers import EXAMPLES, TOOL_CALL_PARSERS
+from rlpost.envs.parsers import EXAMPLES, TOOL_CALL_PARSERS, harmony_final
 from rlpost.tools import ToolParseError
 from rlpost.types import Prompt, Sample, Trajectory
 
 LIMITS = ("max_turns", "max_total_tokens", "turn_length")   # ended_by values that count as "ended by a limit"
+log = logging.getLogger(__name__)
+_NOTED: set[tuple[int, str]] = set()   # (template hash, note): each difference to a template is logged once
 
 
 @dataclass
@@ -54,7 +65,8 @@ class MultiTurnParams:
     max_total_tokens: int = 1024        # prompt + all turns and observations of an episode
     tool_timeout_s: float = 5.0         # per tool call; past it the model is told the tool timed out
     max_tool_output_chars: int = 2000   # per tool result, before it enters the context
-    parser: str = "hermes"              # tool-call format: hermes | llama3_json
+    parser: str = "hermes"              # tool-call format: hermes | llama3_json | qwen3_xml | glm4 | harmony
+    chat_template_kwargs: dict = field(default_factory=dict)   # extra template variables, e.g. {enable_thinking: false}
 
     def __post_init__(self):
         if not self.env:
@@ -81,8 +93,12 @@ class Episode:
     entropies: list[float] | None = field(default_factory=list)
     turn_tokens: list[int] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
+    turn_index: list[int] = field(default_factory=list)      # per completion token: its turn, -1 for observations
+    turn_rewards: list[float] = field(default_factory=list)  # per turn: the reward of the step answering it (0 if None)
+    turn_states: list[int] = field(default_factory=list)     # per turn: a key of the observation it started from
     tool_calls: int = 0
     tool_errors: int = 0
+    raw: str = ""                       # the last turn decoded with its special tokens (raw parsers)
     ended_by: str | None = None
     finish: str = "stop"
 
@@ -91,6 +107,7 @@ class Episode:
         return len(self.prompt_ids) + len(self.ids)
 
     def append(self, ids, trained: bool, logprobs=None, entropies=None) -> None:
+        self.turn_index += [len(self.turn_tokens) if trained else -1] * len(ids)
         self.ids += list(ids)
         self.mask += [int(trained)] * len(ids)
         self.logprobs += list(logprobs) if logprobs is not None else [0.0] * len(ids)
@@ -100,24 +117,40 @@ class Episode:
 
 
 class ChatDelta:
-    """Token ids the chat template puts around observation messages, computed on a fixed dummy conversation.
+    """Token ids the chat template puts after an assistant turn when ``messages`` follow it (verl's approach:
+    the template's rendering of the new messages alone, sampled ids never re-rendered).
 
-    ``observation_ids(last_id, messages)`` = the rest of the assistant turn's closing (e.g. ``"\\n"`` after the
-    sampled ``<|im_end|>``, or all of ``<|im_end|>\\n`` when the turn stopped on a stop string or length), then
-    the template's rendering of ``messages`` and the next generation prompt.
+    The template is rendered over a fixed dummy context ``[user, assistant(MARK)]`` twice: alone (no generation
+    prompt) and followed by the new messages (with the generation prompt). What follows MARK is the assistant
+    turn's closing, ``closing`` (alone: as the template ends a last turn) and ``tail`` (followed: the closing in
+    context, the new messages, the generation prompt). Only text after MARK is used, so a template that renders
+    the dummy turn differently once more messages follow (Qwen3 drops the empty ``<think>`` block, GPT-OSS and
+    DeepSeek-R1 earlier reasoning) still gives the right observation. Where the template needs the tool call
+    before tool results (GPT-OSS), the dummy assistant carries calls named as the tool messages.
+
+    ``observation_ids(last_id, messages)`` then takes the sampled turn's last token into account:
+
+    * it is a special token that ends ``closing`` (ChatML ``<|im_end|>``, Llama ``<|eot_id|>``, GPT-OSS
+      ``<|call|>``, DeepSeek ``<｜end▁of▁sentence｜>``): the observation is ``tail`` after it (``"\\n<|im_start|>..."``);
+    * it opens ``tail`` (GLM-4 samples ``<|observation|>`` / ``<|user|>``, which start the next message): ``tail``
+      after it;
+    * the template writes another special token in its place once messages follow (GPT-OSS ends a last answer
+      with the sampled ``<|return|>``, an earlier one with ``<|end|>``): the sampled token is kept, the observation
+      starts after the template's one, and the difference is logged once;
+    * otherwise (a stop string, or an end token the template does not write): the whole ``tail``, closing included.
     """
-    MARK = "@@rlpost-assistant@@"
+    USER, MARK = "@@rlpost-user@@", "@@rlpost-assistant@@"
 
-    def __init__(self, tokenizer, tools: list[dict] | None):
-        self.tokenizer, self.tools = tokenizer, tools or None
-        self.base = self.render([{"role": "user", "content": "@@rlpost-user@@"},
-                                 {"role": "assistant", "content": self.MARK}], add_generation_prompt=False)
-        self.close = self.base[self.base.rindex(self.MARK) + len(self.MARK):]
-        self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    def __init__(self, tokenizer, tools: list[dict] | None, template_kwargs: dict | None = None):
+        self.tokenizer, self.tools, self.kwargs = tokenizer, tools or None, dict(template_kwargs or {})
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        self.special = set(getattr(tokenizer, "all_special_ids", []) or []) | {
+            i for i, t in added.items() if getattr(t, "special", False)}
+        self.key = hash(getattr(tokenizer, "chat_template", None) or "")
 
     def render(self, messages, add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tools=self.tools, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+                                                  add_generation_prompt=add_generation_prompt, **self.kwargs)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
@@ -125,17 +158,61 @@ class ChatDelta:
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         return self.encode(self.render(messages, add_generation_prompt=True))
 
+    def note(self, text: str) -> None:
+        """Log a difference to the official template once per template."""
+        if (self.key, text) not in _NOTED:
+            _NOTED.add((self.key, text))
+            log.warning("multi_turn: %s", text)
+
+    def contexts(self, messages: list[dict]):
+        user = {"role": "user", "content": self.USER}
+        yield [user, {"role": "assistant", "content": self.MARK}], False
+        names = [m.get("name") or "tool" for m in messages if m.get("role") == "tool"]
+        if names:
+            calls = [{"type": "function", "function": {"name": n, "arguments": {}}} for n in names]
+            yield [user, {"role": "assistant", "content": self.MARK, "tool_calls": calls}], True
+
+    def split(self, messages: list[dict]) -> tuple[str, str, bool]:
+        """(closing, tail, whether the dummy turn carries tool calls); see the class docstring."""
+        error = None
+        for context, with_calls in self.contexts(messages):
+            try:
+                alone = self.render(context, add_generation_prompt=False)
+                full = self.render(context + messages, add_generation_prompt=True)
+            except Exception as err:   # e.g. GPT-OSS: tool results need a previous tool call
+                error = err
+                continue
+            if self.MARK in alone and self.MARK in full:
+                if not full.startswith(alone):
+                    self.note("the chat template renders an assistant turn differently once more messages follow "
+                              "(it drops or rewrites earlier turns, e.g. their reasoning); every turn is kept as "
+                              "sampled, so later turns see the turns before them as they were sampled, not as the "
+                              "template would re-render the whole conversation")
+                cut = lambda text: text[text.rindex(self.MARK) + len(self.MARK):]   # noqa: E731
+                return cut(alone), cut(full), with_calls
+        raise ValueError(f"the chat template cannot render {[m.get('role') for m in messages]} after an assistant "
+                         f"turn ({type(error).__name__ + ': ' + str(error) if error else 'the assistant text is not rendered'})")
+
     def observation_ids(self, last_id: int | None, messages: list[dict]) -> list[int]:
-        full = self.render([{"role": "user", "content": "@@rlpost-user@@"},
-                            {"role": "assistant", "content": self.MARK}] + messages, add_generation_prompt=True)
-        if not full.startswith(self.base):
-            raise ValueError("the chat template does not render a conversation as a prefix of its extension, so "
-                             "observation tokens cannot be appended token-in/token-out")
-        close = self.close
-        if last_id in self.special:   # the sampled end-of-turn token is the start of the template's closing
-            last = self.tokenizer.decode([last_id], skip_special_tokens=False)
-            close = close[len(last):] if close.startswith(last) else close
-        return self.encode(close + full[len(self.base):])
+        closing, tail, with_calls = self.split(messages)
+        last = self.tokenizer.decode([last_id], skip_special_tokens=False) if last_id in self.special else None
+        if last:
+            k = closing.rfind(last)
+            if k >= 0 and tail.startswith(closing[:k] + last):
+                return self.encode(tail[k + len(last):])
+            if tail.startswith(last):
+                return self.encode(tail[len(last):])
+            if k >= 0 and tail.startswith(closing[:k]):
+                ids = self.encode(tail[k:])
+                if ids and ids[0] in self.special:
+                    written = self.tokenizer.decode(ids[:1], skip_special_tokens=False)
+                    self.note(f"the chat template ends an assistant turn that more messages follow with {written!r} "
+                              f"where the model sampled {last!r}; the sampled token is kept")
+                    return ids[1:]
+        if with_calls:
+            raise ValueError("the turn did not end with the chat template's end-of-turn token, and this template "
+                             "renders tool results only after a tool call: the observation cannot be appended")
+        return self.encode(tail)
 
 
 class MultiTurnWorkflow:
@@ -147,7 +224,7 @@ class MultiTurnWorkflow:
 
     def __init__(self, engine, tokenizer, env: str, env_kwargs: dict | None = None, max_turns: int = 4,
                  max_total_tokens: int = 1024, tool_timeout_s: float = 5.0, max_tool_output_chars: int = 2000,
-                 parser: str = "hermes"):
+                 parser: str = "hermes", chat_template_kwargs: dict | None = None):
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("multi_turn: the tokenizer has no chat template (observations are rendered with it)")
         self.engine, self.tokenizer = engine, tokenizer
@@ -156,12 +233,15 @@ class MultiTurnWorkflow:
         self.max_turns, self.max_total_tokens = max_turns, max_total_tokens
         self.tool_timeout_s, self.max_tool_output_chars = tool_timeout_s, max_tool_output_chars
         self.parser_name, self.parse = parser, TOOL_CALL_PARSERS.get(parser)
+        self.template_kwargs = dict(chat_template_kwargs or {})
+        self.loop = EnvLoop()
         self._deltas: dict[tuple, ChatDelta] = {}
 
     # ------------------------------------------------------------------ the loop
     def rollout(self, prompts: list[Prompt], params: SamplingParams) -> list[Trajectory]:
         """``params.n`` episodes per prompt (prompt-major); each turn is one engine call over running episodes."""
-        episodes = [self.start(k, p) for k, p in enumerate(p for p in prompts for _ in range(params.n))]
+        rows = [p for p in prompts for _ in range(params.n)]
+        episodes = self.loop.run(self._gather([self.start(k, p) for k, p in enumerate(rows)]))
         sampling = dataclasses.replace(params, n=1)
         turn = 0
         running = [e for e in episodes if e.ended_by is None]
@@ -173,17 +253,30 @@ class MultiTurnWorkflow:
             turn += 1
         return [self.trajectory(e) for e in episodes]
 
-    def start(self, index: int, prompt: Prompt) -> Episode:
+    @staticmethod
+    async def _gather(coros):
+        """All coroutines concurrently; the first error is raised once all have finished (none is left running)."""
+        out = await asyncio.gather(*coros, return_exceptions=True)
+        for item in out:
+            if isinstance(item, BaseException):
+                raise item
+        return out
+
+    def row(self, prompt: Prompt) -> dict:
+        """What ``reset`` receives: every dataset column (the prompt's too), ``messages`` and ``prompt_id``."""
+        messages = list(prompt.messages or [{"role": "user", "content": prompt.text}])
+        return {**(prompt.row or {}), **prompt.columns, "messages": messages, "prompt_id": prompt.id}
+
+    async def start(self, index: int, prompt: Prompt) -> Episode:
         """A fresh environment instance, its first messages and their prompt ids."""
         env = self._call(index, 0, "__init__", lambda: self.env_cls(**self.env_kwargs))
-        row = {**prompt.columns, "messages": list(prompt.messages or [{"role": "user", "content": prompt.text}]),
-               "prompt_id": prompt.id}
-        messages = self._call(index, 0, "reset", lambda: env.reset(row))
+        messages = await self._acall(index, 0, "reset", env.reset, self.row(prompt))
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise EnvError(f"{self._where('reset', index, 0)}: expected a non-empty list of chat messages, got {messages!r:.200}")
         tools = self._call(index, 0, "tools", lambda: tool_table(getattr(env, "tools", None)))
         ep = Episode(index, prompt, env, tools, [dict(m) for m in messages], [])
-        ep.prompt_ids = self.delta(ep).prompt_ids(ep.messages)
+        ep.prompt_ids = self._call(index, 0, "chat template", lambda: self.delta(ep).prompt_ids(ep.messages))
+        ep.turn_states.append(hash(tuple(ep.prompt_ids)))
         if ep.length >= self.max_total_tokens:
             ep.ended_by, ep.finish = "max_total_tokens", "length"
         return ep
@@ -203,20 +296,29 @@ class MultiTurnWorkflow:
         return [(s, "turn_length" if cap == sampling.max_tokens else "max_total_tokens") for s, cap in zip(samples, caps)]
 
     def take(self, ep: Episode, sample: Sample, limit: str) -> None:
-        """Append a sampled turn (trained) and its assistant message; a turn cut by a token cap ends the episode."""
+        """Append a sampled turn (trained) and its assistant message; a turn cut by a token cap ends the episode.
+        Parsers marked ``raw`` read the turn with its special tokens (``ep.raw``); with ``harmony`` the message's
+        content is the turn's final channel."""
         ep.append(sample.completion_ids, True, sample.logprobs, sample.entropies)
         ep.turn_tokens.append(len(sample.completion_ids))
-        ep.messages.append({"role": "assistant", "content": sample.text})
+        ep.turn_rewards.append(0.0)
+        text = sample.text
+        if getattr(self.parse, "raw", False):
+            ep.raw = self.tokenizer.decode(sample.completion_ids, skip_special_tokens=False)
+            text = harmony_final(ep.raw) if self.parser_name == "harmony" else text
+        ep.messages.append({"role": "assistant", "content": text})
         if sample.finish_reason == "length":
             ep.finish = "length"
             ep.ended_by = limit
 
     def observe(self, episodes: list[Episode], turn: int) -> None:
-        """Answer each episode's last turn: its tool calls (all episodes' calls run concurrently) or env.step."""
+        """Answer each episode's last turn: its tool calls (all episodes' calls run concurrently) or env.step
+        (all episodes' steps run concurrently on the event loop)."""
         results: dict[int, StepResult] = {}
-        pending = []
+        pending, stepping = [], []
         for ep in episodes:
-            calls = self.parse(ep.messages[-1]["content"]) if ep.tools else []
+            text = ep.raw if getattr(self.parse, "raw", False) else ep.messages[-1]["content"]
+            calls = self.parse(text) if ep.tools else []
             if isinstance(calls, ToolParseError):
                 ep.tool_calls, ep.tool_errors = ep.tool_calls + 1, ep.tool_errors + 1
                 results[ep.index] = StepResult([parse_error_message(calls, EXAMPLES[self.parser_name])])
@@ -225,8 +327,10 @@ class MultiTurnWorkflow:
                                                  for c in calls if not c.error]
                 pending.append((ep, plan_calls(calls, ep.tools)))
             else:
-                results[ep.index] = self.step(ep, turn)
-        run_jobs([j for _, jobs in pending for j in jobs], self.tool_timeout_s)
+                stepping.append(ep)
+        steps = self.loop.submit(self._gather([self.step(ep, turn) for ep in stepping]))
+        run_jobs([j for _, jobs in pending for j in jobs], self.tool_timeout_s, self.loop)
+        results.update({ep.index: out for ep, out in zip(stepping, steps.result())})
         for ep, jobs in pending:
             ep.tool_calls += len(jobs)
             ep.tool_errors += sum(j.error for j in jobs)
@@ -234,11 +338,11 @@ class MultiTurnWorkflow:
         for ep in episodes:
             self.advance(ep, results[ep.index], turn)
 
-    def step(self, ep: Episode, turn: int) -> StepResult:
+    async def step(self, ep: Episode, turn: int) -> StepResult:
         """``env.step(message)`` checked; an environment without ``step`` ends the episode here."""
         if not callable(getattr(ep.env, "step", None)):
             return StepResult(done=True)
-        out = self._call(ep.index, turn, "step", lambda: ep.env.step(dict(ep.messages[-1])))
+        out = await self._acall(ep.index, turn, "step", ep.env.step, dict(ep.messages[-1]))
         if isinstance(out, tuple) and len(out) == 3:
             out = StepResult(*out)
         where = self._where("step", ep.index, turn)
@@ -254,6 +358,7 @@ class MultiTurnWorkflow:
         """Record the answer; append its tokens (masked) unless the episode ends here."""
         if result.reward is not None:
             ep.rewards.append(float(result.reward))
+            ep.turn_rewards[-1] = float(result.reward)
         ep.messages += [dict(m) for m in result.messages]
         if result.done:
             ep.ended_by = "env"
@@ -267,19 +372,21 @@ class MultiTurnWorkflow:
             ep.ended_by, ep.finish = "max_total_tokens", "length"
             return
         ep.append(obs, False)
+        ep.turn_states.append(hash(tuple(obs)))
 
     def trajectory(self, ep: Episode) -> Trajectory:
         assistant = [m for m in ep.messages if m["role"] == "assistant"]
         sample = Sample(prompt_ids=ep.prompt_ids, completion_ids=ep.ids, logprobs=ep.logprobs,
                         text=self.tokenizer.decode(ep.ids, skip_special_tokens=False), finish_reason=ep.finish,
-                        entropies=ep.entropies, loss_mask=ep.mask)
+                        entropies=ep.entropies, loss_mask=ep.mask, turn_index=ep.turn_index)
         env_reward = sum(ep.rewards) if ep.rewards else None
         info = {"conversation": ep.messages, "turns": len(ep.turn_tokens), "tool_calls": ep.tool_calls,
                 "tool_errors": ep.tool_errors, "ended_by": ep.ended_by, "turn_tokens": ep.turn_tokens,
                 "turn_rewards": ep.rewards, "env_reward": env_reward,
                 "reward_columns": {"conversation": ep.messages, "env_reward": env_reward}}
         return Trajectory(prompt=ep.prompt, group_id=ep.prompt.id, samples=[sample],
-                          final_text=assistant[-1]["content"] if assistant else "", sample_weights=[1.0], info=info)
+                          final_text=assistant[-1]["content"] if assistant else "", sample_weights=[1.0], info=info,
+                          turn_rewards=list(ep.turn_rewards), turn_states=ep.turn_states[:len(ep.turn_tokens)])
 
     # ------------------------------------------------------------------ trainer hook
     def metrics(self, trajectories: list[Trajectory]) -> dict[str, float]:
@@ -307,7 +414,7 @@ class MultiTurnWorkflow:
         key = tuple(sorted(ep.tools))
         if key not in self._deltas:
             schemas = self._call(ep.index, 0, "tool schemas", lambda: tool_schemas(ep.tools))
-            self._deltas[key] = ChatDelta(self.tokenizer, schemas)
+            self._deltas[key] = ChatDelta(self.tokenizer, schemas, self.template_kwargs)
         return self._deltas[key]
 
     def _where(self, what: str, episode: int, turn: int) -> str:
@@ -317,6 +424,15 @@ class MultiTurnWorkflow:
         """``fn()``; any exception becomes an :class:`EnvError` naming the environment, episode and turn."""
         try:
             return fn()
+        except EnvError:
+            raise
+        except Exception as err:
+            raise EnvError(f"{self._where(what, episode, turn)} raised {type(err).__name__}: {err}") from err
+
+    async def _acall(self, episode: int, turn: int, what: str, fn, *args):
+        """``await call(fn, *args)`` (``async def`` or plain, rlpost/envs/aio.py), errors named as in :meth:`_call`."""
+        try:
+            return await call(fn, *args)
         except EnvError:
             raise
         except Exception as err:
