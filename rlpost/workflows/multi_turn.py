@@ -116,6 +116,16 @@ class Episode:
                 list(entropies) if entropies is not None else [0.0] * len(ids))
 
 
+def assistant_message(text: str) -> dict:
+    """The assistant message of a sampled turn; reasoning before ``</think>`` (Qwen3, DeepSeek-R1, GLM) goes to
+    ``reasoning_content`` and ``content`` is the rest, as the templates of these families read it back."""
+    if "</think>" not in text:
+        return {"role": "assistant", "content": text}
+    thought, _, answer = text.partition("</think>")
+    return {"role": "assistant", "content": answer.lstrip("\n"),
+            "reasoning_content": thought.split("<think>")[-1].strip("\n")}
+
+
 class ChatDelta:
     """Token ids the chat template puts after an assistant turn when ``messages`` follow it (verl's approach:
     the template's rendering of the new messages alone, sampled ids never re-rendered).
@@ -306,7 +316,7 @@ class MultiTurnWorkflow:
         if getattr(self.parse, "raw", False):
             ep.raw = self.tokenizer.decode(sample.completion_ids, skip_special_tokens=False)
             text = harmony_final(ep.raw) if self.parser_name == "harmony" else text
-        ep.messages.append({"role": "assistant", "content": text})
+        ep.messages.append(assistant_message(text))
         if sample.finish_reason == "length":
             ep.finish = "length"
             ep.ended_by = limit
