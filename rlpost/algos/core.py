@@ -29,6 +29,10 @@ class AdvantageInput:
                     to ``rewards``; per-token estimators (returns-to-go) read it
     kl_penalty:     [B] float64 or None: β Σ_t KL_it, already subtracted from ``rewards``; an estimator that
                     builds its own reward from ``extra`` (constrained) subtracts it itself
+    turn_index:     [B,T] long or None (multi_turn rollouts): the assistant turn of each completion token, -1 for
+                    observation tokens (rlpost/batch.py ``Batch.turn_index``)
+    turn_rewards:   [B,K] float64 or None: the environment's per-turn rewards (``step``), NaN past a row's turns
+    turn_states:    [B,K] long or None: per turn, a key of the state it started from (equal keys = the same state)
     """
     rewards: torch.Tensor
     group_ids: torch.Tensor
@@ -37,6 +41,9 @@ class AdvantageInput:
     extra: dict[str, Any] = field(default_factory=dict)
     token_rewards: torch.Tensor | None = None
     kl_penalty: torch.Tensor | None = None
+    turn_index: torch.Tensor | None = None
+    turn_rewards: torch.Tensor | None = None
+    turn_states: torch.Tensor | None = None
 
 
 @dataclass
