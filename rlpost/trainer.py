@@ -465,6 +465,7 @@ class Trainer:
         shaped, kl_metrics = self.kl_shaped_rewards(batch, fixed, multi_call)
         inp = AdvantageInput(**{"rewards": batch.rewards, **shaped}, group_ids=batch.group_ids,
                              response_mask=batch.response_mask, entropies=entropies,
+                             turn_index=batch.turn_index, turn_rewards=batch.turn_rewards, turn_states=batch.turn_states,
                              extra={"old_logprobs": fixed.old_logprobs, "sum_p_sq": fixed.sum_p_sq,
                                     "truncated": batch.truncated, **(extra or {})})
         if multi_call:
