@@ -53,6 +53,7 @@ from rlpost.tools import ToolParseError
 from rlpost.types import Prompt, Sample, Trajectory
 
 LIMITS = ("max_turns", "max_total_tokens", "turn_length")   # ended_by values that count as "ended by a limit"
+SCHEDULES = ("lockstep", "per_episode")
 log = logging.getLogger(__name__)
 _NOTED: set[tuple[int, str]] = set()   # (template hash, note): each difference to a template is logged once
 
@@ -67,6 +68,7 @@ class MultiTurnParams:
     max_tool_output_chars: int = 2000   # per tool result, before it enters the context
     parser: str = "hermes"              # tool-call format: hermes | llama3_json | qwen3_xml | glm4 | harmony
     chat_template_kwargs: dict = field(default_factory=dict)   # extra template variables, e.g. {enable_thinking: false}
+    schedule: str = "lockstep"          # lockstep: one engine call per turn over all episodes | per_episode
 
     def __post_init__(self):
         if not self.env:
@@ -75,6 +77,8 @@ class MultiTurnParams:
             raise ValueError("max_turns >= 1, max_total_tokens >= 2 and tool_timeout_s > 0 are required")
         if self.parser not in TOOL_CALL_PARSERS:
             raise ValueError(f"parser: {TOOL_CALL_PARSERS.unknown_message(self.parser)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         check_env(self.env, self.env_kwargs)
 
 
@@ -225,6 +229,52 @@ class ChatDelta:
         return self.encode(tail)
 
 
+class Batcher:
+    """``schedule: per_episode``'s scheduler: episodes ask for their next turn (``await generate(ep)``); whenever
+    the engine is free, one ``engine.generate`` call (on one worker thread) takes every episode waiting then.
+    The seed offset is the call's number, so sampling depends on which episodes were batched together."""
+
+    def __init__(self, workflow: "MultiTurnWorkflow", sampling: SamplingParams):
+        self.wf, self.sampling = workflow, sampling
+        self.waiting: list[tuple[Episode, asyncio.Future]] = []
+        self.busy, self.calls = False, 0
+        self.engine_thread = None
+
+    def close(self) -> None:
+        if self.engine_thread is not None:
+            self.engine_thread.shutdown(wait=False)
+
+    async def generate(self, ep: Episode) -> tuple[Sample, str]:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((ep, future))
+        self._kick()
+        return await future
+
+    def _kick(self) -> None:
+        if not self.busy and self.waiting:
+            self.busy = True
+            asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+        batch, self.waiting = self.waiting, []
+        if self.engine_thread is None:   # every engine call from the same thread
+            self.engine_thread = ThreadPoolExecutor(1, thread_name_prefix="rlpost-engine")
+        call, self.calls = self.calls, self.calls + 1
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(
+                self.engine_thread, lambda: self.wf.generate([ep for ep, _ in batch], self.sampling, call))
+            for (_, future), result in zip(batch, out):
+                future.set_result(result)
+        except Exception as err:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(err)
+        finally:
+            self.busy = False
+            self._kick()
+
+
 class MultiTurnWorkflow:
     """Roll out episodes of a user environment (see the module docstring for YAML and mechanics).
 
@@ -234,7 +284,7 @@ class MultiTurnWorkflow:
 
     def __init__(self, engine, tokenizer, env: str, env_kwargs: dict | None = None, max_turns: int = 4,
                  max_total_tokens: int = 1024, tool_timeout_s: float = 5.0, max_tool_output_chars: int = 2000,
-                 parser: str = "hermes", chat_template_kwargs: dict | None = None):
+                 parser: str = "hermes", chat_template_kwargs: dict | None = None, schedule: str = "lockstep"):
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("multi_turn: the tokenizer has no chat template (observations are rendered with it)")
         self.engine, self.tokenizer = engine, tokenizer
@@ -244,6 +294,9 @@ class MultiTurnWorkflow:
         self.tool_timeout_s, self.max_tool_output_chars = tool_timeout_s, max_tool_output_chars
         self.parser_name, self.parse = parser, TOOL_CALL_PARSERS.get(parser)
         self.template_kwargs = dict(chat_template_kwargs or {})
+        if schedule not in SCHEDULES:
+            raise ValueError(f"multi_turn: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        self.schedule = schedule
         self.loop = EnvLoop()
         self._deltas: dict[tuple, ChatDelta] = {}
 
@@ -253,6 +306,13 @@ class MultiTurnWorkflow:
         rows = [p for p in prompts for _ in range(params.n)]
         episodes = self.loop.run(self._gather([self.start(k, p) for k, p in enumerate(rows)]))
         sampling = dataclasses.replace(params, n=1)
+        if self.schedule == "per_episode":
+            batcher = Batcher(self, sampling)
+            try:
+                self.loop.run(self._gather([self.play(ep, batcher) for ep in episodes if ep.ended_by is None]))
+            finally:
+                batcher.close()
+            return [self.trajectory(e) for e in episodes]
         turn = 0
         running = [e for e in episodes if e.ended_by is None]
         while running:
@@ -293,10 +353,12 @@ class MultiTurnWorkflow:
 
     def generate(self, running: list[Episode], sampling: SamplingParams, turn: int) -> list[tuple[Sample, str]]:
         """One engine call; each sample is then cut to its episode's room. Returns (sample, the limit that a
-        length finish means: ``turn_length`` for the per-turn cap, ``max_total_tokens`` for the budget)."""
+        length finish means: ``turn_length`` for the per-turn cap, ``max_total_tokens`` for the budget). ``turn``
+        offsets the seed (lockstep: the turn; per_episode: the engine call's number); each request's info
+        carries its episode's own turn."""
         caps = [min(sampling.max_tokens, self.max_total_tokens - e.length) for e in running]
         seed = None if sampling.seed is None else sampling.seed + 1_000_003 * turn
-        samples = self.engine.generate([GenRequest(e.prompt_ids + e.ids, {"episode": e.index, "turn": turn})
+        samples = self.engine.generate([GenRequest(e.prompt_ids + e.ids, {"episode": e.index, "turn": len(e.turn_tokens)})
                                         for e in running], dataclasses.replace(sampling, max_tokens=max(caps), seed=seed))
         for ep, s, cap in zip(running, samples, caps):
             if len(s.completion_ids) > cap:   # the total budget binds before the per-turn cap
@@ -327,26 +389,59 @@ class MultiTurnWorkflow:
         results: dict[int, StepResult] = {}
         pending, stepping = [], []
         for ep in episodes:
-            text = ep.raw if getattr(self.parse, "raw", False) else ep.messages[-1]["content"]
-            calls = self.parse(text) if ep.tools else []
-            if isinstance(calls, ToolParseError):
-                ep.tool_calls, ep.tool_errors = ep.tool_calls + 1, ep.tool_errors + 1
-                results[ep.index] = StepResult([parse_error_message(calls, EXAMPLES[self.parser_name])])
-            elif calls:
-                ep.messages[-1]["tool_calls"] = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                                                 for c in calls if not c.error]
-                pending.append((ep, plan_calls(calls, ep.tools)))
+            plan = self.plan(ep)
+            if isinstance(plan, StepResult):
+                results[ep.index] = plan
+            elif plan:
+                pending.append((ep, plan))
             else:
                 stepping.append(ep)
         steps = self.loop.submit(self._gather([self.step(ep, turn) for ep in stepping]))
         run_jobs([j for _, jobs in pending for j in jobs], self.tool_timeout_s, self.loop)
         results.update({ep.index: out for ep, out in zip(stepping, steps.result())})
         for ep, jobs in pending:
-            ep.tool_calls += len(jobs)
-            ep.tool_errors += sum(j.error for j in jobs)
-            results[ep.index] = StepResult(tool_messages(jobs, self.max_tool_output_chars))
+            results[ep.index] = self.tool_result(ep, jobs)
         for ep in episodes:
             self.advance(ep, results[ep.index], turn)
+
+    def plan(self, ep: Episode) -> StepResult | list | None:
+        """What answers the episode's last turn: a StepResult now (an unreadable tool call), its tool jobs, or
+        None (``env.step``)."""
+        text = ep.raw if getattr(self.parse, "raw", False) else ep.messages[-1]["content"]
+        calls = self.parse(text) if ep.tools else []
+        if isinstance(calls, ToolParseError):
+            ep.tool_calls, ep.tool_errors = ep.tool_calls + 1, ep.tool_errors + 1
+            return StepResult([parse_error_message(calls, EXAMPLES[self.parser_name])])
+        if not calls:
+            return None
+        ep.messages[-1]["tool_calls"] = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                                         for c in calls if not c.error]
+        return plan_calls(calls, ep.tools)
+
+    def tool_result(self, ep: Episode, jobs: list) -> StepResult:
+        ep.tool_calls += len(jobs)
+        ep.tool_errors += sum(j.error for j in jobs)
+        return StepResult(tool_messages(jobs, self.max_tool_output_chars))
+
+    async def play(self, ep: Episode, batcher: "Batcher") -> None:
+        """``schedule: per_episode``: the episode advances on its own (generate -> parse -> tools or step ->
+        generate); its generations are batched with whichever episodes wait at the same time."""
+        while ep.ended_by is None:
+            turn = len(ep.turn_tokens)
+            sample, limit = await batcher.generate(ep)
+            self.take(ep, sample, limit)
+            if ep.ended_by is not None:
+                return
+            plan = self.plan(ep)
+            if plan is None:
+                result = await self.step(ep, turn)
+            elif isinstance(plan, StepResult):
+                result = plan
+            else:   # tools: plain ones on their threads, async ones on this loop; this episode waits, others go on
+                await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: run_jobs(plan, self.tool_timeout_s, self.loop))
+                result = self.tool_result(ep, plan)
+            self.advance(ep, result, turn)
 
     async def step(self, ep: Episode, turn: int) -> StepResult:
         """``env.step(message)`` checked; an environment without ``step`` ends the episode here."""

@@ -158,3 +158,16 @@ class AsyncRaisingEnv:
             raise KeyError("secret")
         self.turn += 1
         return StepResult([{"role": "user", "content": "again"}], None, False)
+
+
+class SlowToolEnv:
+    """Tool sleepy; answers "7" right (done, reward 1) and anything else with feedback."""
+    tools = [sleepy, add]
+
+    def reset(self, row):
+        return [{"role": "user", "content": row["messages"][-1]["content"]}]
+
+    def step(self, message):
+        if message["content"].strip() == "7":
+            return StepResult(reward=1.0, done=True)
+        return StepResult([{"role": "user", "content": "again"}], reward=0.0)
