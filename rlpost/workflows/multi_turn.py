@@ -161,6 +161,7 @@ class ChatDelta:
         self.special = set(getattr(tokenizer, "all_special_ids", []) or []) | {
             i for i, t in added.items() if getattr(t, "special", False)}
         self.key = hash(getattr(tokenizer, "chat_template", None) or "")
+        self._alone: dict[str, str] = {}
 
     def render(self, messages, add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tools=self.tools, tokenize=False,
@@ -191,7 +192,10 @@ class ChatDelta:
         error = None
         for context, with_calls in self.contexts(messages):
             try:
-                alone = self.render(context, add_generation_prompt=False)
+                key = repr(context)
+                if key not in self._alone:   # the context alone is the same for every observation
+                    self._alone[key] = self.render(context, add_generation_prompt=False)
+                alone = self._alone[key]
                 full = self.render(context + messages, add_generation_prompt=True)
             except Exception as err:   # e.g. GPT-OSS: tool results need a previous tool call
                 error = err

@@ -164,3 +164,24 @@ def test_differences_to_the_official_template_are_logged_once(caplog, monkeypatc
     assert len(notes) == 2
     assert "ends an assistant turn that more messages follow with '<|end|>' where the model sampled '<|return|>'" in notes[1]
     assert "renders an assistant turn differently once more messages follow" in notes[0]
+
+
+def test_qwen3_no_think_through_chat_template_kwargs():
+    """Qwen3's official template with enable_thinking=false: the generation prompt, and so every observation,
+    ends with the empty think block; the model's turns follow it."""
+    tok, engine, traj = play("qwen3", chat_template_kwargs={"enable_thinking": False})
+    s = traj.samples[0]
+    empty = "<think>\n\n</think>\n\n"
+    assert tok.decode(s.prompt_ids, skip_special_tokens=False).endswith("<|im_start|>assistant\n" + empty)
+    observations = [tok.decode(s.completion_ids[a:b], skip_special_tokens=False)
+                    for t, a, b in segments(s.loss_mask) if not t]
+    assert observations == [CHATML_TOOL + empty, CHATML_FB + empty, CHATML_TOOL + empty]
+
+
+def test_schedule_and_parser_are_checked_as_workflow_params():
+    from rlpost.workflows.multi_turn import MultiTurnParams
+    with pytest.raises(ValueError, match="schedule must be one of lockstep, per_episode, got 'eager'"):
+        MultiTurnParams(env="helper_envs:AddFeedbackEnv", schedule="eager")
+    with pytest.raises(ValueError, match="unknown tool-call parser 'xml'"):
+        MultiTurnParams(env="helper_envs:AddFeedbackEnv", parser="xml")
+    assert MultiTurnParams(env="helper_envs:AddFeedbackEnv", parser="harmony", schedule="per_episode").parser == "harmony"
