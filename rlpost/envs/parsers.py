@@ -116,8 +116,9 @@ def parse_glm4(text: str) -> list[ToolCall] | ToolParseError:
     return calls
 
 
-_HARMONY_CALL = re.compile(r"to=functions\.([^\s<]+)[^<]*(?:<\|channel\|>[^<]*)?(?:<\|constrain\|>[^<]*)?<\|message\|>(.*?)<\|call\|>",
-                           re.S)
+_HARMONY_CALL = re.compile(r"to=functions\.([^\s<]+)[^<]*"                  # the recipient, then the header:
+                           r"(?:<\|channel\|>[^<]*)?(?:<\|constrain\|>[^<]*)?"   # channel, content type
+                           r"<\|message\|>(.*?)<\|call\|>", re.S)               # the arguments
 
 
 @TOOL_CALL_PARSERS.register("harmony")

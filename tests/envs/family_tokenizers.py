@@ -15,9 +15,10 @@ LLAMA = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_h
 HARMONY = ["<|endoftext|>", "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>",
            "<|call|>"]
 GLM = ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
-DEEPSEEK = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<｜tool▁calls▁begin｜>",
-            "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>",
-            "<｜tool▁outputs▁begin｜>", "<｜tool▁outputs▁end｜>", "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>"]
+DEEPSEEK = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>",
+            "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>",
+            "<｜tool▁sep｜>", "<｜tool▁outputs▁begin｜>", "<｜tool▁outputs▁end｜>", "<｜tool▁output▁begin｜>",
+            "<｜tool▁output▁end｜>"]
 
 # family -> (template file, special tokens, eos (the end of an assistant turn), bos or None, tool-call parser)
 FAMILIES = {
@@ -30,7 +31,8 @@ FAMILIES = {
     "llama3_2": ("llama3_2", LLAMA, "<|eot_id|>", "<|begin_of_text|>", "llama3_json"),
     "gpt_oss": ("gptoss", HARMONY, "<|return|>", None, "harmony"),
     "glm4": ("glm4moe", GLM, "<|user|>", None, "glm4"),
-    "deepseek_r1_distill": ("deepseek_r1_distill", DEEPSEEK, "<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>", "hermes"),
+    "deepseek_r1_distill": ("deepseek_r1_distill", DEEPSEEK, "<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>",
+                            "hermes"),
 }
 
 
@@ -44,7 +46,8 @@ def build_family_tokenizer(family: str) -> PreTrainedTokenizerFast:
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(specials)
     pad = specials[0]
+    others = [s for s in specials if s not in (eos, pad, bos, "<unk>")]
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, pad_token=pad, unk_token="<unk>",
-                                  bos_token=bos, additional_special_tokens=[s for s in specials if s not in (eos, pad, bos, "<unk>")])
+                                  bos_token=bos, additional_special_tokens=others)
     tok.chat_template = (TEMPLATES / f"{template}.jinja").read_text()
     return tok
