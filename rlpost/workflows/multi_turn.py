@@ -10,15 +10,18 @@ YAML (the environment is a workflow parameter, so it is checked like every other
         max_turns: 4                              # assistant turns per episode
         max_total_tokens: 512                     # prompt + every turn + observations
         tool_timeout_s: 5.0                       # per tool call
-        parser: hermes                            # hermes (<tool_call> JSON) | llama3_json
+        parser: hermes                            # hermes (<tool_call> JSON) | llama3_json | qwen3_xml | glm4 | harmony
+        chat_template_kwargs: {}                  # e.g. {enable_thinking: false}
+        schedule: lockstep                        # lockstep | per_episode
     rewards:
       - name: env_reward                          # the environment's rewards (sum over turns) ...
       - name: arithmetic                          # ... and/or reward functions on the last assistant message
 
 Mechanics (docs/environments.md):
 
-* Episodes = prompts x ``params.n``; all running episodes advance together, one ``engine.generate`` call per
-  turn (each sample then cut to its episode's own token budget, which leaves earlier tokens' distribution as is).
+* Episodes = prompts x ``params.n``; ``lockstep``: all running episodes advance together, one ``engine.generate``
+  call per turn (each sample then cut to its episode's own token budget, which leaves earlier tokens' distribution
+  as is); ``per_episode``: each episode advances on its own and :class:`Batcher` batches those waiting.
 * Token-in/token-out: an episode is one :class:`Sample`; its completion is every sampled token (loss mask 1,
   the engine's log-probs) and every observation token (mask 0, log-prob 0). Sampled ids are never re-tokenised.
   Observation ids are the chat template's rendering of the new messages alone (:class:`ChatDelta`): rendered
@@ -306,7 +309,8 @@ class MultiTurnWorkflow:
 
     # ------------------------------------------------------------------ the loop
     def rollout(self, prompts: list[Prompt], params: SamplingParams) -> list[Trajectory]:
-        """``params.n`` episodes per prompt (prompt-major); each turn is one engine call over running episodes."""
+        """``params.n`` episodes per prompt (prompt-major). ``lockstep``: each turn is one engine call over the
+        running episodes; ``per_episode``: each episode advances on its own (:meth:`play`, :class:`Batcher`)."""
         rows = [p for p in prompts for _ in range(params.n)]
         episodes = self.loop.run(self._gather([self.start(k, p) for k, p in enumerate(rows)]))
         sampling = dataclasses.replace(params, n=1)
@@ -329,7 +333,8 @@ class MultiTurnWorkflow:
 
     @staticmethod
     async def _gather(coros):
-        """All coroutines concurrently; the first error is raised once all have finished (none is left running)."""
+        """All coroutines concurrently; once all have finished (none is left running), the error of the first
+        one that failed in argument order is raised."""
         out = await asyncio.gather(*coros, return_exceptions=True)
         for item in out:
             if isinstance(item, BaseException):
