@@ -40,7 +40,8 @@ class AdvantageStep:
         inp = AdvantageInput(**{"rewards": batch.rewards, **shaped}, group_ids=batch.group_ids,
                              response_mask=batch.response_mask, entropies=entropies,
                              old_logprobs=fixed.old_logprobs, ref_logprobs=fixed.ref_logprobs,
-                             sum_p_sq=fixed.sum_p_sq, truncated=batch.truncated)
+                             sum_p_sq=fixed.sum_p_sq, truncated=batch.truncated, turn_index=batch.turn_index,
+                             turn_rewards=batch.turn_rewards, turn_states=batch.turn_states)
         inp = dataclasses.replace(inp, **(method_extra or {}))   # a method's inputs (fields of AdvantageInput)
         if multi_row:
             advantages, metrics = per_trajectory(self.fn, self.params, inp, batch.traj_index)

@@ -27,6 +27,10 @@ class Batch:
                       rollouts give several rows one trajectory; advantages are computed per trajectory)
     prompt_lengths:   [B] long, prompt tokens at the start of each row (rows with equal prompts share their
                       forward pass under optim.shared_prefix, rlpost/shared_prefix.py)
+    turn_index:       [B,T] long or None: multi-turn rows, the assistant turn of each completion token (-1 for
+                      observations and padding); None unless every row has one (rlpost/workflows/multi_turn.py)
+    turn_rewards:     [B,K] float64 or None: the environment's reward of each of the row's K_i turns, NaN past K_i
+    turn_states:      [B,K] long or None: a key of the state each turn started from (equal = the same state), 0 past K_i
     """
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -41,6 +45,9 @@ class Batch:
     truncated: torch.Tensor
     traj_index: torch.Tensor | None = None
     prompt_lengths: torch.Tensor | None = None
+    turn_index: torch.Tensor | None = None
+    turn_rewards: torch.Tensor | None = None
+    turn_states: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -87,4 +94,24 @@ def collate(trajectories: list[Trajectory], pad_id: int, mask_truncated: bool = 
     if mask_truncated:
         mask = mask * (~truncated).float()[:, None]
     return Batch(input_ids, attention, index, comp, mask, logps, ents, rewards, groups, weights, truncated, traj_index,
-                 prompt_lengths)
+                 prompt_lengths, *collate_turns(rows, T))
+
+
+def collate_turns(rows, T: int) -> tuple:
+    """(turn_index [B,T], turn_rewards [B,K] NaN-padded, turn_states [B,K]) from multi-turn rows, or three
+    Nones unless every row's sample has ``turn_index`` and its trajectory ``turn_rewards``."""
+    if not rows or any(s.turn_index is None or traj.turn_rewards is None for traj, _, s in rows):
+        return None, None, None
+    K = max(1, max(len(traj.turn_rewards) for traj, _, _ in rows))
+    index = torch.full((len(rows), T), -1, dtype=torch.long)
+    rewards = torch.full((len(rows), K), float("nan"), dtype=torch.float64)
+    states = torch.zeros((len(rows), K), dtype=torch.long)
+    for i, (traj, _, s) in enumerate(rows):
+        if s.turn_index:
+            index[i, :len(s.turn_index)] = torch.tensor(s.turn_index, dtype=torch.long)
+        k = len(traj.turn_rewards)
+        if k:
+            rewards[i, :k] = torch.tensor(traj.turn_rewards, dtype=torch.float64)
+            keys = traj.turn_states if traj.turn_states is not None else list(range(k))
+            states[i, :k] = torch.tensor(keys[:k], dtype=torch.long)
+    return index, rewards, states

@@ -119,7 +119,7 @@ def build_prompts(rows: list[dict], tokenizer, *, prompt_column: str = "prompt",
         text, messages = format_prompt(tokenizer, row[prompt_column], system_prompt, chat_template, f"{source}, row {i}",
                                        few_shot)
         columns = {k: v for k, v in row.items() if k != prompt_column}
-        prompts.append(Prompt(id=i, text=text, messages=messages, columns=columns))
+        prompts.append(Prompt(id=i, text=text, messages=messages, columns=columns, row=dict(row)))
     return prompts
 
 

@@ -13,11 +13,13 @@ class Prompt:
     text:      the prompt string after the chat template (what the engine tokenizes)
     messages:  the chat messages, when the row was a conversation
     columns:   every other dataset column (answer, metadata), passed to reward functions by name
+    row:       the dataset row as loaded, every column including the prompt's (multi_turn's ``reset(row)``), or None
     """
     id: int
     text: str
     messages: list[dict] | None = None
     columns: dict[str, Any] = field(default_factory=dict)
+    row: dict[str, Any] | None = None
 
 
 @dataclass
@@ -30,6 +32,8 @@ class Sample:
     finish_reason: "stop" (EOS or a stop string) or "length" (hit max_tokens)
     loss_mask:     [len(completion_ids)] 1 = trained on; 0 for injected tool output or forced prefixes
     text:          decoded completion
+    turn_index:    [len(completion_ids)] multi-turn: the assistant turn (0, 1, ...) each sampled token belongs to,
+                   -1 for observation tokens; None for single-turn samples
     """
     prompt_ids: list[int]
     completion_ids: list[int]
@@ -39,6 +43,7 @@ class Sample:
     entropies: list[float] | None = None
     loss_mask: list[int] | None = None
     request_index: int = 0
+    turn_index: list[int] | None = None
 
     def __post_init__(self):
         if self.loss_mask is None:
@@ -57,6 +62,10 @@ class Trajectory:
     reward:       filled by the reward stage
     policy_version: the policy version whose weights sampled it (the number of RL updates applied to them);
                   the learner's staleness on it is ``learner_version - policy_version`` (rlpost/async_rollout.py)
+    turn_rewards: multi-turn: one reward per assistant turn (the environment's ``step`` reward answering it, 0 when
+                  it gave none); None for single-turn rollouts
+    turn_states:  multi-turn: per assistant turn, a key of the state it started from (the hash of the observation
+                  tokens before it; turn 0: of the prompt), equal keys = the same state (GiGPO's anchor states)
     """
     prompt: Prompt
     group_id: int
@@ -67,6 +76,8 @@ class Trajectory:
     reward: float = 0.0
     reward_components: dict[str, float] = field(default_factory=dict)
     policy_version: int | None = None
+    turn_rewards: list[float] | None = None
+    turn_states: list[int] | None = None
 
     @property
     def truncated(self) -> bool:

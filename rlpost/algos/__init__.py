@@ -18,3 +18,4 @@ from rlpost.algos import advantages, aggregation, kl, kl_reward, losses  # noqa:
 from rlpost.algos import dynamic_sampling  # noqa: F401
 from rlpost.algos import constrained, sft_losses  # noqa: F401
 from rlpost.algos import hapo, adora, oblr_po, gain_rl, lr_controllers, data_samplers, logits_processors  # noqa: F401
+from rlpost.algos import turn_credit  # noqa: F401

@@ -37,6 +37,10 @@ class AdvantageInput:
     reward_components: name -> [B] or None, each reward model's score per completion (constrained RLHF)
     multiplier_weights: [N] tensor or name -> float or None, the Lagrange multipliers' weights (constrained)
     thresholds:     name -> θ_i or None, overrides the estimator's own thresholds (constrained, NM-PPO)
+    turn_index:     [B,T] long or None (multi_turn rollouts): the assistant turn of each completion token, -1 for
+                    observation tokens (rlpost/batch.py ``Batch.turn_index``)
+    turn_rewards:   [B,K] float64 or None: the environment's per-turn rewards (``step``), NaN past a row's turns
+    turn_states:    [B,K] long or None: per turn, a key of the state it started from (equal keys = the same state)
     """
     rewards: torch.Tensor
     group_ids: torch.Tensor
@@ -52,6 +56,9 @@ class AdvantageInput:
     reward_components: dict[str, torch.Tensor] | None = None
     multiplier_weights: Any = None
     thresholds: dict[str, float] | None = None
+    turn_index: torch.Tensor | None = None
+    turn_rewards: torch.Tensor | None = None
+    turn_states: torch.Tensor | None = None
 
 
 @dataclass

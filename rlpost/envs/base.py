@@ -12,7 +12,8 @@ An environment is any class with (duck-typed, no base class to inherit)::
 ``data.system_prompt``) and ``prompt_id``. ``message`` is ``{"role": "assistant", "content": text}``.
 ``step`` returns :class:`StepResult` (or a ``(messages, reward, done)`` tuple): the messages to append (e.g. a
 ``user`` turn with feedback), a reward (or None) and whether the episode is over. An environment without
-``step`` ends the episode at the first assistant turn that calls no tool.
+``step`` ends the episode at the first assistant turn that calls no tool. ``reset``, ``step`` and the tools may be
+``async def`` (awaited on the workflow's event loop, rlpost/envs/aio.py); plain ones run in a thread pool.
 
 Tools are plain Python functions with type hints and a Google-style docstring (``Args:``); their JSON schemas
 come from ``transformers.utils.get_json_schema`` and are given to the chat template as ``tools=``. A tool that
@@ -25,9 +26,11 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from rlpost.envs.aio import EnvLoop, is_async
 from rlpost.tools import ToolCall, ToolParseError
 
 
@@ -116,23 +119,50 @@ class ToolJob:
     result: str | None = None
     error: bool = False
     thread: threading.Thread | None = None
+    future: Any = None
     started: float = 0.0
 
-    def start(self) -> None:
+    def start(self, loop=None) -> None:
+        """A plain tool runs on a daemon thread; an ``async def`` tool as a task on ``loop`` (an EnvLoop), where
+        the timeout cancels it."""
+        self.started = time.monotonic()
+        if is_async(self.fn):
+            self.future = loop.submit(self._run_async())
+            return
+
         def target():
             try:
-                out = self.fn(**self.call.arguments)
-                self.result = out if isinstance(out, str) else repr(out) if out is not None else ""
+                self._take(self.fn(**self.call.arguments))
             except Exception as err:   # a tool failing on the model's arguments is an answer, not a crash
-                self.result, self.error = f"Error: {self.call.name} raised {type(err).__name__}: {err}", True
-        self.started = time.monotonic()
+                self._fail(err)
         self.thread = threading.Thread(target=target, daemon=True, name=f"tool-{self.call.name}")
         self.thread.start()
 
+    async def _run_async(self):
+        try:
+            self._take(await self.fn(**self.call.arguments))
+        except Exception as err:
+            self._fail(err)
+
+    def _take(self, out) -> None:
+        self.result = out if isinstance(out, str) else repr(out) if out is not None else ""
+
+    def _fail(self, err: Exception) -> None:
+        self.result, self.error = f"Error: {self.call.name} raised {type(err).__name__}: {err}", True
+
     def finish(self, timeout_s: float) -> None:
-        self.thread.join(max(0.0, self.started + timeout_s - time.monotonic()))
-        if self.thread.is_alive():
-            self.result, self.error = f"Error: {self.call.name} timed out after {timeout_s:g} s", True
+        left = max(0.0, self.started + timeout_s - time.monotonic())
+        if self.future is not None:
+            try:
+                self.future.result(left)
+                return
+            except FutureTimeout:
+                self.future.cancel()   # cancels the coroutine on the loop
+        else:
+            self.thread.join(left)
+            if not self.thread.is_alive():
+                return
+        self.result, self.error = f"Error: {self.call.name} timed out after {timeout_s:g} s", True
 
 
 def plan_calls(calls: list[ToolCall], tools: dict[str, Callable]) -> list[ToolJob]:
@@ -148,11 +178,14 @@ def plan_calls(calls: list[ToolCall], tools: dict[str, Callable]) -> list[ToolJo
     return jobs
 
 
-def run_jobs(jobs: list[ToolJob], timeout_s: float) -> None:
-    """Run every runnable job concurrently; each gets ``timeout_s`` from its start."""
+def run_jobs(jobs: list[ToolJob], timeout_s: float, loop=None) -> None:
+    """Run every runnable job concurrently; each gets ``timeout_s`` from its start. ``async def`` tools run on
+    ``loop`` (an :class:`~rlpost.envs.aio.EnvLoop`; one is made for the call when None)."""
     runnable = [j for j in jobs if j.result is None]
+    if loop is None and any(is_async(j.fn) for j in runnable):
+        loop = EnvLoop()
     for job in runnable:
-        job.start()
+        job.start(loop)
     for job in runnable:
         job.finish(timeout_s)
 

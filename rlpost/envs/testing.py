@@ -53,6 +53,6 @@ def rollout_once(env: str, row: dict, turns: list[str], tokenizer=None, **workfl
     eos = tok.eos_token
     engine = ScriptedEngine(tok, lambda context, t: turns[min(t, len(turns) - 1)] + eos)
     columns = {k: v for k, v in row.items() if k != "prompt"}
-    prompt = Prompt(0, row["prompt"], [{"role": "user", "content": row["prompt"]}], columns)
+    prompt = Prompt(0, row["prompt"], [{"role": "user", "content": row["prompt"]}], columns, row=dict(row))
     workflow = MultiTurnWorkflow(engine, tok, env=env, **workflow_kwargs)
     return workflow.rollout([prompt], SamplingParams(n=1, max_tokens=256))[0]

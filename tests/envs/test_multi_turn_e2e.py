@@ -52,3 +52,15 @@ def test_rl_makes_the_warm_started_model_use_the_calculator(tmp_path, learning_s
     gain = evals[-1]["eval/accuracy"] - evals[0]["eval/accuracy"]
     report_learning("tool_calculator_gain", gain)
     assert gain >= 0.15 and evals[-1]["eval/env/tool_calls_per_episode"] > 0.5
+
+
+def test_per_episode_schedule_with_per_turn_credit_on_hf(tmp_path):
+    """schedule per_episode (episodes batched as they become ready, engine calls from a worker thread) and
+    algo.advantage gigpo on the hf engine: the learner's log-probs of the trained tokens equal the sampler's."""
+    rows, completions = train("configs/tiny/guess_number_feedback.yaml", tmp_path / "per_episode",
+                              "rollout.workflow.max_turns=3", "rollout.workflow.schedule=per_episode",
+                              "algo.advantage=gigpo")
+    step = rows[1]
+    assert step["env/turns_per_episode"] > 1 and step["rollout/logprob_diff"] < 1e-4
+    assert step["turn_credit/turns_mean"] == step["env/turns_per_episode"]
+    assert any(len(c["conversation"]) > 3 for c in completions)

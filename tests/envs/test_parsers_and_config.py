@@ -66,3 +66,26 @@ def test_validate_names_a_bad_environment(override, message):
     with pytest.raises(ConfigError) as err:
         resolve_file(TOOL_CONFIG, [override])
     assert message in str(err.value)
+
+
+def test_qwen3_xml_glm4_and_harmony_parsers():
+    from rlpost.envs.parsers import harmony_final, parse_glm4, parse_harmony, parse_qwen3_xml
+    from rlpost.tools import ToolParseError
+    xml = ("<tool_call>\n<function=add>\n<parameter=a>\n3\n</parameter>\n<parameter=note>\ntwo\nlines\n</parameter>\n"
+           "</function>\n</tool_call>")
+    (call,) = parse_qwen3_xml("Thinking.\n</think>\n\n" + xml + "<|im_end|>")
+    assert (call.name, call.arguments, call.error) == ("add", {"a": 3, "note": "two\nlines"}, None)
+    assert parse_qwen3_xml("7") == []
+    assert isinstance(parse_qwen3_xml("<tool_call>\n<function=add>"), ToolParseError)
+    assert parse_qwen3_xml("<tool_call>add</tool_call>")[0].error == "tool call 1 has no <function=...>...</function>"
+    glm = "<tool_call>add\n<arg_key>a</arg_key>\n<arg_value>3</arg_value>\n<arg_key>b</arg_key>\n<arg_value>[1, 2]</arg_value>\n</tool_call>"
+    assert [(c.name, c.arguments) for c in parse_glm4(glm * 2)] == [("add", {"a": 3, "b": [1, 2]})] * 2
+    assert parse_glm4("<tool_call>\n<arg_key>a</arg_key></tool_call>")[0].error == "tool call 1 has no function name"
+    turn = ('<|channel|>analysis<|message|>Add.<|end|><|start|>assistant to=functions.add<|channel|>commentary json'
+            '<|message|>{"a": 3, "b": 4}<|call|>')
+    assert [(c.name, c.arguments) for c in parse_harmony(turn)] == [("add", {"a": 3, "b": 4})]
+    assert parse_harmony("<|channel|>commentary to=functions.add <|constrain|>json<|message|>{\"a\": 1}<|call|>")[0].arguments == {"a": 1}
+    assert parse_harmony("<|channel|>final<|message|>7<|return|>") == []
+    assert isinstance(parse_harmony("<|start|>assistant to=functions.add<|channel|>commentary json<|message|>{"), ToolParseError)
+    assert parse_harmony("to=functions.add<|message|>[1]<|call|>")[0].error.startswith("tool call 1 (add): the arguments")
+    assert harmony_final("<|channel|>analysis<|message|>hm<|end|><|start|>assistant<|channel|>final<|message|>7<|return|>") == "7"
