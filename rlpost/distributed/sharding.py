@@ -137,9 +137,6 @@ class Runtime:
         """Wrap the learner's model for DDP / DeepSpeed (no-op in a single process)."""
         if not self.enabled:
             return
-        if learner.lr_controller is not None and getattr(learner.lr_controller, "needs_grad_stats", False):
-            raise ConfigError("algo.lr_controller: controllers that read per-micro-batch gradient norms are not "
-                              "supported with distributed.backend (gradients are reduced across ranks)")
         from rlpost.distributed.learner_ops import DDPOps, DeepSpeedOps
         if self.backend == "ddp":
             self.ops = DDPOps(self, learner.model)
