@@ -265,8 +265,8 @@ class Learner:
         if dist is not None and dist.fused_step:  # DeepSpeed: clipping + optimizer step inside engine.step(), which
             grad_norm = dist.step(before_update=scale_lr)  # calls scale_lr with its pre-clip norm before updating
         else:
-            grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm) if s.max_grad_norm > 0
-                         else _grad_norm(self.model))
+            grad_norm = _full((torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
+                               if s.max_grad_norm > 0 else _grad_norm(self.model)))
             scale_lr(grad_norm)
             if torch.isfinite(grad_norm):
                 self.optimizer.step()
@@ -366,8 +366,13 @@ class Learner:
 
 
 def _grad_norm(model) -> torch.Tensor:
-    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
-    return torch.stack(norms).norm() if norms else torch.tensor(0.0)
+    grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
+    return _full(torch.nn.utils.get_total_norm(grads)) if grads else torch.tensor(0.0)
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A norm of FSDP2's sharded gradients is a DTensor with a pending reduction: its value (collective)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def build_optimizer(model, optim_cfg):

@@ -58,6 +58,10 @@ def validate(cfg) -> None:
                           "use algo.advantage.normalize_std: true to divide by the group reward std")
     if name_of(cfg.algo.lr_controller) == "oblr_snr":
         params_of(LR_CONTROLLERS, cfg.algo.lr_controller, "algo.lr_controller")
+        if cfg.distributed.backend == "fsdp2":
+            raise ConfigError("algo.lr_controller oblr_snr with distributed.backend=fsdp2: the per-micro-batch gradient "
+                              "norms are read from the parameters' own gradients, which under FSDP2 exist only "
+                              "unsharded inside its backward; use distributed.backend=ddp or deepspeed (ZeRO-2/3)")
         # counted as in one process: with several ranks each rank adds its own micro-batches, so a step has at least
         # as many (the check is conservative there)
         r, o = cfg.rollout, cfg.optim
