@@ -196,7 +196,7 @@ class Runtime:
     def full_state_dict(self, model) -> dict | None:
         """Full state dict (CPU) on rank 0 (None elsewhere), gathered parameter by parameter under ZeRO-3 and
         FSDP2 (collective)."""
-        if self.fsdp2:
+        if self.fsdp2 and self.ops is not None:
             return self.ops.full_state_dict(model, self.is_main)
         out = {}
         for name, p in model.named_parameters():

@@ -58,3 +58,13 @@ def write_rank_result(result: dict) -> None:
     tmp = folder / f".rank-{rank}.json.tmp"
     tmp.write_text(json.dumps(result))
     os.replace(tmp, folder / f"rank-{rank}.json")
+
+
+def train_run(config: str, out: Path, overrides: list[str] | tuple, nproc: int = 1, timeout: int = 900) -> list[dict]:
+    """``rlpost train`` on ``nproc`` ranks (a plain process for 1); the metrics rows from ``metrics.jsonl``, which
+    rank 0 alone writes (never read from the ranks' stdout, where their lines interleave)."""
+    launcher = torchrun_cmd(nproc) if nproc > 1 else [sys.executable]
+    cmd = [*launcher, "-m", "rlpost.cli", "train", config, f"trainer.output_dir={out}", *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]

@@ -18,15 +18,12 @@ step's log-probs. Measured on this machine: |loss diff| <= 7e-9, grad-norm rel. 
 Samples stay identical as long as no sampled token flips, which needs a sampling draw within ~1e-6 of a CDF
 boundary: unlikely over 3 steps (~1400 tokens), and checked (rewards / tokens equal).
 """
-import json
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.distributed.multirank import ROOT, subprocess_env, torchrun_cmd
+from tests.distributed.multirank import train_run
 
 COMMON = ["trainer.max_steps=3", "trainer.eval_steps=0", "data.num_eval=16", "trainer.progress_bar=false",
           "trainer.report_to=[]", "algo.loss_agg=token-mean", "optim.micro_batch_size=24"]
@@ -39,14 +36,7 @@ BACKENDS = {"ddp": ["distributed.backend=ddp"],
 
 
 def train(out: Path, *overrides, nproc: int = 1) -> list[dict]:
-    """Metrics of a run, read from ``metrics.jsonl``, which rank 0 alone writes (never from the ranks' stdout,
-    where their lines interleave)."""
-    launcher = torchrun_cmd(nproc) if nproc > 1 else [sys.executable]
-    cmd = [*launcher, "-m", "rlpost.cli", "train", "configs/tiny/arith_grpo.yaml", f"trainer.output_dir={out}",
-           *COMMON, *overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return train_run("configs/tiny/arith_grpo.yaml", out, [*COMMON, *overrides], nproc=nproc)
 
 
 @pytest.fixture(scope="module")
