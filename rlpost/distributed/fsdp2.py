@@ -25,7 +25,7 @@ it merges.
 
 Checkpoints. ``save_shards`` writes the sharded model and optimizer state dicts with DCP (every rank its shards,
 rank 0 the metadata); ``load_shards`` reads them back into the live sharded model and optimizer, so a resume
-continues the same AdamW state (exact resume). DCP can also load into another world size.
+continues the same AdamW state (exact resume; tested on the same world size).
 """
 from __future__ import annotations
 

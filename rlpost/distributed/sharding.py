@@ -1,5 +1,5 @@
-"""Sharding: the process group, each rank's share of the rollouts, the learner wrapped for DDP / ZeRO, and the
-ZeRO-3 gathers that generation, weight sync and saving need. A disabled :class:`Runtime` (one process) returns
+"""Sharding: the process group, each rank's share of the rollouts, the learner wrapped for DDP / ZeRO / FSDP2, and
+the ZeRO-3 / FSDP2 gathers that generation, weight sync and saving need. A disabled :class:`Runtime` (one process) returns
 every input unchanged, so the single-process path is the unchanged code path."""
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
 """The FSDP2 learner (``distributed.backend: fsdp2``, rlpost/distributed/fsdp2.py) on 2 ranks, torchrun + gloo on CPU.
 
 Against one process (``distributed.rollout=replicate``: both runs train on the same samples, as in test_zero.py):
-the same loss and grad norm at every step, plain, with LoRA and with CPU offload; measured |loss diff| <= 2e-9 and
-grad-norm relative diff <= 2e-7 (tolerance 1e-5 / 1e-4, float32 sums in another order). Split rollouts: a sharded
-checkpoint (torch.distributed.checkpoint) at step 2 resumes to the uninterrupted run's step 3 exactly. The gathers
-(weight sync, saving, generation, LoRA merge, mixed precision) are checked in fsdp2_worker.py; the config rules
-below."""
+the same loss and grad norm at every step, plain, with LoRA and with CPU offload; measured over the 3 steps of the
+plain run |loss diff| <= 2.6e-9 and grad-norm relative diff <= 3.3e-7 (tolerance 1e-5 / 1e-4, float32 sums in another
+order). Split rollouts: a sharded checkpoint (torch.distributed.checkpoint) at step 2 resumes to the uninterrupted
+run's step 3 exactly. The gathers (weight sync, saving, generation, LoRA merge, mixed precision) are checked in
+fsdp2_worker.py; the config rules below."""
 from pathlib import Path
 
 import pytest
