@@ -6,9 +6,10 @@ into a temporary sibling folder and renamed into place, so an interrupted save n
 half-written checkpoint that resume would pick up.
 
 Several processes (a :class:`rlpost.distributed.Runtime` passed as ``runtime``; every rank calls the same
-functions): rank 0 writes ``model/`` (gathered under ZeRO-3) and ``state.pt`` (with ``world_size`` and
+functions): rank 0 writes ``model/`` (gathered under ZeRO-3 / FSDP2) and ``state.pt`` (with ``world_size`` and
 ``distributed``); every rank adds ``rank-<r>.pt`` (its RNG state) and, with DeepSpeed, its ZeRO shard under
-``deepspeed/`` (optimizer state and fp32 master weights; state.pt's ``optimizer`` is then None). The runtime
+``deepspeed/`` (optimizer state and fp32 master weights), with FSDP2 its shards of the model and optimizer state
+under ``fsdp/`` (torch.distributed.checkpoint); state.pt's ``optimizer`` is then None. The runtime
 provides the gathered state dicts and writes its shards into the folder it is given; this module decides the
 layout, the temporary folder and the rename.
 """
@@ -50,7 +51,7 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, state: 
         root.mkdir(parents=True, exist_ok=True)
     tmp = Path(rt.broadcast_object(tempfile.mkdtemp(dir=root, prefix=f".step-{step}.") if rt.is_main else None))
     if rt.shards_optimizer:
-        rt.save_shards(tmp / "deepspeed")
+        rt.save_shards(tmp / rt.shard_folder)
     save_model(model, tokenizer, tmp / "model", rt)
     if rt.enabled:
         torch.save({"rng": rng_state()}, tmp / f"rank-{rt.rank}.pt")
@@ -71,13 +72,15 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, state: 
 
 def save_model(model, tokenizer, path: str | Path, runtime: Runtime | None = None, save_merged: bool = False) -> None:
     """``save_pretrained`` of model and tokenizer into ``path`` on rank 0. A LoRA model saves its adapter, and with
-    ``save_merged`` the merged full model under ``path/merged`` too. ZeRO-3: the weights are gathered first
+    ``save_merged`` the merged full model under ``path/merged`` too. ZeRO-3 / FSDP2: the weights are gathered first
     (collective: every rank calls this)."""
-    from rlpost.models.lora import is_peft_model, merged_state_dict, save_final
+    from rlpost.distributed.weight_sync import named_parameters_for_sync
+    from rlpost.models.lora import is_peft_model, save_final
     rt = runtime or SINGLE_PROCESS
     peft = is_peft_model(model)
-    state = rt.full_state_dict(model) if rt.zero3 else None
-    merged = merged_state_dict(model, rt.gather_context) if rt.zero3 and peft and save_merged else None
+    state = rt.full_state_dict(model) if rt.gathers_parameters else None
+    merged = ({name: t.cpu() for name, t in named_parameters_for_sync(model, rt)}  # merged LoRA weights, gathered
+              if rt.gathers_parameters and peft and save_merged else None)
     if rt.is_main:
         if peft:
             save_final(model, tokenizer, path, save_merged=save_merged, state_dict=state, merged=merged)
@@ -123,20 +126,23 @@ def load_state(path: Path) -> dict:
 
 
 def load_model_and_optimizer(path: Path, state: dict, model, optimizer, runtime: Runtime | None = None) -> None:
-    """Resume the weights and the optimizer state (every rank): from the ZeRO shards when DeepSpeed holds the
+    """Resume the weights and the optimizer state (every rank): from the shards when DeepSpeed or FSDP2 holds the
     optimizer, else from ``model/`` and state.pt."""
     rt = runtime or SINGLE_PROCESS
     if rt.shards_optimizer:
-        if not (path / "deepspeed").exists():
-            raise ConfigError(f"{path} was not written with distributed.backend=deepspeed (no deepspeed/ folder)")
-        if state.get("world_size") not in (None, rt.world_size):
+        folder = path / rt.shard_folder
+        if not folder.exists():
+            raise ConfigError(f"{path} was not written with distributed.backend={rt.backend} (no {rt.shard_folder}/ "
+                              f"folder; it was written with {state.get('distributed', 'none')})")
+        if rt.shard_folder == "deepspeed" and state.get("world_size") not in (None, rt.world_size):
             raise ConfigError(f"{path} was written by {state['world_size']} ranks, this run has "
                               f"{rt.world_size}: DeepSpeed ZeRO shards need the same world size")
-        rt.load_shards(path / "deepspeed")
+        rt.load_shards(folder)
         return
     if state.get("optimizer") is None:
-        raise ConfigError(f"{path} keeps its optimizer state in DeepSpeed's shards (deepspeed/): resume it with "
-                          f"distributed.backend=deepspeed on {state.get('world_size')} ranks")
+        written = state.get("distributed", "deepspeed")
+        raise ConfigError(f"{path} keeps its optimizer state in {written}'s shards: resume it with "
+                          f"distributed.backend={written} (DeepSpeed: on {state.get('world_size')} ranks)")
     from rlpost.models.loading import load_state_into
     load_state_into(model, path / "model")
     optimizer.load_state_dict(state["optimizer"])

@@ -232,10 +232,12 @@ class Config:
 class DistributedConfig:
     """``distributed``: the learner on several processes (torchrun / accelerate launch / deepspeed launcher).
     See docs/distributed.md. With backend none (the default) everything runs in one process."""
-    backend: str = "none"                     # none | ddp | deepspeed
+    backend: str = "none"                     # none | ddp | deepspeed | fsdp2 (torch fully_shard per decoder layer)
     zero_stage: int = 2                       # deepspeed: 2 (optimizer state + gradients sharded) | 3 (+ parameters)
     offload_optimizer: bool = False           # deepspeed: optimizer state in CPU memory
-    offload_param: bool = False               # deepspeed ZeRO-3: parameters in CPU memory
+    offload_param: bool = False               # deepspeed ZeRO-3: parameters in CPU memory; fsdp2: parameters, gradients and the optimizer step in CPU memory
+    mixed_precision: str = "none"             # fsdp2: none | bfloat16 | float16 compute dtype (weights stay model.dtype=float32; gradients reduced in float32)
+    reshard_after_forward: bool = True        # fsdp2: free each layer's gathered parameters after its forward (gathered again in backward)
     dist_backend: str = "auto"                # gloo | nccl | auto (nccl when CUDA is available, else gloo)
     rollout: str = "split"                    # split: each rank generates its own prompts | replicate: every rank generates the whole batch (single-process samples; debugging)
     timeout_s: float = 1800.0                 # collective-operation timeout: a dead rank surfaces as an error after this
@@ -584,6 +586,9 @@ def validate(cfg: Config) -> None:
                               "base model itself (as in TRL, which refuses it with PEFT too)")
         if cfg.distributed.backend == "deepspeed" and cfg.distributed.zero_stage == 3:
             raise ConfigError("algo.sync_ref_model with ZeRO-3 (partitioned parameters) is not supported; use ZeRO-2 or ddp")
+        if cfg.distributed.backend == "fsdp2":
+            raise ConfigError("algo.sync_ref_model with distributed.backend=fsdp2 (sharded parameters) is not supported; "
+                              "use distributed.backend=ddp or deepspeed with zero_stage 2")
     if o.max_tokens_per_micro_batch < 0:
         raise ConfigError(f"optim.max_tokens_per_micro_batch must be >= 0 (0 = off), got {o.max_tokens_per_micro_batch}")
     if (r.prompts_per_step * r.num_generations) % o.steps_per_generation:
@@ -644,18 +649,23 @@ def _validate_kl_reward(k: KLRewardSettings) -> None:
 def _validate_scale_options(cfg: Config) -> None:
     """distributed / LoRA / memory options (world-size rules are checked at start-up, rlpost/distributed/sharding.py)."""
     d, m, o = cfg.distributed, cfg.model, cfg.optim
-    if d.backend not in ("none", "ddp", "deepspeed"):
-        raise ConfigError(f"distributed.backend must be none, ddp or deepspeed, got {d.backend!r}")
+    if d.backend not in ("none", "ddp", "deepspeed", "fsdp2"):
+        raise ConfigError(f"distributed.backend must be none, ddp, deepspeed or fsdp2, got {d.backend!r}")
     if d.zero_stage not in (2, 3):
         raise ConfigError(f"distributed.zero_stage must be 2 or 3, got {d.zero_stage}")
     if d.dist_backend not in ("gloo", "nccl", "auto"):
         raise ConfigError(f"distributed.dist_backend must be gloo, nccl or auto, got {d.dist_backend!r}")
     if d.rollout not in ("split", "replicate"):
         raise ConfigError(f"distributed.rollout must be split or replicate, got {d.rollout!r}")
-    if (d.offload_optimizer or d.offload_param) and d.backend != "deepspeed":
-        raise ConfigError("distributed.offload_optimizer / offload_param need distributed.backend=deepspeed")
-    if d.offload_param and d.zero_stage != 3:
+    if d.backend == "fsdp2":
+        _validate_fsdp2(cfg)
+    elif (d.offload_optimizer or d.offload_param) and d.backend != "deepspeed":
+        raise ConfigError("distributed.offload_optimizer / offload_param need distributed.backend=deepspeed or fsdp2")
+    elif d.offload_param and d.zero_stage != 3:
         raise ConfigError("distributed.offload_param needs distributed.zero_stage=3")
+    if d.mixed_precision != "none" and d.backend != "fsdp2":
+        raise ConfigError(f"distributed.mixed_precision={d.mixed_precision} is an FSDP2 option (distributed.backend="
+                          "fsdp2); DeepSpeed follows model.dtype, one process and DDP train in model.dtype")
     if m.lora.r < 0:
         raise ConfigError(f"model.lora.r must be >= 0 (0 = no LoRA), got {m.lora.r}")
     if m.load_in_4bit and m.lora.r == 0:
@@ -666,6 +676,26 @@ def _validate_scale_options(cfg: Config) -> None:
         raise ConfigError(f"model.bnb_4bit_quant_type must be nf4 or fp4, got {m.bnb_4bit_quant_type!r}")
     if o.logprob_chunk_size < 0:
         raise ConfigError(f"optim.logprob_chunk_size must be >= 0 (0 = off), got {o.logprob_chunk_size}")
+
+
+def _validate_fsdp2(cfg: Config) -> None:
+    """What ``distributed.backend: fsdp2`` does not do (rlpost/distributed/fsdp2.py), each with the reason."""
+    d, m, o = cfg.distributed, cfg.model, cfg.optim
+    if d.mixed_precision not in ("none", "bfloat16", "float16"):
+        raise ConfigError(f"distributed.mixed_precision must be none, bfloat16 or float16, got {d.mixed_precision!r}")
+    if d.mixed_precision != "none" and m.dtype != "float32":
+        raise ConfigError(f"distributed.mixed_precision={d.mixed_precision} keeps float32 master weights: set "
+                          f"model.dtype=float32 (got {m.dtype}), or drop mixed_precision to train in model.dtype")
+    if d.offload_optimizer:
+        raise ConfigError("distributed.offload_optimizer is a DeepSpeed option: FSDP2 offloads the parameters, their "
+                          "gradients and the optimizer step together; set distributed.offload_param=true")
+    if m.load_in_4bit:
+        raise ConfigError("model.load_in_4bit (QLoRA) with distributed.backend=fsdp2: bitsandbytes' 4-bit weights "
+                          "cannot be sharded as DTensors; use distributed.backend=ddp or deepspeed")
+    if o.logprob_chunk_size > 0 or o.padding_free:
+        raise ConfigError("optim.logprob_chunk_size / optim.padding_free with distributed.backend=fsdp2: the lean "
+                          "log-prob paths apply the LM head outside the model's forward, which FSDP2's gathers do "
+                          "not cover (not verified); use distributed.backend=deepspeed or ddp, or drop the option")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -226,8 +226,8 @@ class Learner:
         mini_rows = len(rows)
         metrics: dict[str, float] = {}
         total_loss = 0.0
-        prefix_sq_norms, cum_shares = [], []  # ||accumulated grad after k micro-batches / S_k||^2 and S_k (the share of
-        # the mini-batch seen so far: micro-batches are length-sorted, so their shares differ), for LR controllers
+        recorder = self._grad_norm_recorder()
+        micro_stats = []  # (||g_j||^2, c_j) of this rank's micro-batches, for LR controllers (algos/lr_controllers.py)
         rows = self._micro_batch_order(batch, rows)
         parts = micro_batches(batch, rows, s)
         num_micro = len(parts)
@@ -239,10 +239,10 @@ class Learner:
                      else len(idx) / mini_rows)
             extra = {**step_extra, **{k: v[idx] for k, v in row_extra.items()}}
             loss, mb_metrics = self._micro_loss(mb, advantages[idx], fixed.rows(idx), extra)
-            (loss * share).backward() if dist is None else dist.backward(loss * share, micro_index)
-            if self.lr_controller is not None and self.lr_controller.needs_grad_stats:
-                cum_shares.append((cum_shares[-1] if cum_shares else 0.0) + share)
-                prefix_sq_norms.append(float(_grad_norm(self.model)) ** 2 / cum_shares[-1] ** 2)
+            with recorder.backward() if recorder is not None else contextlib.nullcontext():
+                (loss * share).backward() if dist is None else dist.backward(loss * share, micro_index)
+            if recorder is not None and share > 0:  # the hooks saw d(loss * share * loss_scale): g_j times that
+                micro_stats.append((recorder.sq_norm() / (share * (dist.loss_scale if dist else 1.0)) ** 2, share))
             total_loss += loss.item() * share
             for k, v in mb_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v * share
@@ -250,30 +250,56 @@ class Learner:
             for k in range(num_micro, num_backward):
                 dist.backward(self._micro_loss(mb, advantages[idx], fixed.rows(idx), extra)[0] * 0.0, k)
             total_loss, metrics = dist.reduce_metrics(total_loss, metrics)
-        if self.lr_controller is not None:
-            stats = ({"prefix_grad_sq_norms": prefix_sq_norms, "prefix_cum_shares": cum_shares}
-                     if self.lr_controller.needs_grad_stats else {})
-            metrics.update(self.lr_controller.observe(stats))
-        scale = self.lr_controller.lr_scale(self.scheduler.last_epoch) if self.lr_controller is not None else 1.0
-        scheduled = [g["lr"] for g in self.optimizer.param_groups]
-        if dist is not None and dist.fused_step:  # DeepSpeed: clipping + optimizer step inside engine.step()
-            for g in self.optimizer.param_groups:
-                g["lr"] = g["lr"] * scale
-            grad_norm = dist.step()
+            if recorder is not None:
+                micro_stats = dist.gather_micro_stats(micro_stats)
+        groups = self.optimizer.param_groups
+        scheduled = [g["lr"] for g in groups]
+        applied = {"scale": 1.0}
+
+        def scale_lr(pre_clip_norm) -> None:
+            """The LR controller's multiplier from this step's statistics, applied to the scheduled LR."""
+            applied["scale"] = scale = self._lr_scale(float(pre_clip_norm), micro_stats, metrics)
+            for g, lr in zip(groups, scheduled):
+                g["lr"] = lr * scale
+
+        if dist is not None and dist.fused_step:  # DeepSpeed: clipping + optimizer step inside engine.step(), which
+            grad_norm = dist.step(before_update=scale_lr)  # calls scale_lr with its pre-clip norm before updating
         else:
-            grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm) if s.max_grad_norm > 0
-                         else _grad_norm(self.model))
-            for g in self.optimizer.param_groups:
-                g["lr"] = g["lr"] * scale
+            grad_norm = _full((torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.max_grad_norm)
+                               if s.max_grad_norm > 0 else _grad_norm(self.model)))
+            scale_lr(grad_norm)
             if torch.isfinite(grad_norm):
                 self.optimizer.step()
-        for g, lr in zip(self.optimizer.param_groups, scheduled):
+        for g, lr in zip(groups, scheduled):
             g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        metrics.update({"loss": total_loss, "grad_norm": float(grad_norm), "lr": scheduled[0] * scale,
+        metrics.update({"loss": total_loss, "grad_norm": float(grad_norm), "lr": scheduled[0] * applied["scale"],
                         "train/skipped_steps": self._count_skip(grad_norm)})
         return metrics
+
+    def _grad_norm_recorder(self):
+        """Per-micro-batch gradient norms (hooks on the parameters, added once) when the LR controller reads them."""
+        if self.lr_controller is None or not self.lr_controller.needs_grad_stats:
+            return None
+        if getattr(self, "_recorder", None) is None:
+            from rlpost.algos.lr_controllers import MicroBatchGradNorms
+            self._recorder = MicroBatchGradNorms(self.model)
+        return self._recorder
+
+    def _lr_scale(self, pre_clip_norm: float, micro_stats: list, metrics: dict) -> float:
+        """Feed the LR controller this step's statistics (its metrics go into ``metrics``) and return its multiplier.
+        A step with a non-finite gradient norm is skipped, so it is not observed."""
+        ctrl = self.lr_controller
+        if ctrl is None:
+            return 1.0
+        if not ctrl.needs_grad_stats:
+            metrics.update(ctrl.observe({}))
+        elif math.isfinite(pre_clip_norm):
+            metrics.update(ctrl.observe({"micro_grad_sq_norms": [n for n, _ in micro_stats],
+                                         "micro_shares": [c for _, c in micro_stats],
+                                         "mean_grad_sq_norm": pre_clip_norm ** 2}))
+        return ctrl.lr_scale(self.scheduler.last_epoch)
 
     def _count_skip(self, grad_norm: torch.Tensor) -> float:
         """1.0 when this optimizer step was skipped for a non-finite gradient norm (the weights did not move; the
@@ -340,8 +366,13 @@ class Learner:
 
 
 def _grad_norm(model) -> torch.Tensor:
-    norms = [p.grad.detach().norm() for p in model.parameters() if p.grad is not None]
-    return torch.stack(norms).norm() if norms else torch.tensor(0.0)
+    grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
+    return _full(torch.nn.utils.get_total_norm(grads)) if grads else torch.tensor(0.0)
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A norm of FSDP2's sharded gradients is a DTensor with a pending reduction: its value (collective)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def build_optimizer(model, optim_cfg):

@@ -141,7 +141,7 @@ def check_world_size(cfg: Config, world_size: int) -> None:
     if cfg.distributed.backend == "none":
         if world_size > 1:
             raise ConfigError(f"launched with WORLD_SIZE={world_size} but distributed.backend is none: set "
-                              "distributed.backend=ddp or deepspeed (or start a single process)")
+                              "distributed.backend=ddp, deepspeed or fsdp2 (or start a single process)")
         return
     distributed.check_world_rules(cfg, world_size)
 

@@ -108,9 +108,6 @@ def _cfg(*overrides):
     (["algo.lr_controller=oblr_snr", "optim.micro_batch_size=128"], ">= 2 micro-batches"),
     (["algo.lr_controller=oblr_snr", "optim.micro_batch_size=16", "algo.dynamic_sampling=true"], "single group"),
     (["algo.lr_controller={name: oblr_snr, floor: 2}"], "floor"),
-    (["algo.lr_controller=oblr_snr", "optim.micro_batch_size=32", "distributed.backend=deepspeed"],
-     "oblr_snr with distributed.backend=deepspeed"),
-    (["algo.lr_controller=oblr_snr", "optim.micro_batch_size=32", "distributed.backend=ddp"], "single-process learner"),
     # GAIN-RL
     (["data.sampler=gain_rl"], "needs `method: {gain_rl: {}}`"),
     (["method.gain_rl={}"], "set data.sampler"),
@@ -128,6 +125,9 @@ def test_combination_rules(overrides, message):
     ["algo.advantage={name: oblr, weight: uniform}"],                      # RLOO-like, no hooks
     ["algo.lr_controller=oblr_snr", "optim.micro_batch_size=32"],          # 4 micro-batches
     ["algo.lr_controller=oblr_snr", "optim.micro_batch_size=4", "algo.dynamic_sampling=true"],
+    # per-rank micro-batch gradient norms gathered before the all-reduce (tests/distributed/test_snr_controller.py)
+    ["algo.lr_controller=oblr_snr", "optim.micro_batch_size=32", "distributed.backend=deepspeed"],
+    ["algo.lr_controller=oblr_snr", "optim.micro_batch_size=32", "distributed.backend=ddp"],
     ["algo.advantage={name: adora, base: rloo}"],
     ["data.sampler=random"],
 ])

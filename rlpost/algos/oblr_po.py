@@ -5,8 +5,10 @@ every formula here is the reconstruction of the research notes (ASSUMPTION) from
       b* = E[R ||s||^2] / E[||s||^2],   s = grad log pi(y|x)
   estimated per group with weights w_i ~ ||s_i||^2 (leave-one-out by default, unbiased).
 - LR controller ``oblr_snr``: lr = scheduler_lr * max(SNR / (1 + SNR), floor),
-  SNR = EMA(||g||^2) / EMA(tr Sigma / B), estimated from the running-mean gradient norms of the micro-batches
-  of each optimizer step, each weighted by its share of the step (single-process learner only).
+  SNR = EMA(||g||^2) / EMA(tr Sigma / B), estimated from each micro-batch's own gradient norm (taken before any
+  all-reduce, on whichever rank ran it), its share of the optimizer step, and the step's reduced gradient norm
+  (:func:`signal_noise_from_micro_batches`). The estimate depends only on the set of micro-batches, so one
+  process and a DDP / DeepSpeed learner over the same micro-batches log the same SNR.
 """
 from __future__ import annotations
 
@@ -139,6 +141,33 @@ def signal_noise_from_groups(sq_norms: Sequence[float], mean_sq_norm: float) -> 
     return max(mean_sq_norm - noise, 0.0), noise
 
 
+def signal_noise_from_micro_batches(sq_norms: Sequence[float], shares: Sequence[float],
+                                    full_sq_norm: float) -> tuple[float, float]:
+    """K >= 2 micro-batches of one optimizer step, on one rank or several. Micro-batch j holds a share c_j of the
+    step's tokens (token-mean) or rows (sum_j c_j = 1), g_j is its own mean gradient (sq_norms[j] = ||g_j||^2) and
+    G = sum_j c_j g_j the step's gradient (full_sq_norm = ||G||^2, after the all-reduce). If each unit adds
+    independent noise of variance s2 (N units), g_j = g + e_j with Var e_j = s2 / (N c_j), and
+
+        E[ sum_j c_j ||g_j - G||^2 ] = sum_j c_j (s2/N) (1/c_j - 1) = (K - 1) s2 / N
+        sum_j c_j ||g_j - G||^2 = sum_j c_j ||g_j||^2 - ||G||^2            (sum_j c_j = 1)
+
+    so  noise = (sum_j c_j ||g_j||^2 - ||G||^2) / (K - 1)  ~ tr Sigma / B of the full step,
+        signal = max(||G||^2 - noise, 0)                    ~ ||g||^2.
+    Equal shares c_j = 1/K give :func:`signal_noise_from_groups`. The shares are renormalised to sum 1 (a step
+    whose rows carry no tokens in some micro-batch still counts it with share 0).
+    """
+    K = len(sq_norms)
+    if K < 2 or len(shares) != K:
+        raise ValueError(f"oblr_snr needs >= 2 micro-batches per optimizer step with one share each, got {K} norms "
+                         f"and {len(shares)} shares")
+    total = float(sum(shares))
+    if total <= 0:
+        raise ValueError(f"oblr_snr: micro-batch shares must sum to a positive value, got {list(shares)}")
+    weighted = sum(float(c) / total * float(n) for c, n in zip(shares, sq_norms))
+    noise = max((weighted - float(full_sq_norm)) / (K - 1), 0.0)
+    return max(float(full_sq_norm) - noise, 0.0), noise
+
+
 def signal_noise_from_prefix(prefix_sq_norms: Sequence[float],
                              cum_shares: Sequence[float] | None = None) -> tuple[float, float]:
     """Running means after k = 1..K micro-batches of one optimizer step (single-device gradient accumulation).
@@ -189,6 +218,10 @@ class SNRLRController:
 
     ``observe(grad_stats)`` takes this step's raw (pre-clip, pre-Adam) gradient statistics, one of:
 
+    - ``{"micro_grad_sq_norms": [||g_j||^2], "micro_shares": [c_j], "mean_grad_sq_norm": ||G||^2}``: each
+      micro-batch's own gradient and share, G the step's (reduced) gradient -> :func:`signal_noise_from_micro_batches`;
+      what rlpost's learner passes, in one process and with DDP / DeepSpeed alike;
+
     - ``{"grad_sq_norms": [||g_k||^2 for k in 1..K], "mean_grad_sq_norm": ||g_bar||^2}``: K >= 2 independent
       equal-size estimates (data-parallel ranks' local gradients before all-reduce, or micro-batch
       gradients), g_bar their mean (after all-reduce) -> :func:`signal_noise_from_groups`;
@@ -209,15 +242,19 @@ class SNRLRController:
         self.noise: float | None = None
 
     def observe(self, grad_stats: dict) -> dict[str, float]:
-        if "grad_sq_norms" in grad_stats:
+        if "micro_grad_sq_norms" in grad_stats:
+            sig, noise = signal_noise_from_micro_batches(list(map(float, grad_stats["micro_grad_sq_norms"])),
+                                                         list(map(float, grad_stats["micro_shares"])),
+                                                         float(grad_stats["mean_grad_sq_norm"]))
+        elif "grad_sq_norms" in grad_stats:
             sig, noise = signal_noise_from_groups(list(map(float, grad_stats["grad_sq_norms"])),
                                                   float(grad_stats["mean_grad_sq_norm"]))
         elif "prefix_grad_sq_norms" in grad_stats:
             sig, noise = signal_noise_from_prefix(list(map(float, grad_stats["prefix_grad_sq_norms"])),
                                                   grad_stats.get("prefix_cum_shares"))
         else:
-            raise KeyError("oblr_snr.observe needs 'grad_sq_norms' + 'mean_grad_sq_norm' or "
-                           f"'prefix_grad_sq_norms', got {sorted(grad_stats)}")
+            raise KeyError("oblr_snr.observe needs 'micro_grad_sq_norms' + 'micro_shares' + 'mean_grad_sq_norm', "
+                           f"'grad_sq_norms' + 'mean_grad_sq_norm' or 'prefix_grad_sq_norms', got {sorted(grad_stats)}")
         b = self.params.beta
         self.signal = sig if self.signal is None else b * self.signal + (1 - b) * sig
         self.noise = noise if self.noise is None else b * self.noise + (1 - b) * noise

@@ -1,4 +1,4 @@
-"""The learner on several processes: plain DDP or DeepSpeed ZeRO-2/3 (``distributed:`` config section).
+"""The learner on several processes: plain DDP, DeepSpeed ZeRO-2/3 or torch FSDP2 (``distributed:`` config section).
 
 Launch one process per device with any torch launcher (they all set RANK / WORLD_SIZE / LOCAL_RANK /
 MASTER_ADDR / MASTER_PORT)::
@@ -38,13 +38,14 @@ return their input unchanged, so the single-process path is the unchanged code p
 Modules:
 
 - ``sharding``: :class:`Runtime` (process group, collectives, each rank's share of the rollouts, the learner
-  wrapped for DDP / ZeRO, ZeRO-3 gathers for generation and saving, ZeRO shard files) and :func:`setup`;
+  wrapped for DDP / ZeRO / FSDP2, ZeRO-3 / FSDP2 gathers for generation and saving, shard files) and :func:`setup`;
+- ``fsdp2``: the FSDP2 learner (``fully_shard`` per decoder layer, mixed precision, CPU offload, DCP checkpoints);
 - ``learner_ops``: what the learner calls (global counts, backward, step) and rlpost's DeepSpeed config;
 - ``weight_sync``: the learner's full weights pushed to a rollout engine;
 - ``deepspeed_internals``: the only code that relies on DeepSpeed's private attributes (version-checked);
 - ``process``: rank / world size and the collective device.
 
 Checkpoints are written by rlpost/checkpoint.py alone; the runtime hands it gathered state dicts and writes its
-ZeRO shards where it is told.
+ZeRO / FSDP2 shards where it is told.
 """
 from rlpost.distributed.sharding import NullTracker, Runtime, check_world_rules, setup  # noqa: F401

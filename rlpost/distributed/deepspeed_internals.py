@@ -1,7 +1,8 @@
 """The only place rlpost relies on DeepSpeed internals (private attributes and methods, not its public API).
 
-Checked against DeepSpeed 0.19.8 (torch 2.13, CPU / gloo); tests/distributed/test_deepspeed_internals.py runs both
-functions on a real two-rank ZeRO-3 engine. After a DeepSpeed upgrade, run that test first: what each function
+Checked against DeepSpeed 0.19.8 (torch 2.13, CPU / gloo): tests/distributed/test_deepspeed_internals.py runs
+``gathered_without_hooks`` on a real two-rank ZeRO-3 engine, tests/distributed/test_snr_controller.py runs
+``pre_clip_grad_norm`` under ZeRO-2 and ZeRO-3. After a DeepSpeed upgrade, run those tests first: what each function
 relies on is listed in its docstring, with the DeepSpeed file that defines it.
 """
 from __future__ import annotations
@@ -13,6 +14,22 @@ def is_zero3_partitioned(param) -> bool:
     """The parameter is managed by ZeRO-3 (DeepSpeed tags such parameters with a ``ds_id`` attribute in
     deepspeed/runtime/zero/partition_parameters.py; a plain or ZeRO-2 parameter has none)."""
     return hasattr(param, "ds_id")
+
+
+def pre_clip_grad_norm(deepspeed_engine) -> float:
+    """The global gradient norm of the current ``engine.step()`` (reduced over ranks, before clipping), read while
+    ZeRO is inside that step, between measuring the norm and updating the parameters (from a step pre-hook of the
+    wrapped torch optimizer). ``engine.get_global_grad_norm()`` only has it after the step.
+
+    Relies on (DeepSpeed 0.19.8): ``deepspeed_engine.optimizer._global_grad_norm``, set by
+    ``DeepSpeedZeroOptimizer.step`` (stage_1_and_2.py) and ``DeepSpeedZeroOptimizer_Stage3.step`` (stage3.py) to the
+    unscaled global norm before they call the torch optimizer's ``step()``.
+    """
+    norm = getattr(deepspeed_engine.optimizer, "_global_grad_norm", None)
+    if norm is None:
+        raise RuntimeError("DeepSpeed's ZeRO optimizer has no _global_grad_norm during its step (DeepSpeed upgraded? "
+                           "see rlpost/distributed/deepspeed_internals.py)")
+    return float(norm)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ class _Ops:
     def __init__(self, runtime):
         self.runtime = runtime
         self.world = runtime.world_size
+        self.loss_scale = float(self.world)  # backward() runs on loss * world: DDP and ZeRO average over ranks
         self.num_backward = 1
 
     def step_counts(self, tokens, rows: int, num_micro: int) -> tuple[float, int, int]:
@@ -40,6 +41,10 @@ class _Ops:
         t = comm_tensor([total_loss] + [float(metrics.get(k, 0.0)) for k in keys])
         torch_dist().all_reduce(t)
         return float(t[0]), {k: float(v) for k, v in zip(keys, t[1:])}
+
+    def gather_micro_stats(self, local: list) -> list:
+        """Every rank's per-micro-batch gradient statistics (read before the all-reduce), concatenated in rank order."""
+        return [item for part in self.runtime.all_gather_object(list(local)) for item in part]
 
 
 class DDPOps(_Ops):
@@ -75,14 +80,31 @@ class DeepSpeedOps(_Ops):
         self.engine, _, _, _ = deepspeed.initialize(model=learner.model, optimizer=learner.optimizer, config=config,
                                                     dist_init_required=False)
         self.train_model = self.engine
+        self._before_update = None
+        # ZeRO calls the torch optimizer's step() (once per parameter group) after it has reduced, measured and
+        # clipped the gradient: the first call of each engine.step() hands the pre-clip norm to before_update
+        learner.optimizer.register_step_pre_hook(self._pre_update)
 
     def backward(self, loss: torch.Tensor, index: int) -> None:
         self.engine.backward(loss * self.world, scale_wrt_gas=False)  # ZeRO averages over ranks
 
-    def step(self) -> torch.Tensor:
-        self.engine.step()
+    def step(self, before_update=None) -> torch.Tensor:
+        """engine.step(): clip, update, zero. ``before_update(pre_clip_norm)`` runs right before the parameters
+        change (the LR controller sets the learning rate there); a step that ZeRO skips (fp16 overflow) never
+        calls it."""
+        self._before_update = before_update
+        try:
+            self.engine.step()
+        finally:
+            self._before_update = None
         norm = self.engine.get_global_grad_norm()
         return torch.tensor(float(norm) if norm is not None else float("nan"))
+
+    def _pre_update(self, optimizer, args, kwargs) -> None:
+        callback, self._before_update = self._before_update, None
+        if callback is not None:
+            from rlpost.distributed.deepspeed_internals import pre_clip_grad_norm
+            callback(pre_clip_grad_norm(self.engine))
 
 
 def deepspeed_config(cfg, world: int) -> dict:

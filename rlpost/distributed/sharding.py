@@ -1,5 +1,5 @@
-"""Sharding: the process group, each rank's share of the rollouts, the learner wrapped for DDP / ZeRO, and the
-ZeRO-3 gathers that generation, weight sync and saving need. A disabled :class:`Runtime` (one process) returns
+"""Sharding: the process group, each rank's share of the rollouts, the learner wrapped for DDP / ZeRO / FSDP2, and
+the ZeRO-3 / FSDP2 gathers that generation, weight sync and saving need. A disabled :class:`Runtime` (one process) returns
 every input unchanged, so the single-process path is the unchanged code path."""
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class Runtime:
         self.world_size = world_size() if enabled else 1
         self.split = enabled and cfg.distributed.rollout == "split"
         self.zero_stage = cfg.distributed.zero_stage if self.backend == "deepspeed" else 0
-        self.ops = None          # learner ops (DDP / DeepSpeed), set by wrap_learner
+        self.ops = None          # learner ops (DDP / DeepSpeed / FSDP2), set by wrap_learner
         self.deepspeed_engine = None    # DeepSpeedEngine
 
     @property
@@ -51,6 +51,15 @@ class Runtime:
     @property
     def zero3(self) -> bool:
         return self.zero_stage == 3
+
+    @property
+    def fsdp2(self) -> bool:
+        return self.backend == "fsdp2"
+
+    @property
+    def gathers_parameters(self) -> bool:
+        """Parameters are sharded (ZeRO-3, FSDP2): reading full weights is collective on all ranks."""
+        return self.zero3 or self.fsdp2
 
     # ------------------------------------------------------------------ collectives
     def all_reduce_sum(self, x):
@@ -131,15 +140,20 @@ class Runtime:
 
     # ------------------------------------------------------------------ learner and engine
     def wrap_learner(self, learner) -> None:
-        """Wrap the learner's model for DDP / DeepSpeed (no-op in a single process)."""
+        """Wrap the learner's model for DDP / DeepSpeed, or shard it with FSDP2 (which also re-points the learner's
+        optimizer at the sharded parameters); a no-op in a single process."""
         if not self.enabled:
             return
-        if learner.lr_controller is not None and getattr(learner.lr_controller, "needs_grad_stats", False):
-            raise ConfigError("algo.lr_controller: controllers that read per-micro-batch gradient norms are not "
-                              "supported with distributed.backend (gradients are reduced across ranks)")
         from rlpost.distributed.learner_ops import DDPOps, DeepSpeedOps
         if self.backend == "ddp":
             self.ops = DDPOps(self, learner.model)
+        elif self.fsdp2:
+            if learner.lr_controller is not None and learner.lr_controller.needs_grad_stats:
+                raise ConfigError("algo.lr_controller: controllers that read per-micro-batch gradient norms are not "
+                                  "supported with distributed.backend=fsdp2 (the unsharded gradients exist only "
+                                  "inside FSDP2's backward); use distributed.backend=ddp or deepspeed")
+            from rlpost.distributed.fsdp2 import FSDP2Ops
+            self.ops = FSDP2Ops(self, learner)
         else:
             self.ops = DeepSpeedOps(self, learner)
             self.deepspeed_engine = self.ops.engine
@@ -152,9 +166,12 @@ class Runtime:
             return engine
         return RankEngine(engine, self)
 
-    # ------------------------------------------------------------------ ZeRO-3 gathers
+    # ------------------------------------------------------------------ ZeRO-3 / FSDP2 gathers
     def gather_context(self, params):
-        """ZeRO-3: ``params`` gathered for the body (collective on all ranks); otherwise a no-op."""
+        """ZeRO-3: ``params`` gathered for the body; FSDP2: the units owning them unsharded (inside, read the
+        modules' attributes, not ``params``). Collective on all ranks; otherwise a no-op."""
+        if self.fsdp2 and self.ops is not None:
+            return self.ops.gather_context(params)
         if not self.zero3:
             return contextlib.nullcontext()
         import deepspeed
@@ -162,7 +179,12 @@ class Runtime:
 
     @contextlib.contextmanager
     def full_parameters(self):
-        """ZeRO-3: all parameters gathered and DeepSpeed's fetch hooks removed (generation with the model)."""
+        """ZeRO-3: all parameters gathered and DeepSpeed's fetch hooks removed; FSDP2: every unit unsharded, no
+        resharding after forward (generation with the model, any number of forwards per rank)."""
+        if self.fsdp2 and self.ops is not None:
+            with self.ops.full_parameters():
+                yield
+            return
         if not self.zero3 or self.deepspeed_engine is None:
             yield
             return
@@ -171,8 +193,10 @@ class Runtime:
             yield
 
     def full_state_dict(self, model) -> dict | None:
-        """Full state dict (CPU) on rank 0 (None elsewhere), gathered parameter by parameter under ZeRO-3
-        (collective)."""
+        """Full state dict (CPU) on rank 0 (None elsewhere), gathered parameter by parameter under ZeRO-3 and
+        FSDP2 (collective)."""
+        if self.fsdp2 and self.ops is not None:
+            return self.ops.full_state_dict(model, self.is_main)
         out = {}
         for name, p in model.named_parameters():
             with self.gather_context([p]):
@@ -185,17 +209,30 @@ class Runtime:
                         out[f"{mod_name}.{name}" if mod_name else name] = b.detach().cpu().clone()
         return out if self.is_main else None
 
-    # ------------------------------------------------------------------ ZeRO shards (written by rlpost/checkpoint.py)
+    # ------------------------------------------------------------------ shards (written by rlpost/checkpoint.py)
     @property
     def shards_optimizer(self) -> bool:
-        """DeepSpeed holds the optimizer state (sharded): checkpoints keep it in ``deepspeed/``, not state.pt."""
-        return self.deepspeed_engine is not None
+        """DeepSpeed or FSDP2 holds the optimizer state (sharded): checkpoints keep it in the shard folder
+        (:attr:`shard_folder`), not in state.pt."""
+        return self.deepspeed_engine is not None or (self.fsdp2 and self.ops is not None)
+
+    @property
+    def shard_folder(self) -> str:
+        """The checkpoint sub-folder of the shards: ``deepspeed`` (DeepSpeed's own format) or ``fsdp`` (DCP)."""
+        return "fsdp" if self.fsdp2 else "deepspeed"
 
     def save_shards(self, path) -> None:
-        """This rank's DeepSpeed checkpoint (optimizer state, fp32 master weights) under ``path`` (every rank)."""
+        """This rank's shards under ``path`` (every rank): DeepSpeed's checkpoint (optimizer state, fp32 master
+        weights) or FSDP2's sharded model and optimizer state dicts (torch.distributed.checkpoint)."""
+        if self.fsdp2:
+            self.ops.save_shards(path)
+            return
         self.deepspeed_engine.save_checkpoint(str(path), tag="ds", client_state={}, save_latest=False)
 
     def load_shards(self, path) -> None:
+        if self.fsdp2:
+            self.ops.load_shards(path)
+            return
         self.deepspeed_engine.load_checkpoint(str(path), tag="ds", load_optimizer_states=True,
                                        load_lr_scheduler_states=False)
 
@@ -264,7 +301,7 @@ def setup(cfg) -> Runtime:
     if d.backend == "none":
         if launched > 1:
             raise ConfigError(f"launched with WORLD_SIZE={launched} but distributed.backend is none: set "
-                              "distributed.backend=ddp or deepspeed (or start a single process)")
+                              "distributed.backend=ddp, deepspeed or fsdp2 (or start a single process)")
         return Runtime(cfg, enabled=False)
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)

@@ -1,17 +1,26 @@
 """Weight sync: the learner's full weights, pushed to a rollout engine that holds its own copy (vllm, a
-``rlpost serve`` worker). Under ZeRO-3 the weights are gathered parameter by parameter (collective on all
-ranks); LoRA weights are merged on the fly (rlpost/models/lora.py)."""
+``rlpost serve`` worker). Under ZeRO-3 and FSDP2 the weights are gathered parameter by parameter (collective on
+all ranks, in the same order); LoRA weights are merged on the fly (rlpost/models/lora.py; under FSDP2 the unit that
+owns each adapted layer is unsharded while it merges)."""
 from __future__ import annotations
 
 from rlpost.distributed.sharding import SINGLE_PROCESS, Runtime
 
 
 def named_parameters_for_sync(model, runtime: Runtime | None = None):
-    """(HF name, tensor) for an engine: merged LoRA weights for peft models, gathered under ZeRO-3."""
+    """(HF name, tensor) for an engine: merged LoRA weights for peft models, gathered under ZeRO-3 / FSDP2."""
     from rlpost.models.lora import is_peft_model, merged_named_parameters
     rt = runtime or SINGLE_PROCESS
-    if is_peft_model(model):
+    if is_peft_model(model) and rt.fsdp2:  # weights outside adapted layers are read as sharded DTensors: all-gather
+        from rlpost.distributed.fsdp2 import full
+        for name, t in merged_named_parameters(model, gather=rt.gather_context):
+            yield name, full(t)
+    elif is_peft_model(model):
         yield from merged_named_parameters(model, gather=rt.gather_context if rt.zero3 else None)
+    elif rt.fsdp2:
+        from rlpost.distributed.fsdp2 import full
+        for name, p in model.named_parameters():
+            yield name, full(p.detach())
     elif rt.zero3:
         for name, p in model.named_parameters():
             with rt.gather_context([p]):

@@ -6,9 +6,11 @@ Two independent pieces:
   old-policy forward: ``method: {oblr: {}}`` declares ``Needs(sum_p_sq=True)`` (the trainer passes
   ``FixedLogprobs.sum_p_sq`` as ``AdvantageInput.sum_p_sq``). Weights ``length`` / ``uniform`` need no hooks.
 - ``algo.lr_controller: oblr_snr`` is built by the trainer and fed by the learner
-  (``{"prefix_grad_sq_norms": [...], "prefix_cum_shares": [...]}`` each optimizer step); it needs no method,
-  only >= 2 micro-batches per optimizer step and a single-process learner (``distributed.backend: none``). It logs ``oblr/snr``, ``oblr/snr_step``, ``oblr/signal``, ``oblr/noise``,
-  ``oblr/lr_scale`` and the learner logs the applied ``lr``.
+  (``{"micro_grad_sq_norms": [...], "micro_shares": [...], "mean_grad_sq_norm": ...}`` each optimizer step: every
+  micro-batch's own gradient norm, read before the all-reduce and gathered from all ranks, and the step's reduced
+  gradient norm; rlpost/algos/lr_controllers.py); it needs no method, only >= 2 micro-batches per optimizer step,
+  and works with every learner layout (one process, DDP, DeepSpeed ZeRO-2/3). It logs ``oblr/snr``,
+  ``oblr/snr_step``, ``oblr/signal``, ``oblr/noise``, ``oblr/lr_scale`` and the learner logs the applied ``lr``.
 """
 from __future__ import annotations
 
@@ -56,13 +58,12 @@ def validate(cfg) -> None:
                           "use algo.advantage.normalize_std: true to divide by the group reward std")
     if name_of(cfg.algo.lr_controller) == "oblr_snr":
         params_of(LR_CONTROLLERS, cfg.algo.lr_controller, "algo.lr_controller")
-        if cfg.distributed.backend != "none":
-            raise ConfigError(
-                f"algo.lr_controller oblr_snr with distributed.backend={cfg.distributed.backend}: the SNR is estimated "
-                "from the running-mean gradient after each micro-batch, which a single-process learner holds but "
-                "DDP / DeepSpeed reduce (and ZeRO partitions) across ranks; run the learner in one process "
-                "(distributed.backend=none, python -m rlpost.cli train ...) or drop the controller "
-                "(algo.lr_controller=null: the OBLR baseline alone works with every backend)")
+        if cfg.distributed.backend == "fsdp2":
+            raise ConfigError("algo.lr_controller oblr_snr with distributed.backend=fsdp2: the per-micro-batch gradient "
+                              "norms are read from the parameters' own gradients, which under FSDP2 exist only "
+                              "unsharded inside its backward; use distributed.backend=ddp or deepspeed (ZeRO-2/3)")
+        # counted as in one process: with several ranks each rank adds its own micro-batches, so a step has at least
+        # as many (the check is conservative there)
         r, o = cfg.rollout, cfg.optim
         full = micro_batches_per_step(cfg, r.prompts_per_step * r.num_generations)
         if full < 2:

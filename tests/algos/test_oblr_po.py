@@ -132,9 +132,10 @@ def test_prefix_estimator_unbiased_with_unequal_shares():
     assert abs(sum(n for _, n in equal) / trials - 20.0) > 4.0
 
 
-def test_learner_passes_share_weighted_running_means(random_tiny_model, char_tokenizer):
-    """Unequal micro-batches (3, 3, 2 rows of different lengths, token-mean): the first running mean is the first
-    micro-batch's own gradient, the last the whole mini-batch's, and the shares are its token shares."""
+def test_learner_passes_each_micro_batchs_own_gradient_and_share(random_tiny_model, char_tokenizer):
+    """Unequal micro-batches (3, 3, 2 rows of different lengths, token-mean): the learner passes each micro-batch's
+    own mean gradient norm (what a step over that micro-batch alone accumulates), its token share, and the whole
+    mini-batch's gradient norm before clipping."""
     import copy
     from tests.test_learner import make_batch
     from rlpost.algos.losses import ClipParams
@@ -158,13 +159,18 @@ def test_learner_passes_share_weighted_running_means(random_tiny_model, char_tok
         model = copy.deepcopy(random_tiny_model).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         settings = LearnerSettings("grpo", ClipParams(), "token-mean", max_completion_length=5, micro_batch_size=3,
-                                   max_grad_norm=0.0)
+                                   max_grad_norm=1e-3)   # clipping on: the statistics are taken before it
         learner = Learner(model, opt, build_scheduler(opt, OptimConfig(), 1), settings, lr_controller=recorder)
         sub = batch.select(rows)
         captured = {}
-        opt.step = lambda *a, **k: captured.update(sq=sum(float((p.grad ** 2).sum()) for p in model.parameters()
-                                                          if p.grad is not None))
-        learner.update(sub, adv[rows], learner.prepare(sub))
+        clip = torch.nn.utils.clip_grad_norm_
+        torch.nn.utils.clip_grad_norm_ = lambda params, *a, **k: (
+            captured.update(sq=sum(float((p.grad ** 2).sum()) for p in model.parameters() if p.grad is not None))
+            or clip(model.parameters(), *a, **k))
+        try:
+            learner.update(sub, adv[rows], learner.prepare(sub))
+        finally:
+            torch.nn.utils.clip_grad_norm_ = clip
         return captured["sq"], learner
 
     rec = Recorder()
@@ -172,11 +178,11 @@ def test_learner_passes_share_weighted_running_means(random_tiny_model, char_tok
     parts = micro_batches(batch, learner._micro_batch_order(batch, torch.arange(len(batch))), learner.settings)
     tokens = [float(batch.response_mask[p].sum()) for p in parts]
     assert len(parts) == 3 and len(set(tokens)) > 1                                 # unequal shares
-    shares = [t / sum(tokens) for t in tokens]
-    assert rec.stats["prefix_cum_shares"] == pytest.approx([shares[0], shares[0] + shares[1], 1.0])
-    first_sq, _ = grad_sq_norm(parts[0])                                              # micro-batch 1 on its own
-    assert rec.stats["prefix_grad_sq_norms"][0] == pytest.approx(first_sq, rel=1e-4)
-    assert rec.stats["prefix_grad_sq_norms"][-1] == pytest.approx(full_sq, rel=1e-4)
+    assert rec.stats["micro_shares"] == pytest.approx([t / sum(tokens) for t in tokens])
+    own = [grad_sq_norm(p)[0] for p in parts]                                          # each micro-batch on its own
+    assert rec.stats["micro_grad_sq_norms"] == pytest.approx(own, rel=1e-4)
+    assert rec.stats["mean_grad_sq_norm"] == pytest.approx(full_sq, rel=1e-4)
+    assert full_sq > 1e-6                                                              # clipping had work to do
 
 
 def test_estimators_unbiased_on_synthetic_gradients():

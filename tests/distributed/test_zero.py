@@ -18,18 +18,13 @@ step's log-probs. Measured on this machine: |loss diff| <= 7e-9, grad-norm rel. 
 Samples stay identical as long as no sampled token flips, which needs a sampling draw within ~1e-6 of a CDF
 boundary: unlikely over 3 steps (~1400 tokens), and checked (rewards / tokens equal).
 """
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+from tests.distributed.multirank import train_run
+
 COMMON = ["trainer.max_steps=3", "trainer.eval_steps=0", "data.num_eval=16", "trainer.progress_bar=false",
           "trainer.report_to=[]", "algo.loss_agg=token-mean", "optim.micro_batch_size=24"]
 LOSS_ATOL, GRAD_RTOL = 1e-5, 1e-4
@@ -40,25 +35,8 @@ BACKENDS = {"ddp": ["distributed.backend=ddp"],
             "ddp_token_budget": ["distributed.backend=ddp", "optim.max_tokens_per_micro_batch=150"]}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-
-
 def train(out: Path, *overrides, nproc: int = 1) -> list[dict]:
-    launcher = ([TORCHRUN, "--nproc_per_node", str(nproc), "--master_port", str(_port())] if nproc > 1
-                else [sys.executable])
-    cmd = [*launcher, "-m", "rlpost.cli", "train", "configs/tiny/arith_grpo.yaml", f"trainer.output_dir={out}",
-           *COMMON, *overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return train_run("configs/tiny/arith_grpo.yaml", out, [*COMMON, *overrides], nproc=nproc)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Run by tests/distributed/test_deepspeed_internals.py under torchrun (2 ranks, gloo on CPU): the private
 DeepSpeed calls of rlpost/distributed/deepspeed_internals.py on a real ZeRO-3 engine built with rlpost's own
-DeepSpeed config. Each check is an assert; the last line is ``rank <r> ok``."""
+DeepSpeed config. Each check is an assert; at the end each rank writes its result file (rank-<r>.json,
+tests/distributed/multirank.py)."""
 import copy
 import datetime
 
@@ -12,6 +13,7 @@ from rlpost.distributed.deepspeed_internals import gathered_without_hooks, is_ze
 from rlpost.distributed.learner_ops import deepspeed_config
 from rlpost.models.tiny import TinySpec, build_model
 from rlpost.models.tokenizer import build_char_tokenizer
+from tests.distributed.multirank import write_rank_result
 
 # a collective that one rank never joins (hooks left in place) fails after a minute instead of hanging
 deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False,
@@ -42,8 +44,10 @@ with torch.no_grad():
 with gathered_without_hooks(engine), torch.no_grad():
     assert all(p.data.shape == p.ds_shape for p in params)
     assert offload.forward_hooks == [] and offload.backward_hooks == []
+    hook_free_forwards = 0
     for _ in range(1 + 2 * rank):  # rank 1 runs three forwards, rank 0 one: no collective in any of them
         assert torch.equal(engine.module(ids).logits, reference)
+        hook_free_forwards += 1
     out = engine.module.generate(ids, max_new_tokens=3 + rank, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] == ids.shape[1] + 3 + rank or out[0, -1] == tok.eos_token_id
 
@@ -56,4 +60,4 @@ engine.step()
 with torch.no_grad():
     assert not torch.equal(engine.module(ids).logits, reference)  # the step changed the (gathered) weights
 engine.destroy()
-print(f"rank {rank} ok", flush=True)
+write_rank_result({"rank": rank, "ok": True, "hook_free_forwards": hook_free_forwards})
