@@ -19,18 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted(p for d in ("configs", "recipes") for p in (ROOT / d).rglob("*.y*ml"))
 
 
-# A recipe that runs a feature still being built on another branch: it fails only with that feature's refusal, and
-# passes as soon as the feature is merged (xfail is not strict about that case).
-PENDING = {"recipes/oblr_po/qwen3-8b-base.yaml": (
-    "oblr_snr with distributed.backend", "the SNR controller with DeepSpeed needs the distributed estimator")}
-
-
-def _pending(path: Path, error: str) -> None:
-    rel = path.relative_to(ROOT).as_posix()
-    if rel in PENDING and PENDING[rel][0] in error:
-        pytest.xfail(f"{rel}: {PENDING[rel][1]}")
-
-
 def _load(path: Path):
     raw = yaml.safe_load(path.read_text()) or {}
     if "sft" in raw or "dpo" in raw:
@@ -56,11 +44,7 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("path", YAMLS, ids=[p.relative_to(ROOT).as_posix() for p in YAMLS])
 def test_config_loads(path):
-    try:
-        _load(path)
-    except ConfigError as err:
-        _pending(path, str(err))
-        raise
+    _load(path)
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=[p.relative_to(ROOT).as_posix() for p in YAMLS])
@@ -70,8 +54,6 @@ def test_rlpost_validate_accepts_every_shipped_config(path, capsys):
     from rlpost.cli import main
     code = main(["validate", str(path), "-q"])
     err = capsys.readouterr().err
-    if code != 0:
-        _pending(path, err)
     assert code == 0, err
 
 
