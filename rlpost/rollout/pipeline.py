@@ -136,10 +136,7 @@ class RolloutPipeline:
         if self.k == 0:
             self._push_live()
             return
-        if self.generates:
-            self.weights[version] = snapshot(self.model, self.dist)
-        elif self.dist.zero3:
-            snapshot(self.model, self.dist)      # (the gathers are collective: every rank takes part)
+        self.weights[version] = self._snapshot()
         for j in (state or {}).get("jobs", []):
             self._restore(j, version)
         if state is not None and state.get("sampler") is not None:
@@ -174,10 +171,7 @@ class RolloutPipeline:
         if self.k == 0:
             self._push_live()
             return
-        if self.generates:
-            self.weights[version] = snapshot(self.model, self.dist)
-        elif self.dist.zero3:
-            snapshot(self.model, self.dist)
+        self.weights[version] = self._snapshot()
         self._queue(version + self.k)
 
     def batch(self, step: int) -> tuple[list, dict]:
@@ -208,7 +202,7 @@ class RolloutPipeline:
                 self._push_live()
             with self._learner_weights(self.eval_engine):
                 return run(self.eval_workflow, self.eval_engine)
-        weights = snapshot(self.model, self.dist) if self.generates or self.dist.zero3 else None  # (collective)
+        weights = self._snapshot()
         if not self.generates:        # driver layout: rank 0's thread evaluates; the others take its numbers
             return self.dist.broadcast_object(None)
 
@@ -376,6 +370,16 @@ class RolloutPipeline:
             from rlpost.distributed.weight_sync import sync_engine
             sync_engine(self.engine, self.model, self.dist)
         self.engine_version = self.version
+
+    def _snapshot(self) -> list | None:
+        """The learner's current weights for this rank's generator (None on a rank that does not generate, which
+        still takes part in the gathers of sharded parameters: they are collective)."""
+        if self.generates:
+            return snapshot(self.model, self.dist)
+        if self.dist.gathers_parameters:
+            for _ in snapshot(self.model, self.dist):
+                pass
+        return None
 
     def _learner_weights(self, engine):
         """An engine that generates with the learner's own model: under ZeRO-3 its parameters gathered (and the
