@@ -571,7 +571,9 @@ def check_memory(ctx: Context) -> list[Check]:
                 prompt_tokens = len(ctx.tokenizer(text, add_special_tokens=False)["input_ids"])
             except Exception:
                 prompt_tokens = 0
-        seq = r.max_model_len or prompt_tokens + r.max_completion_length
+        workflow = ctx.resolved["rollout"]["workflow"]
+        episode = (workflow.get("max_total_tokens") or workflow.get("max_context")) if isinstance(workflow, dict) else None
+        seq = episode or r.max_model_len or prompt_tokens + r.max_completion_length   # a multi-call episode's cap first
         micro = (max(1, o.max_tokens_per_micro_batch // seq) if o.max_tokens_per_micro_batch else o.micro_batch_size)
         vllm = r.gpu_memory_utilization * total if r.engine == "vllm" else 0.0
         est = estimate_memory(ctx.n_params, hidden, layers, vocab, dtype=cfg.model.dtype, trainable=ctx.lora_params,
