@@ -82,13 +82,15 @@ def first_rows(source: str, split: str, n: int = 3) -> list[dict]:
     from rlpost.data import DataError, load_rows, read_jsonl_rows
     path = Path(source)
     if path.is_file() and path.suffix.lower() == ".jsonl":
-        rows = []
         with open(path) as f:
             lines = [line for line in itertools.islice(f, 50 * n) if line.strip()][:n]
-        tmp = [json.loads(line) if line.strip().startswith("{") else None for line in lines]
-        if all(isinstance(r, dict) for r in tmp) and tmp:
-            return tmp
-        return read_jsonl_rows(path)[:n]   # the file's own error, naming the line
+        try:
+            rows = [json.loads(line) for line in lines]
+            if rows and all(isinstance(r, dict) for r in rows):
+                return rows
+        except json.JSONDecodeError:
+            pass
+        return read_jsonl_rows(path)[:n]   # raises the reader's own error, naming the line
     if path.is_file() and path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
         batch = next(pq.ParquetFile(path).iter_batches(batch_size=n))
