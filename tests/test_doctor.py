@@ -56,6 +56,20 @@ def test_reward_columns_and_imports():
     assert imports_of(REWARDS.get("format")) == set()                                             # stdlib only
 
 
+def test_first_rows_reads_only_the_head(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rlpost.commands.doctor import first_rows
+    from rlpost.data import DataError
+    pq.write_table(pa.table({"prompt": [f"q{i}" for i in range(10)], "answer": list(range(10))}), tmp_path / "d.parquet")
+    assert first_rows(str(tmp_path / "d.parquet"), "train") == [{"prompt": f"q{i}", "answer": i} for i in range(3)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a"}\n{"prompt": \n')
+    with pytest.raises(DataError, match="bad.jsonl, line 2: not valid JSON"):
+        first_rows(str(bad), "train")
+
+
 def needs_a_missing_package(prompts, completions, **kwargs):
     import rlpost_no_such_package  # noqa: F401  (the doctor finds this import without running it)
     return [0.0] * len(completions)

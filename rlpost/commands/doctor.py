@@ -82,13 +82,15 @@ def first_rows(source: str, split: str, n: int = 3) -> list[dict]:
     from rlpost.data import DataError, load_rows, read_jsonl_rows
     path = Path(source)
     if path.is_file() and path.suffix.lower() == ".jsonl":
-        rows = []
         with open(path) as f:
             lines = [line for line in itertools.islice(f, 50 * n) if line.strip()][:n]
-        tmp = [json.loads(line) if line.strip().startswith("{") else None for line in lines]
-        if all(isinstance(r, dict) for r in tmp) and tmp:
-            return tmp
-        return read_jsonl_rows(path)[:n]   # the file's own error, naming the line
+        try:
+            rows = [json.loads(line) for line in lines]
+            if rows and all(isinstance(r, dict) for r in rows):
+                return rows
+        except json.JSONDecodeError:
+            pass
+        return read_jsonl_rows(path)[:n]   # raises the reader's own error, naming the line
     if path.is_file() and path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
         batch = next(pq.ParquetFile(path).iter_batches(batch_size=n))
@@ -571,7 +573,9 @@ def check_memory(ctx: Context) -> list[Check]:
                 prompt_tokens = len(ctx.tokenizer(text, add_special_tokens=False)["input_ids"])
             except Exception:
                 prompt_tokens = 0
-        seq = r.max_model_len or prompt_tokens + r.max_completion_length
+        workflow = ctx.resolved["rollout"]["workflow"]
+        episode = (workflow.get("max_total_tokens") or workflow.get("max_context")) if isinstance(workflow, dict) else None
+        seq = episode or r.max_model_len or prompt_tokens + r.max_completion_length   # a multi-call episode's cap first
         micro = (max(1, o.max_tokens_per_micro_batch // seq) if o.max_tokens_per_micro_batch else o.micro_batch_size)
         vllm = r.gpu_memory_utilization * total if r.engine == "vllm" else 0.0
         est = estimate_memory(ctx.n_params, hidden, layers, vocab, dtype=cfg.model.dtype, trainable=ctx.lora_params,

@@ -10,4 +10,4 @@ from rlpost.registry import Registry
 REWARDS = Registry("reward function")
 
 from rlpost.rewards import builtin, code_exec, dialog, reward_model, workflow_rewards  # noqa: E402,F401  (registration)
-from rlpost.rewards.manager import RewardError, RewardManager  # noqa: E402,F401
+from rlpost.rewards.manager import RewardError, RewardManager, in_caller_thread  # noqa: E402,F401

@@ -83,6 +83,22 @@ def test_early_exit_and_forged_output_gain_nothing(reward):
     assert reward(["", ""], [exits, forges], tests=[ADD_TESTS] * 2) == [0.0, 0.0]
 
 
+def test_no_network_inside_the_program(reward):
+    """A test that needs a connection to this machine fails: the sandbox refuses sockets (and, where the kernel
+    allows, gives the run an empty network namespace)."""
+    import socket
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    try:
+        fetch = fenced(f"import socket\ndef fetch():\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+                       "    return 'ok'")
+        assert reward([""], [fetch], tests=[["assert fetch() == 'ok'", "assert 1 + 1 == 2"]]) == [0.5]
+    finally:
+        server.close()
+
+
 def test_stdin_stdout_tests(reward):
     tests = [{"input": "1 2\n", "output": "3\n"}, {"input": "5 7\n", "output": "12"}, {"input": "-4 4\n", "output": "0\n"}]
     via_input = fenced("a, b = map(int, input().split())\nprint(a + b)")

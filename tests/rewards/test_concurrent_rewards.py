@@ -65,13 +65,13 @@ def test_plain_async_and_caller_thread_functions_overlap_and_keep_config_order()
 
     def slow_plain(prompts, completions, **kwargs):
         stamps["plain"] = [time.monotonic()]
-        time.sleep(0.4)
+        time.sleep(1.0)
         stamps["plain"].append(time.monotonic())
         return [1.0] * len(completions)
 
     async def async_judge(prompts, completions, **kwargs):
         stamps["async"] = [time.monotonic()]
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(1.0)
         stamps["async"].append(time.monotonic())
         return [2.0] * len(completions)
 
@@ -79,7 +79,7 @@ def test_plain_async_and_caller_thread_functions_overlap_and_keep_config_order()
     def main_only(prompts, completions, **kwargs):
         threads["main_only"] = threading.current_thread()
         stamps["main"] = [time.monotonic()]
-        time.sleep(0.4)
+        time.sleep(1.0)
         stamps["main"].append(time.monotonic())
         return [4.0] * len(completions)
 
