@@ -168,7 +168,7 @@ def test_call_timeout_s_is_checked_and_kept_out_of_the_function():
     from rlpost.config import load_config
     cfg = load_config(None, ['rewards=[{name: remote_reward_model, kwargs: {url: "http://127.0.0.1:9/score", '
                              'call_timeout_s: 45}}]'])
-    from rlpost.resolve import resolve_train
+    from rlpost.resolve import load_checked, resolve_train
     assert resolve_train(cfg)["rewards"][0]["kwargs"]["call_timeout_s"] == 45.0
     with pytest.raises(ConfigError, match="rewards.0.kwargs.call_timeout_s"):
-        load_config(None, ["rewards=[{name: format, kwargs: {call_timeout_s: 0}}]"])
+        load_checked(None, ["rewards=[{name: format, kwargs: {call_timeout_s: 0}}]"])
