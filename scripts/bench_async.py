@@ -12,7 +12,8 @@ really overlap. Two settings:
   completions; its held-out accuracy stays ~0 (the setting measures time, not learning).
 
 Per run: the step time is the median of ``step_time`` over the steps after the first (the first waits for the
-initial batches); per mode: the mean over seeds, "speedup 1.xx" against async_level 0, and the final held-out
+initial batches), with the medians of the learner's wait for rollouts, its update and the batch's generation
+(``async/generate_time``: on the generation thread, overlapping the update); per mode: the mean over seeds, "speedup 1.xx" against async_level 0, and the final held-out
 accuracy (greedy) as mean [min, max] over seeds. Figures taken on a machine shared with other jobs are noisy.
 """
 from __future__ import annotations
@@ -95,21 +96,28 @@ def summarize(rows: list[dict]) -> dict:
     """Median step time after the first step, the time the learner waited for rollouts, the final accuracy."""
     steps = [r for r in rows if r.get("step", 0) >= 2 and "step_time" in r]
     waits = [r.get("timing/generate_wait", r.get("timing/generate", 0.0)) for r in steps]
+    gen = [r.get("async/generate_time", r.get("timing/generate", 0.0)) for r in steps]   # the batch's generation
     return {"step_time": statistics.median(r["step_time"] for r in steps), "wait": statistics.median(waits),
+            "update": statistics.median(r.get("timing/update", 0.0) for r in steps),
+            "generate": statistics.median(gen),
             "accuracy": [r for r in rows if "eval/accuracy" in r][-1]["eval/accuracy"]}
 
 
 def report(results: dict) -> None:
     """One line per (setting, level): step time, learner wait, speedup vs level 0, accuracy mean [min, max]."""
-    print(f"\n{'setting':8} {'level':>5} {'step s':>8} {'wait s':>8}  {'speedup':14} held-out accuracy")
+    print(f"\n{'setting':8} {'level':>5} {'step s':>8} {'wait s':>8} {'update s':>8} {'gen s':>8}  {'speedup':14} "
+          "held-out accuracy")
     for setting, by_level in results.items():
         base = statistics.mean(s["step_time"] for s in by_level.get(0, [])) if 0 in by_level else None
         for level, runs in sorted(by_level.items()):
             step = statistics.mean(s["step_time"] for s in runs)
             wait = statistics.mean(s["wait"] for s in runs)
+            update = statistics.mean(s["update"] for s in runs)
+            gen = statistics.mean(s["generate"] for s in runs)
             acc = [s["accuracy"] for s in runs]
             speed = f"speedup {base / step:.2f}" if base else "speedup -"
-            print(f"{setting:8} {level:>5} {step:8.3f} {wait:8.3f}  {speed:14} {statistics.mean(acc):.3f} "
+            print(f"{setting:8} {level:>5} {step:8.3f} {wait:8.3f} {update:8.3f} {gen:8.3f}  {speed:14} "
+                  f"{statistics.mean(acc):.3f} "
                   f"[{min(acc):.3f}, {max(acc):.3f}] (n={len(acc)})")
 
 
@@ -138,7 +146,8 @@ def main(argv=None) -> int:
                     s = summarize(rows)
                     results.setdefault(setting, {}).setdefault(level, []).append(s)
                     print(f"{setting} async_level={level} seed={seed}: step {s['step_time']:.3f} s, wait "
-                          f"{s['wait']:.3f} s, accuracy {s['accuracy']:.3f}", flush=True)
+                          f"{s['wait']:.3f} s, update {s['update']:.3f} s, generate {s['generate']:.3f} s, "
+                          f"accuracy {s['accuracy']:.3f}", flush=True)
         finally:
             stop_worker(url, proc)
     report(results)
