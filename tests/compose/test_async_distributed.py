@@ -50,10 +50,11 @@ def rank0_groups(completions) -> dict[int, collections.Counter]:
 
 
 @pytest.mark.parametrize("backend", [["distributed.backend=ddp"],
-                                     ["distributed.backend=deepspeed", "distributed.zero_stage=3"]],
-                         ids=["ddp", "zero3"])
+                                     ["distributed.backend=deepspeed", "distributed.zero_stage=3"],
+                                     ["distributed.backend=fsdp2"]],
+                         ids=["ddp", "zero3", "fsdp2"])
 def test_async_on_two_ranks_matches_the_schedule_and_keeps_whole_groups(tmp_path, backend):
-    """One step off on DDP and on ZeRO-3: rank 0 trains its 2 of the 4 groups, whole; step 1 is on-policy
+    """One step off on DDP, ZeRO-3 and FSDP2: rank 0 trains its 2 of the 4 groups, whole; step 1 is on-policy
     (version 0 on the generator: sampler and learner log-probs agree), later steps one version old."""
     metrics, completions = train(tmp_path / "run", "configs/tiny/arith_grpo.yaml", *backend,
                                  "rollout.async_level=1", "trainer.max_steps=3")
@@ -79,11 +80,13 @@ def test_async_ddp_resumes_exactly(tmp_path):
             assert by_step[row["step"]][key] == row[key], (row["step"], key)
 
 
-def test_hapo_dynamic_sampling_on_zero3(tmp_path):
-    """HAPO's config (dynamic sampling) on ZeRO-3: ranks refill different numbers of groups in lockstep rounds,
-    while the pipeline holds the gathered parameters for the whole batch."""
-    metrics, completions = train(tmp_path / "run", "configs/tiny/arith_hapo.yaml", "distributed.backend=deepspeed",
-                                 "distributed.zero_stage=3", "trainer.max_steps=2", "rollout.num_generations=8")
+@pytest.mark.parametrize("backend", [["distributed.backend=deepspeed", "distributed.zero_stage=3"],
+                                     ["distributed.backend=fsdp2"]], ids=["zero3", "fsdp2"])
+def test_hapo_dynamic_sampling_on_sharded_parameters(tmp_path, backend):
+    """HAPO's config (dynamic sampling) on ZeRO-3 and FSDP2: ranks refill different numbers of groups in lockstep
+    rounds, while the pipeline holds the gathered parameters for the whole batch."""
+    metrics, completions = train(tmp_path / "run", "configs/tiny/arith_hapo.yaml", *backend, "trainer.max_steps=2",
+                                 "rollout.num_generations=8")
     steps = [r for r in metrics if r["step"] > 0]
     assert all(r["dynamic_sampling/rounds"] >= 1 and 0 < r["dynamic_sampling/kept_groups"] <= 4 for r in steps)
     for step, groups in rank0_groups(completions).items():

@@ -99,15 +99,21 @@ def test_validate_accepts_fsdp2_and_its_options():
 ])
 def test_fsdp2_refusals_name_the_reason(overrides, message):
     import re
-    from rlpost.config import ConfigError, load_config
+    from rlpost.config import ConfigError
+    from rlpost.resolve import load_checked
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config("configs/tiny/arith_grpo.yaml", [*FSDP2, *overrides])
+        load_checked("configs/tiny/arith_grpo.yaml", [*FSDP2, *overrides])
 
 
 def test_fsdp2_world_rules():
     from rlpost.config import ConfigError, load_config
-    with pytest.raises(ConfigError, match="not ZeRO-3 or FSDP2"):   # load_config runs the world-size rules too
-        load_config("configs/tiny/arith_grpo.yaml", [*FSDP2, "algo.dynamic_sampling=true"])
+    from rlpost.resolve import load_resolved
+    # dynamic sampling composes: the rollout pipeline holds the unsharded parameters for a whole batch, so ranks may
+    # run different numbers of refill rounds (tests/compose/test_async_distributed.py runs it)
+    load_resolved("configs/tiny/arith_grpo.yaml", [*FSDP2, "algo.dynamic_sampling=true"], world_size=2)
+    with pytest.raises(ConfigError, match="needs distributed.rollout=split"):
+        load_resolved("configs/tiny/arith_grpo.yaml", [*FSDP2, "algo.dynamic_sampling=true",
+                                                       "distributed.rollout=replicate"], world_size=2)
     with pytest.raises(ConfigError, match="is an FSDP2 option"):
         load_config("configs/tiny/arith_grpo.yaml", ["distributed.backend=ddp", "distributed.mixed_precision=bfloat16"])
 

@@ -92,8 +92,9 @@ def test_world_size_rules():
     with pytest.raises(ConfigError, match="must divide by the number of learner ranks"):
         _check(cfg, SimpleNamespace(world_size=2, zero3=False, split=True, is_main=True))
     cfg = load_config("configs/tiny/arith_grpo.yaml", ["algo.dynamic_sampling=true"])
-    with pytest.raises(ConfigError, match="dynamic_sampling"):
-        _check(cfg, SimpleNamespace(world_size=2, zero3=True, split=True, is_main=True))
+    with pytest.raises(ConfigError, match="dynamic_sampling with several learner ranks needs distributed.rollout=split"):
+        _check(cfg, SimpleNamespace(world_size=2, zero3=False, split=False, is_main=True))
+    _check(cfg, SimpleNamespace(world_size=2, zero3=True, split=True, is_main=True))   # ZeRO-3 refills per rank
     with pytest.raises(ConfigError, match="distributed.backend must be"):
         load_config(None, ["distributed.backend=fsdp"])
     with pytest.raises(ConfigError, match="offload_param needs"):
