@@ -139,13 +139,17 @@ def test_logits_processor_hook(engine, tok, model):
 
 def test_hapo_temperature_processor_runs(engine, tok):
     from rlpost.algos.hapo import HAPOTemperature, HAPOTemperatureParams
-    proc = HAPOTemperature(HAPOTemperatureParams(temperature_tau=0.1),
-                           state={"q": 0.0, "sigma": 1.0, "h_pos_max": 2.0, "h_neg_min": -2.0})
-    samples = engine.generate(requests(tok), SamplingParams(n=2, temperature=1.0, max_tokens=6, seed=2,
-                                                            logits_processors=[proc]))
-    assert len(samples) == 6
-    metrics = proc.metrics()
-    assert metrics["hapo/temperature_min"] < 1.0 < metrics["hapo/temperature_max"]   # per-token temperatures
+    state = {"q": 0.0, "sigma": 1.0, "h_pos_max": 2.0, "h_neg_min": -2.0}
+    for mode in ("signed", "released_code"):
+        proc = HAPOTemperature(HAPOTemperatureParams(temperature_tau=0.1, h_sign_mode=mode), state=dict(state))
+        samples = engine.generate(requests(tok), SamplingParams(n=2, temperature=1.0, max_tokens=6, seed=2,
+                                                                logits_processors=[proc]))
+        assert len(samples) == 6
+        metrics = proc.metrics()
+        if mode == "signed":    # the prose reading: low-entropy tokens cool, high-entropy ones heat (per token)
+            assert metrics["hapo/temperature_min"] < 1.0 < metrics["hapo/temperature_max"]
+        else:                   # the released code: h~ >= 0, so no token is cooled, and some are heated
+            assert 1.0 <= metrics["hapo/temperature_min"] < metrics["hapo/temperature_max"]
 
 
 def test_repetition_penalty_and_min_p_match_the_hf_convention(engine, tok, model):
