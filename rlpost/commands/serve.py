@@ -11,7 +11,8 @@ EPILOG = """examples:
       'rollout.server_urls=[http://127.0.0.1:8001,http://127.0.0.1:8002]' rollout.server_token=s3cret
 
 The worker binds 127.0.0.1 unless --host says otherwise. With a token (--token or RLPOST_SERVE_TOKEN) every
-request must carry 'Authorization: Bearer <token>'; without it, it answers 401.
+request must carry 'Authorization: Bearer <token>'; without it, it answers 401. A --host beyond loopback
+without a token is refused (anyone reaching the port could replace the weights) unless --allow-unauthenticated.
 """
 
 
@@ -24,7 +25,8 @@ def cmd_serve(args) -> int:
                          enable_sleep_mode=args.enable_sleep_mode, seed=args.seed,
                          trust_remote_code=args.trust_remote_code)
     return serve(args.model, host=args.host, port=args.port, token=args.token or os.environ.get("RLPOST_SERVE_TOKEN"),
-                 log_file=args.log_file, engine_kwargs=engine_kwargs)
+                 log_file=args.log_file, engine_kwargs=engine_kwargs,
+                 allow_unauthenticated=args.allow_unauthenticated)
 
 
 def register(subparsers) -> None:
@@ -36,6 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=None, help="shared secret (default: $RLPOST_SERVE_TOKEN; none: no check)")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="serve a --host beyond loopback without a token (refused otherwise)")
     p.add_argument("--log-file", default=None, help="write all output here; GET /log_tail serves its last lines")
     p.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (match the learner)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.3,

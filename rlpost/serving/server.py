@@ -51,6 +51,18 @@ def tail_lines(path: str | None, lines: int = 50, max_bytes: int = 256 << 10) ->
     return text.splitlines()[-lines:]
 
 
+def check_bind(host: str, token: str | None, allow_unauthenticated: bool = False) -> None:
+    """Refuse to serve beyond loopback without a token: whoever reaches the port could replace the weights.
+
+    Raises PermissionError naming the flags (the CLI prints it as one line and exits 2)."""
+    if host in LOOPBACK or token or allow_unauthenticated:
+        return
+    raise PermissionError(
+        f"rlpost serve: refusing to bind --host {host} without a token: anyone who can reach the port could "
+        "generate and replace the weights. Set --token (or $RLPOST_SERVE_TOKEN), bind --host 127.0.0.1, or pass "
+        "--allow-unauthenticated to serve without a token anyway.")
+
+
 def _finite(values: list[float] | None) -> list[float | None] | None:
     return None if values is None else [v if math.isfinite(v) else None for v in values]
 
@@ -239,8 +251,11 @@ def redirect_output(log_file: str) -> None:
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          log_file: str | None = None, engine_kwargs: dict[str, Any] | None = None) -> int:
-    """Build the engine, serve until /shutdown (or SIGINT/SIGTERM), free the engine. Returns an exit code."""
+          log_file: str | None = None, engine_kwargs: dict[str, Any] | None = None,
+          allow_unauthenticated: bool = False) -> int:
+    """Build the engine, serve until /shutdown (or SIGINT/SIGTERM), free the engine. Returns an exit code.
+    A bind beyond loopback without a token is refused unless ``allow_unauthenticated`` (:func:`check_bind`)."""
+    check_bind(host, token, allow_unauthenticated)
     import uvicorn
 
     from rlpost.config import ModelConfig
@@ -252,8 +267,8 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, token: str |
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
     if host not in LOOPBACK and not token:
-        log.warning("serving on %s without a token: anyone who can reach this port can generate and replace "
-                    "the weights (set --token or RLPOST_SERVE_TOKEN)", host)
+        log.warning("serving on %s without a token (--allow-unauthenticated): anyone who can reach this port can "
+                    "generate and replace the weights", host)
     kwargs = dict(engine_kwargs or {})
     model_cfg = ModelConfig(name_or_path=model, trust_remote_code=kwargs.get("trust_remote_code", False))
     path = resolve_model_path(model_cfg)
