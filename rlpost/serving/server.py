@@ -18,6 +18,8 @@ Endpoints (JSON; with a token configured every request needs ``Authorization: Be
     POST /reset_prefix_cache
     POST /shutdown            stop serving, free the engine, exit
     GET  /log_tail?lines=N    the last N lines of this worker's log file
+    GET  /v1/models, POST /v1/completions, POST /v1/chat/completions
+                              OpenAI-compatible, with log-probs and token ids (rlpost/serving/openai_api.py)
 
 Every engine call runs on one dedicated thread (vLLM is not thread-safe, and on CPU it binds that thread's
 OpenMP pool to cores), so requests are served one at a time while /health and /log_tail stay responsive.
@@ -70,8 +72,12 @@ def _finite(values: list[float] | None) -> list[float | None] | None:
 class Worker:
     """The engine, the thread it lives on, the weight-broadcast group and the server settings."""
 
-    def __init__(self, engine_factory, *, model: str, token: str | None, log_file: str | None, host: str, port: int):
+    def __init__(self, engine_factory, *, model: str, token: str | None, log_file: str | None, host: str, port: int,
+                 tokenizer=None, served_model_name: str | None = None):
         self.model, self.token, self.log_file, self.host, self.port = model, token, log_file, host, port
+        self.tokenizer = tokenizer                                # for the OpenAI routes (text in, text out)
+        self.served_model_name = served_model_name or model      # the name /v1/models lists
+        self.started = int(time.time())
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlpost-engine")
         self.engine = self.pool.submit(engine_factory).result()   # built on the thread that will use it
         self.comm = None
@@ -177,6 +183,8 @@ def create_app(worker: "Worker"):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
+    from rlpost.serving.openai_api import add_openai_routes
+
     GenerateBody, UpdateWeightsBody = request_models()
 
     app = FastAPI(title="rlpost rollout worker", docs_url=None, redoc_url=None, openapi_url=None)
@@ -234,6 +242,7 @@ def create_app(worker: "Worker"):
             worker.server.should_exit = True
         return {"ok": True}
 
+    add_openai_routes(app, worker)
     return app
 
 
@@ -252,9 +261,10 @@ def redirect_output(log_file: str) -> None:
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           log_file: str | None = None, engine_kwargs: dict[str, Any] | None = None,
-          allow_unauthenticated: bool = False) -> int:
+          allow_unauthenticated: bool = False, served_model_name: str | None = None) -> int:
     """Build the engine, serve until /shutdown (or SIGINT/SIGTERM), free the engine. Returns an exit code.
-    A bind beyond loopback without a token is refused unless ``allow_unauthenticated`` (:func:`check_bind`)."""
+    A bind beyond loopback without a token is refused unless ``allow_unauthenticated`` (:func:`check_bind`).
+    ``served_model_name``: the model name of the OpenAI routes (default: ``model`` as given)."""
     check_bind(host, token, allow_unauthenticated)
     import uvicorn
 
@@ -275,7 +285,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, token: str |
     tokenizer = load_tokenizer(path, model_cfg)
     log.info("rlpost serve: building the vLLM engine for %s", path)
     worker = Worker(lambda: VLLMEngine(path, tokenizer, **kwargs), model=path, token=token, log_file=log_file,
-                    host=host, port=port)
+                    host=host, port=port, tokenizer=tokenizer, served_model_name=served_model_name or model)
     server = uvicorn.Server(uvicorn.Config(create_app(worker), host=host, port=port, log_level="info",
                                            access_log=False, timeout_graceful_shutdown=5))
     worker.server = server
