@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("rlpost.serve")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def tail_lines(path: str | None, lines: int = 50, max_bytes: int = 256 << 10) -> list[str]:
@@ -53,11 +52,20 @@ def tail_lines(path: str | None, lines: int = 50, max_bytes: int = 256 << 10) ->
     return text.splitlines()[-lines:]
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1); any other name or address reaches beyond."""
+    import ipaddress
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_bind(host: str, token: str | None, allow_unauthenticated: bool = False) -> None:
     """Refuse to serve beyond loopback without a token: whoever reaches the port could replace the weights.
 
     Raises PermissionError naming the flags (the CLI prints it as one line and exits 2)."""
-    if host in LOOPBACK or token or allow_unauthenticated:
+    if is_loopback(host) or token or allow_unauthenticated:
         return
     raise PermissionError(
         f"rlpost serve: refusing to bind --host {host} without a token: anyone who can reach the port could "
@@ -276,7 +284,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, token: str |
         redirect_output(log_file)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
-    if host not in LOOPBACK and not token:
+    if not is_loopback(host) and not token:
         log.warning("serving on %s without a token (--allow-unauthenticated): anyone who can reach this port can "
                     "generate and replace the weights", host)
     kwargs = dict(engine_kwargs or {})

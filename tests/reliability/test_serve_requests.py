@@ -124,9 +124,10 @@ def test_a_bind_beyond_loopback_without_a_token_is_refused(monkeypatch, capsys):
     assert main(["serve", "no-such-model-is-loaded", "--host", "0.0.0.0", "--port", "1"]) == 2
     err = capsys.readouterr().err
     assert "0.0.0.0" in err and "--token" in err and "--allow-unauthenticated" in err
-    with pytest.raises(PermissionError, match="--allow-unauthenticated"):
-        check_bind("10.1.2.3", None)
+    for host in ("10.1.2.3", "::", "example.org"):
+        with pytest.raises(PermissionError, match="--allow-unauthenticated"):
+            check_bind(host, None)
     check_bind("0.0.0.0", "s3cret")                              # a token: allowed
     check_bind("0.0.0.0", None, allow_unauthenticated=True)      # said so: allowed
-    for host in ("127.0.0.1", "localhost", "::1"):
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1"):
         check_bind(host, None)                                   # loopback: allowed
