@@ -51,7 +51,7 @@ def fake_server(tok):
     from rlpost.serving.server import Worker, create_app
     port = free_port()
     engine = CountingEngine(tok)
-    worker = Worker(lambda: engine, model="/models/tiny", token=TOKEN, log_file=None, host="127.0.0.1", port=port,
+    worker = Worker(lambda: engine, model="models/tiny", token=TOKEN, log_file=None, host="127.0.0.1", port=port,
                     tokenizer=tok, served_model_name="tiny")
     server = uvicorn.Server(uvicorn.Config(create_app(worker), host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
