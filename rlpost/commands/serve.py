@@ -11,7 +11,8 @@ EPILOG = """examples:
       'rollout.server_urls=[http://127.0.0.1:8001,http://127.0.0.1:8002]' rollout.server_token=s3cret
 
 The worker binds 127.0.0.1 unless --host says otherwise. With a token (--token or RLPOST_SERVE_TOKEN) every
-request must carry 'Authorization: Bearer <token>'; without it, it answers 401.
+request must carry 'Authorization: Bearer <token>'; without it, it answers 401. A --host beyond loopback
+without a token is refused (anyone reaching the port could replace the weights) unless --allow-unauthenticated.
 """
 
 
@@ -24,18 +25,24 @@ def cmd_serve(args) -> int:
                          enable_sleep_mode=args.enable_sleep_mode, seed=args.seed,
                          trust_remote_code=args.trust_remote_code)
     return serve(args.model, host=args.host, port=args.port, token=args.token or os.environ.get("RLPOST_SERVE_TOKEN"),
-                 log_file=args.log_file, engine_kwargs=engine_kwargs)
+                 log_file=args.log_file, engine_kwargs=engine_kwargs,
+                 allow_unauthenticated=args.allow_unauthenticated, served_model_name=args.served_model_name)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve one vLLM engine over HTTP as a rollout worker",
                               description="A rollout worker for rollout.engine=vllm_server: generate, update "
-                                          "weights, health, reset prefix cache, shutdown.",
+                                          "weights, health, reset prefix cache, shutdown; and OpenAI-compatible "
+                                          "/v1/models, /v1/completions, /v1/chat/completions.",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="HF hub id, local folder, or tiny:<arch>:<task>")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=None, help="shared secret (default: $RLPOST_SERVE_TOKEN; none: no check)")
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="serve a --host beyond loopback without a token (refused otherwise)")
+    p.add_argument("--served-model-name", default=None,
+                   help="the model name of the OpenAI routes /v1/... (default: MODEL as given)")
     p.add_argument("--log-file", default=None, help="write all output here; GET /log_tail serves its last lines")
     p.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (match the learner)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.3,

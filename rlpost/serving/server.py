@@ -18,6 +18,8 @@ Endpoints (JSON; with a token configured every request needs ``Authorization: Be
     POST /reset_prefix_cache
     POST /shutdown            stop serving, free the engine, exit
     GET  /log_tail?lines=N    the last N lines of this worker's log file
+    GET  /v1/models, POST /v1/completions, POST /v1/chat/completions
+                              OpenAI-compatible, with log-probs and token ids (rlpost/serving/openai_api.py)
 
 Every engine call runs on one dedicated thread (vLLM is not thread-safe, and on CPU it binds that thread's
 OpenMP pool to cores), so requests are served one at a time while /health and /log_tail stay responsive.
@@ -36,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("rlpost.serve")
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def tail_lines(path: str | None, lines: int = 50, max_bytes: int = 256 << 10) -> list[str]:
@@ -51,6 +52,27 @@ def tail_lines(path: str | None, lines: int = 50, max_bytes: int = 256 << 10) ->
     return text.splitlines()[-lines:]
 
 
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1); any other name or address reaches beyond."""
+    import ipaddress
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None, allow_unauthenticated: bool = False) -> None:
+    """Refuse to serve beyond loopback without a token: whoever reaches the port could replace the weights.
+
+    Raises PermissionError naming the flags (the CLI prints it as one line and exits 2)."""
+    if is_loopback(host) or token or allow_unauthenticated:
+        return
+    raise PermissionError(
+        f"rlpost serve: refusing to bind --host {host} without a token: anyone who can reach the port could "
+        "generate and replace the weights. Set --token (or $RLPOST_SERVE_TOKEN), bind --host 127.0.0.1, or pass "
+        "--allow-unauthenticated to serve without a token anyway.")
+
+
 def _finite(values: list[float] | None) -> list[float | None] | None:
     return None if values is None else [v if math.isfinite(v) else None for v in values]
 
@@ -58,8 +80,12 @@ def _finite(values: list[float] | None) -> list[float | None] | None:
 class Worker:
     """The engine, the thread it lives on, the weight-broadcast group and the server settings."""
 
-    def __init__(self, engine_factory, *, model: str, token: str | None, log_file: str | None, host: str, port: int):
+    def __init__(self, engine_factory, *, model: str, token: str | None, log_file: str | None, host: str, port: int,
+                 tokenizer=None, served_model_name: str | None = None):
         self.model, self.token, self.log_file, self.host, self.port = model, token, log_file, host, port
+        self.tokenizer = tokenizer                                # for the OpenAI routes (text in, text out)
+        self.served_model_name = served_model_name or model      # the name /v1/models lists
+        self.started = int(time.time())
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlpost-engine")
         self.engine = self.pool.submit(engine_factory).result()   # built on the thread that will use it
         self.comm = None
@@ -165,6 +191,8 @@ def create_app(worker: "Worker"):
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
+    from rlpost.serving.openai_api import add_openai_routes
+
     GenerateBody, UpdateWeightsBody = request_models()
 
     app = FastAPI(title="rlpost rollout worker", docs_url=None, redoc_url=None, openapi_url=None)
@@ -222,6 +250,7 @@ def create_app(worker: "Worker"):
             worker.server.should_exit = True
         return {"ok": True}
 
+    add_openai_routes(app, worker)
     return app
 
 
@@ -239,8 +268,12 @@ def redirect_output(log_file: str) -> None:
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          log_file: str | None = None, engine_kwargs: dict[str, Any] | None = None) -> int:
-    """Build the engine, serve until /shutdown (or SIGINT/SIGTERM), free the engine. Returns an exit code."""
+          log_file: str | None = None, engine_kwargs: dict[str, Any] | None = None,
+          allow_unauthenticated: bool = False, served_model_name: str | None = None) -> int:
+    """Build the engine, serve until /shutdown (or SIGINT/SIGTERM), free the engine. Returns an exit code.
+    A bind beyond loopback without a token is refused unless ``allow_unauthenticated`` (:func:`check_bind`).
+    ``served_model_name``: the model name of the OpenAI routes (default: ``model`` as given)."""
+    check_bind(host, token, allow_unauthenticated)
     import uvicorn
 
     from rlpost.config import ModelConfig
@@ -251,16 +284,16 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, token: str |
         redirect_output(log_file)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
-    if host not in LOOPBACK and not token:
-        log.warning("serving on %s without a token: anyone who can reach this port can generate and replace "
-                    "the weights (set --token or RLPOST_SERVE_TOKEN)", host)
+    if not is_loopback(host) and not token:
+        log.warning("serving on %s without a token (--allow-unauthenticated): anyone who can reach this port can "
+                    "generate and replace the weights", host)
     kwargs = dict(engine_kwargs or {})
     model_cfg = ModelConfig(name_or_path=model, trust_remote_code=kwargs.get("trust_remote_code", False))
     path = resolve_model_path(model_cfg)
     tokenizer = load_tokenizer(path, model_cfg)
     log.info("rlpost serve: building the vLLM engine for %s", path)
     worker = Worker(lambda: VLLMEngine(path, tokenizer, **kwargs), model=path, token=token, log_file=log_file,
-                    host=host, port=port)
+                    host=host, port=port, tokenizer=tokenizer, served_model_name=served_model_name or model)
     server = uvicorn.Server(uvicorn.Config(create_app(worker), host=host, port=port, log_level="info",
                                            access_log=False, timeout_graceful_shutdown=5))
     worker.server = server

@@ -114,3 +114,20 @@ def test_a_requests_own_seed_reaches_the_engine_of_whichever_worker_serves_it(se
         assert [s.completion_ids[0] for s in client.generate([GenRequest([1])] * 2, SamplingParams())] == [None, None]
     finally:
         client.close()
+
+
+def test_a_bind_beyond_loopback_without_a_token_is_refused(monkeypatch, capsys):
+    """`rlpost serve --host 0.0.0.0` without a token exits 2 before loading anything, naming the flags."""
+    from rlpost.cli import main
+    from rlpost.serving.server import check_bind
+    monkeypatch.delenv("RLPOST_SERVE_TOKEN", raising=False)
+    assert main(["serve", "no-such-model-is-loaded", "--host", "0.0.0.0", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "0.0.0.0" in err and "--token" in err and "--allow-unauthenticated" in err
+    for host in ("10.1.2.3", "::", "example.org"):
+        with pytest.raises(PermissionError, match="--allow-unauthenticated"):
+            check_bind(host, None)
+    check_bind("0.0.0.0", "s3cret")                              # a token: allowed
+    check_bind("0.0.0.0", None, allow_unauthenticated=True)      # said so: allowed
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1"):
+        check_bind(host, None)                                   # loopback: allowed
