@@ -692,10 +692,10 @@ def _validate_fsdp2(cfg: Config) -> None:
     if m.load_in_4bit:
         raise ConfigError("model.load_in_4bit (QLoRA) with distributed.backend=fsdp2: bitsandbytes' 4-bit weights "
                           "cannot be sharded as DTensors; use distributed.backend=ddp or deepspeed")
-    if o.logprob_chunk_size > 0 or o.padding_free:
-        raise ConfigError("optim.logprob_chunk_size / optim.padding_free with distributed.backend=fsdp2: the lean "
-                          "log-prob paths apply the LM head outside the model's forward, which FSDP2's gathers do "
-                          "not cover (not verified); use distributed.backend=deepspeed or ddp, or drop the option")
+    if o.logprob_chunk_size > 0:
+        raise ConfigError("optim.logprob_chunk_size with distributed.backend=fsdp2: the chunked LM head runs outside "
+                          "the model's forward (and is recomputed in backward), which FSDP2's gathers do not cover "
+                          "(not verified); use distributed.backend=deepspeed or ddp, or optim.logprob_chunk_size=0")
 
 
 def to_dict(cfg: Config) -> dict:
