@@ -47,6 +47,7 @@ WORLD_PAIRS = {
     "async x DDP": ["distributed.backend=ddp"],
     "async x ZeRO-2": ["distributed.backend=deepspeed", "distributed.zero_stage=2"],
     "async x ZeRO-3": ["distributed.backend=deepspeed", "distributed.zero_stage=3"],
+    "async x FSDP2": ["distributed.backend=fsdp2"],
     "async x ZeRO-3 x dynamic sampling (vllm_server driver)": [
         "distributed.backend=deepspeed", "distributed.zero_stage=3", "algo.dynamic_sampling=true",
         "rollout.engine=vllm_server", "rollout.server_urls=[http://127.0.0.1:9]"],
