@@ -622,7 +622,7 @@ def check_probe(ctx: Context, overrides: list[str], tolerance: float) -> list[Ch
     try:
         trainer = Trainer(load_config(ctx.path, list(overrides) + probe))
         trainer.setup()
-        trajectories, _ = trainer.generate()
+        trajectories, _ = trainer.pipeline.batch(0)     # the first step's scored batch, as training draws it
         batch = collate(trajectories, trainer.tokenizer.pad_token_id, False)
         learner_lp = batched_logprobs(trainer.model, batch, trainer.learner.settings, False)[0]
         mask = batch.response_mask.bool()
