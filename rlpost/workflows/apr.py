@@ -755,7 +755,7 @@ class AprWorkflow:
 
     Trainer hooks: :meth:`metrics` (``apr/...`` per step). The reward is per tree (``apr_countdown``
     in :data:`rlpost.rewards.REWARDS`); the trainer computes group statistics per tree and gives every
-    call the tree's advantage (see ``Trainer.compute_advantages``).
+    call the tree's advantage (see ``rlpost.advantage_step.AdvantageStep``).
     """
 
     def __init__(self, engine, tokenizer, max_depth: int = 1, max_threads: int = 10,
