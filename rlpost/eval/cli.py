@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlpost eval", description=EVAL_DESCRIPTION, epilog=eval_epilog(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_eval_args(parser)
-    from rlpost.cli import error_boundary
+    from rlpost.errors import error_boundary
     return error_boundary(run_eval)(parser.parse_args(argv))
 
 
