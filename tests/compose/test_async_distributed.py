@@ -50,11 +50,12 @@ def rank0_groups(completions) -> dict[int, collections.Counter]:
 
 
 @pytest.mark.parametrize("backend", [["distributed.backend=ddp"],
+                                     ["distributed.backend=deepspeed", "distributed.zero_stage=2"],
                                      ["distributed.backend=deepspeed", "distributed.zero_stage=3"],
                                      ["distributed.backend=fsdp2"]],
-                         ids=["ddp", "zero3", "fsdp2"])
+                         ids=["ddp", "zero2", "zero3", "fsdp2"])
 def test_async_on_two_ranks_matches_the_schedule_and_keeps_whole_groups(tmp_path, backend):
-    """One step off on DDP, ZeRO-3 and FSDP2: rank 0 trains its 2 of the 4 groups, whole; step 1 is on-policy
+    """One step off on DDP, ZeRO-2, ZeRO-3 and FSDP2: rank 0 trains its 2 of the 4 groups, whole; step 1 is on-policy
     (version 0 on the generator: sampler and learner log-probs agree), later steps one version old."""
     metrics, completions = train(tmp_path / "run", "configs/tiny/arith_grpo.yaml", *backend,
                                  "rollout.async_level=1", "trainer.max_steps=3")
