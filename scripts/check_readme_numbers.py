@@ -65,6 +65,7 @@ NOT_RESULTS = [
     ("recipes/apr/README.md", "6.1", "the paper's children per tree before RL (paper)"),
     ("recipes/apr/README.md", "8.2", "the paper's children per tree after RL (paper)"),
     ("recipes/apr/README.md", "4", "4-number Countdown (the paper's task)"),
+    ("recipes/a2fm/README.md", "0.75", "1 − (1/2)^2: the cost factor at p = 1/2, α = 2 (the formula)"),
     ("recipes/a2fm/README.md", "84.9", "the paper's NITR before RL (paper)"),
     ("recipes/a2fm/README.md", "77.1", "the paper's NITR after RL (paper)"),
     ("recipes/a2fm/README.md", "46.9", "the paper's accuracy before RL (paper)"),
