@@ -65,6 +65,7 @@ NOT_RESULTS = [
     ("recipes/apr/README.md", "6.1", "the paper's children per tree before RL (paper)"),
     ("recipes/apr/README.md", "8.2", "the paper's children per tree after RL (paper)"),
     ("recipes/apr/README.md", "4", "4-number Countdown (the paper's task)"),
+    ("recipes/a2fm/README.md", "0.75", "1 − (1/2)^2: the cost factor at p = 1/2, α = 2 (the formula)"),
     ("recipes/a2fm/README.md", "84.9", "the paper's NITR before RL (paper)"),
     ("recipes/a2fm/README.md", "77.1", "the paper's NITR after RL (paper)"),
     ("recipes/a2fm/README.md", "46.9", "the paper's accuracy before RL (paper)"),
@@ -190,13 +191,14 @@ def _gain_rl_values(runs) -> list[float]:
     return out
 
 
-def _study_values(folder: Path, tmp: Path) -> tuple[set[str], list[float], str]:
-    """Table numbers, per-seed values and the rebuilt table of a study folder (results.json)."""
+def _study_values(folder: Path, study: str, tmp: Path) -> tuple[set[str], list[float], str]:
+    """Table numbers, per-seed values and the rebuilt table of a study folder (results.json); ``study``: the
+    rlpost.studies module that wrote it."""
     from rlpost.tracking import read_metrics
     data = json.loads((folder / "results.json").read_text())
     out = tmp / f"{folder.name}.md"
     values: list[float] = []
-    if folder.name == "constrained_rlhf":
+    if study == "constrained_rlhf":
         from rlpost.studies import constrained_rlhf as st
         info = data["info"]
         variants = [v for v in st.VARIANTS if (folder / "metrics" / f"{v}_s{info['seeds'][0]}.jsonl").exists()]
@@ -205,7 +207,7 @@ def _study_values(folder: Path, tmp: Path) -> tuple[set[str], list[float], str]:
         st.write_table(out, summary, info, results)
         values += [p["final"] for s in summary.values() for p in s["per_seed"]]
         values += [info["thresholds"][k] for k in info["thresholds"]] + [info["seconds"] / 60]
-    elif folder.name == "implicit_sft":
+    elif study == "implicit_sft":
         from rlpost.studies import implicit_sft as st
         traces: dict = {}
         for r in sorted(data["rows"], key=lambda r: r["seed"]):
@@ -215,16 +217,16 @@ def _study_values(folder: Path, tmp: Path) -> tuple[set[str], list[float], str]:
         st.write_table(out, groups, data["info"], traces)
         values += [r[k] for r in data["rows"] for k in ("after_sft", "after_dpo") if r[k] is not None]
         values += [r["after_dpo"] - r["after_sft"] for r in data["rows"]]
-    elif folder.name in ("apr", "a2fm"):
+    elif study in ("apr", "a2fm"):
         import importlib
-        st = importlib.import_module(f"rlpost.studies.{folder.name}")
+        st = importlib.import_module(f"rlpost.studies.{study}")
         st.write_table(json.loads(json.dumps(data)), out)
-        key = "windows" if folder.name == "apr" else None
+        key = "windows" if study == "apr" else None
         for run in data["runs"].values():
             after = run.get("after", {})
             for w in (after.get(key, {}) if key else {}).values():
                 values.append(w["accuracy"])
-        if folder.name == "apr":   # APR vs SoS+ after RL at the largest window: Welch over the RL seeds
+        if study == "apr":   # APR vs SoS+ after RL at the largest window: Welch over the RL seeds
             by_kind = {k: [r["after"]["windows"]["768"]["accuracy"] * 100 for r in data["runs"].values()
                            if r["kind"] == k] for k in ("apr", "sos")}
             values += _pairwise(by_kind)
@@ -232,16 +234,17 @@ def _study_values(folder: Path, tmp: Path) -> tuple[set[str], list[float], str]:
             values.append(100 * math.sqrt(acc * (1 - acc) / data["config"].get("n_eval", 100)))   # binomial SE
         values += [data.get("seconds", 0) / 60]
     else:
-        raise KeyError(f"no recomputation for results/{folder.name}")
+        raise KeyError(f"no recomputation for {folder}")
     text = out.read_text()
     return _table_numbers(text), values, text
 
 
 def recomputed(root: Path, name: str, tmp: Path) -> tuple[set[str], list[float], str]:
+    """``name``: a results folder, ``<recipe>`` or ``<recipe>/<variant>`` (e.g. constrained_rlhf/paper_steps)."""
     folder = root / "results" / name
     if (folder / "runs.json").exists():
         return _reproduce_values(folder, tmp)
-    return _study_values(folder, tmp)
+    return _study_values(folder, name.split("/")[0], tmp)
 
 
 def matches(token: str, strings: set[str], values: list[float]) -> bool:
@@ -273,7 +276,8 @@ def check(root: Path = ROOT) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         cache: dict[str, tuple[set[str], list[float], str]] = {}
         for name in dict.fromkeys(n for _, _, names in SECTIONS for n in names):
-            cache[name] = recomputed(root, name, Path(tmp))
+            (Path(tmp) / name.replace("/", "_")).mkdir()
+            cache[name] = recomputed(root, name, Path(tmp) / name.replace("/", "_"))
             committed = (root / "results" / name / "table.md").read_text()
             if committed != cache[name][2]:
                 problems.append(f"results/{name}/table.md differs from the table rebuilt from its JSON")
