@@ -35,7 +35,8 @@ def test_implicit_sft_aggregate_uses_the_sample_std():
     assert g["after_sft"]["std"] == pytest.approx(0.2) and g["initial"]["std"] == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.mark.parametrize("recipe", ["hapo", "adora", "oblr_po", "gain_rl", "constrained_rlhf", "implicit_sft"])
+@pytest.mark.parametrize("recipe", ["hapo", "adora", "oblr_po", "gain_rl", "constrained_rlhf",
+                                    "constrained_rlhf/paper_steps", "implicit_sft"])
 def test_every_committed_table_with_a_std_states_the_convention(recipe):
     table = (ROOT / "results" / recipe / "table.md").read_text()
     assert "±" in table and STD_NOTE in table
