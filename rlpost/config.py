@@ -524,7 +524,7 @@ def from_dict(cls, raw: Any, prefix: str):
 def explicit_fields(section) -> dict:
     """The fields of a config section that the user set (in the YAML or on the command line, even to the global
     default's value) or that differ from the defaults (set by code), so that a component's own defaults (e.g.
-    GSPO's epsilon 3e-4, HAPO's epsilon_high 0.28) win unless the user set the knob: ``algo.loss=gspo
+    GSPO's epsilon 3e-4, HAPO's epsilon_high 0.2) win unless the user set the knob: ``algo.loss=gspo
     algo.epsilon=0.2`` runs GSPO with epsilon 0.2."""
     defaults = type(section)()
     given = section.__dict__.get("_explicit", frozenset())
