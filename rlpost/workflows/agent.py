@@ -9,6 +9,7 @@ YAML::
         max_requests: 8                       # model requests per episode (one more is answered 400)
         chat_template_kwargs: {}              # e.g. {enable_thinking: false}
         merge_prefix: true                    # a request that extends the previous one joins its row
+        tool_parser: null                     # hermes | llama3_json | qwen3_xml | glm4 | harmony: OpenAI tool calling
     rewards:
       - name: agent_reward                    # what the user's rollout returned
 
@@ -39,9 +40,14 @@ Mechanics:
   asking for other values is served with the rollout's and the difference is logged once. ``max_tokens`` /
   ``max_completion_tokens`` are capped at ``rollout.max_completion_length``; ``stop`` is honoured; ``n`` must be 1;
   the seed of request j of episode e is ``stable_seed(step seed, e, j)`` (independent of batching). The ``model``
-  field is not checked (the policy answers every name); ``tools``, streaming and the other fields the serving
-  helpers refuse are answered 400 naming the field: tool calls stay in the sampled ``content``, for the rollout
-  to parse (rlpost.envs.parsers).
+  field is not checked (the policy answers every name); streaming and the other fields the serving helpers refuse
+  are answered 400 naming the field.
+* Tools: without ``tool_parser`` a request with ``tools`` is answered 400 (tool calls stay in the sampled
+  ``content``, for the rollout to parse). With it, ``tools`` go to the chat template, a reply's calls come back as
+  OpenAI ``tool_calls`` (``finish_reason: tool_calls``; ``content`` the text before the call, or the whole text
+  when the template does not write ``tool_calls``, so that a re-render holds the call as sampled), and the
+  arguments of ``tool_calls`` sent back are handed to the template as dicts. The trained ids stay the served
+  ones either way.
 * Errors: anything the user's rollout raises (an OpenAI error of a refused request included) becomes an
   :class:`AgentError` naming the function, the episode and the dataset row.
 """
@@ -78,10 +84,14 @@ class AgentParams:
     max_requests: int = 8              # model requests per episode; one more is answered 400
     chat_template_kwargs: dict = field(default_factory=dict)   # extra template variables for every request
     merge_prefix: bool = True          # a request extending the previous row's prompt + completion joins the row
+    tool_parser: str | None = None     # hermes | llama3_json | qwen3_xml | glm4 | harmony: OpenAI tool calling; None: off
 
     def __post_init__(self):
+        from rlpost.envs.parsers import TOOL_CALL_PARSERS
         if self.max_requests < 1:
             raise ValueError("max_requests must be >= 1")
+        if self.tool_parser is not None and self.tool_parser not in TOOL_CALL_PARSERS:
+            raise ValueError(f"tool_parser: {TOOL_CALL_PARSERS.unknown_message(self.tool_parser)}")
         import_rollout(self.rollout)
 
 
@@ -148,6 +158,60 @@ def episode_rows(requests: list[Request], merge_prefix: bool) -> list[Sample]:
     return rows
 
 
+def template_messages(messages: list[dict]) -> list[dict]:
+    """OpenAI messages as chat templates read them: an assistant's ``tool_calls[].function.arguments`` (a JSON
+    string on the wire) becomes a dict, as vLLM passes it."""
+    out = []
+    for m in messages:
+        calls = m.get("tool_calls") if isinstance(m, dict) else None
+        if calls:
+            fixed = []
+            for c in calls:
+                fn = dict(c.get("function") or {})
+                if isinstance(fn.get("arguments"), str):
+                    try:
+                        fn["arguments"] = json.loads(fn["arguments"] or "{}")
+                    except json.JSONDecodeError:
+                        pass   # the template gets the string as sent
+                fixed.append({**c, "function": fn})
+            m = {**m, "tool_calls": fixed}
+        out.append(m)
+    return out
+
+
+def renders_tool_calls(tokenizer) -> bool:
+    """Whether the chat template writes an assistant message's ``tool_calls`` (probed once with a dummy call)."""
+    probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "rlpost_probe_tool", "arguments": {}}}]}]
+    try:
+        return "rlpost_probe_tool" in tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:
+        return False
+
+
+def tool_call_message(text: str, raw: str, parser: str, keep_text: bool, call_id: str) -> dict | None:
+    """The assistant message of a reply that calls tools, in OpenAI's shape (``tool_calls`` with JSON-string
+    arguments; ``content`` the text before the first call, or the whole text when ``keep_text``: a template that
+    does not write ``tool_calls`` then re-renders the call as sampled; ids ``{call_id}_{k}``); None when it calls
+    none or the calls cannot be read (the reply then comes back as text)."""
+    from rlpost.envs.parsers import TOOL_CALL_PARSERS, harmony_final
+    parse = TOOL_CALL_PARSERS.get(parser)
+    raw_parser = getattr(parse, "raw", False)
+    calls = parse(raw if raw_parser else text)
+    if not isinstance(calls, list) or not calls or any(c.error for c in calls):
+        return None
+    if keep_text:
+        content = text
+    elif parser in ("hermes", "qwen3_xml", "glm4"):
+        content = text.split("<tool_call>")[0].rstrip()
+    else:   # llama3_json: the whole turn is the call; harmony: its final channel
+        content = harmony_final(raw) if parser == "harmony" else ""
+    return {"role": "assistant", "content": content or None,
+            "tool_calls": [{"id": f"{call_id}_{k}", "type": "function",
+                            "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+                           for k, c in enumerate(calls)]}
+
+
 class Batcher:
     """Requests wait (``await generate(request, params)``); whenever the engine is free, one ``engine.generate``
     call on one worker thread takes every waiting request with the same stop strings, sampled up to the largest
@@ -205,9 +269,11 @@ class AgentServer:
     batcher. ``sample`` applies the rollout's settings to a request, generates it and records it."""
 
     def __init__(self, episodes: list[AgentEpisode], sampling: SamplingParams, batcher: Batcher, tokenizer,
-                 max_requests: int, template_kwargs: dict, max_model_len: int | None):
+                 max_requests: int, template_kwargs: dict, max_model_len: int | None, tool_parser: str | None = None,
+                 keep_call_text: bool = True):
         self.episodes, self.sampling, self.batcher, self.tokenizer = episodes, sampling, batcher, tokenizer
         self.max_requests, self.template_kwargs, self.max_model_len = max_requests, template_kwargs, max_model_len
+        self.tool_parser, self.keep_call_text = tool_parser, keep_call_text
 
     def episode(self, headers) -> AgentEpisode:
         from rlpost.serving.openai_api import OpenAIError
@@ -257,6 +323,11 @@ def agent_app(server: AgentServer):
     from rlpost.serving.openai_api import (OpenAIError, chat_prompt, chat_response, completion_prompts,
                                            completion_response, request_models)
     CompletionBody, ChatBody = request_models()
+    if server.tool_parser is not None:   # OpenAI tool calling: the tools go to the chat template
+        class ChatBody(ChatBody):   # noqa: F811
+            tools: list[dict] | None = None
+            tool_choice: str | dict | None = None
+            parallel_tool_calls: bool | None = None
     tok = server.tokenizer
 
     async def parse(request, model):
@@ -273,9 +344,23 @@ def agent_app(server: AgentServer):
         body = await parse(request, ChatBody)
         if body.top_logprobs:
             raise OpenAIError(400, "top_logprobs: only the sampled token's log-prob is available", "top_logprobs")
-        prompt = chat_prompt(body.messages, tok, {**server.template_kwargs, **(body.chat_template_kwargs or {})})
+        kwargs = {**server.template_kwargs, **(body.chat_template_kwargs or {})}
+        tools = getattr(body, "tools", None)
+        if tools:
+            if body.tool_choice not in (None, "auto"):
+                raise OpenAIError(400, "tool_choice: only 'auto' is supported (the policy's own choice is trained)",
+                                  "tool_choice")
+            kwargs["tools"] = tools
+        prompt = chat_prompt(template_messages(body.messages), tok, kwargs)
         sample = await server.sample(ep, prompt, body, body.max_completion_tokens or body.max_tokens)
-        return JSONResponse(chat_response(body, body.model, prompt, [sample], tok))
+        out = chat_response(body, body.model, prompt, [sample], tok)
+        if tools:
+            raw = tok.decode(sample.completion_ids, skip_special_tokens=False)
+            message = tool_call_message(sample.text, raw, server.tool_parser, server.keep_call_text,
+                                        f"call_{ep.index}_{len(ep.requests) - 1}")
+            if message is not None:
+                out["choices"][0].update(message=message, finish_reason="tool_calls")
+        return JSONResponse(out)
 
     async def completions(request):
         ep = server.episode(request.headers)
@@ -309,11 +394,16 @@ class AgentWorkflow:
     """
 
     def __init__(self, engine, tokenizer, rollout: str, max_requests: int = 8, chat_template_kwargs: dict | None = None,
-                 merge_prefix: bool = True):
+                 merge_prefix: bool = True, tool_parser: str | None = None):
         self.engine, self.tokenizer = engine, tokenizer
         self.spec, self.fn = rollout, import_rollout(rollout)
         self.max_requests, self.merge_prefix = max_requests, merge_prefix
         self.template_kwargs = dict(chat_template_kwargs or {})
+        self.tool_parser = tool_parser
+        self.keep_call_text = tool_parser is not None and not renders_tool_calls(tokenizer)
+        if self.keep_call_text:
+            log.warning("agent workflow: the chat template does not write tool_calls, so a reply that calls tools "
+                        "keeps its whole text (the call included) in content")
         self.loop = EnvLoop()
 
     def rollout(self, prompts: list[Prompt], params: SamplingParams) -> list[Trajectory]:
@@ -321,7 +411,8 @@ class AgentWorkflow:
         episodes = [AgentEpisode(k, p) for k, p in enumerate(p for p in prompts for _ in range(params.n))]
         batcher = Batcher(self.engine, self.tokenizer)
         server = AgentServer(episodes, dataclasses.replace(params, n=1), batcher, self.tokenizer, self.max_requests,
-                             self.template_kwargs, getattr(self.engine, "max_model_len", None))
+                             self.template_kwargs, getattr(self.engine, "max_model_len", None), self.tool_parser,
+                             self.keep_call_text)
         app = agent_app(server)
         try:
             self.loop.run(self._all([self.play(ep, app) for ep in episodes]))

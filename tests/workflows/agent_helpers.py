@@ -48,3 +48,25 @@ def not_async(client, row):
 
 
 assert openai.AsyncOpenAI   # the agents above use the real client the workflow hands them
+
+
+CALC_TOOL = {"type": "function", "function": {"name": "calculator", "description": "Evaluate an expression.",
+                                              "parameters": {"type": "object", "properties": {
+                                                  "expression": {"type": "string"}}, "required": ["expression"]}}}
+
+
+async def openai_tools_agent(client, row):
+    """Agent code as written for OpenAI tool calling: tools=[...], message.tool_calls, tool messages by id."""
+    import json
+    messages = [{"role": "user", "content": row["messages"][-1]["content"]}]
+    for _ in range(3):
+        reply = await client.chat.completions.create(model="gpt-x", messages=messages, tools=[CALC_TOOL])
+        msg = reply.choices[0].message
+        SEEN.append({"row": row, "reply": reply})
+        if not msg.tool_calls:
+            return messages + [{"role": "assistant", "content": msg.content}], 1.0
+        messages.append(msg.model_dump(exclude_none=True))
+        for call in msg.tool_calls:
+            args = json.loads(call.function.arguments)
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": calculator(**args)})
+    return messages, 0.0

@@ -149,3 +149,42 @@ def test_agent_config_trains_asynchronously_on_the_served_ids(tmp_path):
     step1 = next(r for r in rows if r["step"] == 1)
     assert step1["rollout/logprob_diff"] < 1e-4 and step1["agent/requests_per_episode"] >= 1
     assert step1["agent/rows_per_episode"] == 1.0 and "reward/agent_reward/mean" in step1
+
+
+@pytest.mark.parametrize("template", ["qwen2_5", None])
+def test_openai_tool_calling_agent_code_runs_unchanged(template):
+    """``tool_parser: hermes``: the tools reach the chat template, a reply's Hermes call comes back as OpenAI
+    ``tool_calls`` (content: the text before the call when the template writes tool_calls, qwen2_5; the whole text
+    when it does not, the char tokenizer's own template), the agent's tool message goes back; the trained tokens
+    are exactly the sampled ones (one merged row when the re-render extends the first request, else a row each)."""
+    import agent_helpers
+    from pathlib import Path
+
+    from rlpost.envs.testing import ScriptedEngine
+    from rlpost.models.tokenizer import build_char_tokenizer
+    tok = build_char_tokenizer()
+    if template:
+        tok.chat_template = (Path(__file__).parents[1] / "envs" / "chat_templates" / f"{template}.jinja").read_text()
+    call = 'Let me compute.<tool_call>\n{"name": "calculator", "arguments": {"expression": "12+34"}}\n</tool_call>'
+    engine = ScriptedEngine(tok, lambda ctx, turn: (call if "<tool_response>" not in ctx and "\n46<" not in ctx
+                                                     else "It is 46.") + "<|im_end|>")
+    wf = AgentWorkflow(engine, tok, rollout="agent_helpers:openai_tools_agent", tool_parser="hermes")
+    agent_helpers.SEEN.clear()
+    (traj,) = wf.rollout([Prompt(0, "", [{"role": "user", "content": "12+34="}], {"answer": "46"})],
+                         SamplingParams(n=1, max_tokens=200, seed=0))
+    first, second = (s["reply"].choices[0] for s in agent_helpers.SEEN)
+    assert first.finish_reason == "tool_calls" and second.finish_reason == "stop"
+    assert first.message.tool_calls[0].function.name == "calculator" and first.message.tool_calls[0].id == "call_0_0_0"
+    assert json.loads(first.message.tool_calls[0].function.arguments) == {"expression": "12+34"}
+    assert first.message.content == ("Let me compute." if template else call)
+    assert second.message.content == "It is 46." and traj.reward == 0.0 and traj.info["agent_reward"] == 1.0
+    prompt1, prompt2 = (p for (p,) in engine.requests)
+    assert '"name": "calculator"' in tok.decode(prompt1) or not template   # the tools went to the template
+    sampled = [t for s in traj.samples for t, m in zip(s.completion_ids, s.loss_mask) if m]
+    assert sampled == tok.encode(call + "<|im_end|>" + "It is 46.<|im_end|>")
+    if template:   # qwen2_5 re-renders the call as "\n<tool_call>\n{...}": not the sampled text, so a row each
+        assert [s.prompt_ids for s in traj.samples] == [prompt1, prompt2]
+    else:          # the whole text re-rendered: the second prompt extends the first, one row
+        (row,) = traj.samples
+        assert row.prompt_ids == prompt1 and row.prompt_ids + row.completion_ids == prompt2 + tok.encode("It is 46.<|im_end|>")
+        assert "46" in tok.decode([t for t, m in zip(row.completion_ids, row.loss_mask) if not m])
