@@ -283,7 +283,8 @@ class AgentServer:
             raise OpenAIError(400, f"the {EPISODE_HEADER} header names no episode of this rollout") from None
 
     def params(self, body, max_tokens: int) -> SamplingParams:
-        """The rollout's sampling settings with the request's ``stop`` and its ``max_tokens`` capped at the step's."""
+        """The rollout's sampling settings, the request's ``stop`` strings added, its ``max_tokens`` capped at the
+        step's."""
         from rlpost.serving.openai_api import OpenAIError, sampling_params
         asked = sampling_params(body, max_tokens)
         if asked.n != 1:
@@ -295,7 +296,8 @@ class AgentServer:
                 _NOTED.add(name)
                 log.warning("agent workflow: the rollout's %s=%s is used, not the %s the agent sent (the learner's "
                             "log-probs assume the rollout's settings)", name, used, sent)
-        return dataclasses.replace(self.sampling, max_tokens=min(max_tokens, self.sampling.max_tokens), stop=asked.stop)
+        stop = list(self.sampling.stop or []) + [x for x in asked.stop if x not in (self.sampling.stop or [])]
+        return dataclasses.replace(self.sampling, max_tokens=min(max_tokens, self.sampling.max_tokens), stop=stop)
 
     async def sample(self, episode: AgentEpisode, prompt: list[int], body, max_tokens: int | None) -> Sample:
         from rlpost.serving.openai_api import OpenAIError, check_length
