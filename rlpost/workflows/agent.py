@@ -129,6 +129,7 @@ class AgentEpisode:
     requests: list[Request] = field(default_factory=list)
     reward: float | None = None
     messages: list[dict] | None = None
+    engine_error: BaseException | None = None   # what the engine raised serving one of its requests
 
 
 def episode_rows(requests: list[Request], merge_prefix: bool) -> list[Sample]:
@@ -308,8 +309,12 @@ class AgentServer:
         params = self.params(body, max_tokens or self.sampling.max_tokens)
         check_length([prompt], params.max_tokens, self.max_model_len)
         seed = None if self.sampling.seed is None else stable_seed(self.sampling.seed, episode.index, j)
-        sample = await self.batcher.generate(GenRequest(list(prompt), {"episode": episode.index, "request": j},
-                                                        seed=seed), params)
+        try:
+            sample = await self.batcher.generate(GenRequest(list(prompt), {"episode": episode.index, "request": j},
+                                                            seed=seed), params)
+        except Exception as err:   # the client sees a failed request; the episode's error names the engine's
+            episode.engine_error = err
+            raise
         episode.requests.append(Request(list(prompt), sample))
         return sample
 
@@ -447,7 +452,9 @@ class AgentWorkflow:
         try:
             out = await self.fn(client, self.row(ep.prompt))
         except Exception as err:
-            raise AgentError(f"{self.where(ep)} raised {type(err).__name__}: {err}") from err
+            cause = ep.engine_error
+            note = f" (serving its request, the engine raised {type(cause).__name__}: {cause})" if cause else ""
+            raise AgentError(f"{self.where(ep)} raised {type(err).__name__}: {err}{note}") from (cause or err)
         finally:
             await client.close()
         if isinstance(out, tuple) and len(out) == 2:

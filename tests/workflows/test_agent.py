@@ -188,3 +188,14 @@ def test_openai_tool_calling_agent_code_runs_unchanged(template):
         (row,) = traj.samples
         assert row.prompt_ids == prompt1 and row.prompt_ids + row.completion_ids == prompt2 + tok.encode("It is 46.<|im_end|>")
         assert "46" in tok.decode([t for t, m in zip(row.completion_ids, row.loss_mask) if not m])
+
+
+def test_an_engine_error_is_named_with_the_episode():
+    class Broken:
+        def generate(self, requests, params):
+            raise RuntimeError("engine fell over")
+    from rlpost.models.tokenizer import build_char_tokenizer
+    wf = AgentWorkflow(Broken(), build_char_tokenizer(), rollout="agent_helpers:failing_agent")
+    with pytest.raises(AgentError, match=r"failing_agent \(episode 0, dataset row 5\) raised .*the engine raised "
+                                         r"RuntimeError: engine fell over"):
+        wf.rollout([Prompt(5, "", [{"role": "user", "content": "1+1="}], {"answer": "2"})], SamplingParams(n=1))
