@@ -31,8 +31,8 @@ Mechanics:
   messages, rlpost/serving/openai_api.py ``chat_prompt``), the sampled completion ids and the sampler's log-probs.
   Training uses those ids, never a re-tokenisation of the agent's messages (token-in/token-out).
 * Rows (:func:`episode_rows`): each request is a row of the episode's trajectory (all rows share its reward and
-  advantage, weight 1 each: with token-level loss aggregation this equals training one row holding every sampled
-  token); with ``merge_prefix`` a request whose prompt ids start with the previous row's prompt + completion
+  advantage, weight 1 each: with ``token-mean`` aggregation this equals one row holding every sampled token; a
+  ``seq-mean-*`` one counts each row as a sequence); with ``merge_prefix`` a request whose prompt ids start with the previous row's prompt + completion
   extends that row instead (the new prompt tokens in between: loss mask 0, log-prob 0), as multi_turn lays out a
   conversation. Loss masks are 1 on sampled tokens only.
 * Sampling settings: the step's (``rollout.temperature``, ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``;
