@@ -32,9 +32,9 @@ Mechanics:
   Training uses those ids, never a re-tokenisation of the agent's messages (token-in/token-out).
 * Rows (:func:`episode_rows`): each request is a row of the episode's trajectory (all rows share its reward and
   advantage, weight 1 each: with ``token-mean`` aggregation this equals one row holding every sampled token; a
-  ``seq-mean-*`` one counts each row as a sequence); with ``merge_prefix`` a request whose prompt ids start with the previous row's prompt + completion
-  extends that row instead (the new prompt tokens in between: loss mask 0, log-prob 0), as multi_turn lays out a
-  conversation. Loss masks are 1 on sampled tokens only.
+  ``seq-mean-*`` one counts each row as a sequence); with ``merge_prefix`` a request whose prompt ids start with
+  the previous row's prompt + completion extends that row instead (the new prompt tokens in between: loss mask 0,
+  log-prob 0), as multi_turn lays out a conversation. Loss masks are 1 on sampled tokens only.
 * Sampling settings: the step's (``rollout.temperature``, ``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``;
   evaluation's greedy ones) win over what the agent sends, since the learner's log-probs assume them; a request
   asking for other values is served with the rollout's and the difference is logged once. ``max_tokens`` /
