@@ -461,7 +461,7 @@ class AgentWorkflow:
             ep.messages, out = out
             if not isinstance(ep.messages, list) or not all(isinstance(m, dict) and "role" in m for m in ep.messages):
                 raise AgentError(f"{self.where(ep)}: messages must be a list of chat messages, got {ep.messages!r:.200}")
-        if isinstance(out, bool) or not isinstance(out, (int, float)) and out is not None:
+        if out is not None and not isinstance(out, (int, float)):   # a bool is a number here (True = 1.0)
             raise AgentError(f"{self.where(ep)}: expected a reward (a number) or (messages, reward), got {out!r:.200}")
         if out is None and ep.messages is None:
             raise AgentError(f"{self.where(ep)}: returned no reward (None is allowed only with messages, for the "
