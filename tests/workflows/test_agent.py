@@ -133,6 +133,8 @@ def test_validate_names_the_rollout_key_and_the_agent_composes(capsys):
                       ["rollout.engine=vllm_server", "rollout.server_urls=[http://127.0.0.1:9]", "rollout.async_level=2"],
                       ["model.lora.r=8"]):
         assert main(["validate", config, *overrides]) == 0, (overrides, capsys.readouterr().err)
+    for backend in (["distributed.backend=ddp"], ["distributed.backend=fsdp2"]):   # every rank runs its own episodes
+        assert main(["validate", config, "rollout.async_level=1", *backend, "--world-size", "2"]) == 0, backend
 
 
 @pytest.mark.slow
