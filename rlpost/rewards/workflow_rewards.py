@@ -6,6 +6,8 @@ final text ends in a solution path that :func:`rlpost.workflows.apr.check_soluti
 
 ``env_reward``: the multi_turn environment's reward per episode (rlpost/workflows/multi_turn.py).
 
+``agent_reward``: what the agent workflow's user rollout returned per episode (rlpost/workflows/agent.py).
+
 ``a2fm_exact_match``: r_acc for A²FM (``completions`` = the last ``<answer>`` content), equal after
 normalisation or as numbers. The APO reward itself (r_acc · r_fmt · r_adaptive) needs the query's whole
 group and is applied by :meth:`rlpost.workflows.a2fm.A2FMWorkflow.score` on top of this r_acc.
@@ -36,3 +38,12 @@ def env_reward(prompts, completions, env_reward=None, **kwargs) -> list[float | 
     if env_reward is None:
         raise ValueError("env_reward reads the environment's rewards: it needs rollout.workflow multi_turn")
     return list(env_reward)
+
+
+@REWARDS.register("agent_reward")
+def agent_reward(prompts, completions, agent_reward=None, **kwargs) -> list[float | None]:
+    """The reward the user's agent rollout returned for each episode (None when it returned messages only).
+    Needs ``rollout.workflow: agent``, which passes the ``agent_reward`` column."""
+    if agent_reward is None:
+        raise ValueError("agent_reward reads the agent rollout's rewards: it needs rollout.workflow agent")
+    return list(agent_reward)

@@ -16,7 +16,10 @@ Optional hooks the trainer uses when a workflow defines them:
 
 ``multi_turn`` runs a user environment (rlpost/envs/, docs/environments.md). A trajectory's
 ``info["reward_columns"]`` (a dict of per-trajectory values) reaches the reward functions as extra columns
-(multi_turn: ``conversation``, ``env_reward``).
+(multi_turn: ``conversation``, ``env_reward``; agent: ``conversation``, ``agent_reward``).
+
+``agent`` runs the user's ``async def rollout(client, row)`` with an OpenAI client on the policy and trains on the
+ids recorded on the serving side (rlpost/workflows/agent.py).
 
 A trajectory may hold several samples (APR: one per engine call of a tree); the trainer then computes
 advantages with one reward per trajectory and gives each sample its trajectory's advantage.
@@ -26,6 +29,7 @@ from rlpost.registry import Registry
 WORKFLOWS = Registry("rollout workflow")
 
 from rlpost.workflows.a2fm import A2FMParams, A2FMWorkflow  # noqa: E402
+from rlpost.workflows.agent import AgentParams, AgentWorkflow  # noqa: E402
 from rlpost.workflows.apr import AprParams, AprWorkflow  # noqa: E402
 from rlpost.workflows.multi_turn import MultiTurnParams, MultiTurnWorkflow  # noqa: E402
 
@@ -35,3 +39,4 @@ WORKFLOWS.add("single_turn", SingleTurnWorkflow)
 WORKFLOWS.add("apr", AprWorkflow, AprParams)
 WORKFLOWS.add("a2fm", A2FMWorkflow, A2FMParams)
 WORKFLOWS.add("multi_turn", MultiTurnWorkflow, MultiTurnParams)
+WORKFLOWS.add("agent", AgentWorkflow, AgentParams)

@@ -58,3 +58,19 @@ def test_feedback_episodes_train_on_the_sampled_tokens(engine, tok, tiny_model_p
         logp, _ = token_logprobs(model, batch, 1.0, False)
     diff = ((logp - batch.sampler_logprobs).abs() * batch.response_mask).max().item()
     assert diff < 1e-4
+
+
+def test_agent_workflow_trains_on_the_served_ids(engine, tok, tiny_model_path):
+    """The agent workflow (rlpost/workflows/agent.py) on the same engines: the shipped calculator agent's requests
+    through the openai client; the learner scores the recorded ids as the sampler did."""
+    from rlpost.workflows.agent import AgentWorkflow
+    prompts = [Prompt(i, "", [{"role": "user", "content": q}], {"answer": a})
+               for i, (q, a) in enumerate((("12+34=", "46"), ("50+7=", "57")))]
+    wf = AgentWorkflow(engine, tok, rollout="rlpost.envs.agent_examples:calculator_agent")
+    trajs = wf.rollout(prompts, SamplingParams(n=2, max_tokens=12, seed=0))
+    assert len(trajs) == 4 and all(t.info["requests"] >= 1 and t.samples[0].completion_ids for t in trajs)
+    model = load_model(str(tiny_model_path), ModelConfig(), "cpu").eval()
+    batch = collate(trajs, tok.pad_token_id)
+    with torch.no_grad():
+        logp, _ = token_logprobs(model, batch, 1.0, False)
+    assert ((logp - batch.sampler_logprobs).abs() * batch.response_mask).max().item() < 1e-4
