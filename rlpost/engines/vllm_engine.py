@@ -19,6 +19,12 @@ top-p the processor records log(kept mass) per token and the engine adds it back
 log softmax(z), as in the hf engine. vLLM applies the repetition penalty after rlpost's processor, so the processor
 applies it itself (to its own copy) where it computes entropies and kept mass.
 
+Tensor parallelism (``tensor_parallel_size`` > 1; ``rollout.tensor_parallel_size``, ``rlpost serve
+--tensor-parallel-size``): the engine core stays in this process, the model runs in one vLLM worker process per
+rank. A weight sync then goes through a shared-memory file that every rank maps, and each rank's weight loader
+(``model.load_weights``) keeps its own shard. rlpost's logits processor cannot reach those processes, so Python
+logits processors, entropies and top-k/top-p/min-p are refused there (:data:`TP_UNSUPPORTED`).
+
 Each (request, sample) becomes its own vLLM request with ``n=1`` and seed ``seed + global_row`` (vLLM's own
 parallel sampling gives child ``j`` seed ``seed + j`` in the same way); ``seed_offset`` keeps row seeds global
 when a batch is split across ``rlpost serve`` workers, so the split does not change the samples. A request with a
@@ -87,6 +93,28 @@ def _quiet_expected_reload_warnings() -> None:
         log.addFilter(_ExpectedReloadWarnings())
 
 
+TP_UNSUPPORTED = ("rlpost's in-sampler logits processor (Python logits processors such as HAPO's temperature, "
+                  "rollout.return_entropy, and the kept-mass correction of top_k/top_p/min_p) runs in the engine's "
+                  "own process, and with tensor parallelism vLLM samples in its worker processes. Use "
+                  "tensor_parallel_size 1 (data parallel workers instead) or drop those settings")
+
+
+def tensor_parallel_kwargs(tensor_parallel_size: int) -> dict:
+    """vllm.LLM keywords for ``tensor_parallel_size`` ranks: one worker process per rank (the ``mp`` executor;
+    each rank's weight loader slices its own shard of every full tensor it is given). On CPU builds vLLM binds
+    each rank's OpenMP threads to a NUMA node of its own and refuses more ranks than nodes; with fewer nodes
+    (one, on most machines) the binding is switched off (``VLLM_CPU_OMP_THREADS_BIND=nobind``) unless set."""
+    if tensor_parallel_size == 1:
+        return {}
+    from vllm.platforms import current_platform
+    if current_platform.is_cpu() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        from vllm.utils.cpu_resource_utils import get_visible_memory_node
+        if len(get_visible_memory_node()) < tensor_parallel_size:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+            log.info("vLLM CPU: %d TP ranks on fewer NUMA nodes: OpenMP thread binding off", tensor_parallel_size)
+    return {"tensor_parallel_size": tensor_parallel_size, "distributed_executor_backend": "mp"}
+
+
 @ENGINES.register("vllm")
 class VLLMEngine:
     """``vllm.LLM`` in this process; see the module docstring for the conventions."""
@@ -95,8 +123,16 @@ class VLLMEngine:
                  max_model_len: int | None = None, max_completion_length: int = 256,
                  enable_prefix_caching: bool = True, enforce_eager: bool = True, enable_sleep_mode: bool = False,
                  seed: int = 0, trust_remote_code: bool = False, revision: str | None = None,
-                 hf_overrides: dict | None = None):
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"   # in-process worker: see the module docstring
+                 hf_overrides: dict | None = None, tensor_parallel_size: int = 1, data_parallel_size: int = 1):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"   # in-process engine core: see the module docstring
+        if data_parallel_size != 1:
+            raise ValueError(
+                f"data_parallel_size={data_parallel_size}: one vLLM engine in this process cannot be data-parallel "
+                "(vllm.LLM refuses it). Start one `rlpost serve` worker per replica (each on its own devices, "
+                "e.g. CUDA_VISIBLE_DEVICES) and list them all in rollout.server_urls: the trainer dispatches to "
+                "them by load (docs/distributed.md)")
+        if tensor_parallel_size < 1:
+            raise ValueError(f"rollout.tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
         from vllm import LLM
         _quiet_expected_reload_warnings()
         from vllm.platforms import current_platform
@@ -111,6 +147,7 @@ class VLLMEngine:
         self.max_model_len = max_model_len or default_max_model_len(self.model_path, max_completion_length,
                                                                     trust_remote_code)
         self.sleep_mode = enable_sleep_mode
+        self.tensor_parallel_size = tensor_parallel_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         start = time.perf_counter()
         try:
@@ -121,6 +158,7 @@ class VLLMEngine:
                            enable_sleep_mode=enable_sleep_mode, logprobs_mode="processed_logprobs",
                            logits_processors=[RlpostLogitsProcessor],
                            worker_extension_cls="rlpost.engines.vllm_worker.RlpostWorkerExtension",
+                           **tensor_parallel_kwargs(tensor_parallel_size),
                            **({"hf_overrides": hf_overrides} if hf_overrides else {}))
         except ValueError as err:
             if "memory" in str(err).lower():
@@ -141,7 +179,7 @@ class VLLMEngine:
                    enable_prefix_caching=r.enable_prefix_caching, enforce_eager=r.enforce_eager,
                    enable_sleep_mode=r.enable_sleep_mode, seed=cfg.trainer.seed,
                    trust_remote_code=m.trust_remote_code, revision=m.revision,
-                   hf_overrides=context_overrides(m.model_init_kwargs))
+                   hf_overrides=context_overrides(m.model_init_kwargs), tensor_parallel_size=r.tensor_parallel_size)
 
     # ------------------------------------------------------------------ generation
     def generate(self, requests: list[GenRequest], params: SamplingParams, seed_offset: int = 0) -> list[Sample]:
@@ -159,6 +197,8 @@ class VLLMEngine:
                         top_k=params.top_k, top_p=params.top_p, want_entropy=params.return_entropy, pad_id=self.pad_id,
                         min_p=params.min_p, repetition_penalty=params.repetition_penalty)
         needs_processor = bool(spec.processors) or spec.want_entropy or spec.truncates
+        if needs_processor and self.tensor_parallel_size > 1:
+            raise EngineError(f"vllm engine with tensor_parallel_size={self.tensor_parallel_size}: {TP_UNSUPPORTED}")
         call_id = uuid.uuid4().hex
         base = sampling_kwargs(params)
         own_seeds = sample_seeds(requests, n)
@@ -234,7 +274,15 @@ class VLLMEngine:
         """Learner weights (HF names) -> vLLM, in place; the prefix cache is reset (its KV used the old weights)."""
         weights = [(name, t.detach()) for name, t in named_tensors]
         self._wake()   # and stay awake: the next call is the rollout
-        self.llm.collective_rpc("rlpost_load_weights", args=(weights,))
+        if self.tensor_parallel_size == 1:   # the worker is in this process: hand it the tensors themselves
+            self.llm.collective_rpc("rlpost_load_weights", args=(weights,))
+        else:   # one worker process per TP rank: each maps one shared-memory file and loads its own shard
+            from rlpost.serving.weights import save_weights_file
+            path = save_weights_file(weights)
+            try:
+                self.llm.collective_rpc("rlpost_load_weights", args=(path,))
+            finally:
+                os.unlink(path)
         self.llm.reset_prefix_cache()
 
     def reset_prefix_cache(self) -> None:
