@@ -160,6 +160,11 @@ def resolve_methods(method_cfg: dict) -> dict:
 def check_world_size(cfg: Config, world_size: int) -> None:
     """The rules that depend on the number of learner processes (rlpost/distributed/sharding.py), for ``world_size``."""
     from rlpost import distributed
+    tp = cfg.rollout.tensor_parallel_size
+    if isinstance(tp, int) and tp > 1 and world_size > 1:
+        raise ConfigError(f"rollout.tensor_parallel_size={tp} with WORLD_SIZE={world_size}: every learner rank would "
+                          f"start its own {tp}-rank vLLM engine on the same local devices. Serve the policy from "
+                          "`rlpost serve --tensor-parallel-size` workers instead (rollout.engine=vllm_server)")
     if cfg.distributed.backend == "none":
         if world_size > 1:
             raise ConfigError(f"launched with WORLD_SIZE={world_size} but distributed.backend is none: set "

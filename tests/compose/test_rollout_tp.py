@@ -1,0 +1,34 @@
+"""rollout.tensor_parallel_size with the rest of a config: what validates, and what is refused with the reason."""
+import pytest
+
+from rlpost.config import ConfigError
+from rlpost.resolve import load_resolved
+
+CFG = "configs/tiny/arith_grpo.yaml"
+TP = ["rollout.engine=vllm", "rollout.tensor_parallel_size=2"]
+
+
+@pytest.mark.parametrize("config, extra", [(CFG, []), (CFG, ["rollout.async_level=1"]), (CFG, ["model.lora.r=8"]),
+                                           ("configs/tiny/guess_number_feedback.yaml", ["rollout.async_level=1"]),
+                                           ("configs/tiny/arith_tool_calculator.yaml", [])])
+def test_tp_validates_with_async_lora_and_multi_turn(config, extra):
+    cfg, resolved = load_resolved(config, TP + extra, world_size=1)
+    assert resolved["rollout"]["tensor_parallel_size"] == 2
+
+
+@pytest.mark.parametrize("extra, world, reason", [
+    (["rollout.top_p=0.9"], 1, "rollout.top_p: rlpost's in-sampler logits processor"),
+    (["rollout.return_entropy=true"], 1, "rollout.return_entropy"),
+    (["rollout.engine=hf"], 1, "applies to rollout.engine=vllm only"),
+    (["rollout.engine=vllm_server", "rollout.server_urls=[http://127.0.0.1:1]"], 1, "--tensor-parallel-size"),
+    (["distributed.backend=ddp"], 2, "WORLD_SIZE=2: every learner rank would start its own"),
+])
+def test_what_tp_cannot_do_is_refused_with_the_reason(extra, world, reason):
+    with pytest.raises(ConfigError, match="tensor_parallel_size=2") as err:
+        load_resolved(CFG, TP + extra, world_size=world)
+    assert reason in str(err.value)
+
+
+def test_hapo_temperature_is_refused_under_tp():
+    with pytest.raises(ConfigError, match="tensor_parallel_size=2 with .*rollout.logits_processor"):
+        load_resolved("configs/tiny/arith_hapo.yaml", TP, world_size=1)
