@@ -17,8 +17,23 @@ without a token is refused (anyone reaching the port could replace the weights) 
 """
 
 
+def check_parallel(tensor_parallel_size: int, data_parallel_size: int) -> None:
+    """Refuse, before anything loads, the parallel sizes one ``rlpost serve`` cannot run (ConfigError: one line,
+    exit 2). Data parallelism is several workers, each listed in rollout.server_urls."""
+    from rlpost.config import ConfigError
+    if tensor_parallel_size < 1:
+        raise ConfigError(f"rlpost serve --tensor-parallel-size must be >= 1, got {tensor_parallel_size}")
+    if data_parallel_size != 1:
+        raise ConfigError(
+            f"rlpost serve --data-parallel-size {data_parallel_size}: one worker serves one vLLM engine (vllm.LLM "
+            "refuses data parallelism in one process). Start one worker per replica, each on its own devices "
+            "(CUDA_VISIBLE_DEVICES), and list them all in rollout.server_urls: the trainer dispatches by load")
+
+
 def cmd_serve(args) -> int:
     from rlpost.serving.server import serve
+
+    check_parallel(args.tensor_parallel_size, args.data_parallel_size)
 
     engine_kwargs = dict(dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
                          max_model_len=args.max_model_len, max_completion_length=args.max_completion_length,

@@ -32,3 +32,12 @@ def test_what_tp_cannot_do_is_refused_with_the_reason(extra, world, reason):
 def test_hapo_temperature_is_refused_under_tp():
     with pytest.raises(ConfigError, match="tensor_parallel_size=2 with .*rollout.logits_processor"):
         load_resolved("configs/tiny/arith_hapo.yaml", TP, world_size=1)
+
+
+def test_serve_refuses_data_parallel_in_one_worker_and_says_what_works():
+    from rlpost.commands.serve import check_parallel
+    check_parallel(2, 1)
+    with pytest.raises(ConfigError, match="--data-parallel-size 2.*one worker per replica.*rollout.server_urls"):
+        check_parallel(1, 2)
+    with pytest.raises(ConfigError, match="--tensor-parallel-size must be >= 1"):
+        check_parallel(0, 1)
