@@ -7,9 +7,11 @@ worker), which rlpost/engines/vllm_engine.py arranges for the colocated engine a
   hands the learner's tensors to the worker's own ``reload_weights``, which also redoes the CPU backend's weight
   repacking (calling ``model.load_weights`` directly fails on CPU). In-process the payload is the list of
   tensors itself (no copy, no serialisation); a ``torch.save`` byte blob or a file path also work, for engines
-  whose worker lives in another process.
-- ``RlpostLogitsProcessor`` (vLLM V1 logits-processor API, passed as ``LLM(logits_processors=[...])``): for the
-  rows of a ``generate`` call that registered a :class:`CallSpec`, it runs rlpost's Python logits processors
+  whose worker lives in another process. With tensor parallelism (one worker process per rank) the engine sends
+  a file path; every rank gets the full tensors and ``reload_weights`` -> ``model.load_weights`` keeps that rank's
+  shard (each vLLM parameter's ``weight_loader`` narrows to its TP slice), so one call updates every shard.
+- ``RlpostLogitsProcessor`` (vLLM V1 logits-processor API, passed as ``LLM(logits_processors=[...])``; it reads
+  the calls registered in the engine's process, so not with tensor parallelism): for the rows of a ``generate`` call that registered a :class:`CallSpec`, it runs rlpost's Python logits processors
   (``fn(step, input_ids [N,L], logits [N,V]) -> logits``, before temperature, like the hf engine), and records
   per sampled token the entropy of softmax(z/T) and, when min-p/top-k/top-p is on, log of the probability mass the
   filter keeps (vLLM's ``processed_logprobs`` are normalised over the kept tokens only; adding that term gives
