@@ -41,3 +41,19 @@ def test_serve_refuses_data_parallel_in_one_worker_and_says_what_works():
         check_parallel(1, 2)
     with pytest.raises(ConfigError, match="--tensor-parallel-size must be >= 1"):
         check_parallel(0, 1)
+
+
+def test_the_colocated_engine_gets_the_configured_tp_size(monkeypatch):
+    """rollout.tensor_parallel_size reaches vllm.LLM's keywords through VLLMEngine.from_config (the engine itself runs
+    under TP in tests/engines/test_vllm_tp.py, behind rlpost serve)."""
+    pytest.importorskip("vllm")
+    from rlpost.engines import vllm_engine
+    seen = {}
+    monkeypatch.setattr(vllm_engine.VLLMEngine, "__init__", lambda self, *a, **kw: seen.update(kw))
+    cfg, _ = load_resolved(CFG, TP, world_size=1)
+    vllm_engine.VLLMEngine.from_config(cfg, "unused", tokenizer=None)
+    assert seen["tensor_parallel_size"] == 2
+    assert vllm_engine.tensor_parallel_kwargs(1) == {}
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")   # so that teardown undoes what the call may set
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND")
+    assert vllm_engine.tensor_parallel_kwargs(2)["distributed_executor_backend"] == "mp"
