@@ -381,9 +381,10 @@ def size_without_weights(ctx: Context) -> str:
         ctx.model_config = known_config(name)
         if ctx.model_config is None:
             offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+            hub = "switched off (HF_HUB_OFFLINE)" if offline else "unreachable or has no such model"
             ctx.size_unknown = (f"no config.json of {name!r} can be read here (not a local folder, not in the hub "
-                                f"cache, and the hub is {'switched off (HF_HUB_OFFLINE)' if offline else 'unreachable or has no such model'}) "
-                                "and it is not in rlpost/models/known_configs.py: estimate skipped")
+                                f"cache, and the hub is {hub}) and it is not in rlpost/models/known_configs.py: "
+                                "estimate skipped")
             return ""
         ctx.size_source = "rlpost/models/known_configs.py (its hub config.json is not readable here)"
     else:

@@ -132,8 +132,9 @@ def test_load_based_dispatch_on_two_real_workers(client, tok):
         assert served == [(1, 4)]
         assert [s.completion_ids for s in busy] == [s.completion_ids for s in even]
         out = {}
-        threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, client.generate(reqs[2 * i:2 * i + 2], params)))
-                   for i in range(2)]
+        def half(i):
+            out[i] = client.generate(reqs[2 * i:2 * i + 2], params)
+        threads = [threading.Thread(target=half, args=(i,)) for i in range(2)]
         for t in threads:
             t.start()
         for t in threads:
