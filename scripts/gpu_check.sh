@@ -134,6 +134,7 @@ if [[ $DRY == 0 && $NGPU -lt 2 ]]; then
 fi
 if [[ $DRY == 1 ]]; then
   check_config configs/tiny/arith_grpo.yaml "${SHORT[@]}" distributed.backend=fsdp2 > /dev/null && echo "fsdp2 config: ok"
+  check_config configs/tiny/arith_grpo.yaml "${SHORT[@]}" > /dev/null && echo "fsdp2 reference config: ok"
 fi
 run $PY -m torch.distributed.run --standalone --nproc_per_node "$FSDP_RANKS" -m rlpost.cli train \
   configs/tiny/arith_grpo.yaml "${SHORT[@]}" distributed.backend=fsdp2 trainer.output_dir="$OUT/fsdp2"
@@ -143,6 +144,9 @@ if [[ $DRY == 0 ]]; then step1 "$OUT/fsdp2"; step1 "$OUT/fsdp2_reference"; fi
 echo "== 8. LoRA sync to vLLM: adapter-only (model.lora.sync=adapter) against merged weights"
 # model.lora.sync is new (issue 23); the dry run prints these commands without loading them
 LORA=(model.lora.r=16 "model.lora.target_modules=all-linear" rollout.engine=vllm trainer.max_steps=5)
+if [[ $DRY == 1 ]]; then   # everything but model.lora.sync (which lands with the adapter-sync work)
+  check_config configs/tiny/arith_grpo.yaml "${COMMON[@]}" "${LORA[@]}" > /dev/null && echo "lora config: ok"
+fi
 for SYNC in adapter merged; do
   run $PY -m rlpost.cli train configs/tiny/arith_grpo.yaml "${COMMON[@]}" "${LORA[@]}" model.lora.sync=$SYNC \
     trainer.output_dir="$OUT/lora_$SYNC"
