@@ -67,24 +67,16 @@ def resolve_rollout(cfg: Config) -> dict:
 
 
 def check_tensor_parallel(r) -> None:
-    """rollout.tensor_parallel_size > 1 shards the colocated vLLM engine (rlpost/engines/vllm_engine.py); its
-    sampling then runs in vLLM's worker processes, out of reach of rlpost's in-sampler logits processor."""
+    """rollout.tensor_parallel_size > 1 shards the colocated vLLM engine (rlpost/engines/vllm_engine.py); an
+    ``rlpost serve`` worker takes its own --tensor-parallel-size."""
     tp = r.tensor_parallel_size
     if not isinstance(tp, int) or tp < 1:
         raise ConfigError(f"rollout.tensor_parallel_size must be an integer >= 1, got {tp!r}")
-    if tp == 1:
-        return
-    if r.engine != "vllm":
+    if tp > 1 and r.engine != "vllm":
         where = ("each rlpost serve worker's --tensor-parallel-size" if r.engine == "vllm_server"
                  else "rollout.engine=vllm")
         raise ConfigError(f"rollout.tensor_parallel_size={tp} applies to rollout.engine=vllm only, not "
                           f"{r.engine!r}: use {where}")
-    needs = [k for k, on in (("rollout.logits_processor", r.logits_processor is not None),
-                             ("rollout.return_entropy", r.return_entropy), ("rollout.top_k", r.top_k > 0),
-                             ("rollout.top_p", r.top_p < 1.0), ("rollout.min_p", r.min_p > 0)) if on]
-    if needs:
-        from rlpost.engines.vllm_engine import TP_UNSUPPORTED
-        raise ConfigError(f"rollout.tensor_parallel_size={tp} with {', '.join(needs)}: {TP_UNSUPPORTED}")
 
 
 def resolve_algo(cfg: Config) -> dict:

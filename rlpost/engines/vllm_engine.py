@@ -22,8 +22,9 @@ applies it itself (to its own copy) where it computes entropies and kept mass.
 Tensor parallelism (``tensor_parallel_size`` > 1; ``rollout.tensor_parallel_size``, ``rlpost serve
 --tensor-parallel-size``): the engine core stays in this process, the model runs in one vLLM worker process per
 rank. A weight sync then goes through a shared-memory file that every rank maps, and each rank's weight loader
-(``model.load_weights``) keeps its own shard. rlpost's logits processor cannot reach those processes, so Python
-logits processors, entropies and top-k/top-p/min-p are refused there (:data:`TP_UNSUPPORTED`).
+(``model.load_weights``) keeps its own shard. rlpost's logits processor runs in every rank's process: a call
+that needs it (Python logits processors, entropies, top-k/top-p/min-p) is registered on every rank through
+``collective_rpc`` (its processors must pickle) and rank 0's records are collected after generation.
 
 Each (request, sample) becomes its own vLLM request with ``n=1`` and seed ``seed + global_row`` (vLLM's own
 parallel sampling gives child ``j`` seed ``seed + j`` in the same way); ``seed_offset`` keeps row seeds global
@@ -91,12 +92,6 @@ def _quiet_expected_reload_warnings() -> None:
     log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
     if not any(isinstance(f, _ExpectedReloadWarnings) for f in log.filters):
         log.addFilter(_ExpectedReloadWarnings())
-
-
-TP_UNSUPPORTED = ("rlpost's in-sampler logits processor (Python logits processors such as HAPO's temperature, "
-                  "rollout.return_entropy, and the kept-mass correction of top_k/top_p/min_p) runs in the engine's "
-                  "own process, and with tensor parallelism vLLM samples in its worker processes. Use "
-                  "tensor_parallel_size 1 (data parallel workers instead) or drop those settings")
 
 
 def tensor_parallel_kwargs(tensor_parallel_size: int) -> dict:
@@ -197,8 +192,6 @@ class VLLMEngine:
                         top_k=params.top_k, top_p=params.top_p, want_entropy=params.return_entropy, pad_id=self.pad_id,
                         min_p=params.min_p, repetition_penalty=params.repetition_penalty)
         needs_processor = bool(spec.processors) or spec.want_entropy or spec.truncates
-        if needs_processor and self.tensor_parallel_size > 1:
-            raise EngineError(f"vllm engine with tensor_parallel_size={self.tensor_parallel_size}: {TP_UNSUPPORTED}")
         call_id = uuid.uuid4().hex
         base = sampling_kwargs(params)
         own_seeds = sample_seeds(requests, n)
@@ -211,17 +204,34 @@ class VLLMEngine:
                 extra = {ROW_KEY: f"{call_id}:{row}"} if needs_processor else None
                 sps.append(VLLMSamplingParams(**base, seed=seed, extra_args=extra))
                 prompts.append(TokensPrompt(prompt_token_ids=list(req.prompt_ids)))
-        if needs_processor:
+        remote = needs_processor and self.tensor_parallel_size > 1   # the processor runs in the ranks' processes
+        if remote:
+            self._register_on_ranks(call_id, spec)
+        elif needs_processor:
             register_call(call_id, spec)
         try:
             outputs = self.llm.generate(prompts, sps, use_tqdm=False)
         finally:
+            if remote:   # every rank sampled the same rows; rank 0's records are the ones returned
+                spec.entropy_records, spec.mass_records = self.llm.collective_rpc("rlpost_finish_call",
+                                                                                  args=(call_id,))[0]
             unregister_call(call_id)
             if self.sleep_mode:
                 self._sleep()
         entropies = spec.per_row(spec.entropy_records, len(prompts)) if spec.want_entropy else None
         log_mass = spec.per_row(spec.mass_records, len(prompts)) if spec.truncates else None
         return self._to_samples(requests, n, outputs, entropies, log_mass)
+
+    def _register_on_ranks(self, call_id: str, spec) -> None:
+        """Tensor parallelism: hand the call's spec (its logits processors included) to every rank's process."""
+        import pickle
+        try:
+            pickle.dumps(spec.processors)
+        except Exception as err:
+            raise EngineError(f"vllm engine with tensor_parallel_size={self.tensor_parallel_size}: the logits "
+                              f"processors must be picklable to reach the TP ranks' processes "
+                              f"({type(err).__name__}: {err}); define them as module-level classes or functions")
+        self.llm.collective_rpc("rlpost_register_call", args=(call_id, spec))
 
     def _check_lengths(self, requests: list[GenRequest], params: SamplingParams) -> None:
         longest = max((len(r.prompt_ids) for r in requests), default=0)

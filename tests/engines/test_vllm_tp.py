@@ -1,13 +1,14 @@
 """Rollout tensor parallelism for real: one ``rlpost serve --tensor-parallel-size 2`` worker on vLLM's CPU build
 (two vLLM worker processes, gloo/shm between them; the tiny Qwen2 has 2 KV heads, one per rank). Generation, a
-weight sync over both transports reaching both shards, and sampler/learner log-prob agreement."""
+weight sync over both transports reaching both shards, sampler/learner log-prob agreement, and rlpost's logits
+processor (entropies, top-k/top-p) running on the ranks."""
 import pytest
 import torch
 
 pytest.importorskip("vllm")
 
 from rlpost.config import ModelConfig  # noqa: E402
-from rlpost.engines.base import EngineError, SamplingParams  # noqa: E402
+from rlpost.engines.base import SamplingParams  # noqa: E402
 from rlpost.engines.vllm_server import VLLMServerEngine, start_workers, stop_workers  # noqa: E402
 from rlpost.models.loading import load_model, load_tokenizer  # noqa: E402
 
@@ -59,7 +60,14 @@ def test_weight_sync_reaches_both_shards(tp_client, tiny_model_path, transport, 
     eng.load_weights(load_model(str(tiny_model_path), ModelConfig(), "cpu").named_parameters())   # restore
 
 
-def test_in_sampler_processing_is_refused_with_the_reason(tp_client):
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, 5, 1.0), (1.2, 0, 0.8)])
+def test_entropies_and_truncation_run_on_the_ranks(tp_client, tiny_model_path, temperature, top_k, top_p):
+    """rlpost's logits processor runs in each rank's process: entropies and the top-k/top-p kept-mass correction
+    come back from rank 0 and match the learner (log softmax(z/T) before truncation, entropy of softmax(z/T))."""
+    from tests.engines.test_vllm import learner_view, max_diff
     eng, tok, _ = tp_client
-    with pytest.raises(EngineError, match="tensor_parallel_size=2.*worker processes"):
-        eng.generate(requests_for(tok, 1), SamplingParams(n=1, max_tokens=4, return_entropy=True))
+    samples = eng.generate(requests_for(tok, 3), SamplingParams(n=2, temperature=temperature, top_k=top_k,
+                                                                top_p=top_p, max_tokens=8, seed=3, return_entropy=True))
+    batch, logp, ent = learner_view(load_model(str(tiny_model_path), ModelConfig(), "cpu"), tok, samples, temperature)
+    assert max_diff(logp, batch.sampler_logprobs, batch.response_mask) < TOL
+    assert max_diff(ent, batch.sampler_entropies, batch.response_mask) < TOL
