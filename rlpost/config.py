@@ -106,6 +106,7 @@ class RolloutConfig:
     enable_prefix_caching: bool = True
     enforce_eager: bool = True
     enable_sleep_mode: bool = False           # offload vLLM weights/KV cache during the learner step
+    tensor_parallel_size: int = 1             # rollout.engine=vllm: shard the sampler over this many devices (vLLM TP; rlpost serve workers take --tensor-parallel-size)
     server_urls: list = field(default_factory=list)  # vllm_server workers, e.g. ["http://127.0.0.1:8001"]
     server_token: str | None = None           # shared secret sent to rlpost serve workers
     timeout_s: float = 600.0                  # upper bound on any wait for an engine

@@ -57,12 +57,26 @@ def resolve_rollout(cfg: Config) -> dict:
     from rlpost.workflows import WORKFLOWS
     r = cfg.rollout
     registry_entry(ENGINES, r.engine, "rollout.engine")
+    check_tensor_parallel(r)
     resolved = {"workflow": expanded(*_name_params(resolve_component(WORKFLOWS, r.workflow, "rollout.workflow")))}
     if r.logits_processor is not None:
         rollout_knobs = {f.name: getattr(r, f.name) for f in dataclasses.fields(r)}
         resolved["logits_processor"] = expanded(*_name_params(
             resolve_component(LOGITS_PROCESSORS, r.logits_processor, "rollout.logits_processor", rollout_knobs)))
     return resolved
+
+
+def check_tensor_parallel(r) -> None:
+    """rollout.tensor_parallel_size > 1 shards the colocated vLLM engine (rlpost/engines/vllm_engine.py); an
+    ``rlpost serve`` worker takes its own --tensor-parallel-size."""
+    tp = r.tensor_parallel_size
+    if not isinstance(tp, int) or tp < 1:
+        raise ConfigError(f"rollout.tensor_parallel_size must be an integer >= 1, got {tp!r}")
+    if tp > 1 and r.engine != "vllm":
+        where = ("each rlpost serve worker's --tensor-parallel-size" if r.engine == "vllm_server"
+                 else "rollout.engine=vllm")
+        raise ConfigError(f"rollout.tensor_parallel_size={tp} applies to rollout.engine=vllm only, not "
+                          f"{r.engine!r}: use {where}")
 
 
 def resolve_algo(cfg: Config) -> dict:
@@ -138,6 +152,11 @@ def resolve_methods(method_cfg: dict) -> dict:
 def check_world_size(cfg: Config, world_size: int) -> None:
     """The rules that depend on the number of learner processes (rlpost/distributed/sharding.py), for ``world_size``."""
     from rlpost import distributed
+    tp = cfg.rollout.tensor_parallel_size
+    if isinstance(tp, int) and tp > 1 and world_size > 1:
+        raise ConfigError(f"rollout.tensor_parallel_size={tp} with WORLD_SIZE={world_size}: every learner rank would "
+                          f"start its own {tp}-rank vLLM engine on the same local devices. Serve the policy from "
+                          "`rlpost serve --tensor-parallel-size` workers instead (rollout.engine=vllm_server)")
     if cfg.distributed.backend == "none":
         if world_size > 1:
             raise ConfigError(f"launched with WORLD_SIZE={world_size} but distributed.backend is none: set "

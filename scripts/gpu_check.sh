@@ -11,7 +11,11 @@
 # 4. one `rlpost serve` worker on the GPU + 5 steps with rollout.engine=vllm_server (weight_sync=file), then the
 #    same 5 steps with rollout.async_level=1 (one-step-off: staleness, learner wait and step time in the summary)
 # 5. the shared-prefix learner pass (optim.shared_prefix) in bf16 on CUDA: agreement and speed-up
-# 6. the vLLM test modules (CPU-sized, they run on the GPU build too)
+# 6. the vLLM test modules (CPU-sized, they run on the GPU build too; the TP=2 module skips with one GPU)
+# 7. FSDP2 learner (distributed.backend=fsdp2): 2 ranks on 2 GPUs against one process (step-1 loss and grad norm);
+#    with one GPU only one rank runs (the script says so)
+# 8. LoRA weight sync to the colocated vLLM engine: model.lora.sync=adapter against merged (weight_sync seconds)
+# 9. rollout tensor parallelism: `rlpost serve --tensor-parallel-size 1` vs `2` (needs 2 GPUs; else skipped, said)
 # Results go to $OUT (default runs/gpu_check); summary.txt collects the numbers.
 #
 # Not checked here: weight_sync=dist over NCCL needs the trainer and each worker on different GPUs (NCCL refuses
@@ -111,5 +115,80 @@ fi
 
 echo "== 6. vLLM tests"
 run $PY -m pytest tests/engines tests/algos/test_mismatch.py -q -x -m "vllm or not vllm"
+
+NGPU=0
+if [[ $DRY == 0 ]]; then NGPU=$(nvidia-smi -L 2>/dev/null | wc -l); fi
+step1() {  # step-1 loss and grad norm of a run
+  $PY -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1]) if '\"loss\"' in l][0]; \
+print(sys.argv[1], 'step', r['step'], 'loss', r['loss'], 'grad_norm', r['grad_norm'])" "$1/metrics.jsonl" | tee -a "$SUMMARY"
+}
+SHORT=(trainer.max_steps=3 trainer.eval_steps=0 trainer.device=cuda trainer.report_to=[jsonl] trainer.progress_bar=false
+       trainer.save_steps=0 model.dtype=float32 rollout.engine=hf distributed.rollout=replicate)
+
+echo "== 7. FSDP2 learner: 2 ranks (2 GPUs) against one process"
+FSDP_RANKS=2
+if [[ $DRY == 0 && $NGPU -lt 2 ]]; then
+  FSDP_RANKS=1
+  echo "only $NGPU GPU: FSDP2 runs with ONE rank (fully_shard over a world of 1; the 2-rank comparison needs 2 GPUs)" \
+    | tee -a "$SUMMARY"
+fi
+if [[ $DRY == 1 ]]; then
+  check_config configs/tiny/arith_grpo.yaml "${SHORT[@]}" distributed.backend=fsdp2 > /dev/null && echo "fsdp2 config: ok"
+  check_config configs/tiny/arith_grpo.yaml "${SHORT[@]}" > /dev/null && echo "fsdp2 reference config: ok"
+fi
+run $PY -m torch.distributed.run --standalone --nproc_per_node "$FSDP_RANKS" -m rlpost.cli train \
+  configs/tiny/arith_grpo.yaml "${SHORT[@]}" distributed.backend=fsdp2 trainer.output_dir="$OUT/fsdp2"
+run $PY -m rlpost.cli train configs/tiny/arith_grpo.yaml "${SHORT[@]}" trainer.output_dir="$OUT/fsdp2_reference"
+if [[ $DRY == 0 ]]; then step1 "$OUT/fsdp2"; step1 "$OUT/fsdp2_reference"; fi
+
+echo "== 8. LoRA sync to vLLM: adapter-only (model.lora.sync=adapter) against merged weights"
+# model.lora.sync is new (issue 23); the dry run prints these commands without loading them
+LORA=(model.lora.r=16 "model.lora.target_modules=all-linear" rollout.engine=vllm trainer.max_steps=5)
+if [[ $DRY == 1 ]]; then   # everything but model.lora.sync (which lands with the adapter-sync work)
+  check_config configs/tiny/arith_grpo.yaml "${COMMON[@]}" "${LORA[@]}" > /dev/null && echo "lora config: ok"
+fi
+for SYNC in adapter merged; do
+  run $PY -m rlpost.cli train configs/tiny/arith_grpo.yaml "${COMMON[@]}" "${LORA[@]}" model.lora.sync=$SYNC \
+    trainer.output_dir="$OUT/lora_$SYNC"
+  if [[ $DRY == 0 ]]; then
+    $PY -c "import json,sys; rows=[json.loads(l) for l in open(sys.argv[1])]; \
+print(sys.argv[1], 'weight_sync s', [round(r.get('timing/weight_sync', float('nan')), 4) for r in rows if 'loss' in r])" \
+      "$OUT/lora_$SYNC/metrics.jsonl" | tee -a "$SUMMARY"
+    accuracy "$OUT/lora_$SYNC"
+  fi
+done
+
+echo "== 9. rollout tensor parallelism: rlpost serve --tensor-parallel-size 1 vs 2"
+if [[ $DRY == 1 ]]; then
+  $PY -m rlpost.cli serve --help | grep -q -- "--tensor-parallel-size" && echo "serve --tensor-parallel-size: ok"
+  check_config configs/tiny/arith_grpo.yaml "${COMMON[@]}" rollout.engine=vllm rollout.tensor_parallel_size=2 \
+    > /dev/null && echo "rollout.tensor_parallel_size config: ok"
+fi
+if [[ $DRY == 0 && $NGPU -lt 2 ]]; then
+  echo "only $NGPU GPU: rollout TP=2 skipped (needs 2 GPUs)" | tee -a "$SUMMARY"
+else
+  for TP in 1 2; do
+    TP_PORT=$((PORT + 10 + TP))
+    if [[ $DRY == 1 ]]; then
+      echo "+ rlpost serve tiny:qwen2:arithmetic --port $TP_PORT --dtype float32 --tensor-parallel-size $TP &"
+    else
+      RLPOST_SERVE_TOKEN=$TOKEN $PY -m rlpost.cli serve tiny:qwen2:arithmetic --port "$TP_PORT" --dtype float32 \
+        --gpu-memory-utilization 0.3 --tensor-parallel-size "$TP" --log-file "$OUT/worker_tp$TP.log" &
+      TP_WORKER=$!
+    fi
+    RLPOST_SERVE_TOKEN=$TOKEN run $PY -m rlpost.cli train configs/tiny/arith_grpo.yaml "${COMMON[@]}" \
+      trainer.max_steps=5 rollout.engine=vllm_server "rollout.server_urls=[http://127.0.0.1:$TP_PORT]" \
+      rollout.timeout_s=600 trainer.output_dir="$OUT/grpo_serve_tp$TP"
+    if [[ $DRY == 0 ]]; then
+      curl -s -X POST -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$TP_PORT/shutdown" || true
+      wait $TP_WORKER || true
+      accuracy "$OUT/grpo_serve_tp$TP"
+      $PY -c "import json,sys; rows=[json.loads(l) for l in open(sys.argv[1])]; \
+print(sys.argv[1], 'generate s', [round(r['timing/generate'], 3) for r in rows if 'timing/generate' in r])" \
+        "$OUT/grpo_serve_tp$TP/metrics.jsonl" | tee -a "$SUMMARY"
+    fi
+  done
+  run $PY -m pytest tests/engines/test_vllm_tp.py -q -x
+fi
 
 echo "== done: $SUMMARY"

@@ -85,6 +85,58 @@ def test_tiny_config_passes_every_check():
     assert "0.5M parameters" in by_name(checks)["model"].detail
 
 
+PUBLISHED_PARAMETERS = {   # parameter counts the models' hub pages / safetensors metadata publish
+    "Qwen/Qwen2.5-0.5B-Instruct": 494_032_768, "Qwen/Qwen2.5-Math-1.5B": 1_543_714_304,
+    "Qwen/Qwen2.5-7B": 7_615_616_512, "Qwen/Qwen2.5-32B-Instruct": 32_763_876_352,
+    "Qwen/Qwen3-4B-Base": 4_022_468_096, "Qwen/Qwen3-8B-Base": 8_190_735_360,
+    "meta-llama/Meta-Llama-3-8B": 8_030_261_248, "mistralai/Mistral-7B-v0.1": 7_241_732_096, "gpt2": 124_439_808}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMETERS))
+def test_known_configs_count_the_published_parameters(name):
+    from rlpost.models.known_configs import known_config
+    assert doctor.count_parameters(known_config(name))[0] == PUBLISHED_PARAMETERS[name]
+
+
+def test_a_hub_model_that_is_not_here_is_sized_from_the_table(monkeypatch):
+    """No hub here: Qwen2.5-7B's config cannot load, yet disk and memory are estimated from its architecture fields
+    (7,615,616,512 parameters x 2 bytes in bf16 = 14.19 GiB of weights) and say where the size came from."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    checks = by_name(run_checks(str(ROOT / "configs/tiny/arith_grpo.yaml"),
+                                ["model.name_or_path=Qwen/Qwen2.5-7B", "model.dtype=bfloat16"], device_memory_gb=80))
+    assert checks["model"].status == "fail" and "7,615.6M parameters" in checks["model"].detail
+    assert "known_configs.py" in checks["model"].detail
+    assert checks["memory"].status in ("ok", "warn") and "weights 14.19" in checks["memory"].detail
+    assert "parameters from rlpost/models/known_configs.py" in checks["memory"].detail
+    assert checks["disk"].status in ("ok", "fail") and "GiB" in checks["disk"].detail
+
+
+def test_an_unknown_model_that_is_not_here_says_why_memory_is_skipped(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    checks = by_name(run_checks(str(ROOT / "configs/tiny/arith_grpo.yaml"), ["model.name_or_path=someone/not-cached-7b"]))
+    assert checks["model"].status == "fail"
+    for name in ("memory", "disk"):
+        assert checks[name].status == "skip"
+        assert "'someone/not-cached-7b'" in checks[name].detail and "HF_HUB_OFFLINE" in checks[name].detail
+        assert "estimate skipped" in checks[name].detail
+
+
+def test_a_local_config_whose_tokenizer_fails_is_still_sized(tmp_path, monkeypatch):
+    """A folder with only config.json whose tokenizer does not load: the size comes from the config alone."""
+    from rlpost.models import loading
+    from rlpost.models.known_configs import known_config
+    known_config("Qwen/Qwen2.5-0.5B-Instruct").save_pretrained(tmp_path)
+
+    def no_tokenizer(path, model_cfg):
+        raise OSError(f"no tokenizer files in {path}")
+    monkeypatch.setattr(loading, "load_tokenizer", no_tokenizer)
+    checks = by_name(run_checks(str(ROOT / "configs/tiny/arith_grpo.yaml"), [f"model.name_or_path={tmp_path}"],
+                                device_memory_gb=80))
+    assert checks["model"].status == "fail" and "sized from its config.json alone, 494.0M parameters" in \
+        checks["model"].detail
+    assert checks["memory"].status == "ok" and "parameters from its config.json alone" in checks["memory"].detail
+
+
 def test_missing_file_column_package_and_bad_tests_are_named(tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"prompt": "2+2", "solution": "4"}) + "\n")

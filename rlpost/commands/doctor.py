@@ -69,6 +69,8 @@ class Context:
     model_config: object = None
     n_params: int | None = None
     lora_params: int | None = None
+    size_source: str | None = None       # where n_params came from when the model did not fully load
+    size_unknown: str = "the model's size is unknown (see model)"   # why disk and memory are skipped
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -349,16 +351,46 @@ def check_model(ctx: Context) -> list[Check]:
         ctx.tokenizer = load_tokenizer(path, m)
     except Exception as err:
         text = str(err)
-        return [Check("model", "fail", text if text.startswith("model.") else f"model.name_or_path {m.name_or_path!r}: {text}")]
-    try:
-        ctx.n_params, ctx.lora_params = count_parameters(ctx.model_config, m.lora)
-        size = f", {ctx.n_params / 1e6:,.1f}M parameters" + (f" (LoRA adapter {ctx.lora_params / 1e6:,.2f}M)"
-                                                              if ctx.lora_params else "")
-    except Exception as err:   # a config transformers cannot build on the meta device: the count is skipped
-        size = f" (parameters not counted: {type(err).__name__}: {err})"
+        text = text if text.startswith("model.") else f"model.name_or_path {m.name_or_path!r}: {text}"
+        return [Check("model", "fail", text + size_without_weights(ctx))]
+    size = count_size(ctx)
     window = getattr(ctx.model_config, "max_position_embeddings", None)
     return [Check("model", "ok", f"{m.name_or_path}: config ({ctx.model_config.model_type}, context {window}) and "
                                  f"tokenizer (vocab {len(ctx.tokenizer)}) load{size}")]
+
+
+def count_size(ctx: Context) -> str:
+    """Count ctx.model_config's parameters into ctx.n_params / ctx.lora_params; the text that reports it."""
+    try:
+        ctx.n_params, ctx.lora_params = count_parameters(ctx.model_config, ctx.cfg.model.lora)
+    except Exception as err:   # a config transformers cannot build on the meta device: the count is skipped
+        ctx.size_unknown = f"transformers cannot build its config on the meta device ({type(err).__name__}: {err})"
+        return f" (parameters not counted: {type(err).__name__}: {err})"
+    return f", {ctx.n_params / 1e6:,.1f}M parameters" + (f" (LoRA adapter {ctx.lora_params / 1e6:,.2f}M)"
+                                                          if ctx.lora_params else "")
+
+
+def size_without_weights(ctx: Context) -> str:
+    """When the model's config or tokenizer did not load: its size from whatever describes it, so that disk and
+    memory can still be estimated. The config itself if it loaded (a local config.json without a tokenizer), else
+    rlpost's table of the recipes' hub models (rlpost/models/known_configs.py); otherwise ``ctx.size_unknown``
+    says why no estimate is possible."""
+    from rlpost.models.known_configs import known_config
+    name = ctx.cfg.model.name_or_path
+    if ctx.model_config is None:
+        ctx.model_config = known_config(name)
+        if ctx.model_config is None:
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+            hub = "switched off (HF_HUB_OFFLINE)" if offline else "unreachable or has no such model"
+            ctx.size_unknown = (f"no config.json of {name!r} can be read here (not a local folder, not in the hub "
+                                f"cache, and the hub is {hub}) and it is not in rlpost/models/known_configs.py: "
+                                "estimate skipped")
+            return ""
+        ctx.size_source = "rlpost/models/known_configs.py (its hub config.json is not readable here)"
+    else:
+        ctx.size_source = "its config.json alone"
+    size = count_size(ctx)
+    return f"; sized from {ctx.size_source}{size}" if ctx.n_params is not None else ""
 
 
 def check_template(ctx: Context) -> list[Check]:
@@ -477,7 +509,7 @@ def optimizer_slots(optimizer: str) -> int:
 
 def check_disk(ctx: Context) -> list[Check]:
     if ctx.n_params is None:
-        return [Check("disk", "skip", "the model's size is unknown (see model)")]
+        return [Check("disk", "skip", ctx.size_unknown)]
     t = ctx.cfg.trainer
     out = Path(t.output_dir)
     base = out
@@ -556,7 +588,7 @@ def device_memory(ctx: Context) -> tuple[float, str]:
 def check_memory(ctx: Context) -> list[Check]:
     mc = ctx.model_config
     if ctx.n_params is None or mc is None:
-        return [Check("memory", "skip", "the model's size is unknown (see model)")]
+        return [Check("memory", "skip", ctx.size_unknown)]
     cfg = ctx.cfg
     hidden = getattr(mc, "hidden_size", None) or getattr(mc, "n_embd", 0)
     layers = getattr(mc, "num_hidden_layers", None) or getattr(mc, "n_layer", 0)
@@ -599,7 +631,8 @@ def check_memory(ctx: Context) -> list[Check]:
     vllm = f" + vLLM {est.vllm / GIB:.2f} GiB" if est.vllm else ""
     status = "fail" if need > total else "warn" if need > 0.9 * total else "ok"
     return [Check("memory", status, f"~{est.learner / GIB:.2f} GiB per learner rank ({parts} GiB; {shape}, "
-                                    f"world size {ctx.world_size}){vllm} against {where}")]
+                                    f"world size {ctx.world_size}){vllm} against {where}" +
+                                    (f"; parameters from {ctx.size_source}" if ctx.size_source else ""))]
 
 
 # ---------------------------------------------------------------------------------------------- probe

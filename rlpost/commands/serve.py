@@ -6,6 +6,7 @@ import os
 
 EPILOG = """examples:
   rlpost serve tiny:qwen2:arithmetic --port 8001 --dtype float32
+  rlpost serve Qwen/Qwen2.5-32B-Instruct --port 8001 --tensor-parallel-size 4 --dtype bfloat16
   RLPOST_SERVE_TOKEN=s3cret rlpost serve Qwen/Qwen2.5-0.5B-Instruct --port 8001 --log-file logs/w0.log
   rlpost train configs/tiny/arith_grpo.yaml rollout.engine=vllm_server \\
       'rollout.server_urls=[http://127.0.0.1:8001,http://127.0.0.1:8002]' rollout.server_token=s3cret
@@ -16,14 +17,30 @@ without a token is refused (anyone reaching the port could replace the weights) 
 """
 
 
+def check_parallel(tensor_parallel_size: int, data_parallel_size: int) -> None:
+    """Refuse, before anything loads, the parallel sizes one ``rlpost serve`` cannot run (ConfigError: one line,
+    exit 2). Data parallelism is several workers, each listed in rollout.server_urls."""
+    from rlpost.config import ConfigError
+    if tensor_parallel_size < 1:
+        raise ConfigError(f"rlpost serve --tensor-parallel-size must be >= 1, got {tensor_parallel_size}")
+    if data_parallel_size != 1:
+        raise ConfigError(
+            f"rlpost serve --data-parallel-size {data_parallel_size}: one worker serves one vLLM engine (vllm.LLM "
+            "refuses data parallelism in one process). Start one worker per replica, each on its own devices "
+            "(CUDA_VISIBLE_DEVICES), and list them all in rollout.server_urls: the trainer dispatches by load")
+
+
 def cmd_serve(args) -> int:
     from rlpost.serving.server import serve
+
+    check_parallel(args.tensor_parallel_size, args.data_parallel_size)
 
     engine_kwargs = dict(dtype=args.dtype, gpu_memory_utilization=args.gpu_memory_utilization,
                          max_model_len=args.max_model_len, max_completion_length=args.max_completion_length,
                          enable_prefix_caching=not args.no_prefix_caching, enforce_eager=not args.no_enforce_eager,
                          enable_sleep_mode=args.enable_sleep_mode, seed=args.seed,
-                         trust_remote_code=args.trust_remote_code)
+                         trust_remote_code=args.trust_remote_code, tensor_parallel_size=args.tensor_parallel_size,
+                         data_parallel_size=args.data_parallel_size)
     return serve(args.model, host=args.host, port=args.port, token=args.token or os.environ.get("RLPOST_SERVE_TOKEN"),
                  log_file=args.log_file, engine_kwargs=engine_kwargs,
                  allow_unauthenticated=args.allow_unauthenticated, served_model_name=args.served_model_name)
@@ -52,6 +69,11 @@ def register(subparsers) -> None:
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--no-enforce-eager", action="store_true", help="allow vLLM's graph compilation / CUDA graphs")
     p.add_argument("--enable-sleep-mode", action="store_true", help="offload between requests (GPU only)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="shard the model over this many devices (vLLM TP: one worker process per rank)")
+    p.add_argument("--data-parallel-size", type=int, default=1,
+                   help="vLLM data parallelism; only 1 today: run one worker per replica and list them all in "
+                        "rollout.server_urls (the trainer dispatches by load)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=cmd_serve)

@@ -19,6 +19,13 @@ top-p the processor records log(kept mass) per token and the engine adds it back
 log softmax(z), as in the hf engine. vLLM applies the repetition penalty after rlpost's processor, so the processor
 applies it itself (to its own copy) where it computes entropies and kept mass.
 
+Tensor parallelism (``tensor_parallel_size`` > 1; ``rollout.tensor_parallel_size``, ``rlpost serve
+--tensor-parallel-size``): the engine core stays in this process, the model runs in one vLLM worker process per
+rank. A weight sync then goes through a shared-memory file that every rank maps, and each rank's weight loader
+(``model.load_weights``) keeps its own shard. rlpost's logits processor runs in every rank's process: a call
+that needs it (Python logits processors, entropies, top-k/top-p/min-p) is registered on every rank through
+``collective_rpc`` (its processors must pickle) and rank 0's records are collected after generation.
+
 Each (request, sample) becomes its own vLLM request with ``n=1`` and seed ``seed + global_row`` (vLLM's own
 parallel sampling gives child ``j`` seed ``seed + j`` in the same way); ``seed_offset`` keeps row seeds global
 when a batch is split across ``rlpost serve`` workers, so the split does not change the samples. A request with a
@@ -87,6 +94,22 @@ def _quiet_expected_reload_warnings() -> None:
         log.addFilter(_ExpectedReloadWarnings())
 
 
+def tensor_parallel_kwargs(tensor_parallel_size: int) -> dict:
+    """vllm.LLM keywords for ``tensor_parallel_size`` ranks: one worker process per rank (the ``mp`` executor;
+    each rank's weight loader slices its own shard of every full tensor it is given). On CPU builds vLLM binds
+    each rank's OpenMP threads to a NUMA node of its own and refuses more ranks than nodes; with fewer nodes
+    (one, on most machines) the binding is switched off (``VLLM_CPU_OMP_THREADS_BIND=nobind``) unless set."""
+    if tensor_parallel_size == 1:
+        return {}
+    from vllm.platforms import current_platform
+    if current_platform.is_cpu() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        from vllm.utils.cpu_resource_utils import get_visible_memory_node
+        if len(get_visible_memory_node()) < tensor_parallel_size:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+            log.info("vLLM CPU: %d TP ranks on fewer NUMA nodes: OpenMP thread binding off", tensor_parallel_size)
+    return {"tensor_parallel_size": tensor_parallel_size, "distributed_executor_backend": "mp"}
+
+
 @ENGINES.register("vllm")
 class VLLMEngine:
     """``vllm.LLM`` in this process; see the module docstring for the conventions."""
@@ -95,8 +118,16 @@ class VLLMEngine:
                  max_model_len: int | None = None, max_completion_length: int = 256,
                  enable_prefix_caching: bool = True, enforce_eager: bool = True, enable_sleep_mode: bool = False,
                  seed: int = 0, trust_remote_code: bool = False, revision: str | None = None,
-                 hf_overrides: dict | None = None):
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"   # in-process worker: see the module docstring
+                 hf_overrides: dict | None = None, tensor_parallel_size: int = 1, data_parallel_size: int = 1):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"   # in-process engine core: see the module docstring
+        if data_parallel_size != 1:
+            raise ValueError(
+                f"data_parallel_size={data_parallel_size}: one vLLM engine in this process cannot be data-parallel "
+                "(vllm.LLM refuses it). Start one `rlpost serve` worker per replica (each on its own devices, "
+                "e.g. CUDA_VISIBLE_DEVICES) and list them all in rollout.server_urls: the trainer dispatches to "
+                "them by load (docs/distributed.md)")
+        if tensor_parallel_size < 1:
+            raise ValueError(f"rollout.tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
         from vllm import LLM
         _quiet_expected_reload_warnings()
         from vllm.platforms import current_platform
@@ -111,6 +142,7 @@ class VLLMEngine:
         self.max_model_len = max_model_len or default_max_model_len(self.model_path, max_completion_length,
                                                                     trust_remote_code)
         self.sleep_mode = enable_sleep_mode
+        self.tensor_parallel_size = tensor_parallel_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         start = time.perf_counter()
         try:
@@ -121,6 +153,7 @@ class VLLMEngine:
                            enable_sleep_mode=enable_sleep_mode, logprobs_mode="processed_logprobs",
                            logits_processors=[RlpostLogitsProcessor],
                            worker_extension_cls="rlpost.engines.vllm_worker.RlpostWorkerExtension",
+                           **tensor_parallel_kwargs(tensor_parallel_size),
                            **({"hf_overrides": hf_overrides} if hf_overrides else {}))
         except ValueError as err:
             if "memory" in str(err).lower():
@@ -141,7 +174,7 @@ class VLLMEngine:
                    enable_prefix_caching=r.enable_prefix_caching, enforce_eager=r.enforce_eager,
                    enable_sleep_mode=r.enable_sleep_mode, seed=cfg.trainer.seed,
                    trust_remote_code=m.trust_remote_code, revision=m.revision,
-                   hf_overrides=context_overrides(m.model_init_kwargs))
+                   hf_overrides=context_overrides(m.model_init_kwargs), tensor_parallel_size=r.tensor_parallel_size)
 
     # ------------------------------------------------------------------ generation
     def generate(self, requests: list[GenRequest], params: SamplingParams, seed_offset: int = 0) -> list[Sample]:
@@ -171,17 +204,34 @@ class VLLMEngine:
                 extra = {ROW_KEY: f"{call_id}:{row}"} if needs_processor else None
                 sps.append(VLLMSamplingParams(**base, seed=seed, extra_args=extra))
                 prompts.append(TokensPrompt(prompt_token_ids=list(req.prompt_ids)))
-        if needs_processor:
+        remote = needs_processor and self.tensor_parallel_size > 1   # the processor runs in the ranks' processes
+        if remote:
+            self._register_on_ranks(call_id, spec)
+        elif needs_processor:
             register_call(call_id, spec)
         try:
             outputs = self.llm.generate(prompts, sps, use_tqdm=False)
         finally:
+            if remote:   # every rank sampled the same rows; rank 0's records are the ones returned
+                spec.entropy_records, spec.mass_records = self.llm.collective_rpc("rlpost_finish_call",
+                                                                                  args=(call_id,))[0]
             unregister_call(call_id)
             if self.sleep_mode:
                 self._sleep()
         entropies = spec.per_row(spec.entropy_records, len(prompts)) if spec.want_entropy else None
         log_mass = spec.per_row(spec.mass_records, len(prompts)) if spec.truncates else None
         return self._to_samples(requests, n, outputs, entropies, log_mass)
+
+    def _register_on_ranks(self, call_id: str, spec) -> None:
+        """Tensor parallelism: hand the call's spec (its logits processors included) to every rank's process."""
+        import pickle
+        try:
+            pickle.dumps(spec.processors)
+        except Exception as err:
+            raise EngineError(f"vllm engine with tensor_parallel_size={self.tensor_parallel_size}: the logits "
+                              f"processors must be picklable to reach the TP ranks' processes "
+                              f"({type(err).__name__}: {err}); define them as module-level classes or functions")
+        self.llm.collective_rpc("rlpost_register_call", args=(call_id, spec))
 
     def _check_lengths(self, requests: list[GenRequest], params: SamplingParams) -> None:
         longest = max((len(r.prompt_ids) for r in requests), default=0)
@@ -234,7 +284,15 @@ class VLLMEngine:
         """Learner weights (HF names) -> vLLM, in place; the prefix cache is reset (its KV used the old weights)."""
         weights = [(name, t.detach()) for name, t in named_tensors]
         self._wake()   # and stay awake: the next call is the rollout
-        self.llm.collective_rpc("rlpost_load_weights", args=(weights,))
+        if self.tensor_parallel_size == 1:   # the worker is in this process: hand it the tensors themselves
+            self.llm.collective_rpc("rlpost_load_weights", args=(weights,))
+        else:   # one worker process per TP rank: each maps one shared-memory file and loads its own shard
+            from rlpost.serving.weights import save_weights_file
+            path = save_weights_file(weights)
+            try:
+                self.llm.collective_rpc("rlpost_load_weights", args=(path,))
+            finally:
+                os.unlink(path)
         self.llm.reset_prefix_cache()
 
     def reset_prefix_cache(self) -> None:

@@ -1,8 +1,10 @@
 """Client of ``rlpost serve`` workers (``rollout.engine: vllm_server``): data-parallel rollout over HTTP.
 
-- generate: the requests are cut into one contiguous slice per worker, sent concurrently, and the samples put
-  back in request order. Each slice carries its ``seed_offset``, so a sample's seed depends on its place in the
-  whole batch, not on how many workers there are; a request with a seed of its own (``GenRequest.seed``) sends it.
+- generate: the requests are cut into contiguous slices, sized so that the least-loaded workers (tokens in
+  flight from every thread of this client) get the most (rlpost/engines/dispatch.py), sent concurrently, and the
+  samples put back in request order. Each slice carries its ``seed_offset``, so a sample's seed depends on its
+  place in the whole batch, not on which or how many workers served it; a request with a seed of its own
+  (``GenRequest.seed``) sends it.
 - load_weights: to every worker, by ``rollout.weight_sync`` (rlpost/serving/weights.py): ``file`` (one
   torch.save file in shared memory, loaded by each worker) or ``dist`` (a torch.distributed broadcast group:
   gloo on CPU, NCCL when the learner's weights are on a GPU).
@@ -32,6 +34,7 @@ from urllib.parse import urlparse
 import torch
 
 from rlpost.engines.base import ENGINES, EngineError, GenRequest, SamplingParams
+from rlpost.engines.dispatch import LoadTracker, request_weight
 from rlpost.types import Sample
 
 log = logging.getLogger("rlpost")
@@ -113,11 +116,14 @@ def _kill_leftover_workers() -> None:  # never leave vLLM processes behind
 
 def start_workers(model_path: str, n: int = 1, ports: list[int] | None = None, *, host: str = "127.0.0.1",
                   token: str | None = None, log_dir: str | None = None, timeout_s: float = 600.0,
-                  engine_args: Iterable[str] = (), env: dict | None = None) -> list[WorkerHandle]:
+                  engine_args: Iterable[str] = (), env: dict | None = None,
+                  tensor_parallel_size: int = 1) -> list[WorkerHandle]:
     """Launch ``n`` ``rlpost serve`` workers and wait (at most ``timeout_s``) until all answer /health.
 
-    ``engine_args`` are extra ``rlpost serve`` flags (e.g. ``["--dtype", "float32"]``); the token travels in the
-    environment, not on the command line. On failure every started worker is killed and EngineError is raised
+    ``engine_args`` are extra ``rlpost serve`` flags (e.g. ``["--dtype", "float32"]``); ``tensor_parallel_size``
+    shards each worker's model over that many devices (``--tensor-parallel-size``; on a GPU machine give each
+    worker its own devices through ``env`` / CUDA_VISIBLE_DEVICES). The token travels in the environment, not on
+    the command line. On failure every started worker is killed and EngineError is raised
     with the failing worker's log tail."""
     ports = list(ports) if ports else [free_port(host) for _ in range(n)]
     if len(ports) != n:
@@ -131,7 +137,7 @@ def start_workers(model_path: str, n: int = 1, ports: list[int] | None = None, *
     for i, port in enumerate(ports):
         log_path = str(log_dir / f"worker-{i}-port{port}.log")
         cmd = [sys.executable, "-m", "rlpost.cli", "serve", str(model_path), "--host", host, "--port", str(port),
-               "--log-file", log_path, *engine_args]
+               "--log-file", log_path, "--tensor-parallel-size", str(tensor_parallel_size), *engine_args]
         with open(log_path, "ab") as out:  # also catches crashes before the server redirects its own output
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=child_env)
@@ -201,7 +207,9 @@ class VLLMServerEngine:
         self.weights_fingerprint = None   # of the weights last sent and confirmed by every worker
         self.workers = workers or []                      # handles of workers this engine owns (stopped on close)
         self.sessions = [requests.Session() for _ in self.urls]
-        self.pool = ThreadPoolExecutor(max_workers=len(self.urls) + 1, thread_name_prefix="rlpost-client")
+        self.load = LoadTracker(len(self.urls))           # tokens in flight per worker, shared by all threads
+        # calls of concurrent generate()s queue per worker on the worker itself, not for a pool thread here
+        self.pool = ThreadPoolExecutor(max_workers=4 * len(self.urls) + 1, thread_name_prefix="rlpost-client")
         self.comm = None
         infos = wait_healthy(self.urls, token, timeout_s, self.workers if len(self.workers) == len(urls) else None)
         self.log_files = [info.get("log_file") for info in infos]
@@ -277,15 +285,12 @@ class VLLMServerEngine:
                 "min_p": params.min_p, "repetition_penalty": params.repetition_penalty,
                 "max_tokens": params.max_tokens, "stop": list(params.stop), "seed": params.seed,
                 "return_entropy": params.return_entropy}
-        W = min(len(self.urls), len(requests))
-        bounds = [round(k * len(requests) / W) for k in range(W + 1)]
         wire_requests = [{"prompt_ids": list(r.prompt_ids)} | ({"seed": r.seed} if r.seed is not None else {})
                          for r in requests]
-        calls = [(k, "/generate", {"requests": wire_requests[lo:hi], "params": wire, "seed_offset": lo},
-                  f"generate ({hi - lo} prompts)")
-                 for k, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
+        results = self._dispatch([request_weight(len(r.prompt_ids), params.n, params.max_tokens) for r in requests],
+                                 lambda lo, hi: {"requests": wire_requests[lo:hi], "params": wire, "seed_offset": lo})
         samples: list[Sample] = []
-        for lo, result in zip(bounds, self._on_all(calls)):
+        for lo, result in results:
             for s in result["samples"]:
                 idx = lo + s["request_index"]
                 samples.append(Sample(prompt_ids=list(requests[idx].prompt_ids), completion_ids=s["completion_ids"],
@@ -294,6 +299,26 @@ class VLLMServerEngine:
                                       entropies=None if s["entropies"] is None else
                                       [float("nan") if v is None else v for v in s["entropies"]]))
         return samples
+
+    def _dispatch(self, weights: list[float], body) -> list[tuple[int, dict]]:
+        """POST /generate slices of a batch to the least-loaded workers (rlpost/engines/dispatch.py), concurrently;
+        ``body(lo, hi)`` is a slice's request body. Each slice's load is released as soon as its worker answers.
+        Returns (lo, reply) per slice in request order; raises the first failure after all answered."""
+        slices = self.load.reserve(weights)
+        futures = []
+        for k, lo, hi, w in slices:
+            f = self.pool.submit(self._post, k, "/generate", body(lo, hi), f"generate ({hi - lo} prompts)")
+            f.add_done_callback(lambda _f, k=k, w=w: self.load.release(k, w))
+            futures.append((lo, f))
+        results, first_error = [], None
+        for lo, f in futures:
+            try:
+                results.append((lo, f.result()))
+            except EngineError as err:
+                first_error = first_error or err
+        if first_error is not None:
+            raise first_error
+        return results
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Send the weights to every worker and check that each now holds exactly them: every worker answers

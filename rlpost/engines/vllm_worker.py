@@ -1,15 +1,20 @@
 """Code that runs inside vLLM's worker: the weight-loading extension and rlpost's logits processor.
 
-Both rely on the engine running in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, a single ``UniProcExecutor``
-worker), which rlpost/engines/vllm_engine.py arranges for the colocated engine and for ``rlpost serve``:
+The engine core runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), which rlpost/engines/vllm_engine.py
+arranges for the colocated engine and for ``rlpost serve``: with one ``UniProcExecutor`` worker in the same process,
+or, with tensor parallelism, one worker process per rank (each gets what it needs through ``collective_rpc``):
 
 - ``RlpostWorkerExtension`` (``worker_extension_cls``): ``collective_rpc("rlpost_load_weights", args=(payload,))``
   hands the learner's tensors to the worker's own ``reload_weights``, which also redoes the CPU backend's weight
   repacking (calling ``model.load_weights`` directly fails on CPU). In-process the payload is the list of
   tensors itself (no copy, no serialisation); a ``torch.save`` byte blob or a file path also work, for engines
-  whose worker lives in another process.
-- ``RlpostLogitsProcessor`` (vLLM V1 logits-processor API, passed as ``LLM(logits_processors=[...])``): for the
-  rows of a ``generate`` call that registered a :class:`CallSpec`, it runs rlpost's Python logits processors
+  whose worker lives in another process. With tensor parallelism (one worker process per rank) the engine sends
+  a file path; every rank gets the full tensors and ``reload_weights`` -> ``model.load_weights`` keeps that rank's
+  shard (each vLLM parameter's ``weight_loader`` narrows to its TP slice), so one call updates every shard.
+- ``RlpostLogitsProcessor`` (vLLM V1 logits-processor API, passed as ``LLM(logits_processors=[...])``; it reads
+  the calls registered in its own process: with tensor parallelism the engine registers each call on every rank
+  through ``rlpost_register_call`` and collects rank 0's records with ``rlpost_finish_call``): for the rows of a
+  ``generate`` call that registered a :class:`CallSpec`, it runs rlpost's Python logits processors
   (``fn(step, input_ids [N,L], logits [N,V]) -> logits``, before temperature, like the hf engine), and records
   per sampled token the entropy of softmax(z/T) and, when min-p/top-k/top-p is on, log of the probability mass the
   filter keeps (vLLM's ``processed_logprobs`` are normalised over the kept tokens only; adding that term gives
@@ -172,6 +177,17 @@ class RlpostWorkerExtension:
         self.reload_weights(weights_iterator=iter(weights))
         self._rlpost_repack_tied_heads()
         return len(weights)
+
+    def rlpost_register_call(self, call_id: str, spec: CallSpec) -> bool:
+        """Tensor parallelism: each rank's logits processor reads the calls registered in its own process."""
+        register_call(call_id, spec)
+        return True
+
+    def rlpost_finish_call(self, call_id: str) -> tuple[list, list] | None:
+        """Unregister a call; its (entropy, kept-mass) records as this rank's processor wrote them."""
+        with _CALLS_LOCK:
+            spec = _CALLS.pop(call_id, None)
+        return None if spec is None else (spec.entropy_records, spec.mass_records)
 
     def _rlpost_repack_tied_heads(self) -> None:
         """CPU backend: an LM head tied to the input embeddings keeps a packed copy of the weight for its GEMM

@@ -115,6 +115,37 @@ def test_weight_sync_reaches_every_worker(client, tok, tiny_model_path, transpor
     client.load_weights(load_model(str(tiny_model_path), ModelConfig(), "cpu").named_parameters())  # restore
 
 
+def test_load_based_dispatch_on_two_real_workers(client, tok):
+    """Worker 0 busy (another thread's tokens in flight): a whole batch goes to worker 1, with the same samples as
+    an even split; two threads generating at once get their own batches back, and the loads return to zero."""
+    import threading
+    reqs, params = requests_for(tok, 4), SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=5)
+    even = client.generate(reqs, params)
+    served, post = [], client._post
+    client._post = lambda k, path, body, what: served.append((k, len(body["requests"]))) or post(k, path, body, what)
+    try:
+        with client.load.lock:
+            client.load.loads[0] += 10**6
+        busy = client.generate(reqs, params)
+        with client.load.lock:
+            client.load.loads[0] -= 10**6
+        assert served == [(1, 4)]
+        assert [s.completion_ids for s in busy] == [s.completion_ids for s in even]
+        out = {}
+        def half(i):
+            out[i] = client.generate(reqs[2 * i:2 * i + 2], params)
+        threads = [threading.Thread(target=half, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert {k for k, _ in served[1:]} == {0, 1}   # both workers serve the two concurrent calls
+        assert [s.prompt_ids for i in range(2) for s in out[i]] == [s.prompt_ids for s in even]
+        assert client.load.snapshot() == [0.0, 0.0]
+    finally:
+        client._post = post
+
+
 def test_small_endpoints_and_clear_errors(workers, client, tok):
     client.reset_prefix_cache()
     tail = http.get(f"{workers[0].url}/log_tail", params={"lines": 5}, headers=auth(), timeout=10).json()
