@@ -23,7 +23,8 @@ def cmd_serve(args) -> int:
                          max_model_len=args.max_model_len, max_completion_length=args.max_completion_length,
                          enable_prefix_caching=not args.no_prefix_caching, enforce_eager=not args.no_enforce_eager,
                          enable_sleep_mode=args.enable_sleep_mode, seed=args.seed,
-                         trust_remote_code=args.trust_remote_code)
+                         trust_remote_code=args.trust_remote_code, max_lora_rank=args.max_lora_rank,
+                         max_loras=args.max_loras)
     return serve(args.model, host=args.host, port=args.port, token=args.token or os.environ.get("RLPOST_SERVE_TOKEN"),
                  log_file=args.log_file, engine_kwargs=engine_kwargs,
                  allow_unauthenticated=args.allow_unauthenticated, served_model_name=args.served_model_name)
@@ -53,5 +54,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-enforce-eager", action="store_true", help="allow vLLM's graph compilation / CUDA graphs")
     p.add_argument("--enable-sleep-mode", action="store_true", help="offload between requests (GPU only)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-lora-rank", type=int, default=None, choices=[1, 8, 16, 32, 64, 128, 256, 320, 512],
+                   help="serve LoRA adapters up to this rank (model.lora.sync=adapter; default: LoRA off)")
+    p.add_argument("--max-loras", type=int, default=2,
+                   help="adapters kept live with --max-lora-rank (>= rollout.async_level + 1)")
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=cmd_serve)

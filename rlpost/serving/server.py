@@ -5,7 +5,9 @@
 Endpoints (JSON; with a token configured every request needs ``Authorization: Bearer <token>``, else 401):
 
     GET  /health              {"status": "ok", "pid", "model", "log_file", "host", "port", "weights_version",
-                               "weights_fingerprint"} (version 0 / fingerprint null: the weights of `model`)
+                               "weights_fingerprint", "max_lora_rank", "max_loras", "live_adapters", "adapter"}
+                              (version 0 / fingerprint null: the weights of `model`; an adapter load counts as an
+                              update, its fingerprint is the adapter's)
     POST /generate            {"requests": [{"prompt_ids": [...], "seed"?}], "params": {n, temperature, top_p, top_k,
                                min_p, repetition_penalty, max_tokens, stop, seed, return_entropy},
                                "seed_offset": 0}
@@ -14,6 +16,9 @@ Endpoints (JSON; with a token configured every request needs ``Authorization: Be
     POST /init_communicator   {"host", "port", "rank", "world_size", "backend", "timeout_s"}: join the trainer's
                               weight-broadcast group (rlpost/serving/weights.py)
     POST /update_weights      {"transport": "file", "path"} or {"transport": "dist", "meta": [[name, dtype, shape]]}
+    POST /load_adapter        {"name", "transport": "file", "path"} or {"name", "transport": "dist", "meta", "config"}:
+                              a LoRA adapter version, then the active one (rlpost/serving/adapters.py)
+    POST /use_adapter         {"name"}: activate a live adapter
     POST /close_communicator
     POST /reset_prefix_cache
     POST /shutdown            stop serving, free the engine, exit
@@ -193,7 +198,9 @@ def create_app(worker: "Worker"):
 
     from rlpost.serving.openai_api import add_openai_routes
 
+    from rlpost.serving import adapters
     GenerateBody, UpdateWeightsBody = request_models()
+    LoadAdapterBody, UseAdapterBody = adapters.adapter_bodies()
 
     app = FastAPI(title="rlpost rollout worker", docs_url=None, redoc_url=None, openapi_url=None)
     expected = f"Bearer {worker.token}".encode() if worker.token else None
@@ -216,7 +223,7 @@ def create_app(worker: "Worker"):
     async def health():
         return {"status": "ok", "pid": os.getpid(), "model": worker.model, "log_file": worker.log_file,
                 "host": worker.host, "port": worker.port, "weights_version": worker.weights_version,
-                "weights_fingerprint": worker.weights_fingerprint}
+                "weights_fingerprint": worker.weights_fingerprint, **adapters.adapter_health(worker.engine)}
 
     @app.get("/log_tail")
     async def log_tail(lines: int = 50):
@@ -233,6 +240,14 @@ def create_app(worker: "Worker"):
     @app.post("/update_weights")
     async def update_weights(body: UpdateWeightsBody):
         return await worker.call(worker.update_weights, body.model_dump())
+
+    @app.post("/load_adapter")
+    async def load_adapter(body: LoadAdapterBody):
+        return await worker.call(adapters.load_adapter, worker, body.model_dump())
+
+    @app.post("/use_adapter")
+    async def use_adapter(body: UseAdapterBody):
+        return await worker.call(adapters.use_adapter, worker, body.model_dump())
 
     @app.post("/close_communicator")
     async def close_communicator():
