@@ -191,7 +191,8 @@ class VLLMServerEngine:
 
     def __init__(self, urls: list[str], tokenizer, *, token: str | None = None, timeout_s: float = 600.0,
                  weight_sync: str = "file", weight_sync_dir: str | None = None,
-                 workers: list[WorkerHandle] | None = None, max_lora_rank: int | None = None, max_loras: int = 1):
+                 workers: list[WorkerHandle] | None = None, max_lora_rank: int | None = None, max_loras: int = 1,
+                 model_path: str | None = None):
         import requests
         if not urls:
             raise ValueError("rollout.engine=vllm_server needs rollout.server_urls (start workers with rlpost serve)")
@@ -209,6 +210,7 @@ class VLLMServerEngine:
         infos = wait_healthy(self.urls, token, timeout_s, self.workers if len(self.workers) == len(urls) else None)
         self.log_files = [info.get("log_file") for info in infos]
         self.closed = False
+        self.model_path = model_path       # the learner's checkpoint (adapter sync: the workers' base must be it)
         if max_lora_rank:
             self._check_lora(infos, max_lora_rank, max_loras)
 
@@ -228,7 +230,7 @@ class VLLMServerEngine:
         r = cfg.rollout
         return cls(list(r.server_urls), tokenizer, token=r.server_token or os.environ.get("RLPOST_SERVE_TOKEN"),
                    timeout_s=r.timeout_s, weight_sync=r.weight_sync, weight_sync_dir=r.weight_sync_dir,
-                   **lora_engine_args(cfg))
+                   model_path=str(model_path), **lora_engine_args(cfg))
 
     # ------------------------------------------------------------------ HTTP with errors that explain themselves
     def _post(self, i: int, path: str, body: dict | None = None, what: str | None = None) -> dict:
@@ -358,6 +360,19 @@ class VLLMServerEngine:
                                   "load_adapter (file)") for i in range(len(self.urls))])
         finally:
             shutil.rmtree(path, ignore_errors=True)
+
+    def needs_base_weights(self, fingerprint: str) -> bool:
+        """Whether a worker may hold other base weights than the learner's (whose fingerprint is ``fingerprint``):
+        it loaded other full weights since it started (health ``base_weights``: their fingerprint, ``checkpoint``
+        before), or it serves another model path than the learner's."""
+        learner = getattr(self, "model_path", None)
+
+        def same(info: dict) -> bool:
+            if info.get("base_weights") == fingerprint:
+                return True
+            return info.get("base_weights") == "checkpoint" and (
+                learner is None or str(Path(info.get("model", ""))) == str(Path(learner)))
+        return not all(same(info) for info in wait_healthy(self.urls, self.token, self.timeout_s))
 
     def use_adapter(self, name: str) -> bool:
         """Activate the live adapter ``name`` on every worker; False when one of them does not hold it."""

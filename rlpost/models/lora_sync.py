@@ -14,6 +14,9 @@ model the same sum (merged sync folds ``W + scale * B @ A`` into one matrix firs
 - :class:`LiveAdapters`: the versions an engine holds, oldest first; at most ``capacity`` (async_level + 1, so
   each queued batch generates on the adapter of its behaviour version); loading one more unloads the oldest.
 - :func:`vllm_max_lora_rank`: the ``max_lora_rank`` to start vLLM with (it accepts a fixed set of values).
+- :func:`base_named_parameters`: the base weights under the adapters. An engine that reports a base other than
+  its checkpoint (``needs_base_weights``: an ``rlpost serve`` worker reused after a full-weight sync, or serving
+  another model path) gets them once when the run starts; adapters alone afterwards.
 """
 from __future__ import annotations
 
@@ -70,6 +73,15 @@ def adapter_weights(peft_model, name: str) -> AdapterWeights:
     config = _json_ready(peft_model.peft_config[adapter].to_dict())
     config["inference_mode"] = True
     return AdapterWeights(name, [(k, t.detach().to("cpu", copy=True).contiguous()) for k, t in state.items()], config)
+
+
+def base_named_parameters(peft_model):
+    """(Hugging Face name, tensor) of the base model under the adapters (what an engine with adapter sync must hold
+    under them), without the adapter tensors. Plain LoRA only (no modules_to_save, unsharded)."""
+    from rlpost.models.lora import hf_name
+    for name, p in peft_model.named_parameters():
+        if ".lora_" not in name:
+            yield hf_name(name), p.detach()
 
 
 def write_adapter(adapter: AdapterWeights, directory: str | Path) -> str:

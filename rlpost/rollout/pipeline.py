@@ -154,6 +154,7 @@ class RolloutPipeline:
             self.check_resumable(state)
             state = self._own_share(state)
         self.version = version
+        self._check_base_weights()
         if self.k == 0:
             self._push_live()
             return
@@ -394,6 +395,21 @@ class RolloutPipeline:
             sync_engine(self.engine, self.model, self.dist,
                         adapter_name=self._adapter_name(self.version) if self.adapter_sync else None)
         self.engine_version = self.version
+
+    def _check_base_weights(self) -> None:
+        """Adapter sync: an engine whose base is not the learner's (a reused rlpost serve worker) gets the learner's
+        base weights once (rlpost/models/lora_sync.py); rank 0 alone for workers all ranks share."""
+        needs = getattr(self.engine, "needs_base_weights", None)
+        if not self.adapter_sync or needs is None or not self.generates:
+            return
+        if self.dist.enabled and not self.dist.is_main and self._engine_shared_across_ranks():
+            return
+        from rlpost.models.lora_sync import base_named_parameters
+        from rlpost.serving.weights import weights_fingerprint
+        if needs(weights_fingerprint(base_named_parameters(self.model))):
+            log.info("model.lora.sync=adapter: the rollout engine's base weights are not the learner's; sending them "
+                     "once")
+            self.engine.load_weights(base_named_parameters(self.model))
 
     def _adapter_name(self, version, eval_: bool = False) -> str:
         return f"policy-v{version}" + ("-eval" if eval_ else "")

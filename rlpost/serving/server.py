@@ -5,9 +5,11 @@
 Endpoints (JSON; with a token configured every request needs ``Authorization: Bearer <token>``, else 401):
 
     GET  /health              {"status": "ok", "pid", "model", "log_file", "host", "port", "weights_version",
-                               "weights_fingerprint", "max_lora_rank", "max_loras", "live_adapters", "adapter"}
+                               "weights_fingerprint", "base_weights", "max_lora_rank", "max_loras",
+                               "live_adapters", "adapter"}
                               (version 0 / fingerprint null: the weights of `model`; an adapter load counts as an
-                              update, its fingerprint is the adapter's)
+                              update, its fingerprint is the adapter's; base_weights: "checkpoint" until full
+                              weights are loaded, then their fingerprint)
     POST /generate            {"requests": [{"prompt_ids": [...], "seed"?}], "params": {n, temperature, top_p, top_k,
                                min_p, repetition_penalty, max_tokens, stop, seed, return_entropy},
                                "seed_offset": 0}
@@ -97,6 +99,7 @@ class Worker:
         self.server = None  # the uvicorn.Server, set by serve()
         self.weights_version = 0          # weight updates received since start (0: the weights of `model`)
         self.weights_fingerprint = None   # rlpost.serving.weights.weights_fingerprint of the last update
+        self.base_weights = "checkpoint"  # full weights loaded since start: their fingerprint (adapters go on top)
 
     async def call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -137,7 +140,7 @@ class Worker:
         from rlpost.serving.weights import weights_fingerprint
         self.engine.load_weights(weights)
         self.weights_version += 1
-        self.weights_fingerprint = weights_fingerprint(weights)
+        self.weights_fingerprint = self.base_weights = weights_fingerprint(weights)
         return {"ok": True, "tensors": len(weights), "seconds": time.perf_counter() - start,
                 "weights_version": self.weights_version, "weights_fingerprint": self.weights_fingerprint}
 
@@ -223,7 +226,8 @@ def create_app(worker: "Worker"):
     async def health():
         return {"status": "ok", "pid": os.getpid(), "model": worker.model, "log_file": worker.log_file,
                 "host": worker.host, "port": worker.port, "weights_version": worker.weights_version,
-                "weights_fingerprint": worker.weights_fingerprint, **adapters.adapter_health(worker.engine)}
+                "weights_fingerprint": worker.weights_fingerprint, "base_weights": worker.base_weights,
+                **adapters.adapter_health(worker.engine)}
 
     @app.get("/log_tail")
     async def log_tail(lines: int = 50):
