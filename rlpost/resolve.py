@@ -200,7 +200,7 @@ def lora_sync(cfg: Config) -> tuple[str, str | None]:
         return "adapter", None
     if "sync" in lora.__dict__.get("_explicit", ()):
         raise ConfigError("model.lora.sync=adapter cannot work here: " + "; ".join(obstacles) +
-                          ". Set model.lora.sync=merged.")
+                          " (set model.lora.sync=merged)")
     return "merged", "; ".join(obstacles)
 
 
