@@ -11,6 +11,7 @@
 # 4. one `rlpost serve` worker on the GPU + 5 steps with rollout.engine=vllm_server (weight_sync=file), then the
 #    same 5 steps with rollout.async_level=1 (one-step-off: staleness, learner wait and step time in the summary)
 # 5. the shared-prefix learner pass (optim.shared_prefix) in bf16 on CUDA: agreement and speed-up
+# 5b. LoRA sync, adapter-only vs merged: bytes and seconds per sync on the ~20M model (scripts/bench_lora_sync.py)
 # 6. the vLLM test modules (CPU-sized, they run on the GPU build too)
 # Results go to $OUT (default runs/gpu_check); summary.txt collects the numbers.
 #
@@ -107,6 +108,14 @@ if [[ $DRY == 1 ]]; then
 else
   run bash -c "$PY scripts/bench_shared_prefix.py --model 20m --device cuda --dtype bfloat16 --groups 16 --n 8 \
     --prompt-len 256 --completion-len 128 2>&1 | tail -3 | tee -a $SUMMARY"
+fi
+
+echo "== 5b. LoRA adapter-only sync vs merged sync: bytes and seconds per sync"
+if [[ $DRY == 1 ]]; then
+  $PY scripts/bench_lora_sync.py --help > /dev/null && echo "bench_lora_sync.py: ok"
+else
+  run bash -c "$PY scripts/bench_lora_sync.py --ranks 16 64 --transports file 2>&1 | grep -E '^\\||^~20M' \
+    | tee -a $SUMMARY"
 fi
 
 echo "== 6. vLLM tests"
