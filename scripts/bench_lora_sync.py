@@ -78,11 +78,11 @@ def engines(path: str, tok, rank: int, transports: list[str], log_dir: str):
     from rlpost.engines.vllm_server import VLLMServerEngine, start_workers
     from rlpost.models.lora_sync import vllm_max_lora_rank
     max_rank = vllm_max_lora_rank(rank)
-    yield "vllm (colocated)", VLLMEngine(path, tok, dtype="float32", gpu_memory_utilization=0.2, max_model_len=256,
+    yield "vllm (colocated)", VLLMEngine(path, tok, dtype="float32", gpu_memory_utilization=0.1, max_model_len=256,
                                          max_lora_rank=max_rank, max_loras=2)
     for transport in transports:
         handles = start_workers(path, 1, log_dir=log_dir, engine_args=[
-            "--dtype", "float32", "--gpu-memory-utilization", "0.2", "--max-model-len", "256",
+            "--dtype", "float32", "--gpu-memory-utilization", "0.1", "--max-model-len", "256",
             "--max-lora-rank", str(max_rank), "--max-loras", "2"])
         yield f"vllm_server ({transport})", VLLMServerEngine([h.url for h in handles], tok, weight_sync=transport,
                                                              workers=handles, max_lora_rank=max_rank, max_loras=2)

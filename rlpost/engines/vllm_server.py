@@ -211,6 +211,7 @@ class VLLMServerEngine:
         self.log_files = [info.get("log_file") for info in infos]
         self.closed = False
         self.model_path = model_path       # the learner's checkpoint (adapter sync: the workers' base must be it)
+        self.sent_adapters: set[str] = set()   # adapter names this client loaded (a reused worker may hold others)
         if max_lora_rank:
             self._check_lora(infos, max_lora_rank, max_loras)
 
@@ -347,6 +348,7 @@ class VLLMServerEngine:
             replies = self._load_weights_dist(adapter.tensors, "/load_adapter",
                                               {"name": adapter.name, "config": adapter.config})
         self._check_fingerprints(replies, expected)
+        self.sent_adapters.add(adapter.name)
 
     def _load_adapter_file(self, adapter) -> list[dict]:
         import shutil
@@ -375,8 +377,11 @@ class VLLMServerEngine:
         return not all(same(info) for info in wait_healthy(self.urls, self.token, self.timeout_s))
 
     def use_adapter(self, name: str) -> bool:
-        """Activate the live adapter ``name`` on every worker; False when one of them does not hold it."""
+        """Activate the live adapter ``name`` on every worker; False when one of them does not hold it, or when this
+        client did not load it (a worker reused from another run may hold an adapter of the same name)."""
         self._check_open()
+        if name not in self.sent_adapters:
+            return False
         replies = self._on_all([(i, "/use_adapter", {"name": name}, "use_adapter") for i in range(len(self.urls))])
         return all(r.get("ok") for r in replies)
 

@@ -44,6 +44,9 @@ def load_adapter(worker, body: dict) -> dict:
     from rlpost.models.lora_sync import AdapterWeights, read_adapter
     from rlpost.serving.weights import weights_fingerprint
     start = time.perf_counter()
+    if getattr(worker.engine, "max_lora_rank", None) is None:
+        raise RuntimeError("this worker was started without LoRA: restart it with rlpost serve --max-lora-rank R "
+                           "--max-loras N (model.lora.sync=adapter), or set model.lora.sync=merged")
     if body["transport"] == "file":
         if not body.get("path"):
             raise ValueError("load_adapter with transport=file needs a path")
