@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 
 from rlpost.config import ConfigError, load_config
 from rlpost.models.lora_sync import (AdapterWeights, LiveAdapters, adapter_weights, read_adapter, vllm_max_lora_rank,
@@ -27,6 +27,7 @@ def test_adapter_files_load_in_peft_as_the_trained_policy(peft_model, random_tin
     adapter = adapter_weights(peft_model, "policy-v3")
     assert adapter.name == "policy-v3" and adapter.rank == 4 and adapter.config["r"] == 4
     assert all(".lora_A." in k or ".lora_B." in k for k, _ in adapter.tensors)
+    assert sorted(k for k, _ in adapter.tensors) == sorted(get_peft_model_state_dict(peft_model))   # peft's keys
     linears = [m for n, m in random_tiny_model.named_modules()
                if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")]
     assert adapter.nbytes == 4 * sum(4 * (m.in_features + m.out_features) for m in linears)   # fp32: 4 bytes

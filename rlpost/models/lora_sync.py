@@ -66,13 +66,20 @@ def _json_ready(value):
 
 @torch.no_grad()
 def adapter_weights(peft_model, name: str) -> AdapterWeights:
-    """A copy of the active adapter's tensors (peft's saved keys, on the CPU) and its config, named ``name``."""
-    from peft import get_peft_model_state_dict
+    """A copy of the active adapter's tensors (on the CPU) and its config, named ``name``. The keys are peft's
+    saved keys (what ``get_peft_model_state_dict`` returns: the parameter name without the adapter's name,
+    ``...q_proj.lora_A.default.weight`` -> ``...q_proj.lora_A.weight``), read from ``named_parameters`` directly:
+    peft's function walks the whole state dict, ~10x slower on the 20M model."""
     adapter = peft_model.active_adapter if isinstance(peft_model.active_adapter, str) else peft_model.active_adapters[0]
-    state = get_peft_model_state_dict(peft_model, adapter_name=adapter)
+    inner, last = f".{adapter}.", f".{adapter}"
+    tensors = []
+    for key, p in peft_model.named_parameters():
+        if ".lora_" in key and (inner in key or key.endswith(last)):
+            key = key.replace(inner, ".") if inner in key else key[: -len(last)]
+            tensors.append((key, p.detach().to("cpu", copy=True).contiguous()))
     config = _json_ready(peft_model.peft_config[adapter].to_dict())
     config["inference_mode"] = True
-    return AdapterWeights(name, [(k, t.detach().to("cpu", copy=True).contiguous()) for k, t in state.items()], config)
+    return AdapterWeights(name, tensors, config)
 
 
 def base_named_parameters(peft_model):
