@@ -212,18 +212,20 @@ class VLLMServerEngine:
         self.closed = False
         self.model_path = model_path       # the learner's checkpoint (adapter sync: the workers' base must be it)
         self.sent_adapters: set[str] = set()   # adapter names this client loaded (a reused worker may hold others)
-        if max_lora_rank:
-            self._check_lora(infos, max_lora_rank, max_loras)
+        self.lora_problem = self._check_lora(infos, max_lora_rank, max_loras) if max_lora_rank else None
 
-    def _check_lora(self, infos: list[dict], rank: int, loras: int) -> None:
-        """Adapter sync needs every worker started with --max-lora-rank >= the adapter's and --max-loras >= loras."""
+    def _check_lora(self, infos: list[dict], rank: int, loras: int) -> str | None:
+        """Why the workers cannot serve adapter sync (None: they can): every worker must be started with
+        --max-lora-rank >= the adapter's rank and --max-loras >= ``loras``. The pipeline falls back to merged sync
+        with this reason, or stops with it when model.lora.sync=adapter was set explicitly."""
         for url, info in zip(self.urls, infos):
             have, slots = info.get("max_lora_rank"), info.get("max_loras") or 0
             if not have or have < rank or slots < loras:
-                raise EngineError(f"vllm_server worker {url} serves LoRA up to rank {have} with {slots} adapters live; "
+                return (f"vllm_server worker {url} serves LoRA up to rank {have} with {slots} adapters live; "
                                   f"model.lora.sync=adapter needs rank {rank} and {loras}: start it with rlpost serve "
                                   f"--max-lora-rank {rank} --max-loras {loras} (async_level + 1), or set "
-                                  "model.lora.sync=merged")
+                        "model.lora.sync=merged")
+        return None
 
     @classmethod
     def from_config(cls, cfg, model_path: str, tokenizer) -> "VLLMServerEngine":
@@ -341,6 +343,8 @@ class VLLMServerEngine:
         the active adapter; each worker answers with the fingerprint of the adapter tensors it loaded."""
         from rlpost.serving.weights import weights_fingerprint
         self._check_open()
+        if self.lora_problem:
+            raise EngineError(self.lora_problem)
         expected = weights_fingerprint(adapter.tensors)
         if self.weight_sync == "file":
             replies = self._load_adapter_file(adapter)

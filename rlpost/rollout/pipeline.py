@@ -134,6 +134,12 @@ class RolloutPipeline:
         mode, reason = lora_sync(self.cfg)
         if mode == "adapter" and not hasattr(self.engine, "load_adapter"):
             mode, reason = "merged", f"the {type(self.engine).__name__} engine loads no adapters"
+        problem = getattr(self.engine, "lora_problem", None) if mode == "adapter" else None
+        if problem:   # rlpost serve workers started without (enough) LoRA
+            if "sync" in self.cfg.model.lora.__dict__.get("_explicit", ()):
+                from rlpost.engines.base import EngineError
+                raise EngineError(problem)
+            mode, reason = "merged", problem
         log.info("model.lora.sync: %s%s", mode, f" ({reason})" if reason else "")
         return mode == "adapter"
 
