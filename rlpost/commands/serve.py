@@ -9,6 +9,7 @@ EPILOG = """examples:
   RLPOST_SERVE_TOKEN=s3cret rlpost serve Qwen/Qwen2.5-0.5B-Instruct --port 8001 --log-file logs/w0.log
   rlpost train configs/tiny/arith_grpo.yaml rollout.engine=vllm_server \\
       'rollout.server_urls=[http://127.0.0.1:8001,http://127.0.0.1:8002]' rollout.server_token=s3cret
+  rlpost serve tiny:qwen2:arithmetic --port 8001 --max-lora-rank 16 --max-loras 2   # LoRA adapter sync, async_level 1
 
 The worker binds 127.0.0.1 unless --host says otherwise. With a token (--token or RLPOST_SERVE_TOKEN) every
 request must carry 'Authorization: Bearer <token>'; without it, it answers 401. A --host beyond loopback
