@@ -108,3 +108,79 @@ def test_resolved_config_and_engine_args():
     assert lora_engine_args(cfg) == {"max_lora_rank": 16, "max_loras": 2}
     assert lora_engine_args(cfg_for("rollout.engine=vllm", "model.lora.sync=merged")) == {}
     assert resolve_train(cfg_for("rollout.engine=hf"))["model"]["lora"]["sync"] == "merged"
+
+
+class AdapterEngine:
+    """Holds ``capacity`` live adapters like the vLLM engines; records what each generation ran with."""
+
+    def __init__(self, capacity: int):
+        self.live, self.active, self.loads = LiveAdapters(capacity), None, []
+
+    def load_adapter(self, adapter):
+        self.live.add(adapter.name)
+        self.active = adapter.name
+        self.loads.append((adapter.name, float(dict(adapter.tensors)[FIRST_B].sum())))
+
+    def use_adapter(self, name):
+        if self.live.touch(name) is None:
+            return False
+        self.active = name
+        return True
+
+    def load_weights(self, named):
+        raise AssertionError("adapter sync sends no full weights to an engine whose base is the learner's")
+
+
+FIRST_B = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
+
+
+class ActiveAdapterWorkflow:
+    def __init__(self, engine):
+        self.engine = engine
+
+    def rollout(self, draws, params):
+        from rlpost.types import Sample, Trajectory
+        return [Trajectory(prompt=d, group_id=d.id, samples=[Sample([1], [2], [0.0])], final_text=self.engine.active)
+                for d in draws]
+
+
+class VersionScorer:
+    def score(self, trajs):
+        for t in trajs:
+            t.reward = float(t.final_text.removeprefix("policy-v"))
+        return {}
+
+    def metrics(self, trajs, components):
+        return {}
+
+
+def test_async_pipeline_generates_each_batch_with_its_versions_adapter(peft_model):
+    """k = 1 with adapter sync: the engine gets policy-v{version} adapters only (no full weights), each batch runs
+    with the adapter of its behaviour version, and each adapter carries that version's weights."""
+    from rlpost.distributed import Runtime
+    from rlpost.rollout import RolloutPipeline, behaviour_version
+    from rlpost.samplers import build_sampler
+    from rlpost.timing import PhaseTimes
+    from rlpost.types import Prompt
+    cfg = cfg_for("rollout.engine=vllm", "rollout.async_level=1", "rollout.prompts_per_step=2", "trainer.max_steps=5")
+    engine = AdapterEngine(capacity=2)
+    pipe = RolloutPipeline(cfg, engine=engine, workflow=ActiveAdapterWorkflow(engine), scorer=VersionScorer(),
+                           prompts=[Prompt(i, "p") for i in range(8)], sampler=build_sampler("uniform", 8, 0, True),
+                           methods={}, dist=Runtime(), model=peft_model, times=PhaseTimes())
+    b = dict(peft_model.named_parameters())[FIRST_B.replace("lora_B.weight", "lora_B.default.weight")]
+    seen = []
+    try:
+        pipe.start(0)
+        for step in range(5):
+            trajs, _ = pipe.batch(step)
+            seen.append({t.reward for t in trajs})
+            with torch.no_grad():
+                b.fill_(step + 1)                # the update: version v has B[0] = v everywhere (v > 0)
+            pipe.publish(step + 1)
+    finally:
+        pipe.close()
+    assert seen == [{float(behaviour_version(t, 1))} for t in range(5)]
+    names = [name for name, _ in engine.loads]
+    assert names[:4] == ["policy-v0", "policy-v1", "policy-v2", "policy-v3"]   # one load per version
+    sums = dict(engine.loads)
+    assert [sums[f"policy-v{v}"] for v in (1, 2, 3)] == [float(b.numel() * v) for v in (1, 2, 3)]
