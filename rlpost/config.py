@@ -58,7 +58,7 @@ class LoraSettings:
     init_lora_weights: Any = True             # peft's init (True: B = 0, so training starts at the base model)
     adapter_path: str | None = None           # start from a saved adapter instead of a fresh one
     save_merged: bool = True                  # final_model/merged: a merged full model beside the adapter
-    sync: str = "adapter"                     # what vllm / vllm_server engines receive: adapter (the LoRA tensors, loaded by vLLM's LoRA support) | merged (full weights, W + scale * B @ A); adapter falls back to merged (logged) where it cannot work, see docs/distributed.md
+    sync: str = "adapter"                     # vllm / vllm_server get: adapter (LoRA tensors, vLLM's LoRA) | merged (W + scale * B @ A); docs/distributed.md
 
 
 @dataclass
