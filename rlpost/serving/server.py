@@ -226,7 +226,8 @@ def create_app(worker: "Worker"):
     async def health():
         return {"status": "ok", "pid": os.getpid(), "model": worker.model, "log_file": worker.log_file,
                 "host": worker.host, "port": worker.port, "weights_version": worker.weights_version,
-                "weights_fingerprint": worker.weights_fingerprint, "base_weights": worker.base_weights,
+                "weights_fingerprint": worker.weights_fingerprint,
+                "base_weights": getattr(worker, "base_weights", "checkpoint"),
                 **adapters.adapter_health(worker.engine)}
 
     @app.get("/log_tail")
