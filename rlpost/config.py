@@ -58,6 +58,7 @@ class LoraSettings:
     init_lora_weights: Any = True             # peft's init (True: B = 0, so training starts at the base model)
     adapter_path: str | None = None           # start from a saved adapter instead of a fresh one
     save_merged: bool = True                  # final_model/merged: a merged full model beside the adapter
+    sync: str = "adapter"                     # vllm / vllm_server get: adapter (LoRA tensors, vLLM's LoRA) | merged (W + scale * B @ A); docs/distributed.md
 
 
 @dataclass
@@ -671,6 +672,8 @@ def _validate_scale_options(cfg: Config) -> None:
         raise ConfigError(f"model.lora.r must be >= 0 (0 = no LoRA), got {m.lora.r}")
     if m.load_in_4bit and m.lora.r == 0:
         raise ConfigError("model.load_in_4bit (QLoRA) trains adapters only: set model.lora.r (e.g. 16)")
+    if m.lora.sync not in ("adapter", "merged"):
+        raise ConfigError(f"model.lora.sync must be adapter or merged, got {m.lora.sync!r}")
     if m.lora.r == 0 and m.lora.adapter_path:
         raise ConfigError("model.lora.adapter_path needs model.lora.r > 0")
     if m.bnb_4bit_quant_type not in ("nf4", "fp4"):

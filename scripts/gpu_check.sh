@@ -11,6 +11,7 @@
 # 4. one `rlpost serve` worker on the GPU + 5 steps with rollout.engine=vllm_server (weight_sync=file), then the
 #    same 5 steps with rollout.async_level=1 (one-step-off: staleness, learner wait and step time in the summary)
 # 5. the shared-prefix learner pass (optim.shared_prefix) in bf16 on CUDA: agreement and speed-up
+# 5b. LoRA sync, adapter-only vs merged: bytes and seconds per sync on the ~20M model (scripts/bench_lora_sync.py)
 # 6. the vLLM test modules (CPU-sized, they run on the GPU build too; the TP=2 module skips with one GPU)
 # 7. FSDP2 learner (distributed.backend=fsdp2): 2 ranks on 2 GPUs against one process (step-1 loss and grad norm);
 #    with one GPU only one rank runs (the script says so)
@@ -113,6 +114,14 @@ else
     --prompt-len 256 --completion-len 128 2>&1 | tail -3 | tee -a $SUMMARY"
 fi
 
+echo "== 5b. LoRA adapter-only sync vs merged sync: bytes and seconds per sync"
+if [[ $DRY == 1 ]]; then
+  $PY scripts/bench_lora_sync.py --help > /dev/null && echo "bench_lora_sync.py: ok"
+else
+  run bash -c "$PY scripts/bench_lora_sync.py --ranks 16 64 --transports file 2>&1 | grep -E '^\\||^~20M' \
+    | tee -a $SUMMARY"
+fi
+
 echo "== 6. vLLM tests"
 run $PY -m pytest tests/engines tests/algos/test_mismatch.py -q -x -m "vllm or not vllm"
 
@@ -142,10 +151,12 @@ run $PY -m rlpost.cli train configs/tiny/arith_grpo.yaml "${SHORT[@]}" trainer.o
 if [[ $DRY == 0 ]]; then step1 "$OUT/fsdp2"; step1 "$OUT/fsdp2_reference"; fi
 
 echo "== 8. LoRA sync to vLLM: adapter-only (model.lora.sync=adapter) against merged weights"
-# model.lora.sync is new (issue 23); the dry run prints these commands without loading them
 LORA=(model.lora.r=16 "model.lora.target_modules=all-linear" rollout.engine=vllm trainer.max_steps=5)
-if [[ $DRY == 1 ]]; then   # everything but model.lora.sync (which lands with the adapter-sync work)
-  check_config configs/tiny/arith_grpo.yaml "${COMMON[@]}" "${LORA[@]}" > /dev/null && echo "lora config: ok"
+if [[ $DRY == 1 ]]; then
+  for SYNC in adapter merged; do
+    check_config configs/tiny/arith_grpo.yaml "${COMMON[@]}" "${LORA[@]}" model.lora.sync=$SYNC > /dev/null \
+      && echo "lora config (sync=$SYNC): ok"
+  done
 fi
 for SYNC in adapter merged; do
   run $PY -m rlpost.cli train configs/tiny/arith_grpo.yaml "${COMMON[@]}" "${LORA[@]}" model.lora.sync=$SYNC \

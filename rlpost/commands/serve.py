@@ -10,6 +10,7 @@ EPILOG = """examples:
   RLPOST_SERVE_TOKEN=s3cret rlpost serve Qwen/Qwen2.5-0.5B-Instruct --port 8001 --log-file logs/w0.log
   rlpost train configs/tiny/arith_grpo.yaml rollout.engine=vllm_server \\
       'rollout.server_urls=[http://127.0.0.1:8001,http://127.0.0.1:8002]' rollout.server_token=s3cret
+  rlpost serve tiny:qwen2:arithmetic --port 8001 --max-lora-rank 16 --max-loras 2   # LoRA adapter sync, async_level 1
 
 The worker binds 127.0.0.1 unless --host says otherwise. With a token (--token or RLPOST_SERVE_TOKEN) every
 request must carry 'Authorization: Bearer <token>'; without it, it answers 401. A --host beyond loopback
@@ -40,7 +41,8 @@ def cmd_serve(args) -> int:
                          enable_prefix_caching=not args.no_prefix_caching, enforce_eager=not args.no_enforce_eager,
                          enable_sleep_mode=args.enable_sleep_mode, seed=args.seed,
                          trust_remote_code=args.trust_remote_code, tensor_parallel_size=args.tensor_parallel_size,
-                         data_parallel_size=args.data_parallel_size)
+                         data_parallel_size=args.data_parallel_size, max_lora_rank=args.max_lora_rank,
+                         max_loras=args.max_loras)
     return serve(args.model, host=args.host, port=args.port, token=args.token or os.environ.get("RLPOST_SERVE_TOKEN"),
                  log_file=args.log_file, engine_kwargs=engine_kwargs,
                  allow_unauthenticated=args.allow_unauthenticated, served_model_name=args.served_model_name)
@@ -75,5 +77,9 @@ def register(subparsers) -> None:
                    help="vLLM data parallelism; only 1 today: run one worker per replica and list them all in "
                         "rollout.server_urls (the trainer dispatches by load)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-lora-rank", type=int, default=None, choices=[1, 8, 16, 32, 64, 128, 256, 320, 512],
+                   help="serve LoRA adapters up to this rank (model.lora.sync=adapter; default: LoRA off)")
+    p.add_argument("--max-loras", type=int, default=2,
+                   help="adapters kept live with --max-lora-rank (>= rollout.async_level + 1)")
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=cmd_serve)

@@ -1,7 +1,9 @@
 """Weight sync: the learner's full weights, pushed to a rollout engine that holds its own copy (vllm, a
 ``rlpost serve`` worker). Under ZeRO-3 and FSDP2 the weights are gathered parameter by parameter (collective on
 all ranks, in the same order); LoRA weights are merged on the fly (rlpost/models/lora.py; under FSDP2 the unit that
-owns each adapted layer is unsharded while it merges)."""
+owns each adapted layer is unsharded while it merges). With adapter sync (``model.lora.sync: adapter``,
+rlpost/models/lora_sync.py) the payload is the adapter alone (:class:`~rlpost.models.lora_sync.AdapterWeights`),
+which the engine loads with ``load_adapter``; :func:`push` sends either kind."""
 from __future__ import annotations
 
 from rlpost.distributed.sharding import SINGLE_PROCESS, Runtime
@@ -30,27 +32,38 @@ def named_parameters_for_sync(model, runtime: Runtime | None = None):
         yield from model.named_parameters()
 
 
-def sync_engine(engine, model, runtime: Runtime | None = None) -> None:
-    """Push the learner weights to an engine with its own copy. rlpost serve workers are shared by all
-    ranks: rank 0 sends, the others take part in the ZeRO-3 gathers and wait."""
+def push(engine, payload) -> None:
+    """An adapter version -> ``engine.load_adapter``; (name, tensor) pairs -> ``engine.load_weights``."""
+    from rlpost.models.lora_sync import AdapterWeights
+    if isinstance(payload, AdapterWeights):
+        engine.load_adapter(payload)
+    else:
+        engine.load_weights(iter(payload))
+
+
+def sync_engine(engine, model, runtime: Runtime | None = None, adapter_name: str | None = None) -> None:
+    """Push the learner weights to an engine with its own copy (``adapter_name``: only the LoRA adapter, under
+    that name). rlpost serve workers are shared by all ranks: rank 0 sends, the others take part in the ZeRO-3
+    gathers and wait."""
     rt = runtime or SINGLE_PROCESS
-    tensors = named_parameters_for_sync(model, rt)
+    if adapter_name is not None:
+        from rlpost.models.lora_sync import adapter_weights
+        tensors = adapter_weights(model, adapter_name) if rt.is_main or not _shared(engine, rt) else None
+    else:
+        tensors = named_parameters_for_sync(model, rt)
     if not rt.enabled:
-        engine.load_weights(tensors)
+        push(engine, tensors)
         return
-    shared = getattr(engine, "shared_across_ranks", None)
-    if shared is None:
-        shared = rt.cfg.rollout.engine == "vllm_server"
-    if not shared:
-        engine.load_weights(tensors)
+    if not _shared(engine, rt):
+        push(engine, tensors)
         return
     failure = None
     if rt.is_main:
         try:
-            engine.load_weights(tensors)
+            push(engine, tensors)
         except Exception as err:  # tell the other ranks, so that every rank stops now instead of timing out
             failure = err
-    else:
+    elif tensors is not None:
         for _ in tensors:
             pass
     message = rt.broadcast_object(None if failure is None else f"{type(failure).__name__}: {failure}")
@@ -59,3 +72,11 @@ def sync_engine(engine, model, runtime: Runtime | None = None) -> None:
     if message is not None:
         from rlpost.engines.base import EngineError
         raise EngineError(f"rank 0 could not send the weights to the rollout workers: {message}")
+
+
+def _shared(engine, rt: Runtime) -> bool:
+    """Whether all ranks share the engine (rlpost serve workers): then rank 0 alone sends."""
+    shared = getattr(engine, "shared_across_ranks", None)
+    if shared is None:
+        shared = rt.enabled and rt.cfg.rollout.engine == "vllm_server"
+    return bool(shared)

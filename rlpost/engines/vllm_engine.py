@@ -10,6 +10,12 @@ process, as TRL's colocate mode does), which is what lets three things work with
   run inside vLLM's sampler through one V1 logits processor, before temperature, as in the hf engine;
 - per-token entropies are computed in that processor from the same logits vLLM samples from.
 
+LoRA adapters (``model.lora.sync: adapter``, rlpost/models/lora_sync.py): with ``max_lora_rank`` set the engine
+starts with ``enable_lora`` and ``max_loras`` slots; ``load_adapter`` writes an adapter version to a directory of
+the engine's own and adds it to vLLM (``LoRARequest(name, id, path)``), the oldest live one is unloaded when the
+slots are full, and every generate / score call runs with the active adapter until another is loaded or
+activated (``use_adapter``). ``load_weights`` (full weights) deactivates it.
+
 Log-prob convention. The hf engine returns log softmax(z/T) of the sampled token, after the logits processors
 and before top-k/top-p. vLLM returns "raw" logprobs (log softmax(z), before processors and temperature) unless
 ``logprobs_mode="processed_logprobs"``, which gives log softmax of the logits it actually sampled from: after
@@ -45,6 +51,7 @@ from typing import Iterable
 import torch
 
 from rlpost.engines.base import ENGINES, EngineError, GenRequest, SamplingParams, sample_seeds
+from rlpost.models.lora_sync import AdapterWeights, LiveAdapters
 from rlpost.types import Sample
 
 log = logging.getLogger("rlpost")
@@ -118,7 +125,8 @@ class VLLMEngine:
                  max_model_len: int | None = None, max_completion_length: int = 256,
                  enable_prefix_caching: bool = True, enforce_eager: bool = True, enable_sleep_mode: bool = False,
                  seed: int = 0, trust_remote_code: bool = False, revision: str | None = None,
-                 hf_overrides: dict | None = None, tensor_parallel_size: int = 1, data_parallel_size: int = 1):
+                 hf_overrides: dict | None = None, tensor_parallel_size: int = 1, data_parallel_size: int = 1,
+                 max_lora_rank: int | None = None, max_loras: int = 1):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"   # in-process engine core: see the module docstring
         if data_parallel_size != 1:
             raise ValueError(
@@ -154,7 +162,9 @@ class VLLMEngine:
                            logits_processors=[RlpostLogitsProcessor],
                            worker_extension_cls="rlpost.engines.vllm_worker.RlpostWorkerExtension",
                            **tensor_parallel_kwargs(tensor_parallel_size),
-                           **({"hf_overrides": hf_overrides} if hf_overrides else {}))
+                           **({"hf_overrides": hf_overrides} if hf_overrides else {}),
+                           **({"enable_lora": True, "max_lora_rank": max_lora_rank, "max_loras": max_loras,
+                               "max_cpu_loras": max_loras} if max_lora_rank else {}))
         except ValueError as err:
             if "memory" in str(err).lower():
                 raise ValueError(f"vLLM could not reserve memory: {err}\n(rollout.gpu_memory_utilization is the "
@@ -162,19 +172,25 @@ class VLLMEngine:
                                  "what this process already uses; try 0.2-0.5)") from err
             raise
         self.sleeping = False
+        self.max_lora_rank = max_lora_rank
+        self.adapters = LiveAdapters(max_loras) if max_lora_rank else None
+        self.adapter_dirs: dict[int, str] = {}   # vLLM lora id -> the directory it was loaded from
+        self.active_lora = None                  # the LoRARequest generate / score run with (None: base weights)
         log.info("vLLM engine ready in %.1f s (max_model_len %d)", time.perf_counter() - start, self.max_model_len)
         if self.sleep_mode:
             self._sleep()
 
     @classmethod
     def from_config(cls, cfg, model_path: str, tokenizer) -> "VLLMEngine":
+        from rlpost.resolve import lora_engine_args
         r, m = cfg.rollout, cfg.model
         return cls(model_path, tokenizer, dtype=m.dtype, gpu_memory_utilization=r.gpu_memory_utilization,
                    max_model_len=r.max_model_len, max_completion_length=r.max_completion_length,
                    enable_prefix_caching=r.enable_prefix_caching, enforce_eager=r.enforce_eager,
                    enable_sleep_mode=r.enable_sleep_mode, seed=cfg.trainer.seed,
                    trust_remote_code=m.trust_remote_code, revision=m.revision,
-                   hf_overrides=context_overrides(m.model_init_kwargs), tensor_parallel_size=r.tensor_parallel_size)
+                   hf_overrides=context_overrides(m.model_init_kwargs), tensor_parallel_size=r.tensor_parallel_size,
+                   **lora_engine_args(cfg))
 
     # ------------------------------------------------------------------ generation
     def generate(self, requests: list[GenRequest], params: SamplingParams, seed_offset: int = 0) -> list[Sample]:
@@ -210,7 +226,7 @@ class VLLMEngine:
         elif needs_processor:
             register_call(call_id, spec)
         try:
-            outputs = self.llm.generate(prompts, sps, use_tqdm=False)
+            outputs = self.llm.generate(prompts, sps, use_tqdm=False, lora_request=self.active_lora)
         finally:
             if remote:   # every rank sampled the same rows; rank 0's records are the ones returned
                 spec.entropy_records, spec.mass_records = self.llm.collective_rpc("rlpost_finish_call",
@@ -269,7 +285,7 @@ class VLLMEngine:
         try:
             prompts = [TokensPrompt(prompt_token_ids=list(p) + list(c)) for p, c in sequences]
             outs = self.llm.generate(prompts, VLLMSamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0),
-                                     use_tqdm=False)
+                                     use_tqdm=False, lora_request=self.active_lora)
         finally:
             if self.sleep_mode:
                 self._sleep()
@@ -294,6 +310,46 @@ class VLLMEngine:
             finally:
                 os.unlink(path)
         self.llm.reset_prefix_cache()
+        self.active_lora = None   # full weights: no adapter on top of them
+
+    def load_adapter(self, adapter: AdapterWeights) -> None:
+        """Load one adapter version (a new vLLM LoRA id; a live one of the same name is replaced) and make it the
+        active one; the oldest live adapter is unloaded when all ``max_loras`` slots are taken."""
+        import shutil
+        import tempfile
+
+        from vllm.lora.request import LoRARequest
+
+        from rlpost.models.lora_sync import write_adapter
+        from rlpost.serving.weights import default_sync_dir
+        if self.adapters is None:
+            raise EngineError(f"vllm engine: adapter {adapter.name!r} sent to an engine started without LoRA "
+                              "(max_lora_rank unset; rlpost serve: --max-lora-rank)")
+        if adapter.rank > self.max_lora_rank:
+            raise EngineError(f"vllm engine: adapter {adapter.name!r} has rank {adapter.rank}, above the engine's "
+                              f"max_lora_rank {self.max_lora_rank}")
+        self._wake()
+        lora_id, evicted = self.adapters.add(adapter.name)
+        for old in evicted:
+            self.llm.llm_engine.remove_lora(old)
+            shutil.rmtree(self.adapter_dirs.pop(old, ""), ignore_errors=True)
+        path = write_adapter(adapter, tempfile.mkdtemp(prefix=f"rlpost-lora-{lora_id}-", dir=default_sync_dir()))
+        self.adapter_dirs[lora_id] = path
+        request = LoRARequest(adapter.name, lora_id, path)
+        self.llm.llm_engine.add_lora(request)
+        self.active_lora = request
+
+    def use_adapter(self, name: str) -> bool:
+        """Make the live adapter ``name`` the active one; False when it is not live (load it instead)."""
+        from vllm.lora.request import LoRARequest
+        lora_id = self.adapters.touch(name) if self.adapters is not None else None
+        if lora_id is None:
+            return False
+        self.active_lora = LoRARequest(name, lora_id, self.adapter_dirs[lora_id])
+        return True
+
+    def live_adapters(self) -> list[str]:
+        return self.adapters.names() if self.adapters is not None else []
 
     def reset_prefix_cache(self) -> None:
         self.llm.reset_prefix_cache()
@@ -316,6 +372,9 @@ class VLLMEngine:
         if llm is None:
             return
         self.llm = None
+        import shutil
+        for path in getattr(self, "adapter_dirs", {}).values():
+            shutil.rmtree(path, ignore_errors=True)
         try:
             llm.llm_engine.engine_core.shutdown()
         except Exception:  # pragma: no cover - best effort

@@ -8,6 +8,9 @@
 - load_weights: to every worker, by ``rollout.weight_sync`` (rlpost/serving/weights.py): ``file`` (one
   torch.save file in shared memory, loaded by each worker) or ``dist`` (a torch.distributed broadcast group:
   gloo on CPU, NCCL when the learner's weights are on a GPU).
+- load_adapter / use_adapter (``model.lora.sync: adapter``): the LoRA adapter alone, by the same transports
+  (file: a peft-layout directory; dist: the broadcast group), to workers started with ``--max-lora-rank``
+  (rlpost/serving/adapters.py); /generate then runs with it. The workers' LoRA settings are checked at start.
 - No hangs: every HTTP call and the start-up health polling are bounded by ``rollout.timeout_s``; the broadcast
   group has the same timeout. A worker that dies, times out or answers with an error raises
   :class:`~rlpost.engines.base.EngineError` whose message ends with the worker's last log lines (read from its
@@ -194,7 +197,8 @@ class VLLMServerEngine:
 
     def __init__(self, urls: list[str], tokenizer, *, token: str | None = None, timeout_s: float = 600.0,
                  weight_sync: str = "file", weight_sync_dir: str | None = None,
-                 workers: list[WorkerHandle] | None = None):
+                 workers: list[WorkerHandle] | None = None, max_lora_rank: int | None = None, max_loras: int = 1,
+                 model_path: str | None = None):
         import requests
         if not urls:
             raise ValueError("rollout.engine=vllm_server needs rollout.server_urls (start workers with rlpost serve)")
@@ -214,12 +218,30 @@ class VLLMServerEngine:
         infos = wait_healthy(self.urls, token, timeout_s, self.workers if len(self.workers) == len(urls) else None)
         self.log_files = [info.get("log_file") for info in infos]
         self.closed = False
+        self.model_path = model_path       # the learner's checkpoint (adapter sync: the workers' base must be it)
+        self.sent_adapters: set[str] = set()   # adapter names this client loaded (a reused worker may hold others)
+        self.lora_problem = self._check_lora(infos, max_lora_rank, max_loras) if max_lora_rank else None
+
+    def _check_lora(self, infos: list[dict], rank: int, loras: int) -> str | None:
+        """Why the workers cannot serve adapter sync (None: they can): every worker must be started with
+        --max-lora-rank >= the adapter's rank and --max-loras >= ``loras``. The pipeline falls back to merged sync
+        with this reason, or stops with it when model.lora.sync=adapter was set explicitly."""
+        for url, info in zip(self.urls, infos):
+            have, slots = info.get("max_lora_rank"), info.get("max_loras") or 0
+            if not have or have < rank or slots < loras:
+                return (f"vllm_server worker {url} serves LoRA up to rank {have} with {slots} adapters live; "
+                                  f"model.lora.sync=adapter needs rank {rank} and {loras}: start it with rlpost serve "
+                                  f"--max-lora-rank {rank} --max-loras {loras} (async_level + 1), or set "
+                        "model.lora.sync=merged")
+        return None
 
     @classmethod
     def from_config(cls, cfg, model_path: str, tokenizer) -> "VLLMServerEngine":
+        from rlpost.resolve import lora_engine_args
         r = cfg.rollout
         return cls(list(r.server_urls), tokenizer, token=r.server_token or os.environ.get("RLPOST_SERVE_TOKEN"),
-                   timeout_s=r.timeout_s, weight_sync=r.weight_sync, weight_sync_dir=r.weight_sync_dir)
+                   timeout_s=r.timeout_s, weight_sync=r.weight_sync, weight_sync_dir=r.weight_sync_dir,
+                   model_path=str(model_path), **lora_engine_args(cfg))
 
     # ------------------------------------------------------------------ HTTP with errors that explain themselves
     def _post(self, i: int, path: str, body: dict | None = None, what: str | None = None) -> dict:
@@ -332,11 +354,65 @@ class VLLMServerEngine:
             replies = self._load_weights_file(named)
         else:
             replies = self._load_weights_dist(named)
+        self._check_fingerprints(replies, expected)
+
+    def _check_fingerprints(self, replies: list[dict], expected: str) -> None:
         for url, reply in zip(self.urls, replies):
             if reply.get("weights_fingerprint") != expected:
                 raise EngineError(f"vllm_server: worker {url} reports weights {reply.get('weights_fingerprint')} "
                                   f"after the sync, not the {expected} that were sent")
         self.weights_fingerprint = expected
+
+    def load_adapter(self, adapter) -> None:
+        """Send one LoRA adapter version (rlpost.models.lora_sync.AdapterWeights) to every worker, where it becomes
+        the active adapter; each worker answers with the fingerprint of the adapter tensors it loaded."""
+        from rlpost.serving.weights import weights_fingerprint
+        self._check_open()
+        if self.lora_problem:
+            raise EngineError(self.lora_problem)
+        expected = weights_fingerprint(adapter.tensors)
+        if self.weight_sync == "file":
+            replies = self._load_adapter_file(adapter)
+        else:
+            replies = self._load_weights_dist(adapter.tensors, "/load_adapter",
+                                              {"name": adapter.name, "config": adapter.config})
+        self._check_fingerprints(replies, expected)
+        self.sent_adapters.add(adapter.name)
+
+    def _load_adapter_file(self, adapter) -> list[dict]:
+        import shutil
+        import uuid
+
+        from rlpost.models.lora_sync import write_adapter
+        from rlpost.serving.weights import default_sync_dir
+        path = write_adapter(adapter, Path(self.weight_sync_dir or default_sync_dir()) / f"rlpost-adapter-{uuid.uuid4().hex}")
+        try:
+            return self._on_all([(i, "/load_adapter", {"name": adapter.name, "transport": "file", "path": path},
+                                  "load_adapter (file)") for i in range(len(self.urls))])
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def needs_base_weights(self, fingerprint: str) -> bool:
+        """Whether a worker may hold other base weights than the learner's (whose fingerprint is ``fingerprint``):
+        it loaded other full weights since it started (health ``base_weights``: their fingerprint, ``checkpoint``
+        before), or it serves another model path than the learner's."""
+        learner = getattr(self, "model_path", None)
+
+        def same(info: dict) -> bool:
+            if info.get("base_weights") == fingerprint:
+                return True
+            return info.get("base_weights") == "checkpoint" and (
+                learner is None or str(Path(info.get("model", ""))) == str(Path(learner)))
+        return not all(same(info) for info in wait_healthy(self.urls, self.token, self.timeout_s))
+
+    def use_adapter(self, name: str) -> bool:
+        """Activate the live adapter ``name`` on every worker; False when one of them does not hold it, or when this
+        client did not load it (a worker reused from another run may hold an adapter of the same name)."""
+        self._check_open()
+        if name not in self.sent_adapters:
+            return False
+        replies = self._on_all([(i, "/use_adapter", {"name": name}, "use_adapter") for i in range(len(self.urls))])
+        return all(r.get("ok") for r in replies)
 
     def _load_weights_file(self, named_tensors) -> list[dict]:
         from rlpost.serving.weights import save_weights_file
@@ -347,13 +423,13 @@ class VLLMServerEngine:
         finally:
             Path(path).unlink(missing_ok=True)
 
-    def _load_weights_dist(self, named_tensors) -> list[dict]:
+    def _load_weights_dist(self, named_tensors, route: str = "/update_weights", extra: dict | None = None) -> list[dict]:
         from rlpost.serving.weights import tensor_meta
         tensors, meta = tensor_meta(named_tensors)
         if self.comm is None:
             self._init_communicator(device=tensors[0][1].device)
-        futures = [self.pool.submit(self._post, i, "/update_weights", {"transport": "dist", "meta": meta},
-                                    "update_weights (dist)") for i in range(len(self.urls))]
+        futures = [self.pool.submit(self._post, i, route, {**(extra or {}), "transport": "dist", "meta": meta},
+                                    f"{route.lstrip('/')} (dist)") for i in range(len(self.urls))]
         send_error = None
         try:
             self.comm.send(tensors, meta)

@@ -33,6 +33,10 @@ Engines at k > 0: the rollout engine belongs to the generation thread. ``hf`` ge
 copy loaded with each version's full weights: merged LoRA, gathered ZeRO-3), so held-out evaluation stays on the
 learner's model; ``vllm`` and ``vllm_server`` evaluate on the generation thread, on the current weights.
 
+LoRA with ``model.lora.sync: adapter`` (rlpost/resolve.py ``lora_sync``): a version is the adapter alone, named
+``policy-v{version}`` (evaluation's snapshot of the current weights: ``policy-v{version}-eval``); the engine keeps
+the last k + 1 loaded live, so a job whose version is still live only activates it (no transfer).
+
 Off-policy correction with k > 0: the learner's "old" log-probs are its own log-probs of the current weights
 (the proximal policy), the sampler's are the behaviour policy, and the truncated importance weight
 pi_old / pi_sampler (rlpost/algos/mismatch.py, mode token_truncate by default) corrects for the versions between.
@@ -53,6 +57,7 @@ import torch
 
 from rlpost.algos.dynamic_sampling import informative_groups
 from rlpost.config import ConfigError
+from rlpost.distributed.weight_sync import push
 from rlpost.rollout.schedule import RolloutJob, assign_group_ids, behaviour_version, sampling_params
 from rlpost.timing import PhaseTimes
 
@@ -71,9 +76,13 @@ class JobResult:
     seconds: dict = dataclasses.field(default_factory=dict)   # generate / score seconds of the job
 
 
-def snapshot(model, dist=None) -> list[tuple[str, torch.Tensor]]:
-    """A copy of the weights an engine loads (merged LoRA, gathered ZeRO-3, names as in the HF state dict)."""
+def snapshot(model, dist=None, adapter_name: str | None = None):
+    """A copy of the weights an engine loads (merged LoRA, gathered ZeRO-3, names as in the HF state dict), or with
+    ``adapter_name`` the LoRA adapter alone (:class:`~rlpost.models.lora_sync.AdapterWeights`)."""
     from rlpost.distributed.weight_sync import named_parameters_for_sync
+    if adapter_name is not None:
+        from rlpost.models.lora_sync import adapter_weights
+        return adapter_weights(model, adapter_name)
     with torch.no_grad():
         return [(name, t.detach().clone()) for name, t in named_parameters_for_sync(model, dist)]
 
@@ -110,11 +119,29 @@ class RolloutPipeline:
         self.version = None                                 # the newest published version
         self.engine_version: object = None                  # what the engine holds (the generating thread's view)
         self.sampler_state = None                           # sampler state after the newest job's first draws
+        self.adapter_sync = self._adapter_sync()
         self.pool = None
         if self.k > 0 and self.generates:
             threads = cfg.trainer.num_threads or torch.get_num_threads()
             self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlpost-rollout",
                                            initializer=torch.set_num_threads, initargs=(threads,))
+
+    def _adapter_sync(self) -> bool:
+        """model.lora.sync as resolved (rlpost/resolve.py lora_sync), for an engine that loads adapters."""
+        if self.cfg.model.lora.r <= 0 or not self.engine_has_own_weights:
+            return False
+        from rlpost.resolve import lora_sync
+        mode, reason = lora_sync(self.cfg)
+        if mode == "adapter" and not hasattr(self.engine, "load_adapter"):
+            mode, reason = "merged", f"the {type(self.engine).__name__} engine loads no adapters"
+        problem = getattr(self.engine, "lora_problem", None) if mode == "adapter" else None
+        if problem:   # rlpost serve workers started without (enough) LoRA
+            if "sync" in self.cfg.model.lora.__dict__.get("_explicit", ()):
+                from rlpost.engines.base import EngineError
+                raise EngineError(problem)
+            mode, reason = "merged", problem
+        log.info("model.lora.sync: %s%s", mode, f" ({reason})" if reason else "")
+        return mode == "adapter"
 
     def _engine_shared_across_ranks(self) -> bool:
         shared = getattr(self.engine, "shared_across_ranks", None)
@@ -133,6 +160,7 @@ class RolloutPipeline:
             self.check_resumable(state)
             state = self._own_share(state)
         self.version = version
+        self._check_base_weights()
         if self.k == 0:
             self._push_live()
             return
@@ -202,12 +230,12 @@ class RolloutPipeline:
                 self._push_live()
             with self._learner_weights(self.eval_engine):
                 return run(self.eval_workflow, self.eval_engine)
-        weights = self._snapshot()
+        weights = self._snapshot(eval_=True)
         if not self.generates:        # driver layout: rank 0's thread evaluates; the others take its numbers
             return self.dist.broadcast_object(None)
 
         def on_thread():
-            self.engine.load_weights(iter(weights))
+            push(self.engine, weights)
             self.engine_version = "current"   # the next job reloads its own version
             return run(self.workflow, self.engine)
         out = self.pool.submit(on_thread).result(timeout=self.timeout_s)
@@ -316,7 +344,9 @@ class RolloutPipeline:
     def _run(self, job: RolloutJob, weights: list) -> JobResult:
         """On the generation thread: load the job's version when the engine holds another one, then produce it."""
         if self.engine_version != job.version:
-            self.engine.load_weights(iter(weights))
+            live = self.adapter_sync and self.engine.use_adapter(self._adapter_name(job.version))
+            if not live:
+                push(self.engine, weights)
             self.engine_version = job.version
         return self._produce(job)
 
@@ -368,12 +398,34 @@ class RolloutPipeline:
         """k = 0: an engine with its own weights gets the learner's current ones (merged LoRA, gathered ZeRO-3)."""
         if self.engine_has_own_weights:
             from rlpost.distributed.weight_sync import sync_engine
-            sync_engine(self.engine, self.model, self.dist)
+            sync_engine(self.engine, self.model, self.dist,
+                        adapter_name=self._adapter_name(self.version) if self.adapter_sync else None)
         self.engine_version = self.version
 
-    def _snapshot(self) -> list | None:
+    def _check_base_weights(self) -> None:
+        """Adapter sync: an engine whose base is not the learner's (a reused rlpost serve worker) gets the learner's
+        base weights once (rlpost/models/lora_sync.py); rank 0 alone for workers all ranks share."""
+        needs = getattr(self.engine, "needs_base_weights", None)
+        if not self.adapter_sync or needs is None or not self.generates:
+            return
+        if self.dist.enabled and not self.dist.is_main and self._engine_shared_across_ranks():
+            return
+        from rlpost.models.lora_sync import base_named_parameters
+        from rlpost.serving.weights import weights_fingerprint
+        if needs(weights_fingerprint(base_named_parameters(self.model))):
+            log.info("model.lora.sync=adapter: the rollout engine's base weights are not the learner's; sending them "
+                     "once")
+            self.engine.load_weights(base_named_parameters(self.model))
+
+    def _adapter_name(self, version, eval_: bool = False) -> str:
+        return f"policy-v{version}" + ("-eval" if eval_ else "")
+
+    def _snapshot(self, eval_: bool = False):
         """The learner's current weights for this rank's generator (None on a rank that does not generate, which
-        still takes part in the gathers of sharded parameters: they are collective)."""
+        still takes part in the gathers of sharded parameters: they are collective). Adapter sync: the adapter of
+        version ``self.version`` (``eval_``: of the weights evaluation runs on, which may be newer)."""
+        if self.generates and self.adapter_sync:
+            return snapshot(self.model, self.dist, self._adapter_name(self.version, eval_))
         if self.generates:
             return snapshot(self.model, self.dist)
         if self.dist.gathers_parameters:

@@ -5,7 +5,11 @@
 Endpoints (JSON; with a token configured every request needs ``Authorization: Bearer <token>``, else 401):
 
     GET  /health              {"status": "ok", "pid", "model", "log_file", "host", "port", "weights_version",
-                               "weights_fingerprint"} (version 0 / fingerprint null: the weights of `model`)
+                               "weights_fingerprint", "base_weights", "max_lora_rank", "max_loras",
+                               "live_adapters", "adapter"}
+                              (version 0 / fingerprint null: the weights of `model`; an adapter load counts as an
+                              update, its fingerprint is the adapter's; base_weights: "checkpoint" until full
+                              weights are loaded, then their fingerprint)
     POST /generate            {"requests": [{"prompt_ids": [...], "seed"?}], "params": {n, temperature, top_p, top_k,
                                min_p, repetition_penalty, max_tokens, stop, seed, return_entropy},
                                "seed_offset": 0}
@@ -14,6 +18,9 @@ Endpoints (JSON; with a token configured every request needs ``Authorization: Be
     POST /init_communicator   {"host", "port", "rank", "world_size", "backend", "timeout_s"}: join the trainer's
                               weight-broadcast group (rlpost/serving/weights.py)
     POST /update_weights      {"transport": "file", "path"} or {"transport": "dist", "meta": [[name, dtype, shape]]}
+    POST /load_adapter        {"name", "transport": "file", "path"} or {"name", "transport": "dist", "meta", "config"}:
+                              a LoRA adapter version, then the active one (rlpost/serving/adapters.py)
+    POST /use_adapter         {"name"}: activate a live adapter
     POST /close_communicator
     POST /reset_prefix_cache
     POST /shutdown            stop serving, free the engine, exit
@@ -92,6 +99,7 @@ class Worker:
         self.server = None  # the uvicorn.Server, set by serve()
         self.weights_version = 0          # weight updates received since start (0: the weights of `model`)
         self.weights_fingerprint = None   # rlpost.serving.weights.weights_fingerprint of the last update
+        self.base_weights = "checkpoint"  # full weights loaded since start: their fingerprint (adapters go on top)
 
     async def call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
@@ -132,7 +140,7 @@ class Worker:
         from rlpost.serving.weights import weights_fingerprint
         self.engine.load_weights(weights)
         self.weights_version += 1
-        self.weights_fingerprint = weights_fingerprint(weights)
+        self.weights_fingerprint = self.base_weights = weights_fingerprint(weights)
         return {"ok": True, "tensors": len(weights), "seconds": time.perf_counter() - start,
                 "weights_version": self.weights_version, "weights_fingerprint": self.weights_fingerprint}
 
@@ -193,7 +201,9 @@ def create_app(worker: "Worker"):
 
     from rlpost.serving.openai_api import add_openai_routes
 
+    from rlpost.serving import adapters
     GenerateBody, UpdateWeightsBody = request_models()
+    LoadAdapterBody, UseAdapterBody = adapters.adapter_bodies()
 
     app = FastAPI(title="rlpost rollout worker", docs_url=None, redoc_url=None, openapi_url=None)
     expected = f"Bearer {worker.token}".encode() if worker.token else None
@@ -216,7 +226,9 @@ def create_app(worker: "Worker"):
     async def health():
         return {"status": "ok", "pid": os.getpid(), "model": worker.model, "log_file": worker.log_file,
                 "host": worker.host, "port": worker.port, "weights_version": worker.weights_version,
-                "weights_fingerprint": worker.weights_fingerprint}
+                "weights_fingerprint": worker.weights_fingerprint,
+                "base_weights": getattr(worker, "base_weights", "checkpoint"),
+                **adapters.adapter_health(worker.engine)}
 
     @app.get("/log_tail")
     async def log_tail(lines: int = 50):
@@ -233,6 +245,14 @@ def create_app(worker: "Worker"):
     @app.post("/update_weights")
     async def update_weights(body: UpdateWeightsBody):
         return await worker.call(worker.update_weights, body.model_dump())
+
+    @app.post("/load_adapter")
+    async def load_adapter(body: LoadAdapterBody):
+        return await worker.call(adapters.load_adapter, worker, body.model_dump())
+
+    @app.post("/use_adapter")
+    async def use_adapter(body: UseAdapterBody):
+        return await worker.call(adapters.use_adapter, worker, body.model_dump())
 
     @app.post("/close_communicator")
     async def close_communicator():

@@ -38,6 +38,10 @@ PAIRS = {   # the pairs that were refused before the pipeline (issue "features t
     "async x dynamic sampling (HAPO)": (HAPO, []),
     "async x dynamic sampling (DAPO-style)": (GRPO, ["algo.loss=dapo", "algo.dynamic_sampling=true"]),
     "async x LoRA on hf": (GRPO, ["model.lora.r=8"]),
+    "async x LoRA adapter sync on vllm": (GRPO, ["model.lora.r=8", "model.lora.sync=adapter", "rollout.engine=vllm"]),
+    "async x LoRA adapter sync on vllm_server": (GRPO, ["model.lora.r=8", "model.lora.sync=adapter",
+                                                        "rollout.engine=vllm_server",
+                                                        "rollout.server_urls=[http://127.0.0.1:9]"]),
     "async x GAIN-RL sampler + HAPO temperature": (GAIN, []),
     "async x apr": (APR, []),
     "async x a2fm": (A2FM, []),
@@ -48,6 +52,9 @@ WORLD_PAIRS = {
     "async x ZeRO-2": ["distributed.backend=deepspeed", "distributed.zero_stage=2"],
     "async x ZeRO-3": ["distributed.backend=deepspeed", "distributed.zero_stage=3"],
     "async x FSDP2": ["distributed.backend=fsdp2"],
+    "async x DDP x LoRA adapter sync (vllm_server driver)": [
+        "distributed.backend=ddp", "model.lora.r=8", "model.lora.sync=adapter", "rollout.engine=vllm_server",
+        "rollout.server_urls=[http://127.0.0.1:9]"],
     "async x ZeRO-3 x dynamic sampling (vllm_server driver)": [
         "distributed.backend=deepspeed", "distributed.zero_stage=3", "algo.dynamic_sampling=true",
         "rollout.engine=vllm_server", "rollout.server_urls=[http://127.0.0.1:9]"],
@@ -76,6 +83,10 @@ def test_hapo_with_zero3_validates(capsys):
 @pytest.mark.parametrize("overrides, reason", [
     (["rollout.engine=vllm", "rollout.enable_sleep_mode=true"], "generates during the learner's update"),
     (["distributed.backend=ddp", "algo.dynamic_sampling=true"], "needs rollout.engine=vllm_server"),
+    (["distributed.backend=fsdp2", "model.lora.r=8", "model.lora.sync=adapter", "rollout.engine=vllm"],
+     "adapter sync does not gather it"),
+    (["distributed.backend=deepspeed", "distributed.zero_stage=3", "model.lora.r=8", "model.lora.sync=adapter",
+      "rollout.engine=vllm"], "adapter sync does not gather it"),
 ])
 def test_what_stays_refused_says_why_and_what_works(overrides, reason, capsys):
     assert main(["validate", GRPO, "rollout.async_level=1", *overrides, "--world-size", "2"]) == 2

@@ -15,7 +15,8 @@ from rlpost.models.loading import load_model  # noqa: E402
 from rlpost.serving.weights import weights_fingerprint  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-ENGINE_ARGS = ["--dtype", "float32", "--gpu-memory-utilization", "0.2", "--max-model-len", "256"]
+ENGINE_ARGS = ["--dtype", "float32", "--gpu-memory-utilization", "0.2", "--max-model-len", "256",
+               "--max-lora-rank", "8", "--max-loras", "2"]   # LoRA on for the adapter-sync run
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,44 @@ def test_one_step_off_on_a_worker(worker, tmp_path):
     assert after["weights_version"] == before + 4
     final = load_model(str(out / "final_model"), ModelConfig(), "cpu")
     assert after["weights_fingerprint"] == weights_fingerprint(list(final.named_parameters()))  # the last eval's
+
+
+def test_one_step_off_with_lora_adapter_sync_on_a_worker(worker, tmp_path, tiny_model_path):
+    """model.lora with adapter sync, one step off: the worker receives adapters (policy-v0, policy-v1 ...), keeps
+    the last two live, and generates each batch with its version's adapter: step 1's samples (version 0, a
+    non-zero adapter) match the learner's log-probs (the worker's base was replaced by the previous test's full
+    weights, so the run first sends the learner's base once). Then the broadcast transport sends one adapter."""
+    import yaml
+
+    from rlpost.engines.vllm_server import VLLMServerEngine
+    from rlpost.models.lora_sync import adapter_weights, read_adapter
+    out = tmp_path / "lora"
+    code = main(["train", "configs/tiny/arith_grpo.yaml", f"trainer.output_dir={out}", "trainer.progress_bar=false",
+                 "trainer.report_to=[]", "trainer.save_steps=0", "trainer.max_steps=3", "trainer.eval_steps=3",
+                 "data.num_eval=8", "rollout.prompts_per_step=4", "rollout.engine=vllm_server",
+                 f"rollout.server_urls=[{worker.url}]", "rollout.async_level=1", "rollout.max_model_len=256",
+                 "model.lora.r=8", "model.lora.init_lora_weights=false", "model.lora.save_merged=false"])
+    assert code == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["lora"]["sync"] == "adapter"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["async/staleness_max"] for r in rows[1:]] == [0, 1, 1]
+    assert rows[1]["rollout/logprob_diff"] < 1e-4              # the v0 adapter (B != 0) is what sampled
+    health = http.get(f"{worker.url}/health", timeout=10).json()
+    assert health["live_adapters"] == ["policy-v1", "policy-v3-eval"]   # step 3 ran on v1; then the final eval and health["adapter"] == "policy-v3-eval"
+    final = read_adapter(out / "final_model", "final")
+    assert health["weights_fingerprint"] == weights_fingerprint(final.tensors)   # the last eval's adapter
+
+    from peft import LoraConfig, get_peft_model
+    policy = get_peft_model(load_model(str(tiny_model_path), ModelConfig(), "cpu"),
+                            LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    client = VLLMServerEngine([worker.url], None, weight_sync="dist", timeout_s=120, max_lora_rank=8, max_loras=2)
+    try:
+        client.load_adapter(adapter_weights(policy, "by-broadcast"))
+        assert http.get(f"{worker.url}/health", timeout=10).json()["adapter"] == "by-broadcast"
+        assert client.use_adapter("by-broadcast")
+        assert not client.use_adapter("policy-v3-eval")   # live on the worker, but loaded by the other run
+    finally:
+        client.close()
 
 
 def test_one_step_off_on_the_colocated_engine(tmp_path):

@@ -30,7 +30,8 @@ def tok(tiny_model_path):
 @pytest.fixture(scope="module")
 def engine(tiny_model_path, tok):
     from rlpost.engines.vllm_engine import VLLMEngine
-    eng = VLLMEngine(str(tiny_model_path), tok, dtype="float32", gpu_memory_utilization=0.2, max_model_len=256)
+    eng = VLLMEngine(str(tiny_model_path), tok, dtype="float32", gpu_memory_utilization=0.2, max_model_len=256,
+                     max_lora_rank=8, max_loras=2)   # LoRA on: no adapter is active until one is loaded
     yield eng
     eng.close()
 
@@ -208,6 +209,49 @@ def test_weight_sync_after_a_learner_step(engine, tok, model, tiny_model_path):
     # put the base weights back for the other tests of this module
     engine.load_weights(load_model(str(tiny_model_path), ModelConfig(), "cpu").named_parameters())
     assert max_diff(flat(engine.score(fixed)), flat(before), mask) < TOL
+
+
+def test_lora_adapter_sync_matches_the_learner_as_merged_sync_does(engine, tok, tiny_model_path):
+    """A peft policy after a GRPO step: with its adapter loaded (model.lora.sync=adapter, vLLM's LoRA) and with
+    its merged weights loaded (sync=merged), vLLM's sampled-token log-probs equal the learner's (within TOL); the
+    two live adapter versions switch without a reload, and each gives its own version's log-probs."""
+    from peft import LoraConfig, get_peft_model
+
+    from rlpost.models.lora import merged_named_parameters
+    from rlpost.models.lora_sync import adapter_weights
+    torch.manual_seed(0)
+    policy = get_peft_model(load_model(str(tiny_model_path), ModelConfig(), "cpu"),
+                            LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    engine.load_adapter(adapter_weights(policy, "policy-v0"))
+    reqs, params = requests(tok), SamplingParams(n=4, temperature=1.0, max_tokens=8, seed=5)
+    v0 = engine.generate(reqs, params)
+    batch, logp, _ = learner_view(policy, tok, v0, 1.0)
+    assert max_diff(logp, batch.sampler_logprobs, batch.response_mask) < TOL
+
+    settings = LearnerSettings("grpo", ClipParams(), "token-mean", max_completion_length=8, max_grad_norm=0.0)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    learner = Learner(policy.train(), opt, build_scheduler(opt, OptimConfig(), 1), settings)
+    trajs = [Trajectory(Prompt(0, ""), s.request_index, [s], s.text, reward=float(k % 2)) for k, s in enumerate(v0)]
+    batch = collate(trajs, tok.pad_token_id)
+    learner.update(batch, (batch.rewards - 0.5)[:, None] * batch.response_mask, learner.prepare(batch))
+
+    engine.load_adapter(adapter_weights(policy, "policy-v1"))
+    assert engine.live_adapters() == ["policy-v0", "policy-v1"]
+    v1 = engine.generate(reqs, params)
+    batch, logp, _ = learner_view(policy, tok, v1, 1.0)
+    assert max_diff(logp, batch.sampler_logprobs, batch.response_mask) < TOL
+    v1_logprobs = batch.sampler_logprobs
+    assert engine.use_adapter("policy-v0")                               # still live: no reload
+    assert engine.generate(reqs, params)[0].logprobs == v0[0].logprobs
+    assert not engine.use_adapter("policy-v7")
+
+    engine.load_weights(merged_named_parameters(policy))                  # merged sync of the same version
+    assert engine.active_lora is None
+    merged = engine.generate(reqs, params)
+    batch, logp, _ = learner_view(policy, tok, merged, 1.0)
+    assert max_diff(logp, batch.sampler_logprobs, batch.response_mask) < TOL
+    assert max_diff(batch.sampler_logprobs, v1_logprobs, batch.response_mask) < TOL   # same samples, same numbers
+    engine.load_weights(load_model(str(tiny_model_path), ModelConfig(), "cpu").named_parameters())
 
 
 def test_limits_fail_loudly(engine, tok, tiny_model_path):

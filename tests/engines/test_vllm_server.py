@@ -157,6 +157,11 @@ def test_small_endpoints_and_clear_errors(workers, client, tok):
     assert "last" in str(err.value) and "lines of the worker log" in str(err.value)
     with pytest.raises(EngineError, match="refused the token"):
         VLLMServerEngine([workers[0].url], tok, token="wrong", timeout_s=30)
+    no_lora = VLLMServerEngine([workers[0].url], tok, token=TOKEN, timeout_s=30, max_lora_rank=16, max_loras=2)
+    assert "start it with rlpost serve --max-lora-rank 16 --max-loras 2" in no_lora.lora_problem  # -> merged sync
+    no_lora.close()
+    with pytest.raises(EngineError, match="started without LoRA"):    # LoRA off: the route says how to start it
+        client._post(0, "/load_adapter", {"name": "x", "transport": "dist", "meta": [], "config": {"r": 8}})
 
 
 def test_health_polling_is_bounded(tok):

@@ -1,0 +1,146 @@
+"""Adapter-only LoRA sync (``model.lora.sync: adapter``): engines with their own copy of the weights (vllm,
+``rlpost serve`` workers) keep the base model they loaded and receive only the LoRA tensors, which vLLM applies
+with its native LoRA support (``enable_lora``, one ``LoRARequest`` per generate call).
+
+Per sync an engine receives 2 * r * (d_in + d_out) values per adapted linear layer instead of every weight of
+the model; the policy it samples from is the same: vLLM computes ``W x + scale * B (A x)`` and the learner's peft
+model the same sum (merged sync folds ``W + scale * B @ A`` into one matrix first).
+
+- :class:`AdapterWeights`: one version of the adapter: a name (``policy-v{version}``), the tensors under peft's
+  saved keys (``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``) and the ``adapter_config.json``
+  content. :func:`write_adapter` / :func:`read_adapter` convert it to and from the directory layout
+  ``peft.PeftModel.save_pretrained`` writes (adapter_config.json + adapter_model.safetensors), which is what
+  vLLM's ``LoRARequest(name, id, path)`` loads.
+- :class:`LiveAdapters`: the versions an engine holds, oldest first; at most ``capacity`` (async_level + 1, so
+  each queued batch generates on the adapter of its behaviour version); loading one more unloads the oldest.
+- :func:`vllm_max_lora_rank`: the ``max_lora_rank`` to start vLLM with (it accepts a fixed set of values).
+- :func:`base_named_parameters`: the base weights under the adapters. An engine that reports a base other than
+  its checkpoint (``needs_base_weights``: an ``rlpost serve`` worker reused after a full-weight sync, or serving
+  another model path) gets them once when the run starts; adapters alone afterwards.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)   # vllm.config.lora.MaxLoRARanks (vLLM 0.32)
+ADAPTER_FILE, CONFIG_FILE = "adapter_model.safetensors", "adapter_config.json"
+
+
+def vllm_max_lora_rank(r: int) -> int:
+    """The smallest rank vLLM accepts as ``max_lora_rank`` that holds rank ``r``; ValueError above 512."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= r:
+            return allowed
+    raise ValueError(f"LoRA rank {r} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+
+
+@dataclass
+class AdapterWeights:
+    """One version of the policy's LoRA adapter (see the module docstring)."""
+    name: str
+    tensors: list[tuple[str, torch.Tensor]]
+    config: dict
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for _, t in self.tensors)
+
+    @property
+    def rank(self) -> int:
+        return max([int(self.config["r"]), *map(int, (self.config.get("rank_pattern") or {}).values())])
+
+
+def _json_ready(value):
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+
+
+@torch.no_grad()
+def adapter_weights(peft_model, name: str) -> AdapterWeights:
+    """A copy of the active adapter's tensors (on the CPU) and its config, named ``name``. The keys are peft's
+    saved keys (what ``get_peft_model_state_dict`` returns: the parameter name without the adapter's name,
+    ``...q_proj.lora_A.default.weight`` -> ``...q_proj.lora_A.weight``), read from ``named_parameters`` directly:
+    peft's function walks the whole state dict, ~10x slower on the 20M model."""
+    adapter = peft_model.active_adapter if isinstance(peft_model.active_adapter, str) else peft_model.active_adapters[0]
+    inner, last = f".{adapter}.", f".{adapter}"
+    tensors = []
+    for key, p in peft_model.named_parameters():
+        if ".lora_" in key and (inner in key or key.endswith(last)):
+            key = key.replace(inner, ".") if inner in key else key[: -len(last)]
+            tensors.append((key, p.detach().to("cpu", copy=True).contiguous()))
+    config = _json_ready(peft_model.peft_config[adapter].to_dict())
+    config["inference_mode"] = True
+    return AdapterWeights(name, tensors, config)
+
+
+def base_named_parameters(peft_model):
+    """(Hugging Face name, tensor) of the base model under the adapters (what an engine with adapter sync must hold
+    under them), without the adapter tensors. Plain LoRA only (no modules_to_save, unsharded)."""
+    from rlpost.models.lora import hf_name
+    for name, p in peft_model.named_parameters():
+        if ".lora_" not in name:
+            yield hf_name(name), p.detach()
+
+
+def write_adapter(adapter: AdapterWeights, directory: str | Path) -> str:
+    """``adapter`` -> ``directory`` in peft's save_pretrained layout (files written under temporary names, then
+    renamed, so a reader never sees half a file). Returns the directory."""
+    from safetensors.torch import save_file
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (ADAPTER_FILE + ".tmp")
+    save_file(dict(adapter.tensors), str(tmp), metadata={"format": "pt"})
+    tmp.rename(directory / ADAPTER_FILE)
+    tmp = directory / (CONFIG_FILE + ".tmp")
+    tmp.write_text(json.dumps(adapter.config))
+    tmp.rename(directory / CONFIG_FILE)
+    return str(directory)
+
+
+def read_adapter(directory: str | Path, name: str) -> AdapterWeights:
+    """The adapter saved in ``directory`` (peft layout) as :class:`AdapterWeights` named ``name``."""
+    from safetensors.torch import load_file
+    directory = Path(directory)
+    tensors = load_file(str(directory / ADAPTER_FILE))
+    return AdapterWeights(name, list(tensors.items()), json.loads((directory / CONFIG_FILE).read_text()))
+
+
+class LiveAdapters:
+    """The adapters an engine holds: name -> vLLM int id, oldest first, at most ``capacity``.
+
+    ``add(name)`` returns (the new id, the ids to unload now); ids are never reused, so a name loaded again (a new
+    run on a reused worker) gets a new id and vLLM never serves a stale cached copy."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"LiveAdapters: capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.ids: dict[str, int] = {}
+        self.next_id = 1
+
+    def add(self, name: str) -> tuple[int, list[int]]:
+        evicted = [self.ids.pop(name)] if name in self.ids else []
+        while len(self.ids) >= self.capacity:
+            evicted.append(self.ids.pop(next(iter(self.ids))))
+        self.ids[name] = self.next_id
+        self.next_id += 1
+        return self.ids[name], evicted
+
+    def touch(self, name: str) -> int | None:
+        """The id of a live adapter, moved to the newest end (the last one evicted); None when not live."""
+        if name not in self.ids:
+            return None
+        self.ids[name] = self.ids.pop(name)
+        return self.ids[name]
+
+    def names(self) -> list[str]:
+        return list(self.ids)
