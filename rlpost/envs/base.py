@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from rlpost.envs.aio import EnvLoop, is_async
-from rlpost.tools import ToolCall, ToolParseError
+from rlpost.envs.calls import ToolCall, ToolParseError
 
 
 class EnvError(RuntimeError):

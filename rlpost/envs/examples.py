@@ -1,7 +1,8 @@
 """Two shipped environments (docs/environments.md walks through them).
 
-* :class:`CalculatorEnv`: multi-digit arithmetic with a ``calculator`` tool (and optionally ``python``, run in the
-  sandbox). The model calls the tool, reads the result, answers; reward 1 when the answer equals ``row["answer"]``.
+* :class:`CalculatorEnv`: multi-digit arithmetic with the shipped ``calculator`` tool (and optionally ``python``, run
+  in the sandbox; both from rlpost/envs/tools.py). The model calls the tool, reads the result, answers; reward 1
+  when the answer equals ``row["answer"]``.
 * :class:`GuessNumberEnv`: guess a hidden number with "higher"/"lower" feedback after every guess; reward 1 for
   finding it, shared by every turn of the episode (multi-turn credit assignment through the outcome).
 
@@ -12,29 +13,9 @@ from __future__ import annotations
 import re
 
 from rlpost.envs.base import StepResult
-from rlpost.sandbox import run_python
-from rlpost.tools import calculate, format_number
+from rlpost.envs.tools import calculator, python
 
 _INT = re.compile(r"-?\d+")
-
-
-def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression exactly.
-
-    Args:
-        expression: numbers with + - * / ** % and parentheses, e.g. "1234*5678"
-    """
-    return format_number(calculate(expression))
-
-
-def python(code: str) -> str:
-    """Run Python code (standard library only) in a sandbox and return what it prints.
-
-    Args:
-        code: the program; print the values you need
-    """
-    res = run_python(code, timeout_s=5, memory_mb=256, max_output_bytes=2000)
-    return (res.stdout + res.stderr).strip() or ("(timed out)" if res.timed_out else "(no output)")
 
 
 def last_int(text: str) -> int | None:

@@ -1,8 +1,8 @@
 """Tool-call parsers: assistant text -> tool calls, chosen by ``rollout.workflow.parser``.
 
-A parser returns ``[]`` when the turn calls no tool, a list of :class:`~rlpost.tools.ToolCall` (a call whose
-object was unusable has ``error`` set), or a :class:`~rlpost.tools.ToolParseError` when the model clearly tried
-to call a tool and the text cannot be read. Neither raises on model output.
+A parser returns ``[]`` when the turn calls no tool, a list of :class:`~rlpost.envs.calls.ToolCall` (a call whose
+object was unusable has ``error`` set), or a :class:`~rlpost.envs.calls.ToolParseError` when the model clearly
+tried to call a tool and the text cannot be read. Neither raises on model output.
 
 * ``hermes`` (Qwen2.5, Hermes, Qwen3): ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, one or more
   blocks per turn, each holding one or more objects.
@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 import re
 
+from rlpost.envs.calls import CALL_CLOSE, CALL_OPEN, ToolCall, ToolParseError, json_objects, to_call
 from rlpost.registry import Registry
-from rlpost.tools import CALL_OPEN, ToolCall, ToolParseError, _objects, _to_call, parse_tool_calls
 
 TOOL_CALL_PARSERS = Registry("tool-call parser")
 
@@ -38,10 +38,18 @@ EXAMPLES = {"hermes": '<tool_call>{"name": "<tool>", "arguments": {...}}</tool_c
 
 @TOOL_CALL_PARSERS.register("hermes")
 def parse_hermes(text: str) -> list[ToolCall] | ToolParseError:
-    """Every ``<tool_call>...</tool_call>`` block of the turn; ``[]`` without one."""
-    if CALL_OPEN not in text:
-        return []
-    return parse_tool_calls(text)
+    """Every ``<tool_call>...</tool_call>`` block of the turn, each holding one or more JSON call objects
+    (:func:`~rlpost.envs.calls.json_objects`); ``[]`` without a block."""
+    blocks = _blocks(text)
+    if isinstance(blocks, ToolParseError):
+        return blocks
+    calls: list[ToolCall] = []
+    for body in blocks:
+        objects = json_objects(body.strip())
+        if isinstance(objects, str):
+            return ToolParseError(objects, body.strip()[:200])
+        calls += [to_call(obj, raw, len(calls) + i + 1) for i, (obj, raw) in enumerate(objects)]
+    return calls
 
 
 @TOOL_CALL_PARSERS.register("llama3_json")
@@ -50,10 +58,10 @@ def parse_llama3_json(text: str) -> list[ToolCall] | ToolParseError:
     body = text.strip().removeprefix("<|python_tag|>").strip()
     if not body.startswith(("{", "[")):
         return []
-    objects = _objects(body)
+    objects = json_objects(body)
     if isinstance(objects, str):
         return ToolParseError(objects, body[:200])
-    return [_to_call(obj, raw, i + 1) for i, (obj, raw) in enumerate(objects)]
+    return [to_call(obj, raw, i + 1) for i, (obj, raw) in enumerate(objects)]
 
 
 def _value(text: str):
@@ -68,11 +76,11 @@ def _blocks(text: str) -> list[str] | ToolParseError:
     """The bodies of the ``<tool_call>...</tool_call>`` blocks; an unclosed block is a parse error."""
     out, pos = [], 0
     while (start := text.find(CALL_OPEN, pos)) != -1:
-        end = text.find("</tool_call>", start)
+        end = text.find(CALL_CLOSE, start)
         if end == -1:
-            return ToolParseError("<tool_call> is not closed with </tool_call>", text[start:start + 200])
+            return ToolParseError(f"{CALL_OPEN} is not closed with {CALL_CLOSE}", text[start:start + 200])
         out.append(text[start + len(CALL_OPEN):end])
-        pos = end + len("</tool_call>")
+        pos = end + len(CALL_CLOSE)
     return out
 
 
@@ -126,7 +134,7 @@ def parse_harmony(text: str) -> list[ToolCall] | ToolParseError:
     """Every ``to=functions.NAME ... <|message|>{json}<|call|>`` message of the turn (the arguments are JSON)."""
     calls = []
     for i, (name, body) in enumerate(_HARMONY_CALL.findall(text), start=1):
-        objects = _objects(body.strip())
+        objects = json_objects(body.strip())
         obj = objects[0][0] if isinstance(objects, list) and len(objects) == 1 else None
         if not isinstance(obj, dict):
             calls.append(ToolCall(name, {}, i, body, error=f"tool call {i} ({name}): the arguments are not one JSON object"))

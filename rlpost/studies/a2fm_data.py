@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import random
 
+from rlpost.envs.parsers import parse_hermes
 from rlpost.tasks.a2fm_mini import make_split
-from rlpost.tools import ToolContext, parse_tool_calls, render_tool_response, run_tool_calls
-from rlpost.workflows.a2fm import route_tag
+from rlpost.workflows.a2fm import agent_tools, render_tool_response, route_tag, tool_response
 
 SHORT_JUSTIFICATIONS = {"instant": "Easy.", "reasoning": "Needs steps.", "agentic": "Needs a tool."}
 
@@ -50,12 +50,10 @@ def tool_call_text(row: dict, rng: random.Random) -> tuple[str, str]:
 
 def observation(call_text: str, name: str, row: dict) -> str:
     """The tool response block the harness appends (Python's is rendered without starting a sandbox)."""
-    calls = parse_tool_calls(call_text)
     if name == "python":
-        expr = calls[0].arguments["code"][len("print("):-1]
+        expr = parse_hermes(call_text)[0].arguments["code"][len("print("):-1]
         return render_tool_response(f"Results for tool call 1 (python):\n{eval(expr, {'__builtins__': {}})}")
-    ctx = ToolContext(corpus=row.get("corpus"))
-    return render_tool_response(run_tool_calls(calls, ctx, ("python", "calculator", "search")))
+    return tool_response(call_text, agent_tools(corpus=row.get("corpus")))[0]
 
 
 def answer_of(text: str) -> str:

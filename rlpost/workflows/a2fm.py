@@ -17,7 +17,8 @@ Mode formats after the tag (checked by :func:`check_format`):
 * reasoning: ``<reasoning>...</reasoning>`` then ``<answer>...</answer>``
 * agentic:   ``<plan>...</plan>``, then steps of free text, ``<tool_call>...</tool_call>`` (each
   followed by the harness's ``<tool_response>...</tool_response>``) and ``<summary>...</summary>``,
-  ending with one ``<answer>...</answer>``. Tool-call syntax: :mod:`rlpost.tools`.
+  ending with one ``<answer>...</answer>``. Tools and tool calls are those of multi-turn environments
+  (:func:`agent_tools`, :func:`tool_response`).
 
 A rollout is ONE :class:`Sample` whose completion is the whole assistant turn: injected route
 prefix (forced rollouts) and tool responses are in the completion with ``loss_mask`` 0 (and
@@ -39,7 +40,10 @@ from fractions import Fraction
 from typing import Callable
 
 from rlpost.engines.base import GenRequest, SamplingParams
-from rlpost.tools import (CALL_CLOSE, ToolContext, parse_tool_calls, render_tool_response, run_tool_calls)
+from rlpost.envs.base import parse_error_message, plan_calls, run_jobs, tool_messages
+from rlpost.envs.calls import CALL_CLOSE, CALL_OPEN, ToolParseError
+from rlpost.envs.parsers import EXAMPLES, parse_hermes
+from rlpost.envs.tools import PythonSandbox, Search, calculator
 from rlpost.types import Prompt, Sample, Trajectory
 
 MODES = ("instant", "reasoning", "agentic")
@@ -59,6 +63,11 @@ JUSTIFICATIONS = {
                "so I will select toolcalling_agent.",
 }
 
+TOOL_NAMES = ("python", "calculator", "search")
+TOOL_ALIASES = {"code_execute": "python", "web_search": "search", "calc": "calculator"}   # A²FM's own names
+RESPONSE_OPEN, RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
+TOOL_GRACE_S = 5.0   # the runner waits this long past the sandbox's timeout, so the sandbox's own kill is reported
+
 TOOL_DOCS = {
     "python": "python(code): run Python (standard library only) and return what it prints",
     "calculator": "calculator(expression): evaluate + - * / ** % and parentheses on numbers",
@@ -75,7 +84,7 @@ def forced_prefix(mode: str, justifications: dict[str, str] | None = None) -> st
     return (justifications or JUSTIFICATIONS)[mode] + "\n" + route_tag(mode)
 
 
-def system_prompt(tools=("python", "calculator", "search")) -> str:
+def system_prompt(tools=TOOL_NAMES) -> str:
     """The mode specification the A²FM policy always sees (a condensed version of ``afm_sys_prompt``)."""
     tool_lines = "\n".join(f"  - {TOOL_DOCS.get(t, t)}" for t in tools)
     return (
@@ -97,9 +106,57 @@ def system_prompt(tools=("python", "calculator", "search")) -> str:
     )
 
 
-def a2fm_messages(question: str, tools=("python", "calculator", "search")) -> list[dict]:
+def a2fm_messages(question: str, tools=TOOL_NAMES) -> list[dict]:
     """Chat messages for one query (apply the tokenizer's chat template to get ``Prompt.text``)."""
     return [{"role": "system", "content": system_prompt(tools)}, {"role": "user", "content": question}]
+
+
+# ------------------------------------------------------------------------------------ tools
+
+def agent_tools(names=TOOL_NAMES, corpus: list | None = None, timeout_s: float = 5.0, memory_mb: int = 256,
+                max_output_chars: int = 2000) -> dict[str, Callable]:
+    """The agentic mode's tools (rlpost/envs/tools.py) as name -> tool, in ``names`` order: ``python`` (sandboxed
+    with these limits), ``calculator``, and ``search`` over ``corpus`` (the task row's documents)."""
+    unknown = [n for n in names if n not in TOOL_NAMES]
+    if unknown:
+        raise ValueError(f"tools: unknown tool {unknown[0]!r}; available: {', '.join(TOOL_NAMES)}")
+    made = {"python": lambda: PythonSandbox(timeout_s, memory_mb, max_output_chars).python,
+            "calculator": lambda: calculator, "search": lambda: Search(corpus).search}
+    return {n: made[n]() for n in names}
+
+
+def render_tool_response(body: str) -> str:
+    """The observation appended after ``</tool_call>`` (loss-masked in the rollout)."""
+    return f"\n{RESPONSE_OPEN}\n{body}\n{RESPONSE_CLOSE}\n"
+
+
+def tool_response(text: str, tools: dict[str, Callable], timeout_s: float = 5.0,
+                  max_output_chars: int = 2000) -> tuple[str, int]:
+    """Run the tool calls of ``text`` (an agentic step ending with ``</tool_call>``); return the observation and the
+    number of calls (an unreadable block counts as one). The observation, with a newline before and after it::
+
+        <tool_response>
+        Results for tool call 1 (NAME):
+        OUTPUT
+
+        Results for tool call 2 (NAME):
+        OUTPUT
+        </tool_response>
+
+    Parsing (``hermes``), error strings (an unreadable block is answered with the error alone), truncation to
+    ``max_output_chars`` and concurrent calls are those of multi-turn environments (rlpost/envs/base.py); A²FM's
+    tool names (:data:`TOOL_ALIASES`) are read as ours. A call still running ``timeout_s`` + :data:`TOOL_GRACE_S`
+    after its start is answered with a timeout error.
+    """
+    calls = parse_hermes(text) or ToolParseError(f"no {CALL_OPEN} block found", text[-200:])
+    if isinstance(calls, ToolParseError):
+        return render_tool_response(parse_error_message(calls, EXAMPLES["hermes"])["content"]), 1
+    calls = [dataclasses.replace(c, name=TOOL_ALIASES.get(c.name, c.name)) for c in calls]
+    jobs = plan_calls(calls, tools)
+    run_jobs(jobs, timeout_s + TOOL_GRACE_S)
+    results = [f"Results for tool call {i} ({m['name']}):\n{m['content']}"
+               for i, m in enumerate(tool_messages(jobs, max_output_chars), start=1)]
+    return render_tool_response("\n\n".join(results)), len(calls)
 
 
 # ------------------------------------------------------------------------ parsing and format
@@ -269,13 +326,16 @@ class A2FMParams:
     gamma: int | None = None           # adaptive rollouts per query; None: rollout.num_generations (params.n)
     alpha: float = 2.0                 # APO cost exponent: adaptive non-instant rewards x (1 - p^alpha)
     max_turns: int = 8                 # tool rounds per agentic rollout (A²FM inference default: 60 steps)
-    tools: tuple = ("python", "calculator", "search")
+    tools: tuple = TOOL_NAMES          # of TOOL_NAMES; A²FM's names (TOOL_ALIASES) are read as these
     tool_timeout_s: float = 5.0        # per python call (A²FM's nsjail: 5 s CPU)
     tool_memory_mb: int = 256
     max_tool_output_chars: int = 2000  # per call, before it is appended to the context
     max_context: int | None = None     # prompt + turn tokens; each call's max_tokens is clamped
-    tool_workers: int = 4              # sandboxes run in parallel across rollouts
+    tool_workers: int = 4              # rollouts whose tool calls run at once (a rollout's calls run concurrently)
     justifications: dict | None = None  # mode -> routing sentence of forced prefixes (None: JUSTIFICATIONS)
+
+    def __post_init__(self):
+        agent_tools(self.tools)   # an unknown tool name is refused here, naming it
 
 
 @dataclass(eq=False)
@@ -283,7 +343,7 @@ class _Rollout:
     prompt: Prompt
     forced: str | None
     prompt_ids: list[int]
-    ctx: ToolContext
+    tools: dict                        # name -> tool (agent_tools), shared by the rollouts of one prompt
     mode: str | None = None
     ids: list = field(default_factory=list)
     logprobs: list = field(default_factory=list)
@@ -334,7 +394,7 @@ class A2FMWorkflow:
     """
 
     def __init__(self, engine, tokenizer, rho: int = 3, gamma: int | None = None, alpha: float = 2.0,
-                 max_turns: int = 8, tools=("python", "calculator", "search"), tool_timeout_s: float = 5.0,
+                 max_turns: int = 8, tools=TOOL_NAMES, tool_timeout_s: float = 5.0,
                  tool_memory_mb: int = 256, max_tool_output_chars: int = 2000, max_context: int | None = None,
                  tool_workers: int = 4, justifications: dict[str, str] | None = None):
         self.engine, self.tokenizer = engine, tokenizer
@@ -342,6 +402,7 @@ class A2FMWorkflow:
         self.tool_timeout_s, self.tool_memory_mb = tool_timeout_s, tool_memory_mb
         self.max_tool_output_chars, self.max_context, self.tool_workers = max_tool_output_chars, max_context, tool_workers
         self.justifications = justifications
+        agent_tools(self.tools)   # refuses an unknown tool name now rather than at the first tool call
 
     def rollout(self, prompts: list[Prompt], params: SamplingParams, forced_per_mode: int | None = None) -> list[Trajectory]:
         """Per prompt (prompt-major): ``forced_per_mode`` (default rho) forced rollouts of each mode in
@@ -371,13 +432,13 @@ class A2FMWorkflow:
         params = params or SamplingParams()
         self.sampling = dataclasses.replace(params, n=1, stop=list(params.stop) + [CALL_CLOSE, ANSWER_CLOSE])
         self._round = 0
-        contexts: dict[int, ToolContext] = {}
+        tool_sets: dict[int, dict] = {}
         states = []
         for prompt, forced in jobs:
-            ctx = contexts.setdefault(id(prompt), ToolContext(
-                corpus=prompt.columns.get("corpus"), timeout_s=self.tool_timeout_s, memory_mb=self.tool_memory_mb,
-                max_output_chars=self.max_tool_output_chars))
-            st = _Rollout(prompt, forced, self._encode(prompt.text), ctx, mode=forced)  # text is chat-templated
+            tools = tool_sets.setdefault(id(prompt), agent_tools(
+                self.tools, prompt.columns.get("corpus"), self.tool_timeout_s, self.tool_memory_mb,
+                self.max_tool_output_chars))
+            st = _Rollout(prompt, forced, self._encode(prompt.text), tools, mode=forced)  # text is chat-templated
             if forced:
                 text = forced_prefix(forced, self.justifications)
                 st.append(self._encode(text), text, trained=False)
@@ -397,13 +458,13 @@ class A2FMWorkflow:
                         st.mode = parse_route(st.text)
                     if (sample.finish_reason == "stop" and sample.text.rstrip().endswith(CALL_CLOSE)
                             and st.mode == "agentic" and st.turns < self.max_turns):
-                        needs_tools.append((st, parse_tool_calls(sample.text)))
-                observations = list(pool.map(lambda job: run_tool_calls(job[1], job[0].ctx, self.tools), needs_tools))
-                for (st, calls), obs in zip(needs_tools, observations):
-                    text = render_tool_response(obs)
+                        needs_tools.append((st, sample.text))
+                observations = list(pool.map(lambda job: tool_response(
+                    job[1], job[0].tools, self.tool_timeout_s, self.max_tool_output_chars), needs_tools))
+                for (st, _), (text, n_calls) in zip(needs_tools, observations):
                     st.append(self._encode(text), text, trained=False)
                     st.turns += 1
-                    st.tool_calls += len(calls) if isinstance(calls, list) else 1
+                    st.tool_calls += n_calls
                 active = [st for st, _ in needs_tools]
                 self._round += 1
         return [self._trajectory(st) for st in states]

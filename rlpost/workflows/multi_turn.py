@@ -51,8 +51,8 @@ from rlpost.engines.base import GenRequest, SamplingParams
 from rlpost.envs.aio import EnvLoop, call
 from rlpost.envs.base import (EnvError, StepResult, check_env, parse_error_message, plan_calls, run_jobs, tool_messages,
                               tool_schemas, tool_table)
+from rlpost.envs.calls import ToolParseError
 from rlpost.envs.parsers import EXAMPLES, TOOL_CALL_PARSERS, harmony_final
-from rlpost.tools import ToolParseError
 from rlpost.types import Prompt, Sample, Trajectory
 
 LIMITS = ("max_turns", "max_total_tokens", "turn_length")   # ended_by values that count as "ended by a limit"

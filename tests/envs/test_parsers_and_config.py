@@ -3,9 +3,9 @@ import pytest
 
 from rlpost.config import ConfigError
 from rlpost.envs.base import tool_schemas, tool_table
+from rlpost.envs.calls import ToolParseError
 from rlpost.envs.parsers import parse_hermes, parse_llama3_json
 from rlpost.resolve import resolve_file
-from rlpost.tools import ToolParseError
 
 
 def calls(parsed):
@@ -70,7 +70,6 @@ def test_validate_names_a_bad_environment(override, message):
 
 def test_qwen3_xml_glm4_and_harmony_parsers():
     from rlpost.envs.parsers import harmony_final, parse_glm4, parse_harmony, parse_qwen3_xml
-    from rlpost.tools import ToolParseError
     xml = ("<tool_call>\n<function=add>\n<parameter=a>\n3\n</parameter>\n<parameter=note>\ntwo\nlines\n</parameter>\n"
            "</function>\n</tool_call>")
     (call,) = parse_qwen3_xml("Thinking.\n</think>\n\n" + xml + "<|im_end|>")

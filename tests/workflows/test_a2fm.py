@@ -4,10 +4,10 @@ import pytest
 from rlpost.engines.base import SamplingParams
 from rlpost.types import Prompt, Trajectory
 from rlpost.workflows import WORKFLOWS
-from rlpost.workflows.a2fm import (A2FMParams, A2FMWorkflow, a2fm_metrics, apo_advantages, apo_cost_metrics,
-                                   apo_easiness, apo_reward,
-                                   check_format, exact_match, forced_prefix, parse_route, route_tag, score_apo_batch,
-                                   score_apo_group)
+from rlpost.workflows.a2fm import (A2FMParams, A2FMWorkflow, a2fm_metrics, agent_tools, apo_advantages,
+                                   apo_cost_metrics, apo_easiness, apo_reward, check_format, exact_match,
+                                   forced_prefix, parse_route, route_tag, score_apo_batch, score_apo_group,
+                                   tool_response)
 
 from scripted_engine import CharTokenizer, ScriptedEngine
 
@@ -205,6 +205,36 @@ def test_tool_loop_limits_and_errors_never_crash():
     eng2 = ScriptedEngine(lambda c: "<reasoning>r</reasoning><tool_call>{}</tool_call>")
     [t] = A2FMWorkflow(eng2, CharTokenizer()).run([(prompt(2), "reasoning")], SP)
     assert t.info["turns"] == 0 and not t.info["format_ok"] and len(eng2.calls) == 1
+
+
+def test_tool_response_runs_the_envs_tools_with_their_error_strings():
+    tools = agent_tools(corpus=["The code of Lund is 17."], timeout_s=1)
+    assert list(tools) == ["python", "calculator", "search"]
+    both = ('<tool_call>\n{"name": "calculator", "arguments": {"expression": "123*45"}}\n'
+            "{'name': 'web_search', 'arguments': {'query': 'code of Lund'}}\n</tool_call>")
+    assert tool_response(both, tools) == ("\n<tool_response>\nResults for tool call 1 (calculator):\n5535\n\n"
+                                          "Results for tool call 2 (search):\n[1] document 0\nThe code of Lund is 17."
+                                          "\n</tool_response>\n", 2)
+    errors = ('<tool_call>{"name": "calculator", "arguments": {"expression": "1/"}}\n'
+              '{"name": "code_execute", "arguments": {"code": "print(1/0)"}}\n{"name": "shell", "arguments": {}}'
+              '</tool_call>')
+    out, n = tool_response(errors, tools)
+    assert n == 3 and out.startswith("\n<tool_response>\nResults for tool call 1 (calculator):\n"
+                                     "Error: calculator raised ValueError: not an arithmetic expression: invalid syntax"
+                                     "\n\nResults for tool call 2 (python):\nstderr:\nTraceback")
+    assert "ZeroDivisionError: division by zero\n\nResults for tool call 3 (shell):\n" \
+           "Error: unknown tool 'shell'; available: python, calculator, search\n</tool_response>\n" in out
+    unread = ("\n<tool_response>\nError: the tool call could not be parsed ({}). "
+              'Write <tool_call>{{"name": "<tool>", "arguments": {{...}}}}</tool_call>.\n</tool_response>\n')
+    assert tool_response("<tool_call>{oops}</tool_call>", tools) == (
+        unread.format("could not parse '{oops}' as JSON"), 1)
+    assert tool_response("oops</tool_call>", tools) == (unread.format("no <tool_call> block found"), 1)
+    long = '<tool_call>{"name": "python", "arguments": {"code": "print(\'x\' * 50)"}}</tool_call>'
+    assert tool_response(long, tools, max_output_chars=10)[0] == (
+        "\n<tool_response>\nResults for tool call 1 (python):\nxxxxxxxxxx\n... [truncated to 10 characters]"
+        "\n</tool_response>\n")
+    with pytest.raises(ValueError, match="tools: unknown tool 'browser'; available: python, calculator, search"):
+        A2FMParams(tools=("python", "browser"))
 
 
 def test_search_tool_uses_task_corpus_and_registry():
