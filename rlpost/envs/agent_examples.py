@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from rlpost.envs.examples import calculator, last_int
 from rlpost.envs.parsers import parse_hermes
-from rlpost.tools import ToolParseError
+from rlpost.envs.calls import ToolParseError
 
 SYSTEM = "Use the calculator."      # the warm start's system prompt (tiny:qwen2:calculator_tool, its CARD.md)
 
