@@ -68,6 +68,54 @@ def sampling_kwargs(params: SamplingParams) -> dict:
                 logprobs=0)                                          # 0: only the sampled token's logprob
 
 
+def call_spec(params: SamplingParams, pad_id: int):
+    """What a generate call asks of rlpost's logits processor (rlpost/engines/vllm_worker.py CallSpec)."""
+    from rlpost.engines.vllm_worker import CallSpec
+    return CallSpec(processors=list(params.logits_processors), temperature=params.temperature, top_k=params.top_k,
+                    top_p=params.top_p, want_entropy=params.return_entropy, pad_id=pad_id, min_p=params.min_p,
+                    repetition_penalty=params.repetition_penalty)
+
+
+def vllm_rows(requests: list[GenRequest], params: SamplingParams, seed_offset: int, extra_args) -> tuple[list, list]:
+    """One vLLM (TokensPrompt, SamplingParams) per (request, sample), request-major: row ``i * n + j`` gets seed
+    ``params.seed + (seed_offset + i) * n + j`` or, for requests with seeds of their own, ``stable_seed(seed, j)``
+    (the module docstring); ``extra_args(row)`` gives the row's ``extra_args``."""
+    from vllm import SamplingParams as VLLMSamplingParams
+    from vllm.inputs import TokensPrompt
+    n, base, own_seeds = params.n, sampling_kwargs(params), sample_seeds(requests, params.n)
+    prompts, sps = [], []
+    for i, req in enumerate(requests):
+        for j in range(n):
+            row = i * n + j
+            seed = None if params.seed is None else (params.seed + (seed_offset + i) * n + j) % (1 << 63)
+            seed = own_seeds[row] if own_seeds is not None else seed
+            sps.append(VLLMSamplingParams(**base, seed=seed, extra_args=extra_args(row)))
+            prompts.append(TokensPrompt(prompt_token_ids=list(req.prompt_ids)))
+    return prompts, sps
+
+
+def to_samples(tokenizer, requests: list[GenRequest], n: int, outputs, entropies, log_mass) -> list[Sample]:
+    """vLLM RequestOutputs (one per row, request-major) -> Samples; ``log_mass`` (per row {step: log kept mass})
+    turns processed log-probs back into log softmax(z/T) before truncation."""
+    samples = []
+    for row, out in enumerate(outputs):
+        comp = out.outputs[0]
+        if comp.finish_reason not in ("stop", "length"):
+            raise EngineError(f"vllm engine: request finished with {comp.finish_reason!r} ({comp.stop_reason})")
+        ids = list(comp.token_ids)
+        logprobs = [step[tok].logprob for step, tok in zip(comp.logprobs, ids)]
+        if log_mass is not None:   # processed logprobs are normalised over the top-k/top-p set: undo that
+            logprobs = [lp + log_mass[row].get(t, 0.0) for t, lp in enumerate(logprobs)]
+        ents = [entropies[row].get(t, float("nan")) for t in range(len(ids))] if entropies is not None else None
+        samples.append(Sample(prompt_ids=list(requests[row // n].prompt_ids), completion_ids=ids,
+                              logprobs=logprobs, finish_reason=comp.finish_reason, entropies=ents,
+                              request_index=row // n))
+    texts = tokenizer.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
+    for s, text in zip(samples, texts):
+        s.text = text
+    return samples
+
+
 class _ExpectedReloadWarnings(logging.Filter):
     """Drops vLLM's "<Layer>: Failed to load weights" on a weight sync for the layers that have no weights of their
     own in a state dict: RotaryEmbedding (buffers computed from the config) and ParallelLMHead when the LM head is
@@ -147,66 +195,30 @@ class VLLMEngine:
     def generate(self, requests: list[GenRequest], params: SamplingParams, seed_offset: int = 0) -> list[Sample]:
         """len(requests) * params.n samples, request-major. ``seed_offset``: index of requests[0] in a larger batch
         (``rlpost serve`` workers get slices of one batch)."""
-        from vllm import SamplingParams as VLLMSamplingParams
-        from vllm.inputs import TokensPrompt
-
-        from rlpost.engines.vllm_worker import ROW_KEY, CallSpec, register_call, unregister_call
+        from rlpost.engines.vllm_worker import ROW_KEY, register_call, take_records
 
         self._check_lengths(requests, params)
         self._wake()
-        n = params.n
-        spec = CallSpec(processors=list(params.logits_processors), temperature=params.temperature,
-                        top_k=params.top_k, top_p=params.top_p, want_entropy=params.return_entropy, pad_id=self.pad_id,
-                        min_p=params.min_p, repetition_penalty=params.repetition_penalty)
+        spec = call_spec(params, self.pad_id)
         needs_processor = bool(spec.processors) or spec.want_entropy or spec.truncates
         call_id = uuid.uuid4().hex
-        base = sampling_kwargs(params)
-        own_seeds = sample_seeds(requests, n)
-        prompts, sps = [], []
-        for i, req in enumerate(requests):
-            for j in range(n):
-                row = i * n + j
-                seed = None if params.seed is None else (params.seed + (seed_offset + i) * n + j) % (1 << 63)
-                seed = own_seeds[row] if own_seeds is not None else seed
-                extra = {ROW_KEY: f"{call_id}:{row}"} if needs_processor else None
-                sps.append(VLLMSamplingParams(**base, seed=seed, extra_args=extra))
-                prompts.append(TokensPrompt(prompt_token_ids=list(req.prompt_ids)))
+        prompts, sps = vllm_rows(requests, params, seed_offset,
+                                 lambda row: {ROW_KEY: f"{call_id}:{row}"} if needs_processor else None)
         if needs_processor:
             register_call(call_id, spec)
         try:
             outputs = self.llm.generate(prompts, sps, use_tqdm=False)
         finally:
-            unregister_call(call_id)
+            entropies, log_mass = take_records(call_id, len(prompts))
             if self.sleep_mode:
                 self._sleep()
-        entropies = spec.per_row(spec.entropy_records, len(prompts)) if spec.want_entropy else None
-        log_mass = spec.per_row(spec.mass_records, len(prompts)) if spec.truncates else None
-        return self._to_samples(requests, n, outputs, entropies, log_mass)
+        return to_samples(self.tokenizer, requests, params.n, outputs, entropies, log_mass)
 
     def _check_lengths(self, requests: list[GenRequest], params: SamplingParams) -> None:
         longest = max((len(r.prompt_ids) for r in requests), default=0)
         if longest + params.max_tokens > self.max_model_len:
             raise ValueError(f"vllm engine: a prompt of {longest} tokens + max_tokens {params.max_tokens} exceeds "
                              f"max_model_len {self.max_model_len}; raise rollout.max_model_len")
-
-    def _to_samples(self, requests, n, outputs, entropies, log_mass) -> list[Sample]:
-        samples = []
-        for row, out in enumerate(outputs):
-            comp = out.outputs[0]
-            if comp.finish_reason not in ("stop", "length"):
-                raise EngineError(f"vllm engine: request finished with {comp.finish_reason!r} ({comp.stop_reason})")
-            ids = list(comp.token_ids)
-            logprobs = [step[tok].logprob for step, tok in zip(comp.logprobs, ids)]
-            if log_mass is not None:   # processed logprobs are normalised over the top-k/top-p set: undo that
-                logprobs = [lp + log_mass[row].get(t, 0.0) for t, lp in enumerate(logprobs)]
-            ents = [entropies[row].get(t, float("nan")) for t in range(len(ids))] if entropies is not None else None
-            samples.append(Sample(prompt_ids=list(requests[row // n].prompt_ids), completion_ids=ids,
-                                  logprobs=logprobs, finish_reason=comp.finish_reason, entropies=ents,
-                                  request_index=row // n))
-        texts = self.tokenizer.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
-        for s, text in zip(samples, texts):
-            s.text = text
-        return samples
 
     @torch.no_grad()
     def score(self, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:

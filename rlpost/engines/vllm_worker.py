@@ -28,7 +28,8 @@ from rlpost.algos.core import entropy_from_logprobs
 from rlpost.algos.logits_processors import needs_input_ids
 from rlpost.sampling import apply_repetition_penalty, filter_min_p, filter_top_k_top_p, seen_tokens
 
-ROW_KEY = "rlpost_row"  # SamplingParams.extra_args key: "<call id>:<row>"
+ROW_KEY = "rlpost_row"    # SamplingParams.extra_args key: "<call id>:<row>"
+SPEC_KEY = "rlpost_spec"  # SamplingParams.extra_args key: CallSpec.wire() (engines whose worker is another process)
 
 
 @dataclass
@@ -45,6 +46,11 @@ class CallSpec:
     # filled during generation: (step, rows [n], values [n]) per batch group, turned into per-row lists at the end
     entropy_records: list = field(default_factory=list)
     mass_records: list = field(default_factory=list)
+
+    def wire(self) -> dict:
+        """The fields a worker in another process needs to rebuild this spec (no Python processors)."""
+        return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, want_entropy=self.want_entropy,
+                    pad_id=self.pad_id, min_p=self.min_p, repetition_penalty=self.repetition_penalty)
 
     @property
     def needs_history(self) -> bool:
@@ -103,6 +109,9 @@ class RlpostLogitsProcessor(LogitsProcessor):
                 self.rows.pop(index, None)
                 continue
             call_id, row = key.rsplit(":", 1)
+            spec = params.extra_args.get(SPEC_KEY)
+            if spec is not None and call_id not in _CALLS:   # a call from another process: its spec travels along
+                register_call(call_id, CallSpec(processors=[], **spec))
             self.rows[index] = (call_id, int(row), list(prompt_ids or []), output_ids)
         for a, b, direction in batch_update.moved:
             row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
@@ -157,8 +166,24 @@ class RlpostLogitsProcessor(LogitsProcessor):
         return ids.to(device)
 
 
+def take_records(call_id: str, num_rows: int) -> tuple[list | None, list | None]:
+    """Unregister a call and return its per-row records: ([row] {step: entropy} or None, [row] {step: log kept
+    mass} or None)."""
+    with _CALLS_LOCK:
+        spec = _CALLS.pop(call_id, None)
+    if spec is None:
+        return None, None
+    return (spec.per_row(spec.entropy_records, num_rows) if spec.want_entropy else None,
+            spec.per_row(spec.mass_records, num_rows) if spec.truncates else None)
+
+
 class RlpostWorkerExtension:
-    """Mixed into vLLM's worker class (``LLM(worker_extension_cls=...)``); reached through ``collective_rpc``."""
+    """Mixed into vLLM's worker class (``LLM(worker_extension_cls=...)``); reached through ``collective_rpc``.
+
+    For an engine whose worker runs in another process (``AsyncLLM``: rlpost/engines/vllm_async.py) the records
+    of the logits processor are fetched with ``rlpost_take_records`` and the trainer's weight broadcast is received
+    here, in the worker (``rlpost_init_communicator`` / ``rlpost_recv_weights``), so the tensors go straight to
+    the device that holds the model."""
 
     def rlpost_load_weights(self, payload) -> int:
         """payload: a list of (name, tensor) (in-process), a ``torch.save`` byte blob of a name -> tensor dict, or
@@ -172,6 +197,47 @@ class RlpostWorkerExtension:
         self.reload_weights(weights_iterator=iter(weights))
         self._rlpost_repack_tied_heads()
         return len(weights)
+
+    def rlpost_load_weights_checked(self, payload) -> list:
+        """As :meth:`rlpost_load_weights` (payload: a path or a byte blob); returns [tensors, fingerprint] with the
+        fingerprint (rlpost.serving.weights.weights_fingerprint) of what was loaded."""
+        from rlpost.serving.weights import weights_fingerprint
+        if isinstance(payload, (bytes, bytearray)):
+            weights = list(torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True).items())
+        else:
+            weights = list(torch.load(payload, map_location="cpu", weights_only=True, mmap=True).items())
+        self.rlpost_load_weights(weights)
+        return [len(weights), weights_fingerprint(weights)]
+
+    def rlpost_take_records(self, call_id: str, num_rows: int) -> tuple[list | None, list | None]:
+        return take_records(call_id, num_rows)
+
+    def rlpost_init_communicator(self, host: str, port: int, rank: int, world_size: int, backend: str,
+                                 timeout_s: float) -> bool:
+        """Join the trainer's weight-broadcast group (rlpost/serving/weights.py) from this worker."""
+        from rlpost.serving.weights import Communicator
+        self.rlpost_close_communicator()
+        device = self.device if backend == "nccl" else "cpu"
+        self._rlpost_comm = Communicator(host, port, rank, world_size, backend, timeout_s, device)
+        return True
+
+    def rlpost_recv_weights(self, meta: list) -> list:
+        """Receive one broadcast of the weights described by ``meta`` and load them; returns [tensors, fingerprint]."""
+        from rlpost.serving.weights import weights_fingerprint
+        comm = getattr(self, "_rlpost_comm", None)
+        if comm is None:
+            raise RuntimeError("update_weights with transport=dist before init_communicator")
+        weights = comm.recv(meta)
+        fingerprint = weights_fingerprint(weights)
+        self.rlpost_load_weights(weights)
+        return [len(weights), fingerprint]
+
+    def rlpost_close_communicator(self) -> bool:
+        comm = getattr(self, "_rlpost_comm", None)
+        if comm is not None:
+            comm.close()
+            self._rlpost_comm = None
+        return True
 
     def _rlpost_repack_tied_heads(self) -> None:
         """CPU backend: an LM head tied to the input embeddings keeps a packed copy of the weight for its GEMM
