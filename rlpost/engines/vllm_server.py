@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import socket
@@ -186,10 +187,14 @@ def wait_healthy(urls: list[str], token: str | None, timeout_s: float,
 class VLLMServerEngine:
     """Client of one or many ``rlpost serve`` workers; see the module docstring."""
 
+    # The workers batch concurrent requests themselves (vLLM's async engine): per-episode rollouts send each
+    # episode's turn as its own call, from many threads (rlpost/workflows/multi_turn.py Batcher).
+    continuous_batching = True
+    MAX_CONCURRENT = 64   # connections kept per worker
+
     def __init__(self, urls: list[str], tokenizer, *, token: str | None = None, timeout_s: float = 600.0,
                  weight_sync: str = "file", weight_sync_dir: str | None = None,
                  workers: list[WorkerHandle] | None = None):
-        import requests
         if not urls:
             raise ValueError("rollout.engine=vllm_server needs rollout.server_urls (start workers with rlpost serve)")
         if weight_sync not in ("file", "dist"):
@@ -200,12 +205,23 @@ class VLLMServerEngine:
         self.weight_sync, self.weight_sync_dir = weight_sync, weight_sync_dir
         self.weights_fingerprint = None   # of the weights last sent and confirmed by every worker
         self.workers = workers or []                      # handles of workers this engine owns (stopped on close)
-        self.sessions = [requests.Session() for _ in self.urls]
+        self.sessions = [self._session() for _ in self.urls]
         self.pool = ThreadPoolExecutor(max_workers=len(self.urls) + 1, thread_name_prefix="rlpost-client")
+        self.next_worker = itertools.count()   # calls smaller than the worker count go round-robin
         self.comm = None
         infos = wait_healthy(self.urls, token, timeout_s, self.workers if len(self.workers) == len(urls) else None)
         self.log_files = [info.get("log_file") for info in infos]
         self.closed = False
+
+    @classmethod
+    def _session(cls):
+        """A requests session with room for MAX_CONCURRENT concurrent calls (per-episode rollouts)."""
+        import requests
+        from requests.adapters import HTTPAdapter
+        session = requests.Session()
+        session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=cls.MAX_CONCURRENT))
+        session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=cls.MAX_CONCURRENT))
+        return session
 
     @classmethod
     def from_config(cls, cfg, model_path: str, tokenizer) -> "VLLMServerEngine":
@@ -253,7 +269,10 @@ class VLLMServerEngine:
             return path, []
 
     def _on_all(self, calls: list[tuple[int, str, dict, str]]) -> list[dict]:
-        """Run (worker, path, body, what) calls concurrently; raise the first failure after all returned."""
+        """Run (worker, path, body, what) calls concurrently; raise the first failure after all returned. A single
+        call runs on the calling thread (per-episode rollouts make many of them at once)."""
+        if len(calls) == 1:
+            return [self._post(*calls[0])]
         futures = [self.pool.submit(self._post, *c) for c in calls]
         results, first_error = [], None
         for f in futures:
@@ -279,10 +298,11 @@ class VLLMServerEngine:
                 "return_entropy": params.return_entropy}
         W = min(len(self.urls), len(requests))
         bounds = [round(k * len(requests) / W) for k in range(W + 1)]
+        first = next(self.next_worker) % len(self.urls) if W < len(self.urls) else 0
         wire_requests = [{"prompt_ids": list(r.prompt_ids)} | ({"seed": r.seed} if r.seed is not None else {})
                          for r in requests]
-        calls = [(k, "/generate", {"requests": wire_requests[lo:hi], "params": wire, "seed_offset": lo},
-                  f"generate ({hi - lo} prompts)")
+        calls = [((first + k) % len(self.urls), "/generate",
+                  {"requests": wire_requests[lo:hi], "params": wire, "seed_offset": lo}, f"generate ({hi - lo} prompts)")
                  for k, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
         samples: list[Sample] = []
         for lo, result in zip(bounds, self._on_all(calls)):
