@@ -40,6 +40,7 @@ def engine_args(model_path: str, *, max_model_len: int | None = None, max_comple
     tensor_parallel_size, ...)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     trust = kwargs.get("trust_remote_code", False)
+    kwargs.setdefault("disable_log_stats", True)   # periodic stat lines would crowd the log tail errors quote
     return AsyncEngineArgs(model=str(model_path), tokenizer=str(model_path),
                            max_model_len=max_model_len or default_max_model_len(str(model_path), max_completion_length,
                                                                                  trust),

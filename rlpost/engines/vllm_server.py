@@ -19,6 +19,7 @@ import atexit
 import itertools
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -77,8 +78,23 @@ class WorkerHandle:
     def log_tail(self, lines: int = LOG_LINES) -> list[str]:
         return _read_tail(self.log_path, lines)
 
+    def kill_group(self) -> None:
+        """SIGKILL the worker's process group: the worker and vLLM's engine-core processes, which outlive a worker
+        killed by SIGKILL (each worker is started in a session of its own)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def stop(self, timeout_s: float = 30.0) -> None:
-        """POST /shutdown, then SIGTERM, then SIGKILL; each bounded."""
+        """POST /shutdown, then SIGTERM, then SIGKILL; each bounded. Whatever of its process group is left
+        afterwards (an engine core of a worker that was killed) is killed too."""
+        try:
+            self._stop(timeout_s)
+        finally:
+            self.kill_group()
+
+    def _stop(self, timeout_s: float) -> None:
         if not self.alive():
             return
         import requests
@@ -108,8 +124,7 @@ _STARTED: list[WorkerHandle] = []
 @atexit.register
 def _kill_leftover_workers() -> None:  # never leave vLLM processes behind
     for handle in _STARTED:
-        if handle.alive():
-            handle.process.kill()
+        handle.kill_group()
 
 
 def start_workers(model_path: str, n: int = 1, ports: list[int] | None = None, *, host: str = "127.0.0.1",
@@ -135,7 +150,7 @@ def start_workers(model_path: str, n: int = 1, ports: list[int] | None = None, *
                "--log-file", log_path, *engine_args]
         with open(log_path, "ab") as out:  # also catches crashes before the server redirects its own output
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=child_env)
+                                    env=child_env, start_new_session=True)
         handle = WorkerHandle(f"http://{host}:{port}", port, proc, log_path, token)
         handles.append(handle)
         _STARTED.append(handle)
@@ -143,8 +158,7 @@ def start_workers(model_path: str, n: int = 1, ports: list[int] | None = None, *
         wait_healthy([h.url for h in handles], token, timeout_s, handles)
     except BaseException:
         for h in handles:
-            if h.alive():
-                h.process.kill()
+            h.kill_group()
         raise
     return handles
 

@@ -263,6 +263,7 @@ async def vllm_openai_app(engine, model_path: str, served_model_names: list[str]
 
     args = make_arg_parser(FlexibleArgumentParser()).parse_args([])
     args.model, args.served_model_name, args.disable_fastapi_docs = model_path, served_model_names, True
+    args.disable_log_stats = True
     supported = await engine.llm.get_supported_tasks()
     app = build_app(args, supported, engine.llm.model_config)
     await init_app_state(engine.llm, app.state, args, supported)
