@@ -23,7 +23,10 @@ from rlpost.envs.examples import GuessNumberEnv
 
 
 class LatencyGuessEnv(GuessNumberEnv):
-    """GuessNumberEnv whose step waits a random 0-max_latency_ms ms first (seeded by prompt id and turn)."""
+    """GuessNumberEnv whose step waits a random 0-max_latency_ms ms first (seeded by prompt id and turn).
+    Every wait is recorded in DELAYS[(prompt id, turn)]."""
+
+    DELAYS: dict[tuple[int, int], float] = {}
 
     def __init__(self, max_latency_ms: float = 500.0):
         self.max_latency_ms, self.turn = max_latency_ms, 0
@@ -34,6 +37,7 @@ class LatencyGuessEnv(GuessNumberEnv):
 
     async def step(self, message: dict):
         delay = random.Random(self.prompt_id * 1000 + self.turn).uniform(0, self.max_latency_ms) / 1000
+        LatencyGuessEnv.DELAYS[(self.prompt_id, self.turn)] = delay
         self.turn += 1
         await asyncio.sleep(delay)
         return super().step(message)
@@ -71,6 +75,16 @@ def main() -> None:
             engine.close()
 
 
+def latency_bounds(delays: dict[tuple[int, int], float]) -> tuple[float, float]:
+    """Seconds the waits alone take (generation free): lock-step waits, every turn, for the slowest wait of that
+    turn (sum over turns of the max over episodes); per-episode, for the episode whose waits add up the most."""
+    turns, episodes = {}, {}
+    for (episode, turn), d in delays.items():
+        turns[turn] = max(turns.get(turn, 0.0), d)
+        episodes[episode] = episodes.get(episode, 0.0) + d
+    return sum(turns.values()), max(episodes.values(), default=0.0)
+
+
 def run(engine, tok, args) -> None:
     from rlpost.data import build_prompts
     from rlpost.engines.base import SamplingParams
@@ -80,20 +94,25 @@ def run(engine, tok, args) -> None:
     rows = TASKS.get("guess_number")("train", args.episodes, seed=0, low=1, high=16)
     prompts = build_prompts(rows, tok)
     params = SamplingParams(n=1, max_tokens=args.max_tokens, temperature=1.0, seed=0)
-    rates = {}
+    rates, bounds = {}, {}
     for schedule in ("lockstep", "per_episode"):
         wf = MultiTurnWorkflow(engine, tok, env="__main__:LatencyGuessEnv", env_kwargs={"max_latency_ms": args.latency_ms},
                                max_turns=args.max_turns, max_total_tokens=256, schedule=schedule)
         wf.rollout(prompts[:4], params)   # warm-up
         best = float("inf")
         for _ in range(args.repeats):
+            LatencyGuessEnv.DELAYS.clear()
             start = time.perf_counter()
             trajs = wf.rollout(prompts, params)
             best = min(best, time.perf_counter() - start)
+        lock_wait, episode_wait = latency_bounds(LatencyGuessEnv.DELAYS)
+        bounds[schedule] = lock_wait if schedule == "lockstep" else episode_wait
         turns = sum(t.info["turns"] for t in trajs) / len(trajs)
         rates[schedule] = len(trajs) / best
         print(f"{schedule:12s} {rates[schedule]:7.2f} episodes/s  ({best:.2f} s for {len(trajs)} episodes, "
               f"{turns:.2f} turns per episode)")
+    print(f"waits alone: lockstep {bounds['lockstep']:.2f} s, per_episode {bounds['per_episode']:.2f} s "
+          f"(the speedup of a free engine: {bounds['lockstep'] / bounds['per_episode']:.2f})")
     print(f"speedup {rates['per_episode'] / rates['lockstep']:.2f} (engine {args.engine})")
 
 

@@ -41,6 +41,11 @@ def engine_args(model_path: str, *, max_model_len: int | None = None, max_comple
     from vllm.engine.arg_utils import AsyncEngineArgs
     trust = kwargs.get("trust_remote_code", False)
     kwargs.setdefault("disable_log_stats", True)   # periodic stat lines would crowd the log tail errors quote
+    from vllm.platforms import current_platform
+    if current_platform.is_cpu():
+        # vLLM 0.32 CPU: a seeded request whose prefill is split across steps kills the engine core
+        # ("CPU Generator does not use offset", gpu_model_runner._bookkeeping_sync); whole prefills avoid it
+        kwargs.setdefault("enable_chunked_prefill", False)
     return AsyncEngineArgs(model=str(model_path), tokenizer=str(model_path),
                            max_model_len=max_model_len or default_max_model_len(str(model_path), max_completion_length,
                                                                                  trust),
