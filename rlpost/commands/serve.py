@@ -1,4 +1,4 @@
-"""``rlpost serve``: a rollout worker serving one vLLM engine over HTTP (rlpost/serving/server.py)."""
+"""``rlpost serve``: a rollout worker serving vLLM's async engine over HTTP (rlpost/serving/server.py)."""
 from __future__ import annotations
 
 import argparse
@@ -31,9 +31,10 @@ def cmd_serve(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve one vLLM engine over HTTP as a rollout worker",
-                              description="A rollout worker for rollout.engine=vllm_server: generate, update "
-                                          "weights, health, reset prefix cache, shutdown; and OpenAI-compatible "
-                                          "/v1/models, /v1/completions, /v1/chat/completions.",
+                              description="A rollout worker for rollout.engine=vllm_server on vLLM's async engine "
+                                          "(continuous batching): generate, update weights, health, reset prefix "
+                                          "cache, shutdown; and vLLM's OpenAI-compatible server (/v1/models, "
+                                          "/v1/completions, /v1/chat/completions, ...) on the same engine.",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="HF hub id, local folder, or tiny:<arch>:<task>")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
