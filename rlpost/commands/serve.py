@@ -52,7 +52,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-completion-length", type=int, default=1024, help="used for the default max-model-len")
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--no-enforce-eager", action="store_true", help="allow vLLM's graph compilation / CUDA graphs")
-    p.add_argument("--enable-sleep-mode", action="store_true", help="offload between requests (GPU only)")
+    p.add_argument("--enable-sleep-mode", action="store_true",
+                   help="vLLM sleep mode on (GPU only); the async worker serves continuously and does not sleep")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=cmd_serve)
