@@ -1,7 +1,8 @@
 """Code that runs inside vLLM's worker: the weight-loading extension and rlpost's logits processor.
 
-Both rely on the engine running in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, a single ``UniProcExecutor``
-worker), which rlpost/engines/vllm_engine.py arranges for the colocated engine and for ``rlpost serve``:
+The colocated engine (rlpost/engines/vllm_engine.py) runs them in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``,
+a single ``UniProcExecutor`` worker); the async engine of ``rlpost serve`` (rlpost/engines/vllm_async.py) runs them
+in its engine-core process, and reaches them by name and ``collective_rpc`` (see :class:`RlpostWorkerExtension`):
 
 - ``RlpostWorkerExtension`` (``worker_extension_cls``): ``collective_rpc("rlpost_load_weights", args=(payload,))``
   hands the learner's tensors to the worker's own ``reload_weights``, which also redoes the CPU backend's weight
@@ -9,7 +10,8 @@ worker), which rlpost/engines/vllm_engine.py arranges for the colocated engine a
   tensors itself (no copy, no serialisation); a ``torch.save`` byte blob or a file path also work, for engines
   whose worker lives in another process.
 - ``RlpostLogitsProcessor`` (vLLM V1 logits-processor API, passed as ``LLM(logits_processors=[...])``): for the
-  rows of a ``generate`` call that registered a :class:`CallSpec`, it runs rlpost's Python logits processors
+  rows of a ``generate`` call that registered a :class:`CallSpec` (in-process), or whose ``extra_args`` carry one
+  (``SPEC_KEY``, from another process; no Python processors then), it runs rlpost's Python logits processors
   (``fn(step, input_ids [N,L], logits [N,V]) -> logits``, before temperature, like the hf engine), and records
   per sampled token the entropy of softmax(z/T) and, when min-p/top-k/top-p is on, log of the probability mass the
   filter keeps (vLLM's ``processed_logprobs`` are normalised over the kept tokens only; adding that term gives
