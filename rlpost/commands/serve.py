@@ -1,4 +1,4 @@
-"""``rlpost serve``: a rollout worker serving one vLLM engine over HTTP (rlpost/serving/server.py)."""
+"""``rlpost serve``: a rollout worker serving vLLM's async engine over HTTP (rlpost/serving/server.py)."""
 from __future__ import annotations
 
 import argparse
@@ -50,9 +50,10 @@ def cmd_serve(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve one vLLM engine over HTTP as a rollout worker",
-                              description="A rollout worker for rollout.engine=vllm_server: generate, update "
-                                          "weights, health, reset prefix cache, shutdown; and OpenAI-compatible "
-                                          "/v1/models, /v1/completions, /v1/chat/completions.",
+                              description="A rollout worker for rollout.engine=vllm_server on vLLM's async engine "
+                                          "(continuous batching): generate, update weights, health, reset prefix "
+                                          "cache, shutdown; and vLLM's OpenAI-compatible server (/v1/models, "
+                                          "/v1/completions, /v1/chat/completions, ...) on the same engine.",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="HF hub id, local folder, or tiny:<arch>:<task>")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -70,7 +71,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-completion-length", type=int, default=1024, help="used for the default max-model-len")
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--no-enforce-eager", action="store_true", help="allow vLLM's graph compilation / CUDA graphs")
-    p.add_argument("--enable-sleep-mode", action="store_true", help="offload between requests (GPU only)")
+    p.add_argument("--enable-sleep-mode", action="store_true",
+                   help="vLLM sleep mode on (GPU only); the async worker serves continuously and does not sleep")
     p.add_argument("--tensor-parallel-size", type=int, default=1,
                    help="shard the model over this many devices (vLLM TP: one worker process per rank)")
     p.add_argument("--data-parallel-size", type=int, default=1,
