@@ -4,7 +4,9 @@
   flight from every thread of this client) get the most (rlpost/engines/dispatch.py), sent concurrently, and the
   samples put back in request order. Each slice carries its ``seed_offset``, so a sample's seed depends on its
   place in the whole batch, not on which or how many workers served it; a request with a seed of its own
-  (``GenRequest.seed``) sends it.
+  (``GenRequest.seed``) sends it. The client may be called from many threads at once (``continuous_batching``:
+  per-episode rollouts send each episode's turn as a call of its own); a one-request call goes to the
+  least-loaded worker from its caller's thread, and the worker's async engine batches whatever it holds.
 - load_weights: to every worker, by ``rollout.weight_sync`` (rlpost/serving/weights.py): ``file`` (one
   torch.save file in shared memory, loaded by each worker) or ``dist`` (a torch.distributed broadcast group:
   gloo on CPU, NCCL when the learner's weights are on a GPU).
