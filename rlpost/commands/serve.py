@@ -19,16 +19,13 @@ without a token is refused (anyone reaching the port could replace the weights) 
 
 
 def check_parallel(tensor_parallel_size: int, data_parallel_size: int) -> None:
-    """Refuse, before anything loads, the parallel sizes one ``rlpost serve`` cannot run (ConfigError: one line,
-    exit 2). Data parallelism is several workers, each listed in rollout.server_urls."""
+    """Refuse, before anything loads, parallel sizes below 1 (ConfigError: one line, exit 2). Data parallelism runs
+    ``data_parallel_size`` vLLM engine cores in this worker, each with ``tensor_parallel_size`` ranks; vLLM balances
+    the requests over the cores (rlpost/engines/vllm_async.py)."""
     from rlpost.config import ConfigError
-    if tensor_parallel_size < 1:
-        raise ConfigError(f"rlpost serve --tensor-parallel-size must be >= 1, got {tensor_parallel_size}")
-    if data_parallel_size != 1:
-        raise ConfigError(
-            f"rlpost serve --data-parallel-size {data_parallel_size}: one worker serves one vLLM engine (vllm.LLM "
-            "refuses data parallelism in one process). Start one worker per replica, each on its own devices "
-            "(CUDA_VISIBLE_DEVICES), and list them all in rollout.server_urls: the trainer dispatches by load")
+    for flag, size in (("--tensor-parallel-size", tensor_parallel_size), ("--data-parallel-size", data_parallel_size)):
+        if size < 1:
+            raise ConfigError(f"rlpost serve {flag} must be >= 1, got {size}")
 
 
 def cmd_serve(args) -> int:
@@ -76,8 +73,8 @@ def register(subparsers) -> None:
     p.add_argument("--tensor-parallel-size", type=int, default=1,
                    help="shard the model over this many devices (vLLM TP: one worker process per rank)")
     p.add_argument("--data-parallel-size", type=int, default=1,
-                   help="vLLM data parallelism; only 1 today: run one worker per replica and list them all in "
-                        "rollout.server_urls (the trainer dispatches by load)")
+                   help="vLLM data parallelism: this many engine cores (each with --tensor-parallel-size ranks), "
+                        "requests balanced over them by vLLM; weight updates reach every core")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-lora-rank", type=int, default=None, choices=[1, 8, 16, 32, 64, 128, 256, 320, 512],
                    help="serve LoRA adapters up to this rank (model.lora.sync=adapter; default: LoRA off)")

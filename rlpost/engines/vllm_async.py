@@ -17,6 +17,11 @@ The engine core runs in a process of its own, so the colocated engine's in-proce
   logits processor runs on every rank (each row's spec travels with it; rank 0's records are returned). The
   broadcast is received by this process instead (the group has one member per server, not per rank) and loaded
   through a shared-memory file, as the colocated engine does under TP.
+- data parallelism (``data_parallel_size`` > 1): vLLM runs that many engine cores and balances requests over them.
+  ``AsyncLLM.collective_rpc`` reaches every core but answers with the first one's result, so rlpost's calls go
+  through :meth:`AsyncVLLMEngine.on_every_engine`: a weight file is loaded by every core (their fingerprints must
+  agree), a call's records are gathered from every core (each row was served by one of them), and the broadcast
+  group is joined by this process, as under TP.
 - LoRA (``max_lora_rank``, model.lora.sync=adapter): the slots and directories of
   :class:`rlpost.models.lora_sync.EngineAdapters`, ``AsyncLLM.add_lora`` / ``remove_lora``; every request of a
   generate call carries the adapter active when the call started. An adapter sent by broadcast is received where
@@ -51,7 +56,8 @@ def engine_args(model_path: str, *, max_model_len: int | None = None, max_comple
     tensor_parallel_size, ...)."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     trust = kwargs.get("trust_remote_code", False)
-    kwargs.update(tensor_parallel_kwargs(kwargs.pop("tensor_parallel_size", 1)))
+    data_parallel_size = kwargs.get("data_parallel_size", 1)
+    kwargs.update(tensor_parallel_kwargs(kwargs.pop("tensor_parallel_size", 1), data_parallel_size))
     max_lora_rank, max_loras = kwargs.pop("max_lora_rank", None), kwargs.pop("max_loras", 1)
     if max_lora_rank:
         kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras, max_cpu_loras=max_loras)
@@ -69,6 +75,17 @@ def engine_args(model_path: str, *, max_model_len: int | None = None, max_comple
                            worker_extension_cls=EXTENSION, **kwargs)
 
 
+def merge_records(per_core: list) -> tuple[list | None, list | None]:
+    """Records of one call from every engine core ([core] (entropy rows, kept-mass rows), each row a {step: value}
+    dict, empty on the cores that did not serve it) -> one (entropy rows, kept-mass rows)."""
+    def merge(kind: int) -> list | None:
+        tables = [core[kind] for core in per_core if core[kind] is not None]
+        if not tables:
+            return None
+        return [{k: v for table in tables for k, v in table[row].items()} for row in range(len(tables[0]))]
+    return merge(0), merge(1)
+
+
 class AsyncVLLMEngine:
     """``AsyncLLM`` with rlpost's ``generate`` / weight-sync API as coroutines; build it inside the event loop that
     will use it (vLLM starts its output handler on the running loop)."""
@@ -80,7 +97,10 @@ class AsyncVLLMEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         start = time.perf_counter()
         self.tensor_parallel_size = kwargs.get("tensor_parallel_size", 1)
-        self.comm = None   # the weight-broadcast group, when this process holds it (TP > 1)
+        self.data_parallel_size = kwargs.get("data_parallel_size", 1)
+        # the weight-broadcast group is joined by this process when the model lives in several workers
+        self.receives_here = self.tensor_parallel_size > 1 or self.data_parallel_size > 1
+        self.comm = None   # that group, once joined
         self.max_lora_rank = kwargs.get("max_lora_rank")
         self.adapters = EngineAdapters(self.max_lora_rank, kwargs.get("max_loras", 1)) if self.max_lora_rank else None
         args = engine_args(model_path, **kwargs)
@@ -113,8 +133,14 @@ class AsyncVLLMEngine:
         finally:
             records = (None, None)
             if wants:
-                records = (await self.llm.collective_rpc("rlpost_take_records", args=(call_id, len(prompts))))[0]
+                records = merge_records(await self.on_every_engine("rlpost_take_records", call_id, len(prompts)))
         return to_samples(self.tokenizer, requests, params.n, outputs, *records)
+
+    async def on_every_engine(self, method: str, *args) -> list:
+        """``collective_rpc(method, args)`` on every engine core (one per data-parallel rank): [core] rank 0's
+        answer. (``AsyncLLM.collective_rpc`` sends to every core but returns only the first core's answers.)"""
+        per_core = await self.llm.engine_core.call_utility_all_async("collective_rpc", method, None, args, None)
+        return [workers[0] for workers in per_core]
 
     async def _one(self, prompt, sp, request_id: str, lora):
         final = None
@@ -125,14 +151,18 @@ class AsyncVLLMEngine:
     async def load_weights_file(self, path: str) -> tuple[int, str]:
         """Load a ``torch.save`` file of {name: tensor} in the worker; reset the prefix cache.
         Returns (tensors, fingerprint of what was loaded)."""
-        n, fingerprint = (await self.llm.collective_rpc("rlpost_load_weights_checked", args=(path,)))[0]
+        loaded = await self.on_every_engine("rlpost_load_weights_checked", path)
+        if any(tuple(x) != tuple(loaded[0]) for x in loaded):
+            raise EngineError(f"vllm engine: the data-parallel engine cores loaded different weights from {path}: "
+                              f"{loaded} (tensors, fingerprint) per core")
+        n, fingerprint = loaded[0]
         await self.llm.reset_prefix_cache()
         self._base_weights_loaded()
         return n, fingerprint
 
     async def init_communicator(self, host: str, port: int, rank: int, world_size: int, backend: str,
                                 timeout_s: float) -> None:
-        if self.tensor_parallel_size > 1:   # this process joins the group (one member per server, not per rank)
+        if self.receives_here:   # this process joins the group (one member per server, not per rank or core)
             from rlpost.serving.weights import Communicator
             await self.close_communicator()
             if backend == "nccl":
@@ -146,9 +176,9 @@ class AsyncVLLMEngine:
 
     async def recv_weights(self, meta: list) -> tuple[int, str]:
         """Receive one broadcast of the trainer's weights in the worker and load them (see the module docstring)."""
-        if self.comm is None and self.tensor_parallel_size > 1:
+        if self.comm is None and self.receives_here:
             raise RuntimeError("update_weights with transport=dist before init_communicator")
-        if self.comm is not None:   # TP: received here, every rank loads its shard from one shared-memory file
+        if self.comm is not None:   # TP/DP: received here; every rank of every core loads one shared-memory file
             from rlpost.serving.weights import save_weights_file
             weights = await asyncio.to_thread(self.comm.recv, meta)
             path = await asyncio.to_thread(save_weights_file, weights)
@@ -189,7 +219,7 @@ class AsyncVLLMEngine:
 
         from rlpost.models.lora_sync import read_adapter
         from rlpost.serving.weights import default_sync_dir
-        if self.comm is not None:   # TP: the group is joined by this process
+        if self.comm is not None:   # TP/DP: the group is joined by this process
             tensors = await asyncio.to_thread(self.comm.recv, meta)
             return AdapterWeights(name, [(k, t.cpu()) for k, t in tensors], config)
         directory = tempfile.mkdtemp(prefix="rlpost-lora-recv-", dir=default_sync_dir())
@@ -209,7 +239,7 @@ class AsyncVLLMEngine:
         if self.comm is not None:
             self.comm.close()
             self.comm = None
-        if self.tensor_parallel_size == 1:
+        if not self.receives_here:
             await self.llm.collective_rpc("rlpost_close_communicator")
 
     async def reset_prefix_cache(self) -> None:

@@ -151,19 +151,21 @@ def _quiet_expected_reload_warnings() -> None:
         log.addFilter(_ExpectedReloadWarnings())
 
 
-def tensor_parallel_kwargs(tensor_parallel_size: int) -> dict:
-    """vllm.LLM keywords for ``tensor_parallel_size`` ranks: one worker process per rank (the ``mp`` executor;
+def tensor_parallel_kwargs(tensor_parallel_size: int, data_parallel_size: int = 1) -> dict:
+    """vLLM keywords for ``tensor_parallel_size`` ranks: one worker process per rank (the ``mp`` executor;
     each rank's weight loader slices its own shard of every full tensor it is given). On CPU builds vLLM binds
-    each rank's OpenMP threads to a NUMA node of its own and refuses more ranks than nodes; with fewer nodes
-    (one, on most machines) the binding is switched off (``VLLM_CPU_OMP_THREADS_BIND=nobind``) unless set."""
+    each rank's OpenMP threads to a NUMA node of its own and refuses more ranks (TP x DP) than nodes; with fewer
+    nodes (one, on most machines) the binding is switched off (``VLLM_CPU_OMP_THREADS_BIND=nobind``) unless set."""
+    ranks = tensor_parallel_size * data_parallel_size
+    if ranks > 1:
+        from vllm.platforms import current_platform
+        if current_platform.is_cpu() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            from vllm.utils.cpu_resource_utils import get_visible_memory_node
+            if len(get_visible_memory_node()) < ranks:
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+                log.info("vLLM CPU: %d ranks on fewer NUMA nodes: OpenMP thread binding off", ranks)
     if tensor_parallel_size == 1:
         return {}
-    from vllm.platforms import current_platform
-    if current_platform.is_cpu() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-        from vllm.utils.cpu_resource_utils import get_visible_memory_node
-        if len(get_visible_memory_node()) < tensor_parallel_size:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
-            log.info("vLLM CPU: %d TP ranks on fewer NUMA nodes: OpenMP thread binding off", tensor_parallel_size)
     return {"tensor_parallel_size": tensor_parallel_size, "distributed_executor_backend": "mp"}
 
 
