@@ -1,4 +1,4 @@
-"""``rlpost serve``: a rollout worker serving one vLLM engine over HTTP (rlpost/serving/server.py)."""
+"""``rlpost serve``: a rollout worker serving vLLM's async engine over HTTP (rlpost/serving/server.py)."""
 from __future__ import annotations
 
 import argparse
@@ -19,16 +19,13 @@ without a token is refused (anyone reaching the port could replace the weights) 
 
 
 def check_parallel(tensor_parallel_size: int, data_parallel_size: int) -> None:
-    """Refuse, before anything loads, the parallel sizes one ``rlpost serve`` cannot run (ConfigError: one line,
-    exit 2). Data parallelism is several workers, each listed in rollout.server_urls."""
+    """Refuse, before anything loads, parallel sizes below 1 (ConfigError: one line, exit 2). Data parallelism runs
+    ``data_parallel_size`` vLLM engine cores in this worker, each with ``tensor_parallel_size`` ranks; vLLM balances
+    the requests over the cores (rlpost/engines/vllm_async.py)."""
     from rlpost.config import ConfigError
-    if tensor_parallel_size < 1:
-        raise ConfigError(f"rlpost serve --tensor-parallel-size must be >= 1, got {tensor_parallel_size}")
-    if data_parallel_size != 1:
-        raise ConfigError(
-            f"rlpost serve --data-parallel-size {data_parallel_size}: one worker serves one vLLM engine (vllm.LLM "
-            "refuses data parallelism in one process). Start one worker per replica, each on its own devices "
-            "(CUDA_VISIBLE_DEVICES), and list them all in rollout.server_urls: the trainer dispatches by load")
+    for flag, size in (("--tensor-parallel-size", tensor_parallel_size), ("--data-parallel-size", data_parallel_size)):
+        if size < 1:
+            raise ConfigError(f"rlpost serve {flag} must be >= 1, got {size}")
 
 
 def cmd_serve(args) -> int:
@@ -50,9 +47,10 @@ def cmd_serve(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="serve one vLLM engine over HTTP as a rollout worker",
-                              description="A rollout worker for rollout.engine=vllm_server: generate, update "
-                                          "weights, health, reset prefix cache, shutdown; and OpenAI-compatible "
-                                          "/v1/models, /v1/completions, /v1/chat/completions.",
+                              description="A rollout worker for rollout.engine=vllm_server on vLLM's async engine "
+                                          "(continuous batching): generate, update weights, health, reset prefix "
+                                          "cache, shutdown; and vLLM's OpenAI-compatible server (/v1/models, "
+                                          "/v1/completions, /v1/chat/completions, ...) on the same engine.",
                               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="HF hub id, local folder, or tiny:<arch>:<task>")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
@@ -70,12 +68,13 @@ def register(subparsers) -> None:
     p.add_argument("--max-completion-length", type=int, default=1024, help="used for the default max-model-len")
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--no-enforce-eager", action="store_true", help="allow vLLM's graph compilation / CUDA graphs")
-    p.add_argument("--enable-sleep-mode", action="store_true", help="offload between requests (GPU only)")
+    p.add_argument("--enable-sleep-mode", action="store_true",
+                   help="vLLM sleep mode on (GPU only); the async worker serves continuously and does not sleep")
     p.add_argument("--tensor-parallel-size", type=int, default=1,
                    help="shard the model over this many devices (vLLM TP: one worker process per rank)")
     p.add_argument("--data-parallel-size", type=int, default=1,
-                   help="vLLM data parallelism; only 1 today: run one worker per replica and list them all in "
-                        "rollout.server_urls (the trainer dispatches by load)")
+                   help="vLLM data parallelism: this many engine cores (each with --tensor-parallel-size ranks), "
+                        "requests balanced over them by vLLM; weight updates reach every core")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-lora-rank", type=int, default=None, choices=[1, 8, 16, 32, 64, 128, 256, 320, 512],
                    help="serve LoRA adapters up to this rank (model.lora.sync=adapter; default: LoRA off)")

@@ -2,7 +2,7 @@
 
 Load of a worker = tokens this client has in flight there: for every request sent and not yet answered,
 ``n * (len(prompt_ids) + max_tokens)`` (its prompt and its completion budget, the KV the worker holds for it).
-A worker serves one call at a time, so a call queued behind another adds to the wait as much as one running.
+A worker (vLLM's async engine) batches every call it holds continuously, so its load is what shares its steps.
 
 A batch is split by water-filling: worker k gets a share ``s_k = max(0, T - load_k)`` with the level T chosen so
 that ``sum_k s_k`` is the batch's weight, i.e. the least-loaded workers are filled first, up to a common level.
@@ -14,7 +14,8 @@ depends only on its place in the batch (rlpost/engines/vllm_engine.py), never on
 
 :class:`LoadTracker` holds the loads behind one lock: ``split`` reserves the slices' weights atomically and
 ``release`` gives them back when the worker answers, so concurrent ``generate`` calls (the async generation
-thread, per-episode rollouts of multi-turn workflows) see each other's load.
+thread, per-episode rollouts of multi-turn workflows: each episode's turn is a call of its own) see each other's
+load.
 """
 from __future__ import annotations
 

@@ -25,12 +25,14 @@ top-p the processor records log(kept mass) per token and the engine adds it back
 log softmax(z), as in the hf engine. vLLM applies the repetition penalty after rlpost's processor, so the processor
 applies it itself (to its own copy) where it computes entropies and kept mass.
 
-Tensor parallelism (``tensor_parallel_size`` > 1; ``rollout.tensor_parallel_size``, ``rlpost serve
---tensor-parallel-size``): the engine core stays in this process, the model runs in one vLLM worker process per
-rank. A weight sync then goes through a shared-memory file that every rank maps, and each rank's weight loader
-(``model.load_weights``) keeps its own shard. rlpost's logits processor runs in every rank's process: a call
-that needs it (Python logits processors, entropies, top-k/top-p/min-p) is registered on every rank through
-``collective_rpc`` (its processors must pickle) and rank 0's records are collected after generation.
+Tensor parallelism (``tensor_parallel_size`` > 1; ``rollout.tensor_parallel_size``; ``rlpost serve
+--tensor-parallel-size`` runs the async engine, rlpost/engines/vllm_async.py, with the same keywords): the engine
+core stays in this process, the model runs in one vLLM worker process per rank. A weight sync then goes through a
+shared-memory file that every rank maps, and each rank's weight loader (``model.load_weights``) keeps its own
+shard. rlpost's logits processor runs in every rank's process: a call that needs it (Python logits processors,
+entropies, top-k/top-p/min-p) is registered on every rank through ``collective_rpc`` (its processors must pickle)
+and rank 0's records are fetched after generation with ``collective_rpc("rlpost_take_records")``, as the async
+engine fetches its own.
 
 Each (request, sample) becomes its own vLLM request with ``n=1`` and seed ``seed + global_row`` (vLLM's own
 parallel sampling gives child ``j`` seed ``seed + j`` in the same way); ``seed_offset`` keeps row seeds global
@@ -51,7 +53,7 @@ from typing import Iterable
 import torch
 
 from rlpost.engines.base import ENGINES, EngineError, GenRequest, SamplingParams, sample_seeds
-from rlpost.models.lora_sync import AdapterWeights, LiveAdapters
+from rlpost.models.lora_sync import AdapterWeights, EngineAdapters
 from rlpost.types import Sample
 
 log = logging.getLogger("rlpost")
@@ -82,6 +84,54 @@ def sampling_kwargs(params: SamplingParams) -> dict:
                 logprobs=0)                                          # 0: only the sampled token's logprob
 
 
+def call_spec(params: SamplingParams, pad_id: int):
+    """What a generate call asks of rlpost's logits processor (rlpost/engines/vllm_worker.py CallSpec)."""
+    from rlpost.engines.vllm_worker import CallSpec
+    return CallSpec(processors=list(params.logits_processors), temperature=params.temperature, top_k=params.top_k,
+                    top_p=params.top_p, want_entropy=params.return_entropy, pad_id=pad_id, min_p=params.min_p,
+                    repetition_penalty=params.repetition_penalty)
+
+
+def vllm_rows(requests: list[GenRequest], params: SamplingParams, seed_offset: int, extra_args) -> tuple[list, list]:
+    """One vLLM (TokensPrompt, SamplingParams) per (request, sample), request-major: row ``i * n + j`` gets seed
+    ``params.seed + (seed_offset + i) * n + j`` or, for requests with seeds of their own, ``stable_seed(seed, j)``
+    (the module docstring); ``extra_args(row)`` gives the row's ``extra_args``."""
+    from vllm import SamplingParams as VLLMSamplingParams
+    from vllm.inputs import TokensPrompt
+    n, base, own_seeds = params.n, sampling_kwargs(params), sample_seeds(requests, params.n)
+    prompts, sps = [], []
+    for i, req in enumerate(requests):
+        for j in range(n):
+            row = i * n + j
+            seed = None if params.seed is None else (params.seed + (seed_offset + i) * n + j) % (1 << 63)
+            seed = own_seeds[row] if own_seeds is not None else seed
+            sps.append(VLLMSamplingParams(**base, seed=seed, extra_args=extra_args(row)))
+            prompts.append(TokensPrompt(prompt_token_ids=list(req.prompt_ids)))
+    return prompts, sps
+
+
+def to_samples(tokenizer, requests: list[GenRequest], n: int, outputs, entropies, log_mass) -> list[Sample]:
+    """vLLM RequestOutputs (one per row, request-major) -> Samples; ``log_mass`` (per row {step: log kept mass})
+    turns processed log-probs back into log softmax(z/T) before truncation."""
+    samples = []
+    for row, out in enumerate(outputs):
+        comp = out.outputs[0]
+        if comp.finish_reason not in ("stop", "length"):
+            raise EngineError(f"vllm engine: request finished with {comp.finish_reason!r} ({comp.stop_reason})")
+        ids = list(comp.token_ids)
+        logprobs = [step[tok].logprob for step, tok in zip(comp.logprobs, ids)]
+        if log_mass is not None:   # processed logprobs are normalised over the top-k/top-p set: undo that
+            logprobs = [lp + log_mass[row].get(t, 0.0) for t, lp in enumerate(logprobs)]
+        ents = [entropies[row].get(t, float("nan")) for t in range(len(ids))] if entropies is not None else None
+        samples.append(Sample(prompt_ids=list(requests[row // n].prompt_ids), completion_ids=ids,
+                              logprobs=logprobs, finish_reason=comp.finish_reason, entropies=ents,
+                              request_index=row // n))
+    texts = tokenizer.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
+    for s, text in zip(samples, texts):
+        s.text = text
+    return samples
+
+
 class _ExpectedReloadWarnings(logging.Filter):
     """Drops vLLM's "<Layer>: Failed to load weights" on a weight sync for the layers that have no weights of their
     own in a state dict: RotaryEmbedding (buffers computed from the config) and ParallelLMHead when the LM head is
@@ -101,19 +151,21 @@ def _quiet_expected_reload_warnings() -> None:
         log.addFilter(_ExpectedReloadWarnings())
 
 
-def tensor_parallel_kwargs(tensor_parallel_size: int) -> dict:
-    """vllm.LLM keywords for ``tensor_parallel_size`` ranks: one worker process per rank (the ``mp`` executor;
+def tensor_parallel_kwargs(tensor_parallel_size: int, data_parallel_size: int = 1) -> dict:
+    """vLLM keywords for ``tensor_parallel_size`` ranks: one worker process per rank (the ``mp`` executor;
     each rank's weight loader slices its own shard of every full tensor it is given). On CPU builds vLLM binds
-    each rank's OpenMP threads to a NUMA node of its own and refuses more ranks than nodes; with fewer nodes
-    (one, on most machines) the binding is switched off (``VLLM_CPU_OMP_THREADS_BIND=nobind``) unless set."""
+    each rank's OpenMP threads to a NUMA node of its own and refuses more ranks (TP x DP) than nodes; with fewer
+    nodes (one, on most machines) the binding is switched off (``VLLM_CPU_OMP_THREADS_BIND=nobind``) unless set."""
+    ranks = tensor_parallel_size * data_parallel_size
+    if ranks > 1:
+        from vllm.platforms import current_platform
+        if current_platform.is_cpu() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            from vllm.utils.cpu_resource_utils import get_visible_memory_node
+            if len(get_visible_memory_node()) < ranks:
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+                log.info("vLLM CPU: %d ranks on fewer NUMA nodes: OpenMP thread binding off", ranks)
     if tensor_parallel_size == 1:
         return {}
-    from vllm.platforms import current_platform
-    if current_platform.is_cpu() and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-        from vllm.utils.cpu_resource_utils import get_visible_memory_node
-        if len(get_visible_memory_node()) < tensor_parallel_size:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
-            log.info("vLLM CPU: %d TP ranks on fewer NUMA nodes: OpenMP thread binding off", tensor_parallel_size)
     return {"tensor_parallel_size": tensor_parallel_size, "distributed_executor_backend": "mp"}
 
 
@@ -173,9 +225,7 @@ class VLLMEngine:
             raise
         self.sleeping = False
         self.max_lora_rank = max_lora_rank
-        self.adapters = LiveAdapters(max_loras) if max_lora_rank else None
-        self.adapter_dirs: dict[int, str] = {}   # vLLM lora id -> the directory it was loaded from
-        self.active_lora = None                  # the LoRARequest generate / score run with (None: base weights)
+        self.adapters = EngineAdapters(max_lora_rank, max_loras) if max_lora_rank else None
         log.info("vLLM engine ready in %.1f s (max_model_len %d)", time.perf_counter() - start, self.max_model_len)
         if self.sleep_mode:
             self._sleep()
@@ -196,30 +246,15 @@ class VLLMEngine:
     def generate(self, requests: list[GenRequest], params: SamplingParams, seed_offset: int = 0) -> list[Sample]:
         """len(requests) * params.n samples, request-major. ``seed_offset``: index of requests[0] in a larger batch
         (``rlpost serve`` workers get slices of one batch)."""
-        from vllm import SamplingParams as VLLMSamplingParams
-        from vllm.inputs import TokensPrompt
-
-        from rlpost.engines.vllm_worker import ROW_KEY, CallSpec, register_call, unregister_call
+        from rlpost.engines.vllm_worker import ROW_KEY, register_call, take_records
 
         self._check_lengths(requests, params)
         self._wake()
-        n = params.n
-        spec = CallSpec(processors=list(params.logits_processors), temperature=params.temperature,
-                        top_k=params.top_k, top_p=params.top_p, want_entropy=params.return_entropy, pad_id=self.pad_id,
-                        min_p=params.min_p, repetition_penalty=params.repetition_penalty)
+        spec = call_spec(params, self.pad_id)
         needs_processor = bool(spec.processors) or spec.want_entropy or spec.truncates
         call_id = uuid.uuid4().hex
-        base = sampling_kwargs(params)
-        own_seeds = sample_seeds(requests, n)
-        prompts, sps = [], []
-        for i, req in enumerate(requests):
-            for j in range(n):
-                row = i * n + j
-                seed = None if params.seed is None else (params.seed + (seed_offset + i) * n + j) % (1 << 63)
-                seed = own_seeds[row] if own_seeds is not None else seed
-                extra = {ROW_KEY: f"{call_id}:{row}"} if needs_processor else None
-                sps.append(VLLMSamplingParams(**base, seed=seed, extra_args=extra))
-                prompts.append(TokensPrompt(prompt_token_ids=list(req.prompt_ids)))
+        prompts, sps = vllm_rows(requests, params, seed_offset,
+                                 lambda row: {ROW_KEY: f"{call_id}:{row}"} if needs_processor else None)
         remote = needs_processor and self.tensor_parallel_size > 1   # the processor runs in the ranks' processes
         if remote:
             self._register_on_ranks(call_id, spec)
@@ -229,14 +264,12 @@ class VLLMEngine:
             outputs = self.llm.generate(prompts, sps, use_tqdm=False, lora_request=self.active_lora)
         finally:
             if remote:   # every rank sampled the same rows; rank 0's records are the ones returned
-                spec.entropy_records, spec.mass_records = self.llm.collective_rpc("rlpost_finish_call",
-                                                                                  args=(call_id,))[0]
-            unregister_call(call_id)
+                entropies, log_mass = self.llm.collective_rpc("rlpost_take_records", args=(call_id, len(prompts)))[0]
+            else:
+                entropies, log_mass = take_records(call_id, len(prompts))
             if self.sleep_mode:
                 self._sleep()
-        entropies = spec.per_row(spec.entropy_records, len(prompts)) if spec.want_entropy else None
-        log_mass = spec.per_row(spec.mass_records, len(prompts)) if spec.truncates else None
-        return self._to_samples(requests, n, outputs, entropies, log_mass)
+        return to_samples(self.tokenizer, requests, params.n, outputs, entropies, log_mass)
 
     def _register_on_ranks(self, call_id: str, spec) -> None:
         """Tensor parallelism: hand the call's spec (its logits processors included) to every rank's process."""
@@ -254,25 +287,6 @@ class VLLMEngine:
         if longest + params.max_tokens > self.max_model_len:
             raise ValueError(f"vllm engine: a prompt of {longest} tokens + max_tokens {params.max_tokens} exceeds "
                              f"max_model_len {self.max_model_len}; raise rollout.max_model_len")
-
-    def _to_samples(self, requests, n, outputs, entropies, log_mass) -> list[Sample]:
-        samples = []
-        for row, out in enumerate(outputs):
-            comp = out.outputs[0]
-            if comp.finish_reason not in ("stop", "length"):
-                raise EngineError(f"vllm engine: request finished with {comp.finish_reason!r} ({comp.stop_reason})")
-            ids = list(comp.token_ids)
-            logprobs = [step[tok].logprob for step, tok in zip(comp.logprobs, ids)]
-            if log_mass is not None:   # processed logprobs are normalised over the top-k/top-p set: undo that
-                logprobs = [lp + log_mass[row].get(t, 0.0) for t, lp in enumerate(logprobs)]
-            ents = [entropies[row].get(t, float("nan")) for t in range(len(ids))] if entropies is not None else None
-            samples.append(Sample(prompt_ids=list(requests[row // n].prompt_ids), completion_ids=ids,
-                                  logprobs=logprobs, finish_reason=comp.finish_reason, entropies=ents,
-                                  request_index=row // n))
-        texts = self.tokenizer.batch_decode([s.completion_ids for s in samples], skip_special_tokens=True)
-        for s, text in zip(samples, texts):
-            s.text = text
-        return samples
 
     @torch.no_grad()
     def score(self, sequences: list[tuple[list[int], list[int]]]) -> list[list[float]]:
@@ -310,46 +324,33 @@ class VLLMEngine:
             finally:
                 os.unlink(path)
         self.llm.reset_prefix_cache()
-        self.active_lora = None   # full weights: no adapter on top of them
+        if self.adapters is not None:
+            self.adapters.active = None   # full weights: no adapter on top of them
+
+    @property
+    def active_lora(self):
+        """The LoRARequest generate / score run with (None: base weights)."""
+        return self.adapters.active if self.adapters is not None else None
 
     def load_adapter(self, adapter: AdapterWeights) -> None:
         """Load one adapter version (a new vLLM LoRA id; a live one of the same name is replaced) and make it the
         active one; the oldest live adapter is unloaded when all ``max_loras`` slots are taken."""
-        import shutil
-        import tempfile
-
-        from vllm.lora.request import LoRARequest
-
-        from rlpost.models.lora_sync import write_adapter
-        from rlpost.serving.weights import default_sync_dir
         if self.adapters is None:
             raise EngineError(f"vllm engine: adapter {adapter.name!r} sent to an engine started without LoRA "
                               "(max_lora_rank unset; rlpost serve: --max-lora-rank)")
-        if adapter.rank > self.max_lora_rank:
-            raise EngineError(f"vllm engine: adapter {adapter.name!r} has rank {adapter.rank}, above the engine's "
-                              f"max_lora_rank {self.max_lora_rank}")
         self._wake()
-        lora_id, evicted = self.adapters.add(adapter.name)
+        request, evicted = self.adapters.stage(adapter)
         for old in evicted:
             self.llm.llm_engine.remove_lora(old)
-            shutil.rmtree(self.adapter_dirs.pop(old, ""), ignore_errors=True)
-        path = write_adapter(adapter, tempfile.mkdtemp(prefix=f"rlpost-lora-{lora_id}-", dir=default_sync_dir()))
-        self.adapter_dirs[lora_id] = path
-        request = LoRARequest(adapter.name, lora_id, path)
         self.llm.llm_engine.add_lora(request)
-        self.active_lora = request
+        self.adapters.active = request
 
     def use_adapter(self, name: str) -> bool:
         """Make the live adapter ``name`` the active one; False when it is not live (load it instead)."""
-        from vllm.lora.request import LoRARequest
-        lora_id = self.adapters.touch(name) if self.adapters is not None else None
-        if lora_id is None:
-            return False
-        self.active_lora = LoRARequest(name, lora_id, self.adapter_dirs[lora_id])
-        return True
+        return self.adapters is not None and self.adapters.use(name)
 
     def live_adapters(self) -> list[str]:
-        return self.adapters.names() if self.adapters is not None else []
+        return self.adapters.live.names() if self.adapters is not None else []
 
     def reset_prefix_cache(self) -> None:
         self.llm.reset_prefix_cache()
@@ -372,9 +373,8 @@ class VLLMEngine:
         if llm is None:
             return
         self.llm = None
-        import shutil
-        for path in getattr(self, "adapter_dirs", {}).values():
-            shutil.rmtree(path, ignore_errors=True)
+        if getattr(self, "adapters", None) is not None:
+            self.adapters.close()
         try:
             llm.llm_engine.engine_core.shutdown()
         except Exception:  # pragma: no cover - best effort

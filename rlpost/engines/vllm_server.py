@@ -4,7 +4,9 @@
   flight from every thread of this client) get the most (rlpost/engines/dispatch.py), sent concurrently, and the
   samples put back in request order. Each slice carries its ``seed_offset``, so a sample's seed depends on its
   place in the whole batch, not on which or how many workers served it; a request with a seed of its own
-  (``GenRequest.seed``) sends it.
+  (``GenRequest.seed``) sends it. The client may be called from many threads at once (``continuous_batching``:
+  per-episode rollouts send each episode's turn as a call of its own); a one-request call goes to the
+  least-loaded worker from its caller's thread, and the worker's async engine batches whatever it holds.
 - load_weights: to every worker, by ``rollout.weight_sync`` (rlpost/serving/weights.py): ``file`` (one
   torch.save file in shared memory, loaded by each worker) or ``dist`` (a torch.distributed broadcast group:
   gloo on CPU, NCCL when the learner's weights are on a GPU).
@@ -23,6 +25,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -82,8 +85,23 @@ class WorkerHandle:
     def log_tail(self, lines: int = LOG_LINES) -> list[str]:
         return _read_tail(self.log_path, lines)
 
+    def kill_group(self) -> None:
+        """SIGKILL the worker's process group: the worker and vLLM's engine-core processes, which outlive a worker
+        killed by SIGKILL (each worker is started in a session of its own)."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def stop(self, timeout_s: float = 30.0) -> None:
-        """POST /shutdown, then SIGTERM, then SIGKILL; each bounded."""
+        """POST /shutdown, then SIGTERM, then SIGKILL; each bounded. Whatever of its process group is left
+        afterwards (an engine core of a worker that was killed) is killed too."""
+        try:
+            self._stop(timeout_s)
+        finally:
+            self.kill_group()
+
+    def _stop(self, timeout_s: float) -> None:
         if not self.alive():
             return
         import requests
@@ -113,8 +131,7 @@ _STARTED: list[WorkerHandle] = []
 @atexit.register
 def _kill_leftover_workers() -> None:  # never leave vLLM processes behind
     for handle in _STARTED:
-        if handle.alive():
-            handle.process.kill()
+        handle.kill_group()
 
 
 def start_workers(model_path: str, n: int = 1, ports: list[int] | None = None, *, host: str = "127.0.0.1",
@@ -143,7 +160,7 @@ def start_workers(model_path: str, n: int = 1, ports: list[int] | None = None, *
                "--log-file", log_path, "--tensor-parallel-size", str(tensor_parallel_size), *engine_args]
         with open(log_path, "ab") as out:  # also catches crashes before the server redirects its own output
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=child_env)
+                                    env=child_env, start_new_session=True)
         handle = WorkerHandle(f"http://{host}:{port}", port, proc, log_path, token)
         handles.append(handle)
         _STARTED.append(handle)
@@ -151,8 +168,7 @@ def start_workers(model_path: str, n: int = 1, ports: list[int] | None = None, *
         wait_healthy([h.url for h in handles], token, timeout_s, handles)
     except BaseException:
         for h in handles:
-            if h.alive():
-                h.process.kill()
+            h.kill_group()
         raise
     return handles
 
@@ -195,11 +211,15 @@ def wait_healthy(urls: list[str], token: str | None, timeout_s: float,
 class VLLMServerEngine:
     """Client of one or many ``rlpost serve`` workers; see the module docstring."""
 
+    # The workers batch concurrent requests themselves (vLLM's async engine): per-episode rollouts send each
+    # episode's turn as its own call, from many threads (rlpost/workflows/multi_turn.py Batcher).
+    continuous_batching = True
+    MAX_CONCURRENT = 64   # connections kept per worker
+
     def __init__(self, urls: list[str], tokenizer, *, token: str | None = None, timeout_s: float = 600.0,
                  weight_sync: str = "file", weight_sync_dir: str | None = None,
                  workers: list[WorkerHandle] | None = None, max_lora_rank: int | None = None, max_loras: int = 1,
                  model_path: str | None = None):
-        import requests
         if not urls:
             raise ValueError("rollout.engine=vllm_server needs rollout.server_urls (start workers with rlpost serve)")
         if weight_sync not in ("file", "dist"):
@@ -210,7 +230,7 @@ class VLLMServerEngine:
         self.weight_sync, self.weight_sync_dir = weight_sync, weight_sync_dir
         self.weights_fingerprint = None   # of the weights last sent and confirmed by every worker
         self.workers = workers or []                      # handles of workers this engine owns (stopped on close)
-        self.sessions = [requests.Session() for _ in self.urls]
+        self.sessions = [self._session() for _ in self.urls]
         self.load = LoadTracker(len(self.urls))           # tokens in flight per worker, shared by all threads
         # calls of concurrent generate()s queue per worker on the worker itself, not for a pool thread here
         self.pool = ThreadPoolExecutor(max_workers=4 * len(self.urls) + 1, thread_name_prefix="rlpost-client")
@@ -234,6 +254,16 @@ class VLLMServerEngine:
                                   f"--max-lora-rank {rank} --max-loras {loras} (async_level + 1), or set "
                         "model.lora.sync=merged")
         return None
+
+    @classmethod
+    def _session(cls):
+        """A requests session with room for MAX_CONCURRENT concurrent calls (per-episode rollouts)."""
+        import requests
+        from requests.adapters import HTTPAdapter
+        session = requests.Session()
+        session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=cls.MAX_CONCURRENT))
+        session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=cls.MAX_CONCURRENT))
+        return session
 
     @classmethod
     def from_config(cls, cfg, model_path: str, tokenizer) -> "VLLMServerEngine":
@@ -283,7 +313,10 @@ class VLLMServerEngine:
             return path, []
 
     def _on_all(self, calls: list[tuple[int, str, dict, str]]) -> list[dict]:
-        """Run (worker, path, body, what) calls concurrently; raise the first failure after all returned."""
+        """Run (worker, path, body, what) calls concurrently; raise the first failure after all returned. A single
+        call runs on the calling thread (per-episode rollouts make many of them at once)."""
+        if len(calls) == 1:
+            return [self._post(*calls[0])]
         futures = [self.pool.submit(self._post, *c) for c in calls]
         results, first_error = [], None
         for f in futures:
@@ -327,6 +360,12 @@ class VLLMServerEngine:
         ``body(lo, hi)`` is a slice's request body. Each slice's load is released as soon as its worker answers.
         Returns (lo, reply) per slice in request order; raises the first failure after all answered."""
         slices = self.load.reserve(weights)
+        if len(slices) == 1:   # one worker (e.g. a per-episode turn): post from this thread, so concurrent calls
+            k, lo, hi, w = slices[0]   # are not capped by the pool's size (the worker batches them continuously)
+            try:
+                return [(lo, self._post(k, "/generate", body(lo, hi), f"generate ({hi - lo} prompts)"))]
+            finally:
+                self.load.release(k, w)
         futures = []
         for k, lo, hi, w in slices:
             f = self.pool.submit(self._post, k, "/generate", body(lo, hi), f"generate ({hi - lo} prompts)")

@@ -1,8 +1,9 @@
 """Code that runs inside vLLM's worker: the weight-loading extension and rlpost's logits processor.
 
-The engine core runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), which rlpost/engines/vllm_engine.py
-arranges for the colocated engine and for ``rlpost serve``: with one ``UniProcExecutor`` worker in the same process,
-or, with tensor parallelism, one worker process per rank (each gets what it needs through ``collective_rpc``):
+The colocated engine (rlpost/engines/vllm_engine.py) runs them in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``,
+a single ``UniProcExecutor`` worker) or, with tensor parallelism, in one worker process per rank; the async engine
+of ``rlpost serve`` (rlpost/engines/vllm_async.py) runs them in its engine-core process (and, under TP, in its
+rank processes). Whatever is not in this process is reached by name and ``collective_rpc``:
 
 - ``RlpostWorkerExtension`` (``worker_extension_cls``): ``collective_rpc("rlpost_load_weights", args=(payload,))``
   hands the learner's tensors to the worker's own ``reload_weights``, which also redoes the CPU backend's weight
@@ -12,9 +13,10 @@ or, with tensor parallelism, one worker process per rank (each gets what it need
   a file path; every rank gets the full tensors and ``reload_weights`` -> ``model.load_weights`` keeps that rank's
   shard (each vLLM parameter's ``weight_loader`` narrows to its TP slice), so one call updates every shard.
 - ``RlpostLogitsProcessor`` (vLLM V1 logits-processor API, passed as ``LLM(logits_processors=[...])``; it reads
-  the calls registered in its own process: with tensor parallelism the engine registers each call on every rank
-  through ``rlpost_register_call`` and collects rank 0's records with ``rlpost_finish_call``): for the rows of a
-  ``generate`` call that registered a :class:`CallSpec`, it runs rlpost's Python logits processors
+  the calls registered in its own process): for the rows of a ``generate`` call that registered a
+  :class:`CallSpec` (in-process; on every TP rank through ``rlpost_register_call``), or whose ``extra_args`` carry
+  one (``SPEC_KEY``, from the async engine's other process; no Python processors then), it runs rlpost's Python
+  logits processors
   (``fn(step, input_ids [N,L], logits [N,V]) -> logits``, before temperature, like the hf engine), and records
   per sampled token the entropy of softmax(z/T) and, when min-p/top-k/top-p is on, log of the probability mass the
   filter keeps (vLLM's ``processed_logprobs`` are normalised over the kept tokens only; adding that term gives
@@ -33,7 +35,8 @@ from rlpost.algos.core import entropy_from_logprobs
 from rlpost.algos.logits_processors import needs_input_ids
 from rlpost.sampling import apply_repetition_penalty, filter_min_p, filter_top_k_top_p, seen_tokens
 
-ROW_KEY = "rlpost_row"  # SamplingParams.extra_args key: "<call id>:<row>"
+ROW_KEY = "rlpost_row"    # SamplingParams.extra_args key: "<call id>:<row>"
+SPEC_KEY = "rlpost_spec"  # SamplingParams.extra_args key: CallSpec.wire() (engines whose worker is another process)
 
 
 @dataclass
@@ -50,6 +53,11 @@ class CallSpec:
     # filled during generation: (step, rows [n], values [n]) per batch group, turned into per-row lists at the end
     entropy_records: list = field(default_factory=list)
     mass_records: list = field(default_factory=list)
+
+    def wire(self) -> dict:
+        """The fields a worker in another process needs to rebuild this spec (no Python processors)."""
+        return dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, want_entropy=self.want_entropy,
+                    pad_id=self.pad_id, min_p=self.min_p, repetition_penalty=self.repetition_penalty)
 
     @property
     def needs_history(self) -> bool:
@@ -108,6 +116,9 @@ class RlpostLogitsProcessor(LogitsProcessor):
                 self.rows.pop(index, None)
                 continue
             call_id, row = key.rsplit(":", 1)
+            spec = params.extra_args.get(SPEC_KEY)
+            if spec is not None and call_id not in _CALLS:   # a call from another process: its spec travels along
+                register_call(call_id, CallSpec(processors=[], **spec))
             self.rows[index] = (call_id, int(row), list(prompt_ids or []), output_ids)
         for a, b, direction in batch_update.moved:
             row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
@@ -162,8 +173,24 @@ class RlpostLogitsProcessor(LogitsProcessor):
         return ids.to(device)
 
 
+def take_records(call_id: str, num_rows: int) -> tuple[list | None, list | None]:
+    """Unregister a call and return its per-row records: ([row] {step: entropy} or None, [row] {step: log kept
+    mass} or None)."""
+    with _CALLS_LOCK:
+        spec = _CALLS.pop(call_id, None)
+    if spec is None:
+        return None, None
+    return (spec.per_row(spec.entropy_records, num_rows) if spec.want_entropy else None,
+            spec.per_row(spec.mass_records, num_rows) if spec.truncates else None)
+
+
 class RlpostWorkerExtension:
-    """Mixed into vLLM's worker class (``LLM(worker_extension_cls=...)``); reached through ``collective_rpc``."""
+    """Mixed into vLLM's worker class (``LLM(worker_extension_cls=...)``); reached through ``collective_rpc``.
+
+    For an engine whose worker runs in another process (``AsyncLLM``: rlpost/engines/vllm_async.py) the records
+    of the logits processor are fetched with ``rlpost_take_records`` and the trainer's weight broadcast is received
+    here, in the worker (``rlpost_init_communicator`` / ``rlpost_recv_weights``), so the tensors go straight to
+    the device that holds the model."""
 
     def rlpost_load_weights(self, payload) -> int:
         """payload: a list of (name, tensor) (in-process), a ``torch.save`` byte blob of a name -> tensor dict, or
@@ -183,11 +210,59 @@ class RlpostWorkerExtension:
         register_call(call_id, spec)
         return True
 
-    def rlpost_finish_call(self, call_id: str) -> tuple[list, list] | None:
-        """Unregister a call; its (entropy, kept-mass) records as this rank's processor wrote them."""
-        with _CALLS_LOCK:
-            spec = _CALLS.pop(call_id, None)
-        return None if spec is None else (spec.entropy_records, spec.mass_records)
+    def rlpost_load_weights_checked(self, payload) -> list:
+        """As :meth:`rlpost_load_weights` (payload: a path or a byte blob); returns [tensors, fingerprint] with the
+        fingerprint (rlpost.serving.weights.weights_fingerprint) of what was loaded."""
+        from rlpost.serving.weights import weights_fingerprint
+        if isinstance(payload, (bytes, bytearray)):
+            weights = list(torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True).items())
+        else:
+            weights = list(torch.load(payload, map_location="cpu", weights_only=True, mmap=True).items())
+        self.rlpost_load_weights(weights)
+        return [len(weights), weights_fingerprint(weights)]
+
+    def rlpost_take_records(self, call_id: str, num_rows: int) -> tuple[list | None, list | None]:
+        """:func:`take_records` in this worker's process: how an engine whose processor runs elsewhere (TP ranks,
+        the async engine's core) gets a call's records; ``collective_rpc`` clears them on every rank."""
+        return take_records(call_id, num_rows)
+
+    def rlpost_init_communicator(self, host: str, port: int, rank: int, world_size: int, backend: str,
+                                 timeout_s: float) -> bool:
+        """Join the trainer's weight-broadcast group (rlpost/serving/weights.py) from this worker."""
+        from rlpost.serving.weights import Communicator
+        self.rlpost_close_communicator()
+        device = self.device if backend == "nccl" else "cpu"
+        self._rlpost_comm = Communicator(host, port, rank, world_size, backend, timeout_s, device)
+        return True
+
+    def rlpost_recv_weights(self, meta: list) -> list:
+        """Receive one broadcast of the weights described by ``meta`` and load them; returns [tensors, fingerprint]."""
+        from rlpost.serving.weights import weights_fingerprint
+        comm = getattr(self, "_rlpost_comm", None)
+        if comm is None:
+            raise RuntimeError("update_weights with transport=dist before init_communicator")
+        weights = comm.recv(meta)
+        fingerprint = weights_fingerprint(weights)
+        self.rlpost_load_weights(weights)
+        return [len(weights), fingerprint]
+
+    def rlpost_recv_adapter(self, meta: list, config: dict, directory: str) -> int:
+        """Receive one broadcast of LoRA adapter tensors (``meta``) and write them with ``config`` to ``directory``
+        (peft layout, rlpost/models/lora_sync.py), from where the engine loads them; returns the tensor count."""
+        from rlpost.models.lora_sync import AdapterWeights, write_adapter
+        comm = getattr(self, "_rlpost_comm", None)
+        if comm is None:
+            raise RuntimeError("load_adapter with transport=dist before init_communicator")
+        tensors = [(name, t.cpu()) for name, t in comm.recv(meta)]
+        write_adapter(AdapterWeights("received", tensors, config), directory)
+        return len(tensors)
+
+    def rlpost_close_communicator(self) -> bool:
+        comm = getattr(self, "_rlpost_comm", None)
+        if comm is not None:
+            comm.close()
+            self._rlpost_comm = None
+        return True
 
     def _rlpost_repack_tied_heads(self) -> None:
         """CPU backend: an LM head tied to the input embeddings keeps a packed copy of the weight for its GEMM

@@ -13,6 +13,8 @@ model the same sum (merged sync folds ``W + scale * B @ A`` into one matrix firs
   vLLM's ``LoRARequest(name, id, path)`` loads.
 - :class:`LiveAdapters`: the versions an engine holds, oldest first; at most ``capacity`` (async_level + 1, so
   each queued batch generates on the adapter of its behaviour version); loading one more unloads the oldest.
+- :class:`EngineAdapters`: what a vLLM engine with LoRA on keeps of them (slots, directories, the active one);
+  the colocated engine and ``rlpost serve``'s async engine share it.
 - :func:`vllm_max_lora_rank`: the ``max_lora_rank`` to start vLLM with (it accepts a fixed set of values).
 - :func:`base_named_parameters`: the base weights under the adapters. An engine that reports a base other than
   its checkpoint (``needs_base_weights``: an ``rlpost serve`` worker reused after a full-weight sync, or serving
@@ -144,3 +146,61 @@ class LiveAdapters:
 
     def names(self) -> list[str]:
         return list(self.ids)
+
+
+class EngineAdapters:
+    """Adapter bookkeeping of a vLLM engine with LoRA on, shared by the colocated engine
+    (rlpost/engines/vllm_engine.py, ``vllm.LLM``) and ``rlpost serve``'s async engine (rlpost/engines/vllm_async.py,
+    ``AsyncLLM``); they differ only in how they call vLLM's ``add_lora`` / ``remove_lora``.
+
+    ``stage(adapter)`` checks the rank, takes a slot (:class:`LiveAdapters`), writes the adapter to a directory of
+    its own and returns (the ``LoRARequest`` to add, the vLLM ids to remove, whose directories are deleted);
+    ``active`` is the request every generate runs with (None: base weights); ``use(name)`` activates a live one."""
+
+    def __init__(self, max_lora_rank: int, max_loras: int):
+        self.max_lora_rank = max_lora_rank
+        self.live = LiveAdapters(max_loras)
+        self.dirs: dict[int, str] = {}   # vLLM lora id -> the directory it was loaded from
+        self.active = None
+
+    @property
+    def capacity(self) -> int:
+        return self.live.capacity
+
+    def stage(self, adapter: AdapterWeights):
+        import shutil
+        import tempfile
+
+        from vllm.lora.request import LoRARequest
+
+        from rlpost.engines.base import EngineError
+        from rlpost.serving.weights import default_sync_dir
+        if adapter.rank > self.max_lora_rank:
+            raise EngineError(f"vllm engine: adapter {adapter.name!r} has rank {adapter.rank}, above the engine's "
+                              f"max_lora_rank {self.max_lora_rank}")
+        lora_id, evicted = self.live.add(adapter.name)
+        for old in evicted:
+            shutil.rmtree(self.dirs.pop(old, ""), ignore_errors=True)
+        path = write_adapter(adapter, tempfile.mkdtemp(prefix=f"rlpost-lora-{lora_id}-", dir=default_sync_dir()))
+        self.dirs[lora_id] = path
+        return LoRARequest(adapter.name, lora_id, path), evicted
+
+    def use(self, name: str) -> bool:
+        """Make the live adapter ``name`` the active one; False when it is not live (load it instead)."""
+        from vllm.lora.request import LoRARequest
+        lora_id = self.live.touch(name)
+        if lora_id is None:
+            return False
+        self.active = LoRARequest(name, lora_id, self.dirs[lora_id])
+        return True
+
+    def requests(self) -> dict:
+        """name -> LoRARequest of every live adapter (what vLLM's OpenAI server lists and serves by name)."""
+        from vllm.lora.request import LoRARequest
+        return {name: LoRARequest(name, i, self.dirs[i]) for name, i in self.live.ids.items()}
+
+    def close(self) -> None:
+        import shutil
+        for path in self.dirs.values():
+            shutil.rmtree(path, ignore_errors=True)
+        self.dirs.clear()

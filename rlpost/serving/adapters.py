@@ -11,9 +11,12 @@
 The worker's engine must be started with LoRA (``rlpost serve --max-lora-rank R --max-loras N``); /health reports
 ``max_lora_rank`` (null: LoRA off), ``max_loras``, ``live_adapters`` and the active ``adapter``. A loaded adapter counts as a
 weight update: ``weights_version`` + 1 and ``weights_fingerprint`` = the fingerprint of the adapter tensors
-(rlpost.serving.weights.weights_fingerprint), which the trainer compares with what it sent. Generation
-(/generate and the OpenAI routes) runs with the active adapter. The functions take the
-:class:`~rlpost.serving.server.Worker` and run on its engine thread; the routes in server.py are one line each.
+(rlpost.serving.weights.weights_fingerprint), which the trainer compares with what it sent. /generate runs
+with the active adapter; so do the OpenAI routes of the sync :class:`~rlpost.serving.server.Worker`, while on
+``rlpost serve``'s async worker (vLLM's OpenAI server) a request runs the base weights unless its ``model`` names
+a live adapter (/v1/models lists them). The functions take the
+:class:`~rlpost.serving.server.Worker` (run on its engine thread) or the
+:class:`~rlpost.serving.server.AsyncWorker` (``load_adapter_async``); the routes in server.py are one line each.
 """
 from __future__ import annotations
 
@@ -39,30 +42,60 @@ def adapter_bodies():
     return LoadAdapterBody, UseAdapterBody
 
 
-def load_adapter(worker, body: dict) -> dict:
-    """Receive an adapter (file or broadcast) and load it into the engine as the active adapter."""
-    from rlpost.models.lora_sync import AdapterWeights, read_adapter
-    from rlpost.serving.weights import weights_fingerprint
-    start = time.perf_counter()
+def check_body(worker, body: dict) -> None:
+    """Refuse a load the worker cannot serve: LoRA off, a file without a path, a broadcast without meta/config."""
     if getattr(worker.engine, "max_lora_rank", None) is None:
         raise RuntimeError("this worker was started without LoRA: restart it with rlpost serve --max-lora-rank R "
                            "--max-loras N (model.lora.sync=adapter), or set model.lora.sync=merged")
-    if body["transport"] == "file":
-        if not body.get("path"):
-            raise ValueError("load_adapter with transport=file needs a path")
-        adapter = read_adapter(body["path"], body["name"])
-    else:
-        if worker.comm is None:
-            raise RuntimeError("load_adapter with transport=dist before init_communicator")
-        if not body.get("config") or body.get("meta") is None:
-            raise ValueError("load_adapter with transport=dist needs meta and config")
-        adapter = AdapterWeights(body["name"], worker.comm.recv(body["meta"]), body["config"])
-    worker.engine.load_adapter(adapter)
+    if body["transport"] == "file" and not body.get("path"):
+        raise ValueError("load_adapter with transport=file needs a path")
+    if body["transport"] == "dist" and (not body.get("config") or body.get("meta") is None):
+        raise ValueError("load_adapter with transport=dist needs meta and config")
+
+
+def loaded(worker, adapter, start: float) -> dict:
+    """Count an adapter load as a weight update (version + 1, its fingerprint); the route's answer."""
+    from rlpost.serving.weights import weights_fingerprint
     worker.weights_version += 1
     worker.weights_fingerprint = weights_fingerprint(adapter.tensors)
     return {"ok": True, "tensors": len(adapter.tensors), "seconds": time.perf_counter() - start,
             "weights_version": worker.weights_version, "weights_fingerprint": worker.weights_fingerprint,
             "adapter": adapter.name}
+
+
+def load_adapter(worker, body: dict) -> dict:
+    """:class:`~rlpost.serving.server.Worker` (engine thread): receive an adapter (file or broadcast) and load it
+    into the engine as the active adapter."""
+    from rlpost.models.lora_sync import AdapterWeights, read_adapter
+    start = time.perf_counter()
+    check_body(worker, body)
+    if body["transport"] == "file":
+        adapter = read_adapter(body["path"], body["name"])
+    else:
+        if worker.comm is None:
+            raise RuntimeError("load_adapter with transport=dist before init_communicator")
+        adapter = AdapterWeights(body["name"], worker.comm.recv(body["meta"]), body["config"])
+    worker.engine.load_adapter(adapter)
+    return loaded(worker, adapter, start)
+
+
+async def load_adapter_async(worker, body: dict) -> dict:
+    """:class:`~rlpost.serving.server.AsyncWorker`: as :func:`load_adapter` on the async engine (the broadcast is
+    received by its worker, which holds the group), one weight or adapter update at a time."""
+    import asyncio
+
+    from rlpost.models.lora_sync import read_adapter
+    start = time.perf_counter()
+    check_body(worker, body)
+    async with worker.weights_lock:
+        if body["transport"] == "file":
+            adapter = await asyncio.to_thread(read_adapter, body["path"], body["name"])
+        else:
+            adapter = await worker.engine.recv_adapter(body["name"], body["meta"], body["config"])
+        await worker.engine.load_adapter(adapter)
+        if worker.openai_models is not None:   # vLLM's OpenAI routes serve the live adapters by name
+            worker.openai_models.lora_requests = worker.engine.adapters.requests()
+        return loaded(worker, adapter, start)
 
 
 def use_adapter(worker, body: dict) -> dict:

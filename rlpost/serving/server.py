@@ -1,12 +1,13 @@
-"""A rollout worker: one vLLM engine (rlpost/engines/vllm_engine.py, in this process) behind a small HTTP API.
+"""A rollout worker: vLLM's async engine (rlpost/engines/vllm_async.py) behind vLLM's own OpenAI-compatible app,
+with rlpost's routes added (generate, weight updates, health with the weights' version and fingerprint, log tail).
 
     rlpost serve tiny:qwen2:arithmetic --port 8001 --token s3cret --log-file /tmp/w0.log
 
 Endpoints (JSON; with a token configured every request needs ``Authorization: Bearer <token>``, else 401):
 
     GET  /health              {"status": "ok", "pid", "model", "log_file", "host", "port", "weights_version",
-                               "weights_fingerprint", "base_weights", "max_lora_rank", "max_loras",
-                               "live_adapters", "adapter"}
+                               "weights_fingerprint", "base_weights", "tensor_parallel_size", "max_lora_rank",
+                               "max_loras", "live_adapters", "adapter"}
                               (version 0 / fingerprint null: the weights of `model`; an adapter load counts as an
                               update, its fingerprint is the adapter's; base_weights: "checkpoint" until full
                               weights are loaded, then their fingerprint)
@@ -25,15 +26,25 @@ Endpoints (JSON; with a token configured every request needs ``Authorization: Be
     POST /reset_prefix_cache
     POST /shutdown            stop serving, free the engine, exit
     GET  /log_tail?lines=N    the last N lines of this worker's log file
-    GET  /v1/models, POST /v1/completions, POST /v1/chat/completions
-                              OpenAI-compatible, with log-probs and token ids (rlpost/serving/openai_api.py)
+    GET  /v1/models, POST /v1/completions, POST /v1/chat/completions, /tokenize, ...
+                              vLLM's OpenAI-compatible routes on the same engine (vllm.entrypoints.launchers
+                              build_app / init_app_state); ``return_token_ids`` defaults to true, so every
+                              choice carries its sampled ``token_ids`` and the prompt's ``prompt_token_ids``
 
-Every engine call runs on one dedicated thread (vLLM is not thread-safe, and on CPU it binds that thread's
-OpenMP pool to cores), so requests are served one at a time while /health and /log_tail stay responsive.
+Concurrency: every request (rlpost's /generate rows and the OpenAI routes alike) is its own vLLM request, and
+vLLM's scheduler batches whatever is running (continuous batching), so an agent's turn never waits for another
+caller's batch. Weight loads go to the engine core between scheduler steps (``collective_rpc``); LoRA adapters
+(``--max-lora-rank``) load with ``AsyncLLM.add_lora`` and each /generate call runs on the adapter active when it
+started (rlpost/serving/adapters.py, rlpost/engines/vllm_async.py).
 A failing call answers 500 with ``{"error": ...}`` and writes the traceback to the log.
+
+:class:`Worker` serves any synchronous engine instead (one call at a time on one thread) with rlpost's own
+OpenAI routes (rlpost/serving/openai_api.py); the tests drive the app over fake engines that way.
 """
 import asyncio
 import hmac
+import inspect
+import json
 import logging
 import math
 import os
@@ -158,6 +169,123 @@ class Worker:
             self.pool.shutdown(wait=False)
 
 
+class AsyncWorker:
+    """:class:`Worker`'s interface over :class:`rlpost.engines.vllm_async.AsyncVLLMEngine`: its calls are
+    coroutines on the server's event loop, served concurrently."""
+
+    def __init__(self, engine, *, model: str, token: str | None, log_file: str | None, host: str, port: int,
+                 tokenizer=None, served_model_name: str | None = None):
+        self.model, self.token, self.log_file, self.host, self.port = model, token, log_file, host, port
+        self.tokenizer, self.served_model_name = tokenizer, served_model_name or model
+        self.started = int(time.time())
+        self.engine, self.server = engine, None
+        self.weights_version, self.weights_fingerprint = 0, None
+        self.weights_lock = asyncio.Lock()   # one weight (or adapter) update at a time
+        self.base_weights = "checkpoint"     # full weights loaded since start: their fingerprint (adapters go on top)
+        self.openai_models = None   # vLLM's OpenAIServingModels (set by serve): live adapters are listed there
+
+    async def call(self, fn, *args):
+        """Await a coroutine function; run a plain one in the default thread pool."""
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def generate(self, body: dict) -> dict:
+        from rlpost.engines.base import GenRequest, SamplingParams
+        params = SamplingParams(**body.get("params", {}))
+        requests = [GenRequest(list(r["prompt_ids"]), seed=r.get("seed")) for r in body["requests"]]
+        samples = await self.engine.generate(requests, params, seed_offset=int(body.get("seed_offset", 0)))
+        return {"samples": [{"completion_ids": s.completion_ids, "logprobs": _finite(s.logprobs), "text": s.text,
+                             "finish_reason": s.finish_reason, "entropies": _finite(s.entropies),
+                             "request_index": s.request_index} for s in samples]}
+
+    async def init_communicator(self, body: dict) -> dict:
+        await self.engine.init_communicator(body["host"], int(body["port"]), int(body["rank"]),
+                                            int(body["world_size"]), body["backend"], float(body.get("timeout_s", 600)))
+        return {"ok": True}
+
+    async def update_weights(self, body: dict) -> dict:
+        start = time.perf_counter()
+        async with self.weights_lock:
+            if body["transport"] == "file":
+                n, fingerprint = await self.engine.load_weights_file(body["path"])
+            elif body["transport"] == "dist":
+                n, fingerprint = await self.engine.recv_weights(body["meta"])
+            else:
+                raise ValueError(f"unknown weight transport {body['transport']!r} (file or dist)")
+            self.weights_version += 1
+            self.weights_fingerprint = self.base_weights = fingerprint
+        return {"ok": True, "tensors": n, "seconds": time.perf_counter() - start,
+                "weights_version": self.weights_version, "weights_fingerprint": fingerprint}
+
+    async def close_communicator(self) -> dict:
+        await self.engine.close_communicator()
+        return {"ok": True}
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class DefaultTokenIds:
+    """ASGI middleware: a POST to vLLM's /v1/completions or /v1/chat/completions without ``return_token_ids``
+    gets ``return_token_ids: true``, so the sampled ids (and the prompt's) come back unless the caller says no:
+    an agent harness that trains on the exact tokens needs them, and they cost nothing."""
+
+    PATHS = ("/v1/completions", "/v1/chat/completions")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.PATHS:
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and "return_token_ids" not in data:
+            body = json.dumps({**data, "return_token_ids": True}).encode()
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
+        await self.app({**scope, "headers": headers + [(b"content-length", str(len(body)).encode())]}, replay, send)
+
+
+async def vllm_openai_app(engine, model_path: str, served_model_names: list[str]):
+    """vLLM's OpenAI-compatible FastAPI app (``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``,
+    ``/tokenize``, ...) over ``engine.llm`` (an ``AsyncLLM``), built as ``vllm serve`` builds it with its default
+    front-end settings."""
+    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+    from vllm.entrypoints.launchers.app import build_app
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args([])
+    args.model, args.served_model_name, args.disable_fastapi_docs = model_path, served_model_names, True
+    args.disable_log_stats = True
+    supported = await engine.llm.get_supported_tasks()
+    app = build_app(args, supported, engine.llm.model_config)
+    await init_app_state(engine.llm, app.state, args, supported)
+    return app
+
+
+RLPOST_ROUTES = ("/health", "/log_tail", "/generate", "/init_communicator", "/update_weights", "/close_communicator",
+                 "/reset_prefix_cache", "/shutdown")
+
+
 def request_models():
     """Pydantic models of the request bodies: a malformed body is answered 422 with the reason (FastAPI), never
     500. Unknown keys are refused, so a misspelt sampling parameter is not silently ignored."""
@@ -195,7 +323,9 @@ def request_models():
     return GenerateBody, UpdateWeightsBody
 
 
-def create_app(worker: "Worker"):
+def create_app(worker, app=None):
+    """rlpost's routes and bearer-token check on ``app`` (vLLM's OpenAI app, whose routes of the same paths they
+    replace), or on a new app with rlpost's own OpenAI routes (rlpost/serving/openai_api.py) when ``app`` is None."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
@@ -205,7 +335,12 @@ def create_app(worker: "Worker"):
     GenerateBody, UpdateWeightsBody = request_models()
     LoadAdapterBody, UseAdapterBody = adapters.adapter_bodies()
 
-    app = FastAPI(title="rlpost rollout worker", docs_url=None, redoc_url=None, openapi_url=None)
+    own_openai = app is None
+    if own_openai:
+        app = FastAPI(title="rlpost rollout worker", docs_url=None, redoc_url=None, openapi_url=None)
+    else:
+        app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) not in RLPOST_ROUTES]
+        app.middleware_stack = None   # vLLM's app builds its stack early; it is rebuilt with ours on first use
     expected = f"Bearer {worker.token}".encode() if worker.token else None
 
     @app.middleware("http")
@@ -217,10 +352,13 @@ def create_app(worker: "Worker"):
                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
         return await call_next(request)
 
-    @app.exception_handler(Exception)
-    async def on_error(request: Request, err: Exception):
-        log.error("%s %s failed:\n%s", request.method, request.url.path, traceback.format_exc())
-        return JSONResponse({"error": f"{type(err).__name__}: {err}"}, status_code=500)
+    if own_openai:
+        @app.exception_handler(Exception)
+        async def on_error(request: Request, err: Exception):
+            log.error("%s %s failed:\n%s", request.method, request.url.path, traceback.format_exc())
+            return JSONResponse({"error": f"{type(err).__name__}: {err}"}, status_code=500)
+    else:
+        add_error_handlers(app)
 
     @app.get("/health")
     async def health():
@@ -228,6 +366,7 @@ def create_app(worker: "Worker"):
                 "host": worker.host, "port": worker.port, "weights_version": worker.weights_version,
                 "weights_fingerprint": worker.weights_fingerprint,
                 "base_weights": getattr(worker, "base_weights", "checkpoint"),
+                "tensor_parallel_size": getattr(worker.engine, "tensor_parallel_size", 1),
                 **adapters.adapter_health(worker.engine)}
 
     @app.get("/log_tail")
@@ -248,10 +387,14 @@ def create_app(worker: "Worker"):
 
     @app.post("/load_adapter")
     async def load_adapter(body: LoadAdapterBody):
+        if isinstance(worker, AsyncWorker):
+            return await adapters.load_adapter_async(worker, body.model_dump())
         return await worker.call(adapters.load_adapter, worker, body.model_dump())
 
     @app.post("/use_adapter")
     async def use_adapter(body: UseAdapterBody):
+        if isinstance(worker, AsyncWorker):   # bookkeeping only: on the event loop, beside the generate calls
+            return adapters.use_adapter(worker, body.model_dump())
         return await worker.call(adapters.use_adapter, worker, body.model_dump())
 
     @app.post("/close_communicator")
@@ -270,8 +413,37 @@ def create_app(worker: "Worker"):
             worker.server.should_exit = True
         return {"ok": True}
 
-    add_openai_routes(app, worker)
+    if own_openai:
+        add_openai_routes(app, worker)
+    else:
+        app.add_middleware(DefaultTokenIds)
     return app
+
+
+def add_error_handlers(app) -> None:
+    """On vLLM's app: rlpost's routes answer errors as rlpost's client reads them (``{"error": "..."}``, 500;
+    a malformed body 422 with FastAPI's reasons); the OpenAI routes keep vLLM's handlers."""
+    from fastapi.exception_handlers import request_validation_exception_handler
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    async def rlpost_error(request, err):
+        if isinstance(err, RequestValidationError):
+            return await request_validation_exception_handler(request, err)
+        log.error("%s %s failed:\n%s", request.method, request.url.path, "".join(traceback.format_exception(err)))
+        return JSONResponse({"error": f"{type(err).__name__}: {err}"}, status_code=500)
+
+    def route_by_path(theirs):
+        async def handler(request, err):
+            if request.url.path in RLPOST_ROUTES:
+                return await rlpost_error(request, err)
+            out = theirs(request, err)
+            return await out if inspect.isawaitable(out) else out
+        return handler
+
+    for kind, theirs in list(app.exception_handlers.items()):
+        app.exception_handlers[kind] = route_by_path(theirs)
+    app.exception_handlers.setdefault(Exception, rlpost_error)
 
 
 def redirect_output(log_file: str) -> None:
@@ -294,10 +466,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, token: str |
     A bind beyond loopback without a token is refused unless ``allow_unauthenticated`` (:func:`check_bind`).
     ``served_model_name``: the model name of the OpenAI routes (default: ``model`` as given)."""
     check_bind(host, token, allow_unauthenticated)
-    import uvicorn
-
     from rlpost.config import ModelConfig
-    from rlpost.engines.vllm_engine import VLLMEngine
     from rlpost.models.loading import load_tokenizer, resolve_model_path
 
     if log_file:
@@ -311,15 +480,28 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, token: str |
     model_cfg = ModelConfig(name_or_path=model, trust_remote_code=kwargs.get("trust_remote_code", False))
     path = resolve_model_path(model_cfg)
     tokenizer = load_tokenizer(path, model_cfg)
-    log.info("rlpost serve: building the vLLM engine for %s", path)
-    worker = Worker(lambda: VLLMEngine(path, tokenizer, **kwargs), model=path, token=token, log_file=log_file,
-                    host=host, port=port, tokenizer=tokenizer, served_model_name=served_model_name or model)
-    server = uvicorn.Server(uvicorn.Config(create_app(worker), host=host, port=port, log_level="info",
-                                           access_log=False, timeout_graceful_shutdown=5))
-    worker.server = server
-    log.info("rlpost serve: listening on http://%s:%d (pid %d)", host, port, os.getpid())
+    config = dict(host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=5)
+    return asyncio.run(_serve_async(path, tokenizer, kwargs, config, model=model, token=token, log_file=log_file,
+                                    served_model_name=served_model_name or model))
+
+
+async def _serve_async(path: str, tokenizer, engine_kwargs: dict, config: dict, *, model: str, token: str | None,
+                       log_file: str | None, served_model_name: str) -> int:
+    """The async engine, vLLM's OpenAI app with rlpost's routes, uvicorn: all on this event loop."""
+    import uvicorn
+
+    from rlpost.engines.vllm_async import AsyncVLLMEngine
+    log.info("rlpost serve: building the vLLM async engine for %s", path)
+    engine = AsyncVLLMEngine(path, tokenizer, **engine_kwargs)
+    worker = AsyncWorker(engine, model=path, token=token, log_file=log_file, host=config["host"], port=config["port"],
+                         tokenizer=tokenizer, served_model_name=served_model_name)
     try:
-        server.run()
+        app = create_app(worker, await vllm_openai_app(engine, path, [served_model_name]))
+        worker.openai_models = getattr(app.state, "openai_serving_models", None)
+        server = uvicorn.Server(uvicorn.Config(app, **config))
+        worker.server = server
+        log.info("rlpost serve: listening on http://%s:%d (pid %d)", config["host"], config["port"], os.getpid())
+        await server.serve()
     finally:
         worker.close()
         log.info("rlpost serve: stopped")

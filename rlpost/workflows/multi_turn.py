@@ -21,7 +21,8 @@ Mechanics (docs/environments.md):
 
 * Episodes = prompts x ``params.n``; ``lockstep``: all running episodes advance together, one ``engine.generate``
   call per turn (each sample then cut to its episode's own token budget, which leaves earlier tokens' distribution
-  as is); ``per_episode``: each episode advances on its own and :class:`Batcher` batches those waiting.
+  as is); ``per_episode``: each episode advances on its own; :class:`Batcher` sends each turn as its own request
+  to an engine that batches continuously (``vllm_server``) and batches the waiting episodes for any other.
 * Token-in/token-out: an episode is one :class:`Sample`; its completion is every sampled token (loss mask 1,
   the engine's log-probs) and every observation token (mask 0, log-prob 0). Sampled ids are never re-tokenised.
   Observation ids are the chat template's rendering of the new messages alone (:class:`ChatDelta`): rendered
@@ -237,25 +238,44 @@ class ChatDelta:
 
 
 class Batcher:
-    """``schedule: per_episode``'s scheduler: episodes ask for their next turn (``await generate(ep)``); whenever
-    the engine is free, one ``engine.generate`` call (on one worker thread) takes every episode waiting then.
-    The seed offset is the call's number, so sampling depends on which episodes were batched together."""
+    """``schedule: per_episode``'s scheduler: episodes ask for their next turn (``await generate(ep)``).
+
+    * An engine that batches continuously itself (``engine.continuous_batching``: ``vllm_server``, whose workers
+      run vLLM's async engine) gets each episode's turn as its own call the moment it is ready, from a thread
+      pool (one call in flight per running episode); the seed is a function of (episode, its turn), so the samples
+      do not depend on timing.
+    * Any other engine: whenever it is free, one ``engine.generate`` call (on one worker thread) takes every
+      episode waiting then; the seed offset is the call's number, so sampling depends on which episodes were
+      batched together."""
 
     def __init__(self, workflow: "MultiTurnWorkflow", sampling: SamplingParams):
         self.wf, self.sampling = workflow, sampling
         self.waiting: list[tuple[Episode, asyncio.Future]] = []
         self.busy, self.calls = False, 0
         self.engine_thread = None
+        self.continuous = bool(getattr(workflow.engine, "continuous_batching", False))
 
     def close(self) -> None:
         if self.engine_thread is not None:
             self.engine_thread.shutdown(wait=False)
 
     async def generate(self, ep: Episode) -> tuple[Sample, str]:
+        if self.continuous:
+            return await self._own_call(ep)
         future = asyncio.get_running_loop().create_future()
         self.waiting.append((ep, future))
         self._kick()
         return await future
+
+    async def _own_call(self, ep: Episode) -> tuple[Sample, str]:
+        """One engine call for this episode alone; seed offset ``episode * max_turns + turn`` (unique, fixed)."""
+        from concurrent.futures import ThreadPoolExecutor
+        if self.engine_thread is None:
+            self.engine_thread = ThreadPoolExecutor(64, thread_name_prefix="rlpost-episode")
+        key = ep.index * self.wf.max_turns + len(ep.turn_tokens)
+        out = await asyncio.get_running_loop().run_in_executor(
+            self.engine_thread, lambda: self.wf.generate([ep], self.sampling, key))
+        return out[0]
 
     def _kick(self) -> None:
         if not self.busy and self.waiting:

@@ -29,11 +29,12 @@ def test_what_tp_cannot_do_is_refused_with_the_reason(extra, world, reason):
     assert reason in str(err.value)
 
 
-def test_serve_refuses_data_parallel_in_one_worker_and_says_what_works():
+def test_serve_checks_its_parallel_sizes():
     from rlpost.commands.serve import check_parallel
     check_parallel(2, 1)
-    with pytest.raises(ConfigError, match="--data-parallel-size 2.*one worker per replica.*rollout.server_urls"):
-        check_parallel(1, 2)
+    check_parallel(1, 2)   # data parallelism: engine cores of one worker (tests/engines/test_vllm_tp.py, dp2)
+    with pytest.raises(ConfigError, match="--data-parallel-size must be >= 1, got 0"):
+        check_parallel(1, 0)
     with pytest.raises(ConfigError, match="--tensor-parallel-size must be >= 1"):
         check_parallel(0, 1)
 

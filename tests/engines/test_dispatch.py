@@ -105,3 +105,32 @@ def test_tracker_reserve_and_release():
     t.release(0, 8.0)
     t.release(1, 8.0)
     assert t.snapshot() == [0.0, 0.0]
+
+
+def test_per_episode_calls_are_all_in_flight_and_spread_by_load(fake_client):
+    """Per-episode rollouts (continuous_batching) send one-request calls from many threads: each is posted from
+    its caller's thread, so 12 of them are in flight at once (more than the client's pool of 4 * 2 + 1 threads),
+    and each goes to the less-loaded worker (equal weights: 6 and 6)."""
+    gate, lock, seen = threading.Event(), threading.Lock(), []
+
+    def held(k, path, body, what):
+        with lock:
+            seen.append(k)
+        assert gate.wait(10)
+        return {"samples": [{"completion_ids": [1], "logprobs": [-1.0], "text": "1", "finish_reason": "length",
+                             "entropies": None, "request_index": 0}]}
+    fake_client._post = held
+    threads = [threading.Thread(target=fake_client.generate, args=([GenRequest([i, 1, 1])],
+                                                                    SamplingParams(n=1, max_tokens=5)))
+               for i in range(12)]
+    for t in threads:
+        t.start()
+    for _ in range(1000):
+        if len(seen) == 12:
+            break
+        threading.Event().wait(0.01)
+    assert sorted(seen) == [0] * 6 + [1] * 6 and fake_client.load.snapshot() == [48.0, 48.0]
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert fake_client.load.snapshot() == [0.0, 0.0]

@@ -164,6 +164,41 @@ def test_small_endpoints_and_clear_errors(workers, client, tok):
         client._post(0, "/load_adapter", {"name": "x", "transport": "dist", "meta": [], "config": {"r": 8}})
 
 
+def test_the_worker_batches_concurrent_requests(workers, client, tok, tiny_model_path):
+    """Continuous batching (vLLM's async engine): a short /generate sent while a long OpenAI completion runs on
+    the same worker comes back first (a worker serving one request at a time would answer it after the long one).
+    And a top-k call's log-probs, whose kept-mass records live in the engine core's process, equal the learner's
+    untruncated ones."""
+    import threading
+    import time
+    finished = {}
+
+    body = {"model": http.get(f"{workers[0].url}/v1/models", headers=auth(), timeout=10).json()["data"][0]["id"],
+            "prompt": "12+34=", "max_tokens": 200, "ignore_eos": True, "temperature": 1.0, "seed": 0}
+
+    def run_long():
+        resp = http.post(f"{workers[0].url}/v1/completions", json=body, headers=auth(), timeout=120)
+        finished["long"] = (time.monotonic(), len(resp.json()["choices"][0]["token_ids"]))
+    single = VLLMServerEngine([workers[0].url], tok, token=TOKEN, timeout_s=120)
+    single.generate(requests_for(tok, 1), SamplingParams(max_tokens=2, seed=1))   # warm: a first call costs ~1 s
+    thread = threading.Thread(target=run_long)
+    thread.start()
+    time.sleep(0.3)   # the long one (~0.8 s alone on the tiny model) is running; the short one alone takes ~40 ms
+    try:
+        short = single.generate(requests_for(tok, 1), SamplingParams(max_tokens=2, seed=1))
+        finished["short"] = time.monotonic()
+    finally:
+        single.close()
+    thread.join(timeout=120)
+    assert finished["long"][1] == 200 and len(short[0].completion_ids) <= 2
+    assert finished["short"] < finished["long"][0]
+    model = load_model(str(tiny_model_path), ModelConfig(), "cpu")
+    truncated = client.generate(requests_for(tok, 2), SamplingParams(n=2, temperature=1.0, top_k=3, max_tokens=8,
+                                                                     seed=4, return_entropy=True))
+    assert learner_diff(model, tok, truncated) < TOL
+    assert all(e >= 0 for s in truncated for e in s.entropies)   # recorded in the engine core (NaN: missing)
+
+
 def test_health_polling_is_bounded(tok):
     from rlpost.engines.vllm_server import free_port
     with pytest.raises(EngineError, match="not healthy after"):

@@ -1,7 +1,8 @@
-"""Rollout tensor parallelism for real: one ``rlpost serve --tensor-parallel-size 2`` worker on vLLM's CPU build
-(two vLLM worker processes, gloo/shm between them; the tiny Qwen2 has 2 KV heads, one per rank). Generation, a
-weight sync over both transports reaching both shards, sampler/learner log-prob agreement, and rlpost's logits
-processor (entropies, top-k/top-p) running on the ranks."""
+"""Rollout tensor and data parallelism for real, on vLLM's CPU build: one ``rlpost serve --tensor-parallel-size 2``
+worker (two vLLM worker processes, gloo/shm between them; the tiny Qwen2 has 2 KV heads, one per rank) and one
+``rlpost serve --data-parallel-size 2`` worker (two engine cores, requests balanced over them by vLLM).
+Generation, a weight sync over both transports reaching both shards / both cores, sampler/learner log-prob
+agreement, and rlpost's logits processor (entropies, top-k/top-p) running on the ranks / cores."""
 import pytest
 import torch
 
@@ -19,10 +20,11 @@ if torch.cuda.is_available() and torch.cuda.device_count() < 2:   # the CPU buil
     pytest.skip("tensor_parallel_size=2 on a CUDA build needs 2 GPUs", allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def tp_client(tiny_model_path, tmp_path_factory):
-    handles = start_workers(str(tiny_model_path), 1, engine_args=ENGINE_ARGS, timeout_s=600, tensor_parallel_size=2,
-                            log_dir=str(tmp_path_factory.mktemp("tp-worker-logs")))
+@pytest.fixture(scope="module", params=["tp2", "dp2"])
+def tp_client(request, tiny_model_path, tmp_path_factory):
+    tp, extra = (2, []) if request.param == "tp2" else (1, ["--data-parallel-size", "2"])
+    handles = start_workers(str(tiny_model_path), 1, engine_args=ENGINE_ARGS + extra, timeout_s=600,
+                            tensor_parallel_size=tp, log_dir=str(tmp_path_factory.mktemp(f"{request.param}-logs")))
     tok = load_tokenizer(str(tiny_model_path), ModelConfig())
     eng = VLLMServerEngine([h.url for h in handles], tok, timeout_s=120, workers=handles)
     yield eng, tok, handles[0]
@@ -33,7 +35,10 @@ def tp_client(tiny_model_path, tmp_path_factory):
 def test_two_ranks_generate_what_the_learner_scores(tp_client, tiny_model_path):
     eng, tok, worker = tp_client
     log = open(worker.log_path).read()
-    assert "Worker_TP0" in log and "Worker_TP1" in log, "a --tensor-parallel-size 2 worker runs a vLLM process per rank"
+    if "Worker_TP1" not in log:   # the data-parallel worker: two engine cores
+        assert "EngineCore_DP0" in log and "EngineCore_DP1" in log, "a --data-parallel-size 2 worker runs 2 cores"
+    else:
+        assert "Worker_TP0" in log, "a --tensor-parallel-size 2 worker runs a vLLM process per rank"
     samples = eng.generate(requests_for(tok, 3), SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=5))
     assert len(samples) == 6 and all(s.completion_ids for s in samples)
     model = load_model(str(tiny_model_path), ModelConfig(), "cpu")

@@ -74,3 +74,24 @@ def test_agent_workflow_trains_on_the_served_ids(engine, tok, tiny_model_path):
     with torch.no_grad():
         logp, _ = token_logprobs(model, batch, 1.0, False)
     assert ((logp - batch.sampler_logprobs).abs() * batch.response_mask).max().item() < 1e-4
+
+
+def test_per_episode_rollouts(engine, tok, tiny_model_path):
+    """schedule: per_episode on both engines (vllm_server: each episode's turn is its own request, batched
+    continuously by the worker): several turns, trained tokens scored by the learner as the sampler did; on
+    vllm_server a turn's seed is (episode, turn), so a second rollout gives the very same episodes."""
+    prompts = [Prompt(i, "", [{"role": "user", "content": "Guess my number (1-16)."}], {"answer": str(a)})
+               for i, a in enumerate((3, 11, 7))]
+    wf = MultiTurnWorkflow(engine, tok, env="rlpost.envs.examples:GuessNumberEnv", max_turns=3, max_total_tokens=200,
+                           schedule="per_episode")
+    params = SamplingParams(n=2, max_tokens=6, seed=0)
+    trajs = wf.rollout(prompts, params)
+    assert len(trajs) == 6 and max(t.info["turns"] for t in trajs) > 1
+    model = load_model(str(tiny_model_path), ModelConfig(), "cpu").eval()
+    batch = collate(trajs, tok.pad_token_id)
+    with torch.no_grad():
+        logp, _ = token_logprobs(model, batch, 1.0, False)
+    assert ((logp - batch.sampler_logprobs).abs() * batch.response_mask).max().item() < 1e-4
+    if getattr(engine, "continuous_batching", False):
+        again = wf.rollout(prompts, params)
+        assert [t.samples[0].completion_ids for t in again] == [t.samples[0].completion_ids for t in trajs]
