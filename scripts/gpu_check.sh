@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 
 DRY=0
 [[ "${1:-}" == "--dry-run" ]] && DRY=1
-PY=${PYTHON:-python}
+PY=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python)}   # the setup.sh environment when present
 OUT=${OUT:-runs/gpu_check}
 PORT=${PORT:-8011}
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} HF_DATASETS_OFFLINE=${HF_DATASETS_OFFLINE:-1}
