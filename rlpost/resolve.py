@@ -21,6 +21,7 @@ import yaml
 from rlpost.checks import (check_call_kwargs, check_context, defaults_of, expanded, plain,  # noqa: F401
                            registry_entry, resolve_component)
 from rlpost.config import Config, ConfigError, explicit_fields, load_config, read_yaml_sections, to_dict
+from rlpost.models.lora_sync import lora_sync
 
 KINDS = ("train", "sft", "dpo")
 
@@ -149,82 +150,6 @@ def resolve_methods(method_cfg: dict) -> dict:
         cls = registry_entry(METHODS, name, f"method.{name}").fn
         out[name] = {**defaults_of(cls), **check_call_kwargs(cls, dict(params or {}), f"method.{name}")}
     return out
-
-
-# ---------------------------------------------------------------------------------------------- LoRA sync
-
-ADAPTER_ENGINES = ("vllm", "vllm_server")   # engines that load LoRA adapters (vLLM's LoRA support)
-# peft inits that change the base weights when the adapter is created (vLLM's PEFTHelper refuses them)
-_BASE_CHANGING_INITS = ("pissa", "olora", "loftq", "corda")
-
-
-def lora_rank(lora) -> int:
-    """The adapter's largest rank: ``model.lora.r``, or the saved adapter's (``adapter_path``, rank_pattern too)."""
-    import json
-    config = Path(lora.adapter_path or "", "adapter_config.json")
-    if lora.adapter_path and config.is_file():
-        saved = json.loads(config.read_text())
-        return max([int(saved.get("r", lora.r)), *map(int, (saved.get("rank_pattern") or {}).values())])
-    return int(lora.r)
-
-
-def adapter_sync_obstacles(cfg: Config) -> list[str]:
-    """Why vLLM could not generate with the trained adapter on top of the base model it loaded (empty: it can)."""
-    from rlpost.models.lora_sync import VLLM_LORA_RANKS
-    m, lora, d = cfg.model, cfg.model.lora, cfg.distributed
-    out = []
-    if m.load_in_4bit:
-        out.append("model.load_in_4bit: the learner's base weights are 4-bit, vLLM's are the full-precision "
-                   "checkpoint, so sampler and learner would differ by the quantisation error")
-    if lora.modules_to_save:
-        out.append(f"model.lora.modules_to_save={list(lora.modules_to_save)}: vLLM's LoRA does not load fully "
-                   "trained modules")
-    if lora.bias != "none":
-        out.append(f"model.lora.bias={lora.bias}: vLLM's LoRA does not load trained biases")
-    if isinstance(lora.init_lora_weights, str) and lora.init_lora_weights.lower().startswith(_BASE_CHANGING_INITS):
-        out.append(f"model.lora.init_lora_weights={lora.init_lora_weights}: this init changes the base weights, "
-                   "which vLLM's copy does not have")
-    targets = [lora.target_modules] if isinstance(lora.target_modules, str) else list(lora.target_modules)
-    if any(t in ("lm_head", "embed_tokens") for t in targets):
-        out.append(f"model.lora.target_modules={targets}: vLLM's LoRA adapts linear layers of the decoder, "
-                   "not lm_head / embed_tokens")
-    if lora_rank(lora) > VLLM_LORA_RANKS[-1]:
-        out.append(f"model.lora.r={lora_rank(lora)}: above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
-    if d.backend == "fsdp2" or (d.backend == "deepspeed" and d.zero_stage == 3):
-        out.append(f"distributed.backend={d.backend}{' zero_stage=3' if d.backend == 'deepspeed' else ''}: the "
-                   "adapter is sharded across ranks and adapter sync does not gather it (merged sync does)")
-    return out
-
-
-def lora_sync(cfg: Config) -> tuple[str, str | None]:
-    """``model.lora.sync`` as the run does it: (``adapter`` | ``merged``, why not adapter or None).
-
-    adapter needs an engine that loads adapters (vllm, vllm_server) and none of :func:`adapter_sync_obstacles`.
-    The hf engine generates with the learner's own peft model (nothing to sync); with async_level > 0 its
-    generation copy is a plain model loaded with merged weights. Set explicitly, adapter with an obstacle is a
-    ConfigError; left at its default it falls back to merged (the run logs the reason)."""
-    lora = cfg.model.lora
-    if lora.sync == "merged":
-        return "merged", None
-    if cfg.rollout.engine not in ADAPTER_ENGINES:
-        return "merged", (f"rollout.engine={cfg.rollout.engine} loads no adapters: it generates with the learner's "
-                          "own peft model (async_level > 0: a copy loaded with merged weights)")
-    obstacles = adapter_sync_obstacles(cfg)
-    if not obstacles:
-        return "adapter", None
-    if "sync" in lora.__dict__.get("_explicit", ()):
-        raise ConfigError("model.lora.sync=adapter cannot work here: " + "; ".join(obstacles) +
-                          " (set model.lora.sync=merged)")
-    return "merged", "; ".join(obstacles)
-
-
-def lora_engine_args(cfg: Config) -> dict:
-    """vLLM engine kwargs for adapter sync: ``max_lora_rank`` (the smallest vLLM accepts for the adapter's rank)
-    and ``max_loras`` = async_level + 1 (one per version a queued batch may generate on); else {}."""
-    from rlpost.models.lora_sync import vllm_max_lora_rank
-    if cfg.model.lora.r <= 0 or lora_sync(cfg)[0] != "adapter":
-        return {}
-    return {"max_lora_rank": vllm_max_lora_rank(lora_rank(cfg.model.lora)), "max_loras": cfg.rollout.async_level + 1}
 
 
 def check_world_size(cfg: Config, world_size: int) -> None:

@@ -11,7 +11,8 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from rlpost.config import ConfigError, load_config
 from rlpost.models.lora_sync import (AdapterWeights, LiveAdapters, adapter_weights, read_adapter, vllm_max_lora_rank,
                                      write_adapter)
-from rlpost.resolve import lora_engine_args, lora_sync, resolve_train
+from rlpost.models.lora_sync import lora_engine_args, lora_sync
+from rlpost.resolve import resolve_train
 
 
 @pytest.fixture()

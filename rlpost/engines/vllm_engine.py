@@ -232,7 +232,7 @@ class VLLMEngine:
 
     @classmethod
     def from_config(cls, cfg, model_path: str, tokenizer) -> "VLLMEngine":
-        from rlpost.resolve import lora_engine_args
+        from rlpost.models.lora_sync import lora_engine_args
         r, m = cfg.rollout, cfg.model
         return cls(model_path, tokenizer, dtype=m.dtype, gpu_memory_utilization=r.gpu_memory_utilization,
                    max_model_len=r.max_model_len, max_completion_length=r.max_completion_length,

@@ -267,7 +267,7 @@ class VLLMServerEngine:
 
     @classmethod
     def from_config(cls, cfg, model_path: str, tokenizer) -> "VLLMServerEngine":
-        from rlpost.resolve import lora_engine_args
+        from rlpost.models.lora_sync import lora_engine_args
         r = cfg.rollout
         return cls(list(r.server_urls), tokenizer, token=r.server_token or os.environ.get("RLPOST_SERVE_TOKEN"),
                    timeout_s=r.timeout_s, weight_sync=r.weight_sync, weight_sync_dir=r.weight_sync_dir,

@@ -33,7 +33,7 @@ Engines at k > 0: the rollout engine belongs to the generation thread. ``hf`` ge
 copy loaded with each version's full weights: merged LoRA, gathered ZeRO-3), so held-out evaluation stays on the
 learner's model; ``vllm`` and ``vllm_server`` evaluate on the generation thread, on the current weights.
 
-LoRA with ``model.lora.sync: adapter`` (rlpost/resolve.py ``lora_sync``): a version is the adapter alone, named
+LoRA with ``model.lora.sync: adapter`` (rlpost/models/lora_sync.py ``lora_sync``): a version is the adapter alone, named
 ``policy-v{version}`` (evaluation's snapshot of the current weights: ``policy-v{version}-eval``); the engine keeps
 the last k + 1 loaded live, so a job whose version is still live only activates it (no transfer).
 
@@ -127,10 +127,10 @@ class RolloutPipeline:
                                            initializer=torch.set_num_threads, initargs=(threads,))
 
     def _adapter_sync(self) -> bool:
-        """model.lora.sync as resolved (rlpost/resolve.py lora_sync), for an engine that loads adapters."""
+        """model.lora.sync as resolved (rlpost/models/lora_sync.py lora_sync), for an engine that loads adapters."""
         if self.cfg.model.lora.r <= 0 or not self.engine_has_own_weights:
             return False
-        from rlpost.resolve import lora_sync
+        from rlpost.models.lora_sync import lora_sync
         mode, reason = lora_sync(self.cfg)
         if mode == "adapter" and not hasattr(self.engine, "load_adapter"):
             mode, reason = "merged", f"the {type(self.engine).__name__} engine loads no adapters"
