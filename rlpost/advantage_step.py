@@ -11,6 +11,7 @@ import torch
 from rlpost.algos import ADVANTAGES, AdvantageInput, build_params
 from rlpost.algos.advantages import per_trajectory
 from rlpost.algos.kl_reward import build_kl_controller, kl_penalty, sequence_kl, shape_rewards
+from rlpost.algos.turn_credit import TURN_ESTIMATORS, per_trajectory_turns
 from rlpost.checks import registry_entry
 from rlpost.config import component, explicit_fields
 
@@ -28,12 +29,15 @@ class AdvantageStep:
         name, overrides = component(algo_cfg.advantage)
         entry = registry_entry(ADVANTAGES, name, "algo.advantage")
         self.fn = entry.fn
+        self.by_trajectory = per_trajectory_turns if name in TURN_ESTIMATORS else per_trajectory
         self.params = build_params(entry.params, explicit_fields(algo_cfg), overrides, where=f"algo.advantage ({name})")
         self.kl_cfg, self.kl_controller, self.dist = algo_cfg.kl_reward, kl_reward_controller(algo_cfg.kl_reward), dist
 
     def __call__(self, batch, fixed, method_extra: dict | None = None) -> tuple[torch.Tensor, dict]:
         """[B,T] advantages and their metrics. Trajectories of several rows: group statistics over trajectories,
-        each row gets its trajectory's advantage (rlpost/algos/advantages.py ``per_trajectory``)."""
+        each row gets its trajectory's advantage (rlpost/algos/advantages.py ``per_trajectory``; per-turn
+        estimators: each row's tokens of turn k get its trajectory's turn-k advantage, rlpost/algos/turn_credit.py
+        ``per_trajectory_turns``)."""
         entropies = fixed.old_entropies if fixed.old_entropies is not None else batch.sampler_entropies
         multi_row = batch.traj_index is not None and batch.traj_index.unique().numel() < len(batch)
         shaped, kl_metrics = self.kl_shaped_rewards(batch, fixed, multi_row)
@@ -44,7 +48,7 @@ class AdvantageStep:
                              turn_rewards=batch.turn_rewards, turn_states=batch.turn_states)
         inp = dataclasses.replace(inp, **(method_extra or {}))   # a method's inputs (fields of AdvantageInput)
         if multi_row:
-            advantages, metrics = per_trajectory(self.fn, self.params, inp, batch.traj_index)
+            advantages, metrics = self.by_trajectory(self.fn, self.params, inp, batch.traj_index)
         else:
             advantages, metrics = self.fn(inp, self.params)
         return advantages, {**metrics, **kl_metrics}

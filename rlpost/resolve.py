@@ -37,6 +37,7 @@ def resolve_train(cfg: Config, world_size: int | None = None) -> dict:
     out = to_dict(cfg)
     out["rollout"].update(resolve_rollout(cfg))
     out["algo"].update(resolve_algo(cfg))
+    check_turn_credit(cfg)
     out["algo"].update(is_settings(cfg))   # async_level > 0: the off-policy correction on by default
     out["data"]["sampler"] = resolve_sampler(cfg)
     if cfg.model.lora.r > 0:
@@ -100,6 +101,19 @@ def resolve_algo(cfg: Config) -> dict:
         resolved["lr_controller"] = expanded(*_name_params(
             resolve_component(LR_CONTROLLERS, a.lr_controller, "algo.lr_controller")))
     return resolved
+
+
+def check_turn_credit(cfg: Config) -> None:
+    """algo.advantage turn_return / gigpo read per-turn rewards, which only a workflow that records them gives
+    (``records_turns``: multi_turn, agent; rlpost/algos/turn_credit.py)."""
+    from rlpost.algos.turn_credit import TURN_ESTIMATORS
+    from rlpost.config import component
+    from rlpost.workflows import WORKFLOWS
+    advantage, workflow = component(cfg.algo.advantage)[0], component(cfg.rollout.workflow)[0]
+    if advantage in TURN_ESTIMATORS and not getattr(WORKFLOWS.get(workflow), "records_turns", False):
+        able = " or ".join(n for n in WORKFLOWS.names() if getattr(WORKFLOWS.get(n), "records_turns", False))
+        raise ConfigError(f"algo.advantage {advantage} needs per-turn rewards, which rollout.workflow {workflow} does "
+                          f"not record: use rollout.workflow {able} (or algo.advantage grpo)")
 
 
 def _name_params(resolved: tuple) -> tuple:

@@ -16,6 +16,11 @@ and with ``rewards: [{name: env_reward}]`` r~ = r. Discounted per-turn returns:
     G_ik = Σ_{j >= k} γ^(j-k) r~_ij.
 
 A token of turn k gets A_ik; observation tokens are off the loss mask and get 0.
+
+``agent`` episodes (rlpost/workflows/agent.py) are the same data with turn k = the episode's model request k; an
+episode may span several rows (a row per request that does not extend the previous one), which
+:func:`per_trajectory_turns` handles: the estimator sees one row per episode, every row gets its own turns'
+advantages.
 """
 from __future__ import annotations
 
@@ -25,12 +30,14 @@ import torch
 
 from rlpost.algos.core import ADVANTAGES, AdvantageInput, group_stats
 
+TURN_ESTIMATORS = ("turn_return", "gigpo")   # the algo.advantage entries that read the per-turn fields
+
 
 def _turn_inputs(inp: AdvantageInput, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(r~ [B,K] float64, valid [B,K] bool): per-turn rewards with the outcome's remainder at the last turn."""
     if inp.turn_index is None or inp.turn_rewards is None:
         raise ValueError(f"algo.advantage {where} needs per-turn rewards: use it with rollout.workflow multi_turn "
-                         f"(every row a multi-turn episode)")
+                         f"or agent (every row a multi-turn episode)")
     turn = inp.turn_rewards.to(torch.float64)
     valid = ~torch.isnan(turn)
     r = torch.where(valid, turn, torch.zeros_like(turn))
@@ -128,7 +135,8 @@ def gigpo(inp: AdvantageInput, params: GiGPOParams):
     anchor state: multi_turn keys a turn's state by the observation tokens before it, the prompt for turn 0).
     F_norm = std + eps (unbiased) or 1 (``scale_rewards: none``); a state group of one turn gives A^S = 0."""
     if inp.turn_states is None:
-        raise ValueError("algo.advantage gigpo needs per-turn state keys: use it with rollout.workflow multi_turn")
+        raise ValueError("algo.advantage gigpo needs per-turn state keys: use it with rollout.workflow multi_turn "
+                         "or agent")
     r, valid = _turn_inputs(inp, "gigpo")
     R = inp.rewards.to(torch.float64)
     mean_e, std_e, _ = group_stats(R, inp.group_ids)
@@ -148,3 +156,29 @@ def gigpo(inp: AdvantageInput, params: GiGPOParams):
     metrics = _metrics(adv, valid, inp.rewards, inp.group_ids)
     metrics["turn_credit/state_group_size"] = size_s.mean().item() if size_s.numel() else 0.0
     return to_tokens(adv.float(), inp.turn_index, inp.response_mask), metrics
+
+
+def per_trajectory_turns(fn, params, inp: AdvantageInput, traj_index: torch.Tensor):
+    """A per-turn estimator on trajectories of several rows (agent episodes: a row per request that does not extend
+    the previous one). Every row of a trajectory carries the trajectory's reward R, per-turn rewards and state
+    keys; ``fn`` sees ONE row per trajectory whose "tokens" are its turns (turn index k on position k, mask 1 on
+    its K valid turns), so group and state statistics count each episode once, and returns A_nk [N,K]. Then
+
+        A[b,t] = A_{n(b), turn_index[b,t]} mask[b,t]        (0 where turn_index = -1)
+
+    i.e. each row's token of turn k gets its episode's turn-k advantage."""
+    if inp.turn_index is None or inp.turn_rewards is None:
+        return fn(inp, params)   # the estimator says what it is missing
+    _, inv = torch.unique(traj_index, return_inverse=True)
+    num = int(inv.max().item()) + 1 if inv.numel() else 0
+    first = torch.zeros(num, dtype=torch.long).scatter_reduce(0, inv, torch.arange(len(inv)), reduce="amin",
+                                                              include_self=False)
+    rewards = inp.turn_rewards[first]                                           # [N,K]
+    valid = ~torch.isnan(rewards)
+    turns = torch.arange(rewards.shape[1]).expand_as(valid)
+    traj_inp = AdvantageInput(rewards=inp.rewards[first], group_ids=inp.group_ids[first],
+                              response_mask=valid.to(inp.response_mask.dtype),
+                              turn_index=torch.where(valid, turns, torch.full_like(turns, -1)), turn_rewards=rewards,
+                              turn_states=None if inp.turn_states is None else inp.turn_states[first])
+    turn_adv, metrics = fn(traj_inp, params)                                    # [N,K]
+    return to_tokens(turn_adv[inv], inp.turn_index, inp.response_mask), metrics

@@ -58,6 +58,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -129,6 +130,7 @@ class AgentEpisode:
     requests: list[Request] = field(default_factory=list)
     reward: float | None = None
     messages: list[dict] | None = None
+    turn_rewards: list[float] | None = None     # one per request, as the rollout returned them (None: not returned)
     engine_error: BaseException | None = None   # what the engine raised serving one of its requests
 
 
@@ -136,9 +138,9 @@ def episode_rows(requests: list[Request], merge_prefix: bool) -> list[Sample]:
     """An episode's requests -> the trajectory's rows. Each request starts a row with its prompt ids and sampled
     completion (loss mask 1, sampler log-probs); with ``merge_prefix`` a request whose prompt ids start with the
     current row's prompt + completion extends it: ``completion += new_prompt[len(row):]`` (mask 0, log-prob 0)
-    ``+ sampled`` (mask 1)."""
+    ``+ sampled`` (mask 1). ``turn_index``: request j's sampled tokens j, the prompt tokens in between -1."""
     rows: list[Sample] = []
-    for req in requests:
+    for j, req in enumerate(requests):
         s = req.sample
         last = rows[-1] if rows else None
         if merge_prefix and last is not None:
@@ -148,6 +150,7 @@ def episode_rows(requests: list[Request], merge_prefix: bool) -> list[Sample]:
                 last.completion_ids += gap + list(s.completion_ids)
                 last.logprobs += [0.0] * len(gap) + list(s.logprobs)
                 last.loss_mask += [0] * len(gap) + [1] * len(s.completion_ids)
+                last.turn_index += [-1] * len(gap) + [j] * len(s.completion_ids)
                 last.entropies = None if last.entropies is None or s.entropies is None else (
                     last.entropies + [0.0] * len(gap) + list(s.entropies))
                 last.finish_reason = s.finish_reason
@@ -155,7 +158,7 @@ def episode_rows(requests: list[Request], merge_prefix: bool) -> list[Sample]:
         rows.append(Sample(prompt_ids=list(req.prompt_ids), completion_ids=list(s.completion_ids),
                            logprobs=list(s.logprobs), finish_reason=s.finish_reason,
                            entropies=list(s.entropies) if s.entropies is not None else None,
-                           loss_mask=[1] * len(s.completion_ids)))
+                           loss_mask=[1] * len(s.completion_ids), turn_index=[j] * len(s.completion_ids)))
     return rows
 
 
@@ -399,6 +402,7 @@ class AgentWorkflow:
         wf = AgentWorkflow(engine, tokenizer, rollout="my_package.agents:rollout")
         trajs = wf.rollout(prompts, SamplingParams(n=4, max_tokens=64))   # one Trajectory per episode
     """
+    records_turns = True   # turn k = request k: algo.advantage turn_return | gigpo (rlpost/algos/turn_credit.py)
 
     def __init__(self, engine, tokenizer, rollout: str, max_requests: int = 8, chat_template_kwargs: dict | None = None,
                  merge_prefix: bool = True, tool_parser: str | None = None):
@@ -457,18 +461,49 @@ class AgentWorkflow:
             raise AgentError(f"{self.where(ep)} raised {type(err).__name__}: {err}{note}") from (cause or err)
         finally:
             await client.close()
-        if isinstance(out, tuple) and len(out) == 2:
+        self.take_return(ep, out)
+
+    def take_return(self, ep: AgentEpisode, out) -> None:
+        """What the rollout returned -> ``ep.reward``, ``ep.messages``, ``ep.turn_rewards``: a reward, ``(messages,
+        reward)`` or ``{"reward": R, "turn_rewards": ..., "messages": ...}`` (turn_rewards and messages optional)."""
+        turns = None
+        if isinstance(out, dict):
+            unknown = sorted(set(out) - {"reward", "turn_rewards", "messages"})
+            if unknown or "reward" not in out:
+                raise AgentError(f"{self.where(ep)}: a returned dict has the keys reward (required), turn_rewards and "
+                                 f"messages, got {sorted(out)}")
+            ep.messages, turns, out = out.get("messages"), out.get("turn_rewards"), out["reward"]
+        elif isinstance(out, tuple) and len(out) == 2:
             ep.messages, out = out
-            if not isinstance(ep.messages, list) or not all(isinstance(m, dict) and "role" in m for m in ep.messages):
-                raise AgentError(f"{self.where(ep)}: messages must be a list of chat messages, got {ep.messages!r:.200}")
+        if ep.messages is not None and (not isinstance(ep.messages, list) or
+                                        not all(isinstance(m, dict) and "role" in m for m in ep.messages)):
+            raise AgentError(f"{self.where(ep)}: messages must be a list of chat messages, got {ep.messages!r:.200}")
         if out is not None and not isinstance(out, (int, float)):   # a bool is a number here (True = 1.0)
-            raise AgentError(f"{self.where(ep)}: expected a reward (a number) or (messages, reward), got {out!r:.200}")
+            raise AgentError(f"{self.where(ep)}: expected a reward (a number), (messages, reward) or a dict "
+                             f"{{'reward': ..., 'turn_rewards': [...]}}, got {out!r:.200}")
         if out is None and ep.messages is None:
             raise AgentError(f"{self.where(ep)}: returned no reward (None is allowed only with messages, for the "
                              "configured reward functions to score)")
         if not ep.requests:
             raise AgentError(f"{self.where(ep)}: made no request to the model, so there is nothing to train on")
         ep.reward = None if out is None else float(out)
+        ep.turn_rewards = None if turns is None else self.turn_rewards(ep, turns)
+
+    def turn_rewards(self, ep: AgentEpisode, turns) -> list[float]:
+        """``turn_rewards`` as returned -> one float per model request (request j = turn j): a list with one number
+        per request, or a dict {request index: number} (requests it leaves out: 0)."""
+        n = len(ep.requests)
+        if isinstance(turns, dict):
+            if not all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < n for k in turns):
+                raise AgentError(f"{self.where(ep)}: turn_rewards keys must be request indices 0..{n - 1} (the "
+                                 f"episode made {n} requests), got {sorted(turns, key=str)}")
+            turns = [turns.get(k, 0.0) for k in range(n)]
+        elif not isinstance(turns, (list, tuple)) or len(turns) != n:
+            raise AgentError(f"{self.where(ep)}: turn_rewards must hold one reward per model request (the episode "
+                             f"made {n}) or be a dict {{request index: reward}}, got {turns!r:.200}")
+        if not all(isinstance(r, (int, float)) and math.isfinite(r) for r in turns):
+            raise AgentError(f"{self.where(ep)}: turn_rewards must be finite numbers, got {list(turns)!r:.200}")
+        return [float(r) for r in turns]
 
     def trajectory(self, ep: AgentEpisode) -> Trajectory:
         rows = episode_rows(ep.requests, self.merge_prefix)
@@ -478,8 +513,10 @@ class AgentWorkflow:
         final = str(assistant[-1].get("content") or "") if assistant else ep.requests[-1].sample.text
         info = {"requests": len(ep.requests), "rows": len(rows), "agent_reward": ep.reward,
                 "reward_columns": {"agent_reward": ep.reward, "conversation": ep.messages}}
+        turns = ep.turn_rewards or [0.0] * len(ep.requests)
         return Trajectory(prompt=ep.prompt, group_id=ep.prompt.id, samples=rows, final_text=final,
-                          sample_weights=[1.0] * len(rows), info=info)
+                          sample_weights=[1.0] * len(rows), info=info, turn_rewards=turns,
+                          turn_states=[hash(tuple(r.prompt_ids)) for r in ep.requests])
 
     def metrics(self, trajectories: list[Trajectory]) -> dict[str, float]:
         """``agent/requests_per_episode`` and ``agent/rows_per_episode`` (rows after ``merge_prefix``)."""

@@ -308,6 +308,7 @@ class MultiTurnWorkflow:
         wf = MultiTurnWorkflow(engine, tokenizer, env="rlpost.envs.examples:GuessNumberEnv", max_turns=6)
         trajs = wf.rollout(prompts, SamplingParams(n=4, max_tokens=16))   # one Trajectory per episode
     """
+    records_turns = True   # turn_index, turn_rewards, turn_states: algo.advantage turn_return | gigpo
 
     def __init__(self, engine, tokenizer, env: str, env_kwargs: dict | None = None, max_turns: int = 4,
                  max_total_tokens: int = 1024, tool_timeout_s: float = 5.0, max_tool_output_chars: int = 2000,
