@@ -70,3 +70,15 @@ async def openai_tools_agent(client, row):
             args = json.loads(call.function.arguments)
             messages.append({"role": "tool", "tool_call_id": call.id, "content": calculator(**args)})
     return messages, 0.0
+
+
+async def turn_agent(client, row):
+    """Three chat requests, each extending the conversation so far (the second adds a user message naming the row's
+    ``tag``, the third "Done?"); returns the row's ``returns`` column as is (a reward, or a dict with turn_rewards)."""
+    messages = list(row["messages"])
+    for text in (f"Check {row['tag']}.", "Done?", None):
+        reply = await client.chat.completions.create(model="m", messages=messages, max_tokens=8)
+        if text is not None:
+            messages += [{"role": "assistant", "content": reply.choices[0].message.content},
+                         {"role": "user", "content": text}]
+    return row["returns"]

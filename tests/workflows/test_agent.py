@@ -4,6 +4,7 @@ serving side is exactly what the engine sampled, and the learner's log-probs of 
 import copy
 import json
 import logging
+import math
 
 import openai
 import pytest
@@ -201,3 +202,100 @@ def test_an_engine_error_is_named_with_the_episode():
     with pytest.raises(AgentError, match=r"failing_agent \(episode 0, dataset row 5\) raised .*the engine raised "
                                          r"RuntimeError: engine fell over"):
         wf.rollout([Prompt(5, "", [{"role": "user", "content": "1+1="}], {"answer": "2"})], SamplingParams(n=1))
+
+
+# ---------------------------------------------------------------------------------------------- per-turn credit
+
+TURN_EPISODES = [   # one prompt group of three episodes: (tag, what the rollout returns, r~ per request, R)
+    ("a", {"reward": 1.0, "turn_rewards": [0.0, 0.5, 0.0]}, [0.0, 0.5, 0.5], 1.0),   # 0.5 of R beyond Σr: last turn
+    ("a", 0.0, [0.0, 0.0, 0.0], 0.0),                                                   # no turn rewards: R at the end
+    ("b", {"reward": 1.0, "turn_rewards": {1: 1.0}}, [0.0, 1.0, 0.0], 1.0),            # a dict {request: reward}
+]
+
+
+def turn_rollout(tiny, merge_prefix, episodes=TURN_EPISODES, prompt_id=0):
+    """Greedy episodes of ``agent_helpers:turn_agent``, all of one prompt group; rewards as ``agent_reward`` sets
+    them. Greedy: episodes with the same tag send the same three prompts (the same states)."""
+    tok, model = tiny
+    wf = AgentWorkflow(HFEngine(model, tok), tok, rollout="agent_helpers:turn_agent", merge_prefix=merge_prefix)
+    rows = [Prompt(prompt_id, "", [{"role": "user", "content": "12+34="}], {"tag": tag, "returns": out})
+            for tag, out, _, _ in episodes]
+    trajs = wf.rollout(rows, SamplingParams(n=1, temperature=0.0, max_tokens=8, seed=0))
+    for t in trajs:
+        t.reward = t.info["agent_reward"]
+    return trajs
+
+
+def agent_advantages(trajs, advantage: str):
+    """The trainer's path: collate, then rlpost/advantage_step.py with ``algo.advantage``."""
+    from rlpost.advantage_step import AdvantageStep
+    from rlpost.batch import collate
+    from rlpost.config import load_config
+    from rlpost.distributed import Runtime
+    from rlpost.learner import FixedLogprobs
+    batch = collate(trajs, pad_id=0)
+    return batch, AdvantageStep(load_config(None, [f"algo.advantage={advantage}"]).algo, Runtime())(batch, FixedLogprobs())[0]
+
+
+def expected_per_token(trajs, batch, turn_adv):
+    """[B,T]: turn_adv[episode][k] on each row's sampled tokens of request k, 0 on the prompt tokens in between."""
+    out = torch.zeros_like(batch.response_mask)
+    rows = [(i, s) for i, t in enumerate(trajs) for s in t.samples]
+    for b, (i, s) in enumerate(rows):
+        for t, (k, m) in enumerate(zip(s.turn_index, s.loss_mask)):
+            out[b, t] = turn_adv[i][k] if m else 0.0
+            assert (k >= 0) == bool(m)   # sampled tokens carry their request, the tokens in between -1
+    return out
+
+
+def test_per_turn_credit_of_agent_episodes_by_hand(tiny):
+    """Request j = turn j. turn_return (γ 0.5, group std) and gigpo (γ 0.5, ω 1, no scaling) equal the hand
+    computation on every token, whether an episode is one merged row or a row per request; grpo gives every
+    sampled token its episode's advantage."""
+    merged, unmerged = turn_rollout(tiny, True), turn_rollout(tiny, False)
+    assert [len(t.samples) for t in merged] == [1] * 3 and [len(t.samples) for t in unmerged] == [3] * 3
+    for m, u in zip(merged, unmerged):   # greedy: the same episodes; the merged row's tokens of turn k = row k's
+        (row,) = m.samples
+        for k, s in enumerate(u.samples):
+            assert s.turn_index == [k] * len(s.completion_ids)
+            assert [t for t, j in zip(row.completion_ids, row.turn_index) if j == k] == s.completion_ids
+        assert [j for j, mask in zip(row.turn_index, row.loss_mask) if not mask] == [-1] * row.loss_mask.count(0)
+        assert m.turn_rewards == u.turn_rewards and m.turn_states == u.turn_states
+    assert [t.turn_rewards for t in merged] == [[0.0, 0.5, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    # the state of a turn = its request's prompt ids: turn 0 shared by all; turns 1, 2 by the two "a" episodes
+    s0, s1, s2 = (t.turn_states for t in merged)
+    assert s0 == s1 and s0[0] == s2[0] and s2[1] != s0[1] and s2[2] != s0[2] and len(set(s0)) == 3
+    # r~ = [0, .5, .5], [0, 0, 0], [0, 1, 0]; G (γ 0.5) = [.375, .75, .5], [0, 0, 0], [.5, 1, 0]
+    G = [[0.375, 0.75, 0.5], [0.0, 0.0, 0.0], [0.5, 1.0, 0.0]]
+    b = (0.375 + 0.0 + 0.5) / 3                                   # turn_return: the group mean and std of G_i0
+    std = math.sqrt(((0.375 - b) ** 2 + b ** 2 + (0.5 - b) ** 2) / 2)   # over episodes (not rows)
+    # gigpo: A^E = R - 2/3; A^S: turn 0 over the 3 episodes (mean b), turns 1 and 2 over the two "a" episodes
+    # (means .375 and .25), episode "b"'s turns 1 and 2 alone (0)
+    e = [1 / 3, -2 / 3, 1 / 3]
+    gigpo = [[e[0] + 0.375 - b, e[0] + 0.75 - 0.375, e[0] + 0.5 - 0.25],
+             [e[1] + 0.0 - b, e[1] + 0.0 - 0.375, e[1] + 0.0 - 0.25],
+             [e[2] + 0.5 - b, e[2], e[2]]]
+    grpo = [[(r - 2 / 3) / (3 ** -0.5 + 1e-4)] * 3 for r in (1.0, 0.0, 1.0)]   # (R - mean) / (std + eps), the default
+    for trajs in (merged, unmerged):
+        batch, adv = agent_advantages(trajs, "{name: turn_return, gamma: 0.5, scale_rewards: group}")
+        torch.testing.assert_close(adv, expected_per_token(trajs, batch, [[(g - b) / (std + 1e-4) for g in row]
+                                                                          for row in G]))
+        batch, adv = agent_advantages(trajs, "{name: gigpo, gamma: 0.5, omega: 1.0, scale_rewards: none}")
+        torch.testing.assert_close(adv, expected_per_token(trajs, batch, gigpo))
+        batch, adv = agent_advantages(trajs, "grpo")
+        torch.testing.assert_close(adv, expected_per_token(trajs, batch, grpo))
+
+
+@pytest.mark.parametrize("returns, message", [
+    ({"reward": 1.0, "turn_rewards": [0.0, 1.0]}, r"turn_rewards must hold one reward per model request \(the "
+                                                  r"episode made 3\)"),
+    ({"reward": 1.0, "turn_rewards": {3: 1.0}}, r"turn_rewards keys must be request indices 0\.\.2"),
+    ({"reward": 1.0, "turn_rewards": [0.0, "1", 0.0]}, "turn_rewards must be finite numbers"),
+    ({"reward": 1.0, "turn_rewards": [0.0, float("nan"), 0.0]}, "turn_rewards must be finite numbers"),
+    ({"turn_rewards": [0.0, 0.0, 1.0]}, r"a returned dict has the keys reward \(required\)"),
+    ({"reward": 1.0, "turn_reward": [0.0, 0.0, 1.0]}, r"a returned dict has .*got \['reward', 'turn_reward'\]"),
+])
+def test_bad_turn_rewards_name_the_function_episode_and_row(tiny, returns, message):
+    with pytest.raises(AgentError, match=r"agent rollout agent_helpers:turn_agent \(episode 0, dataset row 5\): "
+                                         + message):
+        turn_rollout(tiny, True, [("a", returns, None, None)], prompt_id=5)
