@@ -135,3 +135,17 @@ def test_saved_config_round_trips(tmp_path, capsys):
     code2, out2, _ = validate(capsys, str(path))
     assert code == code2 == 0
     assert yaml.safe_load(out2) == yaml.safe_load(out)
+
+
+@pytest.mark.parametrize("advantage", ["turn_return", "{name: gigpo, gamma: 0.9}"])
+def test_per_turn_credit_needs_a_workflow_that_records_turns(capsys, advantage):
+    """algo.advantage turn_return / gigpo validate with the workflows that record per-turn rewards (multi_turn,
+    agent, also asynchronously) and are refused with the reason for the others."""
+    for config in ("configs/tiny/arith_tool_calculator.yaml", "configs/tiny/arith_agent_calculator.yaml"):
+        for extra in ([], ["rollout.async_level=1"]):
+            code, _, err = validate(capsys, str(ROOT / config), f"algo.advantage={advantage}", *extra)
+            assert code == 0, (config, extra, err)
+    for config, workflow in ((GRPO, "single_turn"), (str(ROOT / "recipes/apr/tiny.yaml"), "apr")):
+        code, _, err = validate(capsys, config, f"algo.advantage={advantage}")
+        assert code == 2 and f"needs per-turn rewards, which rollout.workflow {workflow} does not record: use " \
+                              "rollout.workflow agent or multi_turn" in err, err
