@@ -32,8 +32,8 @@ class Sample:
     finish_reason: "stop" (EOS or a stop string) or "length" (hit max_tokens)
     loss_mask:     [len(completion_ids)] 1 = trained on; 0 for injected tool output or forced prefixes
     text:          decoded completion
-    turn_index:    [len(completion_ids)] multi-turn: the assistant turn (0, 1, ...) each sampled token belongs to,
-                   -1 for observation tokens; None for single-turn samples
+    turn_index:    [len(completion_ids)] multi-turn: the assistant turn (0, 1, ...) each sampled token belongs to
+                   (agent: its model request), -1 for observation tokens; None for single-turn samples
     """
     prompt_ids: list[int]
     completion_ids: list[int]
@@ -63,9 +63,10 @@ class Trajectory:
     policy_version: the policy version whose weights sampled it (the number of RL updates applied to them);
                   the learner's staleness on it is ``learner_version - policy_version`` (rlpost/async_rollout.py)
     turn_rewards: multi-turn: one reward per assistant turn (the environment's ``step`` reward answering it, 0 when
-                  it gave none); None for single-turn rollouts
+                  it gave none; agent: per model request, what the rollout returned, else 0); None for single-turn
     turn_states:  multi-turn: per assistant turn, a key of the state it started from (the hash of the observation
-                  tokens before it; turn 0: of the prompt), equal keys = the same state (GiGPO's anchor states)
+                  tokens before it; turn 0: of the prompt; agent: of the request's prompt ids), equal keys = the same
+                  state (GiGPO's anchor states)
     """
     prompt: Prompt
     group_id: int

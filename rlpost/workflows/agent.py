@@ -5,7 +5,7 @@ YAML::
     rollout:
       workflow:
         name: agent
-        rollout: my_package.agents:rollout   # async def rollout(client, row) -> reward | (messages, reward)
+        rollout: my_package.agents:rollout   # async def rollout(client, row) -> reward | (messages, reward) | dict
         max_requests: 8                       # model requests per episode (one more is answered 400)
         chat_template_kwargs: {}              # e.g. {enable_thinking: false}
         merge_prefix: true                    # a request that extends the previous one joins its row
@@ -48,6 +48,15 @@ Mechanics:
   when the template does not write ``tool_calls``, so that a re-render holds the call as sampled), and the
   arguments of ``tool_calls`` sent back are handed to the template as dicts. The trained ids stay the served
   ones either way.
+* Returns: a reward (a number), ``(messages, reward)`` (``reward`` None: the configured reward functions score
+  ``messages``), or ``{"reward": R, "turn_rewards": [r_0, r_1, ...], "messages": [...]}`` (the last two
+  optional): per-turn rewards, one per request, or ``{request index: r}`` with the others 0.
+* Per-turn credit (``algo.advantage: turn_return | gigpo``, rlpost/algos/turn_credit.py): turn j = request j in the
+  order recorded. Every sampled token carries j (``Sample.turn_index``; the prompt tokens between merged requests
+  -1); the trajectory carries ``turn_rewards`` (0 per turn when not returned: R counts at the last turn) and
+  ``turn_states`` = ``hash(tuple(prompt ids of request j))``: turns share a state when the policy saw exactly the
+  same context. An episode of several rows counts once in the statistics, each row gets its own turns'
+  advantages (``per_trajectory_turns``).
 * Errors: anything the user's rollout raises (an OpenAI error of a refused request included) becomes an
   :class:`AgentError` naming the function, the episode and the dataset row.
 """

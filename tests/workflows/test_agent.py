@@ -234,7 +234,8 @@ def agent_advantages(trajs, advantage: str):
     from rlpost.distributed import Runtime
     from rlpost.learner import FixedLogprobs
     batch = collate(trajs, pad_id=0)
-    return batch, AdvantageStep(load_config(None, [f"algo.advantage={advantage}"]).algo, Runtime())(batch, FixedLogprobs())[0]
+    step = AdvantageStep(load_config(None, [f"algo.advantage={advantage}"]).algo, Runtime())
+    return batch, step(batch, FixedLogprobs())[0]
 
 
 def expected_per_token(trajs, batch, turn_adv):
