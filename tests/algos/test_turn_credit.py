@@ -98,6 +98,40 @@ def test_gigpo_by_hand_with_std_and_omega():
     torch.testing.assert_close(adv, expected)
 
 
+def one_row_per_turn(inp):
+    """Each episode of ``inp`` as one row per turn, holding that turn's trained tokens (an agent episode of requests
+    that do not extend each other): (the rows' AdvantageInput, the episode of each row, the turn of each row)."""
+    rows = [(i, k, int(((inp.turn_index[i] == k) & (inp.response_mask[i] > 0)).sum()))
+            for i in range(len(inp.rewards)) for k in range(int((~torch.isnan(inp.turn_rewards[i])).sum()))]
+    episode, turn = torch.tensor([i for i, _, _ in rows]), torch.tensor([k for _, k, _ in rows])
+    index = torch.full((len(rows), max(n for _, _, n in rows)), -1)
+    for r, (_, k, n) in enumerate(rows):
+        index[r, :n] = k
+    split = AdvantageInput(rewards=inp.rewards[episode], group_ids=inp.group_ids[episode],
+                           response_mask=(index >= 0).float(), turn_index=index,
+                           turn_rewards=inp.turn_rewards[episode], turn_states=inp.turn_states[episode])
+    return split, episode, turn
+
+
+@pytest.mark.parametrize("name, params", [("turn_return", TurnReturnParams(gamma=0.5)),
+                                          ("gigpo", GiGPOParams(gamma=0.5, omega=0.5))])
+@pytest.mark.parametrize("batch", [three_episodes, gigpo_batch])
+def test_episodes_of_several_rows_get_each_turns_advantage(name, params, batch):
+    """per_trajectory_turns: an episode split into a row per turn gives every row's tokens the advantage its turn
+    has when the episode is one row (statistics over episodes, not rows: group std included)."""
+    from rlpost.algos.turn_credit import per_trajectory_turns
+    inp = batch()
+    fn = ADVANTAGES.get(name)
+    whole, _ = fn(inp, params)
+    split, episode, turn = one_row_per_turn(inp)
+    adv, _ = per_trajectory_turns(fn, params, split, episode)
+    for r in range(len(episode)):
+        i, k = int(episode[r]), int(turn[r])
+        value = whole[i][(inp.turn_index[i] == k) & (inp.response_mask[i] > 0)][0]
+        torch.testing.assert_close(adv[r], value * split.response_mask[r])
+    assert not torch.allclose(fn(split, params)[0][:, 0], adv[:, 0])   # row-level statistics would differ
+
+
 def test_estimators_refuse_single_turn_batches():
     inp = AdvantageInput(rewards=torch.ones(2), group_ids=torch.zeros(2, dtype=torch.long), response_mask=torch.ones(2, 3))
     with pytest.raises(ValueError, match="turn_return needs per-turn rewards: use it with rollout.workflow multi_turn"):

@@ -206,10 +206,10 @@ def test_an_engine_error_is_named_with_the_episode():
 
 # ---------------------------------------------------------------------------------------------- per-turn credit
 
-TURN_EPISODES = [   # one prompt group of three episodes: (tag, what the rollout returns, r~ per request, R)
-    ("a", {"reward": 1.0, "turn_rewards": [0.0, 0.5, 0.0]}, [0.0, 0.5, 0.5], 1.0),   # 0.5 of R beyond Σr: last turn
-    ("a", 0.0, [0.0, 0.0, 0.0], 0.0),                                                   # no turn rewards: R at the end
-    ("b", {"reward": 1.0, "turn_rewards": {1: 1.0}}, [0.0, 1.0, 0.0], 1.0),            # a dict {request: reward}
+TURN_EPISODES = [   # one prompt group of three episodes: (tag, what the rollout returns)
+    ("a", {"reward": 1.0, "turn_rewards": [0.0, 0.5, 0.0]}),   # r~ = [0, .5, .5]: R beyond Σr at the last turn
+    ("a", 0.0),                                                 # no turn rewards: r~ = [0, 0, 0] (R at the end)
+    ("b", {"reward": 1.0, "turn_rewards": {1: 1.0}}),           # a dict {request: reward}: r~ = [0, 1, 0]
 ]
 
 
@@ -219,7 +219,7 @@ def turn_rollout(tiny, merge_prefix, episodes=TURN_EPISODES, prompt_id=0):
     tok, model = tiny
     wf = AgentWorkflow(HFEngine(model, tok), tok, rollout="agent_helpers:turn_agent", merge_prefix=merge_prefix)
     rows = [Prompt(prompt_id, "", [{"role": "user", "content": "12+34="}], {"tag": tag, "returns": out})
-            for tag, out, _, _ in episodes]
+            for tag, out in episodes]
     trajs = wf.rollout(rows, SamplingParams(n=1, temperature=0.0, max_tokens=8, seed=0))
     for t in trajs:
         t.reward = t.info["agent_reward"]
@@ -299,4 +299,4 @@ def test_per_turn_credit_of_agent_episodes_by_hand(tiny):
 def test_bad_turn_rewards_name_the_function_episode_and_row(tiny, returns, message):
     with pytest.raises(AgentError, match=r"agent rollout agent_helpers:turn_agent \(episode 0, dataset row 5\): "
                                          + message):
-        turn_rollout(tiny, True, [("a", returns, None, None)], prompt_id=5)
+        turn_rollout(tiny, True, [("a", returns)], prompt_id=5)
