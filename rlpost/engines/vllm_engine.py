@@ -25,6 +25,14 @@ top-p the processor records log(kept mass) per token and the engine adds it back
 log softmax(z), as in the hf engine. vLLM applies the repetition penalty after rlpost's processor, so the processor
 applies it itself (to its own copy) where it computes entropies and kept mass.
 
+Continuous batching (:class:`EngineDriver`): ``generate`` may be called from many threads at once. vLLM 0.32's
+``AsyncLLM`` always runs its engine core in another process, so the driver steps the in-process core
+(``LLM.llm_engine``) itself: each call queues its rows, one waiting thread adds them (``LLM.enqueue``, as
+``LLM.generate`` does) and steps the engine until its own call is done, then hands over; rows that arrive while
+others run join the batch at the next step. Per-row seeds make a row's sample independent of its batch. Weight and
+adapter loads, ``score`` and ``close`` wait for the calls in flight (sleep mode: the first call wakes the engine,
+the last one to end puts it to sleep).
+
 Tensor parallelism (``tensor_parallel_size`` > 1; ``rollout.tensor_parallel_size``; ``rlpost serve
 --tensor-parallel-size`` runs the async engine, rlpost/engines/vllm_async.py, with the same keywords): the engine
 core stays in this process, the model runs in one vLLM worker process per rank. A weight sync then goes through a
