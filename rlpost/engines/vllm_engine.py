@@ -204,7 +204,10 @@ class _Call:
         """Unregister the call and keep its records (rank 0's under TP: every rank sampled the same rows)."""
         from rlpost.engines.vllm_worker import take_records
         if self.spec is not None and self.remote:
-            self.records = llm.collective_rpc("rlpost_take_records", args=(self.id, len(self.prompts)))[0]
+            entropies, log_mass, error = llm.collective_rpc("rlpost_take_records", args=(self.id, len(self.prompts)))[0]
+            if error is not None:
+                raise EngineError(f"vllm engine: a logits processor raised on the tensor-parallel ranks: {error}")
+            self.records = entropies, log_mass
         elif self.spec is not None:
             self.records = take_records(self.id, len(self.prompts))
 

@@ -231,10 +231,15 @@ class RlpostWorkerExtension:
         self.rlpost_load_weights(weights)
         return [len(weights), weights_fingerprint(weights)]
 
-    def rlpost_take_records(self, call_id: str, num_rows: int) -> tuple[list | None, list | None]:
+    def rlpost_take_records(self, call_id: str, num_rows: int) -> tuple:
         """:func:`take_records` in this worker's process: how an engine whose processor runs elsewhere (TP ranks,
-        the async engine's core) gets a call's records; ``collective_rpc`` clears them on every rank."""
-        return take_records(call_id, num_rows)
+        the async engine's core) gets a call's records; ``collective_rpc`` clears them on every rank. Returns
+        (entropy rows, kept-mass rows, error): what a processor raised comes back as "Type: message" (raising here
+        would leave the other ranks' replies queued for the executor's next call) and the caller raises it."""
+        try:
+            return (*take_records(call_id, num_rows), None)
+        except Exception as err:
+            return None, None, f"{type(err).__name__}: {err}"
 
     def rlpost_init_communicator(self, host: str, port: int, rank: int, world_size: int, backend: str,
                                  timeout_s: float) -> bool:
