@@ -71,7 +71,8 @@ def test_agent_workflow_trains_on_the_served_ids(engine, tok, tiny_model_path):
     assert len(trajs) == 4 and all(t.info["requests"] >= 1 and t.samples[0].completion_ids for t in trajs)
     # both engines batch continuously: each request is its own call, seeded by (episode, request), not by timing
     again = wf.rollout(prompts, SamplingParams(n=2, max_tokens=12, seed=0))
-    assert [[s.completion_ids for s in t.samples] for t in again] == [[s.completion_ids for s in t.samples] for t in trajs]
+    ids = lambda ts: [[s.completion_ids for s in t.samples] for t in ts]   # noqa: E731
+    assert ids(again) == ids(trajs)
     model = load_model(str(tiny_model_path), ModelConfig(), "cpu").eval()
     batch = collate(trajs, tok.pad_token_id)
     with torch.no_grad():
