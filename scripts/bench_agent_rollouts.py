@@ -3,14 +3,16 @@ takes a random 0-``--latency-ms`` ms (an ``async def step``, standing in for a t
 
     python scripts/bench_agent_rollouts.py                      # hf engine, tiny:qwen2:arithmetic, 32 episodes
     python scripts/bench_agent_rollouts.py --episodes 64 --latency-ms 500 --repeats 3
+    python scripts/bench_agent_rollouts.py --engine vllm         # colocated vLLM engine in this process
     python scripts/bench_agent_rollouts.py --engine vllm_server  # starts one `rlpost serve` worker
 
 The environment is the guess-the-number game (rlpost/envs/examples.py GuessNumberEnv); each answer's latency is
 drawn from a generator seeded by (prompt id, turn), so both schedules see the same latencies. Prints episodes
 per second of each schedule and "speedup X.XX" (per_episode / lockstep). Engines: hf on the learner's model
-object (per_episode batches the episodes waiting whenever the engine is free), or vllm_server on one `rlpost serve`
-worker this script starts (per_episode sends each episode's turn as its own request the moment it is ready; the
-worker's async vLLM engine batches them continuously).
+object (per_episode batches the episodes waiting whenever the engine is free); vllm, the colocated engine in this
+process, or vllm_server, one `rlpost serve` worker this script starts: per_episode sends each episode's turn as its
+own call the moment it is ready, and the engine batches them continuously (vllm: rlpost's driver over the in-process
+engine core; vllm_server: the worker's async vLLM engine).
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def main() -> None:
     ap.add_argument("--max-turns", type=int, default=4)
     ap.add_argument("--latency-ms", type=float, default=500.0)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--engine", choices=["hf", "vllm_server"], default="hf")
+    ap.add_argument("--engine", choices=["hf", "vllm", "vllm_server"], default="hf")
     ap.add_argument("--max-tokens", type=int, default=6, help="sampled tokens per turn")
     args = ap.parse_args()
 
@@ -63,6 +65,9 @@ def main() -> None:
     tok = load_tokenizer(path, cfg)
     if args.engine == "hf":
         engine = HFEngine(load_model(path, cfg, device="cpu", frozen=True), tok)
+    elif args.engine == "vllm":
+        from rlpost.engines.vllm_engine import VLLMEngine
+        engine = VLLMEngine(str(path), tok, dtype="float32", gpu_memory_utilization=0.2, max_model_len=512)
     else:
         from rlpost.engines.vllm_server import VLLMServerEngine, start_workers
         workers = start_workers(str(path), 1, engine_args=["--dtype", "float32", "--gpu-memory-utilization", "0.2",

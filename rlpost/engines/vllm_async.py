@@ -133,7 +133,11 @@ class AsyncVLLMEngine:
         finally:
             records = (None, None)
             if wants:
-                records = merge_records(await self.on_every_engine("rlpost_take_records", call_id, len(prompts)))
+                per_core = await self.on_every_engine("rlpost_take_records", call_id, len(prompts))
+                errors = [core[2] for core in per_core if len(core) > 2 and core[2] is not None]
+                if errors:
+                    raise EngineError(f"vllm async engine: rlpost's logits processor raised: {errors[0]}")
+                records = merge_records(per_core)
         return to_samples(self.tokenizer, requests, params.n, outputs, *records)
 
     async def on_every_engine(self, method: str, *args) -> list:

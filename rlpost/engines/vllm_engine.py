@@ -25,6 +25,14 @@ top-p the processor records log(kept mass) per token and the engine adds it back
 log softmax(z), as in the hf engine. vLLM applies the repetition penalty after rlpost's processor, so the processor
 applies it itself (to its own copy) where it computes entropies and kept mass.
 
+Continuous batching (:class:`EngineDriver`): ``generate`` may be called from many threads at once. vLLM 0.32's
+``AsyncLLM`` always runs its engine core in another process, so the driver steps the in-process core
+(``LLM.llm_engine``) itself: each call queues its rows, one waiting thread adds them (``LLM.enqueue``, as
+``LLM.generate`` does) and steps the engine until its own call is done, then hands over; rows that arrive while
+others run join the batch at the next step. Per-row seeds make a row's sample independent of its batch. Weight and
+adapter loads, ``score`` and ``close`` wait for the calls in flight (sleep mode: the first call wakes the engine,
+the last one to end puts it to sleep).
+
 Tensor parallelism (``tensor_parallel_size`` > 1; ``rollout.tensor_parallel_size``; ``rlpost serve
 --tensor-parallel-size`` runs the async engine, rlpost/engines/vllm_async.py, with the same keywords): the engine
 core stays in this process, the model runs in one vLLM worker process per rank. A weight sync then goes through a
@@ -42,10 +50,12 @@ instead, whatever the rest of the batch is.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from typing import Iterable
@@ -169,9 +179,202 @@ def tensor_parallel_kwargs(tensor_parallel_size: int, data_parallel_size: int = 
     return {"tensor_parallel_size": tensor_parallel_size, "distributed_executor_backend": "mp"}
 
 
+class _Call:
+    """One ``generate`` call inside :class:`EngineDriver`: its vLLM rows, the adapter they run with, what it asks
+    of rlpost's logits processor (``spec``, None when nothing) and, once done, its outputs, records or error."""
+
+    def __init__(self, call_id: str, prompts: list, sps: list, lora, spec, remote: bool):
+        self.id, self.prompts, self.sps, self.lora, self.spec, self.remote = call_id, prompts, sps, lora, spec, remote
+        self.outputs: list = [None] * len(prompts)
+        self.left = len(prompts)
+        self.request_ids: list[str] = []   # vLLM's internal ids, for aborting
+        self.records: tuple = (None, None)
+        self.error: BaseException | None = None
+        self.done = False
+
+    def open(self, llm) -> None:
+        """Register the call with the logits processor (in this process, or on every TP rank)."""
+        from rlpost.engines.vllm_worker import register_call
+        if self.spec is not None and self.remote:
+            llm.collective_rpc("rlpost_register_call", args=(self.id, self.spec))
+        elif self.spec is not None:
+            register_call(self.id, self.spec)
+
+    def close(self, llm) -> None:
+        """Unregister the call and keep its records (rank 0's under TP: every rank sampled the same rows)."""
+        from rlpost.engines.vllm_worker import take_records
+        if self.spec is not None and self.remote:
+            entropies, log_mass, error = llm.collective_rpc("rlpost_take_records", args=(self.id, len(self.prompts)))[0]
+            if error is not None:
+                raise EngineError(f"vllm engine: a logits processor raised on the tensor-parallel ranks: {error}")
+            self.records = entropies, log_mass
+        elif self.spec is not None:
+            self.records = take_records(self.id, len(self.prompts))
+
+
+class EngineDriver:
+    """Continuous batching over vLLM's in-process engine core (``LLM.llm_engine``), for calls from many threads.
+
+    ``run(call)`` queues the call's rows and waits for them. Whichever waiting thread finds nobody stepping becomes
+    the stepper: it adds the queued rows (``LLM.enqueue``: rendered and added as ``LLM.generate`` adds them), runs
+    ``llm_engine.step()`` and hands each finished row to its call, until its own call is done; then a waiting
+    thread takes over. Rows queued while others run thus join the running batch at the next step, and only the
+    stepper touches the engine. An error while adding a call's rows fails that call alone; an error in a step
+    fails every call whose rows were running (they are aborted), and the calls queued after it go on.
+
+    The gate: :meth:`in_flight` brackets a call (``on_first`` runs before the first of overlapping calls starts,
+    ``on_last`` after the last ends: wake / sleep); :meth:`exclusive` (weight and adapter loads, score, close)
+    waits until no call is in flight and keeps new calls waiting until it ends."""
+
+    def __init__(self, llm, on_first=None, on_last=None):
+        self.llm, self.on_first, self.on_last = llm, on_first, on_last
+        self.cv = threading.Condition()
+        self.queued: list[_Call] = []
+        self.running: dict[str, tuple[_Call, int]] = {}   # vLLM request id -> (call, row); the stepper's
+        self.stepping = False
+        self.calls = 0             # calls in flight
+        self.exclusive_waiting = 0
+        self.exclusive_held = False
+
+    # ------------------------------------------------------------------ the gate
+    @contextlib.contextmanager
+    def in_flight(self):
+        with self.cv:
+            while self.exclusive_held or self.exclusive_waiting:
+                self.cv.wait()
+            if self.calls == 0 and self.on_first is not None:
+                self.on_first()
+            self.calls += 1
+        try:
+            yield
+        finally:
+            with self.cv:
+                self.calls -= 1
+                if self.calls == 0:
+                    try:
+                        if self.on_last is not None:
+                            self.on_last()
+                    finally:
+                        self.cv.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        with self.cv:
+            self.exclusive_waiting += 1
+            try:
+                while self.calls or self.exclusive_held:
+                    self.cv.wait()
+            finally:
+                self.exclusive_waiting -= 1
+            self.exclusive_held = True
+        try:
+            yield
+        finally:
+            with self.cv:
+                self.exclusive_held = False
+                self.cv.notify_all()
+
+    # ------------------------------------------------------------------ calls
+    def run(self, call: _Call) -> _Call:
+        """Queue ``call``'s rows and return the call once all of them finished; raises the call's error."""
+        with self.cv:
+            self.queued.append(call)
+            while not call.done and self.stepping:
+                self.cv.wait()
+            lead = not call.done
+            self.stepping = self.stepping or lead
+        if lead:
+            try:
+                self._step_until(call)
+            finally:
+                with self.cv:
+                    self.stepping = False
+                    self.cv.notify_all()
+        return self._result(call)
+
+    @staticmethod
+    def _result(call: _Call) -> _Call:
+        if call.error is not None:
+            raise call.error
+        return call
+
+    def _step_until(self, call: _Call) -> None:
+        engine = self.llm.llm_engine
+        while True:
+            with self.cv:
+                if call.done:
+                    return
+                new, self.queued = self.queued, []
+            for c in new:
+                self._add(c)
+            if not self.running:
+                if not call.done:   # cannot happen: every added row is running until it finishes
+                    self._finish(call, EngineError(f"vllm engine: call {call.id} has rows left but none running"))
+                continue
+            try:
+                outputs = engine.step()
+            except Exception as err:
+                self._fail_running(err)
+                continue
+            for out in outputs:
+                if out.finished and out.request_id in self.running:
+                    owner, row = self.running.pop(out.request_id)
+                    owner.outputs[row] = out
+                    owner.left -= 1
+                    if owner.left == 0:
+                        self._finish(owner)
+            for c in self._running_calls():   # a logits processor of this call raised: stop its rows now
+                if c.spec is not None and c.spec.error is not None:
+                    self._abort(c, c.spec.error)
+
+    def _add(self, call: _Call) -> None:
+        try:
+            call.open(self.llm)
+            call.request_ids = self.llm.enqueue(call.prompts, call.sps, lora_request=call.lora, use_tqdm=False)
+        except Exception as err:   # enqueue aborts the rows it added before failing
+            self._finish(call, err)
+            return
+        for row, rid in enumerate(call.request_ids):   # outputs carry the id given (vLLM adds "-<random>")
+            self.running[rid.rsplit("-", 1)[0]] = (call, row)
+        if not call.request_ids:
+            self._finish(call)
+
+    def _running_calls(self) -> list[_Call]:
+        return list({id(c): c for c, _ in self.running.values()}.values())
+
+    def _fail_running(self, err: Exception) -> None:
+        for c in self._running_calls():
+            failure = EngineError(f"vllm engine: a generation step failed while this call's rows ran "
+                                  f"({type(err).__name__}: {err})")
+            failure.__cause__ = err
+            self._abort(c, failure)
+
+    def _abort(self, call: _Call, error: BaseException) -> None:
+        """Take ``call``'s rows out of the engine and fail it with ``error``."""
+        self.running = {rid: v for rid, v in self.running.items() if v[0] is not call}
+        try:
+            self.llm.llm_engine.abort_request(call.request_ids, internal=True)
+        except Exception:   # pragma: no cover - the error being reported is the one that matters
+            log.exception("vllm engine: aborting the rows of call %s", call.id)
+        self._finish(call, error)
+
+    def _finish(self, call: _Call, error: BaseException | None = None) -> None:
+        try:
+            call.close(self.llm)
+        except Exception as err:
+            error = error or err
+        with self.cv:
+            call.error, call.done = error, True
+            self.cv.notify_all()
+
+
 @ENGINES.register("vllm")
 class VLLMEngine:
     """``vllm.LLM`` in this process; see the module docstring for the conventions."""
+
+    # generate may be called from many threads at once; their rows are batched continuously (EngineDriver):
+    # per-episode rollouts send each episode's turn as its own call (rlpost/workflows/multi_turn.py Batcher)
+    continuous_batching = True
 
     def __init__(self, model_path: str, tokenizer, *, dtype: str = "auto", gpu_memory_utilization: float = 0.3,
                  max_model_len: int | None = None, max_completion_length: int = 256,
@@ -224,6 +427,7 @@ class VLLMEngine:
                                  "what this process already uses; try 0.2-0.5)") from err
             raise
         self.sleeping = False
+        self.driver = EngineDriver(self.llm, on_first=self._wake, on_last=self._sleep if self.sleep_mode else None)
         self.max_lora_rank = max_lora_rank
         self.adapters = EngineAdapters(max_lora_rank, max_loras) if max_lora_rank else None
         log.info("vLLM engine ready in %.1f s (max_model_len %d)", time.perf_counter() - start, self.max_model_len)
@@ -245,11 +449,11 @@ class VLLMEngine:
     # ------------------------------------------------------------------ generation
     def generate(self, requests: list[GenRequest], params: SamplingParams, seed_offset: int = 0) -> list[Sample]:
         """len(requests) * params.n samples, request-major. ``seed_offset``: index of requests[0] in a larger batch
-        (``rlpost serve`` workers get slices of one batch)."""
-        from rlpost.engines.vllm_worker import ROW_KEY, register_call, take_records
+        (``rlpost serve`` workers get slices of one batch). Thread-safe: concurrent calls share the running batch
+        (:class:`EngineDriver`); each call's rows run with the adapter active when it started."""
+        from rlpost.engines.vllm_worker import ROW_KEY
 
         self._check_lengths(requests, params)
-        self._wake()
         spec = call_spec(params, self.pad_id)
         needs_processor = bool(spec.processors) or spec.want_entropy or spec.truncates
         call_id = uuid.uuid4().hex
@@ -257,22 +461,14 @@ class VLLMEngine:
                                  lambda row: {ROW_KEY: f"{call_id}:{row}"} if needs_processor else None)
         remote = needs_processor and self.tensor_parallel_size > 1   # the processor runs in the ranks' processes
         if remote:
-            self._register_on_ranks(call_id, spec)
-        elif needs_processor:
-            register_call(call_id, spec)
-        try:
-            outputs = self.llm.generate(prompts, sps, use_tqdm=False, lora_request=self.active_lora)
-        finally:
-            if remote:   # every rank sampled the same rows; rank 0's records are the ones returned
-                entropies, log_mass = self.llm.collective_rpc("rlpost_take_records", args=(call_id, len(prompts)))[0]
-            else:
-                entropies, log_mass = take_records(call_id, len(prompts))
-            if self.sleep_mode:
-                self._sleep()
-        return to_samples(self.tokenizer, requests, params.n, outputs, entropies, log_mass)
+            self._check_picklable(spec)
+        with self.driver.in_flight():   # the first of overlapping calls wakes the engine, the last puts it to sleep
+            call = self.driver.run(_Call(call_id, prompts, sps, self.active_lora,
+                                         spec if needs_processor else None, remote))
+        return to_samples(self.tokenizer, requests, params.n, call.outputs, *call.records)
 
-    def _register_on_ranks(self, call_id: str, spec) -> None:
-        """Tensor parallelism: hand the call's spec (its logits processors included) to every rank's process."""
+    def _check_picklable(self, spec) -> None:
+        """Tensor parallelism: the call's spec (its logits processors included) goes to every rank's process."""
         import pickle
         try:
             pickle.dumps(spec.processors)
@@ -280,7 +476,6 @@ class VLLMEngine:
             raise EngineError(f"vllm engine with tensor_parallel_size={self.tensor_parallel_size}: the logits "
                               f"processors must be picklable to reach the TP ranks' processes "
                               f"({type(err).__name__}: {err}); define them as module-level classes or functions")
-        self.llm.collective_rpc("rlpost_register_call", args=(call_id, spec))
 
     def _check_lengths(self, requests: list[GenRequest], params: SamplingParams) -> None:
         longest = max((len(r.prompt_ids) for r in requests), default=0)
@@ -295,14 +490,15 @@ class VLLMEngine:
         from vllm import SamplingParams as VLLMSamplingParams
         from vllm.inputs import TokensPrompt
 
-        self._wake()
-        try:
-            prompts = [TokensPrompt(prompt_token_ids=list(p) + list(c)) for p, c in sequences]
-            outs = self.llm.generate(prompts, VLLMSamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0),
-                                     use_tqdm=False, lora_request=self.active_lora)
-        finally:
-            if self.sleep_mode:
-                self._sleep()
+        with self.driver.exclusive():
+            self._wake()
+            try:
+                prompts = [TokensPrompt(prompt_token_ids=list(p) + list(c)) for p, c in sequences]
+                outs = self.llm.generate(prompts, VLLMSamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0),
+                                         use_tqdm=False, lora_request=self.active_lora)
+            finally:
+                if self.sleep_mode:
+                    self._sleep()
         result = []
         for (p, c), out in zip(sequences, outs):
             full = list(p) + list(c)
@@ -313,6 +509,10 @@ class VLLMEngine:
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Learner weights (HF names) -> vLLM, in place; the prefix cache is reset (its KV used the old weights)."""
         weights = [(name, t.detach()) for name, t in named_tensors]
+        with self.driver.exclusive():
+            self._load_weights(weights)
+
+    def _load_weights(self, weights: list) -> None:
         self._wake()   # and stay awake: the next call is the rollout
         if self.tensor_parallel_size == 1:   # the worker is in this process: hand it the tensors themselves
             self.llm.collective_rpc("rlpost_load_weights", args=(weights,))
@@ -338,22 +538,27 @@ class VLLMEngine:
         if self.adapters is None:
             raise EngineError(f"vllm engine: adapter {adapter.name!r} sent to an engine started without LoRA "
                               "(max_lora_rank unset; rlpost serve: --max-lora-rank)")
-        self._wake()
-        request, evicted = self.adapters.stage(adapter)
-        for old in evicted:
-            self.llm.llm_engine.remove_lora(old)
-        self.llm.llm_engine.add_lora(request)
-        self.adapters.active = request
+        with self.driver.exclusive():
+            self._wake()
+            request, evicted = self.adapters.stage(adapter)
+            for old in evicted:
+                self.llm.llm_engine.remove_lora(old)
+            self.llm.llm_engine.add_lora(request)
+            self.adapters.active = request
 
     def use_adapter(self, name: str) -> bool:
         """Make the live adapter ``name`` the active one; False when it is not live (load it instead)."""
-        return self.adapters is not None and self.adapters.use(name)
+        if self.adapters is None:
+            return False
+        with self.driver.exclusive():
+            return self.adapters.use(name)
 
     def live_adapters(self) -> list[str]:
         return self.adapters.live.names() if self.adapters is not None else []
 
     def reset_prefix_cache(self) -> None:
-        self.llm.reset_prefix_cache()
+        with self.driver.exclusive():
+            self.llm.reset_prefix_cache()
 
     def _sleep(self) -> None:
         if not self.sleeping:
@@ -372,7 +577,8 @@ class VLLMEngine:
         llm = getattr(self, "llm", None)
         if llm is None:
             return
-        self.llm = None
+        with self.driver.exclusive():   # after the calls in flight
+            self.llm = self.driver.llm = None
         if getattr(self, "adapters", None) is not None:
             self.adapters.close()
         try:

@@ -53,6 +53,7 @@ class CallSpec:
     # filled during generation: (step, rows [n], values [n]) per batch group, turned into per-row lists at the end
     entropy_records: list = field(default_factory=list)
     mass_records: list = field(default_factory=list)
+    error: Exception | None = None       # what a processor raised: the call's rows are left alone from then on
 
     def wire(self) -> dict:
         """The fields a worker in another process needs to rebuild this spec (no Python processors)."""
@@ -136,31 +137,38 @@ class RlpostLogitsProcessor(LogitsProcessor):
                 groups.setdefault((call_id, len(output_ids)), []).append(index)
         for (call_id, step), indices in groups.items():
             spec = _CALLS.get(call_id)
-            if spec is None:
+            if spec is None or spec.error is not None:
                 continue
-            idx = torch.tensor(indices, device=logits.device)
-            rows = [self.rows[i][1] for i in indices]
-            z = logits.index_select(0, idx).float()
-            if spec.processors:
-                # the [n, L] token history is rebuilt in Python from every row's ids: only for processors that read it
-                history = self._history(indices, spec.pad_id, logits.device) if spec.needs_history else None
-                for proc in spec.processors:
-                    z = proc(step, history, z)
-                logits.index_copy_(0, idx, z.to(logits.dtype))
-            if spec.want_entropy or spec.truncates:
-                if spec.repetition_penalty != 1.0:  # vLLM penalises after this processor: mirror it for the records
-                    seen = seen_tokens([self.rows[i][2] + list(self.rows[i][3]) for i in indices], z.shape[-1], z.device)
-                    z = apply_repetition_penalty(z, seen, spec.repetition_penalty)
-                scaled = z / spec.temperature if spec.temperature > 0 else z
-                logp = torch.log_softmax(scaled, dim=-1)
-                if spec.want_entropy:
-                    ent = entropy_from_logprobs(logp)
-                    spec.entropy_records.append((step, rows, ent.detach().cpu()))
-                if spec.truncates:
-                    kept = filter_top_k_top_p(filter_min_p(scaled, spec.min_p), spec.top_k, spec.top_p)
-                    log_mass = torch.logsumexp(kept, -1) - torch.logsumexp(scaled, -1)
-                    spec.mass_records.append((step, rows, log_mass.detach().cpu()))
+            try:
+                self._apply_call(spec, step, indices, logits)
+            except Exception as err:   # fails this call alone (the engine raises it), not the batch it shares
+                spec.error = err
         return logits
+
+    def _apply_call(self, spec: CallSpec, step: int, indices: list[int], logits: torch.Tensor) -> None:
+        """One call's rows at one decoding step: its processors (logits changed in place) and its records."""
+        idx = torch.tensor(indices, device=logits.device)
+        rows = [self.rows[i][1] for i in indices]
+        z = logits.index_select(0, idx).float()
+        if spec.processors:
+            # the [n, L] token history is rebuilt in Python from every row's ids: only for processors that read it
+            history = self._history(indices, spec.pad_id, logits.device) if spec.needs_history else None
+            for proc in spec.processors:
+                z = proc(step, history, z)
+            logits.index_copy_(0, idx, z.to(logits.dtype))
+        if spec.want_entropy or spec.truncates:
+            if spec.repetition_penalty != 1.0:  # vLLM penalises after this processor: mirror it for the records
+                seen = seen_tokens([self.rows[i][2] + list(self.rows[i][3]) for i in indices], z.shape[-1], z.device)
+                z = apply_repetition_penalty(z, seen, spec.repetition_penalty)
+            scaled = z / spec.temperature if spec.temperature > 0 else z
+            logp = torch.log_softmax(scaled, dim=-1)
+            if spec.want_entropy:
+                ent = entropy_from_logprobs(logp)
+                spec.entropy_records.append((step, rows, ent.detach().cpu()))
+            if spec.truncates:
+                kept = filter_top_k_top_p(filter_min_p(scaled, spec.min_p), spec.top_k, spec.top_p)
+                log_mass = torch.logsumexp(kept, -1) - torch.logsumexp(scaled, -1)
+                spec.mass_records.append((step, rows, log_mass.detach().cpu()))
 
     def _history(self, indices: list[int], pad_id: int, device) -> torch.Tensor:
         """[n, L] left-padded prompt + generated ids of the rows (what the hf engine passes as input_ids)."""
@@ -175,11 +183,13 @@ class RlpostLogitsProcessor(LogitsProcessor):
 
 def take_records(call_id: str, num_rows: int) -> tuple[list | None, list | None]:
     """Unregister a call and return its per-row records: ([row] {step: entropy} or None, [row] {step: log kept
-    mass} or None)."""
+    mass} or None); raises what one of the call's logits processors raised."""
     with _CALLS_LOCK:
         spec = _CALLS.pop(call_id, None)
     if spec is None:
         return None, None
+    if spec.error is not None:
+        raise spec.error
     return (spec.per_row(spec.entropy_records, num_rows) if spec.want_entropy else None,
             spec.per_row(spec.mass_records, num_rows) if spec.truncates else None)
 
@@ -221,10 +231,15 @@ class RlpostWorkerExtension:
         self.rlpost_load_weights(weights)
         return [len(weights), weights_fingerprint(weights)]
 
-    def rlpost_take_records(self, call_id: str, num_rows: int) -> tuple[list | None, list | None]:
+    def rlpost_take_records(self, call_id: str, num_rows: int) -> tuple:
         """:func:`take_records` in this worker's process: how an engine whose processor runs elsewhere (TP ranks,
-        the async engine's core) gets a call's records; ``collective_rpc`` clears them on every rank."""
-        return take_records(call_id, num_rows)
+        the async engine's core) gets a call's records; ``collective_rpc`` clears them on every rank. Returns
+        (entropy rows, kept-mass rows, error): what a processor raised comes back as "Type: message" (raising here
+        would leave the other ranks' replies queued for the executor's next call) and the caller raises it."""
+        try:
+            return (*take_records(call_id, num_rows), None)
+        except Exception as err:
+            return None, None, f"{type(err).__name__}: {err}"
 
     def rlpost_init_communicator(self, host: str, port: int, rank: int, world_size: int, backend: str,
                                  timeout_s: float) -> bool:

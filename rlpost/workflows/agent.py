@@ -25,8 +25,9 @@ Mechanics:
 * Each episode (prompts x ``params.n``) gets its own ``openai.AsyncOpenAI`` whose HTTP client talks to an
   in-process ASGI app (:func:`agent_app`, ``httpx.ASGITransport``: no socket) serving ``/v1/chat/completions``,
   ``/v1/completions`` and ``/v1/models`` over the rollout engine (hf, vllm or vllm_server); a header names the
-  episode. Episodes run concurrently on one event loop; :class:`Batcher` gathers the requests waiting at the same
-  time into one ``engine.generate`` call (on one worker thread).
+  episode. Episodes run concurrently on one event loop; :class:`Batcher` sends each request as its own engine call
+  to an engine that batches continuously (``vllm``, ``vllm_server``) and, on ``hf``, gathers the requests waiting
+  at the same time into one ``engine.generate`` call (on one worker thread).
 * Recorded per request, on the serving side: the prompt ids (the chat template's rendering of the request's
   messages, rlpost/serving/openai_api.py ``chat_prompt``), the sampled completion ids and the sampler's log-probs.
   Training uses those ids, never a re-tokenisation of the agent's messages (token-in/token-out).
@@ -226,21 +227,31 @@ def tool_call_message(text: str, raw: str, parser: str, keep_text: bool, call_id
 
 
 class Batcher:
-    """Requests wait (``await generate(request, params)``); whenever the engine is free, one ``engine.generate``
-    call on one worker thread takes every waiting request with the same stop strings, sampled up to the largest
-    ``max_tokens`` among them and each cut to its own (which leaves the earlier tokens' distribution as is)."""
+    """Requests wait (``await generate(request, params)``) for the engine.
+
+    * An engine that batches continuously itself (``engine.continuous_batching``: ``vllm``, ``vllm_server``) gets
+      each request as its own call the moment it is made, from a thread pool (one call in flight per waiting
+      request); its seed is the request's own (``stable_seed``), so the samples do not depend on timing.
+    * Any other engine (hf): whenever it is free, one ``engine.generate`` call on one worker thread takes every
+      waiting request with the same stop strings, sampled up to the largest ``max_tokens`` among them and each cut
+      to its own (which leaves the earlier tokens' distribution as is)."""
 
     def __init__(self, engine, tokenizer):
         from concurrent.futures import ThreadPoolExecutor
         self.engine, self.tokenizer = engine, tokenizer
         self.waiting: list[tuple[GenRequest, SamplingParams, asyncio.Future]] = []
         self.busy = False
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="rlpost-agent-engine")
+        self.continuous = bool(getattr(engine, "continuous_batching", False))
+        self.thread = ThreadPoolExecutor(64 if self.continuous else 1, thread_name_prefix="rlpost-agent-engine")
 
     def close(self) -> None:
         self.thread.shutdown(wait=False)
 
     async def generate(self, request: GenRequest, params: SamplingParams) -> Sample:
+        if self.continuous:   # its own call, scheduled with whatever the engine runs
+            out = await asyncio.get_running_loop().run_in_executor(
+                self.thread, lambda: self.engine.generate([request], params))
+            return out[0]
         future = asyncio.get_running_loop().create_future()
         self.waiting.append((request, params, future))
         self._kick()

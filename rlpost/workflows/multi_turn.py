@@ -240,8 +240,9 @@ class ChatDelta:
 class Batcher:
     """``schedule: per_episode``'s scheduler: episodes ask for their next turn (``await generate(ep)``).
 
-    * An engine that batches continuously itself (``engine.continuous_batching``: ``vllm_server``, whose workers
-      run vLLM's async engine) gets each episode's turn as its own call the moment it is ready, from a thread
+    * An engine that batches continuously itself (``engine.continuous_batching``: ``vllm``, whose driver steps the
+      in-process engine core, and ``vllm_server``, whose workers run vLLM's async engine) gets each episode's turn
+      as its own call the moment it is ready, from a thread
       pool (one call in flight per running episode); the seed is a function of (episode, its turn), so the samples
       do not depend on timing.
     * Any other engine: whenever it is free, one ``engine.generate`` call (on one worker thread) takes every

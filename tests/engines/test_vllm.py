@@ -254,6 +254,88 @@ def test_lora_adapter_sync_matches_the_learner_as_merged_sync_does(engine, tok, 
     engine.load_weights(load_model(str(tiny_model_path), ModelConfig(), "cpu").named_parameters())
 
 
+def test_concurrent_calls_sample_as_one_batch_call(engine, tok):
+    """generate from several threads at once (continuous batching, EngineDriver): each row samples what it samples
+    in one batch call -- token ids, log-probs (kept-mass correction included) and entropies."""
+    from concurrent.futures import ThreadPoolExecutor
+    assert engine.continuous_batching
+    reqs = requests(tok)
+    params = SamplingParams(n=2, temperature=0.9, top_k=20, max_tokens=12, seed=4, return_entropy=True)
+    batch = engine.generate(reqs, params)
+    with ThreadPoolExecutor(len(reqs)) as pool:   # request i alone is row block i of the batch: seed_offset=i
+        alone = [s for out in pool.map(lambda i: engine.generate([reqs[i]], params, seed_offset=i), range(3))
+                 for s in out]
+    assert [s.completion_ids for s in alone] == [s.completion_ids for s in batch]
+    assert [s.logprobs for s in alone] == [s.logprobs for s in batch]
+    assert [s.entropies for s in alone] == [s.entropies for s in batch] and all(s.entropies for s in batch)
+
+
+def no_eos(eos_id):
+    def processor(step, input_ids, logits):
+        logits[:, eos_id] = -float("inf")
+        return logits
+    return processor
+
+
+def test_a_request_sent_while_another_runs_joins_its_batch(engine, tok):
+    """A 2-token request sent while a 200-token one is decoding returns long before it: it joined the running batch
+    at the next step instead of waiting for the long call to end."""
+    import threading
+    started, long_done, result = threading.Event(), threading.Event(), {}
+    cut = no_eos(tok.eos_token_id)
+
+    def long_processor(step, input_ids, logits):
+        if step == 5:
+            started.set()
+        return cut(step, input_ids, logits)
+
+    def long_call():
+        result["long"] = engine.generate(requests(tok)[:1], SamplingParams(max_tokens=200, seed=1,
+                                                                           logits_processors=[long_processor]))
+        long_done.set()
+
+    thread = threading.Thread(target=long_call)
+    thread.start()
+    assert started.wait(60)
+    short = engine.generate(requests(tok)[1:2], SamplingParams(max_tokens=2, seed=1))
+    assert not long_done.is_set() and len(short[0].completion_ids) == 2
+    thread.join(120)
+    assert len(result["long"][0].completion_ids) == 200
+
+
+def test_a_failing_call_fails_alone(engine, tok):
+    """A logits processor that raises fails its own call with its error; a call running beside it goes on decoding
+    after the failure, samples what it samples alone, and the engine goes on serving."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    started, broke, after = threading.Event(), threading.Event(), []
+    cut = no_eos(tok.eos_token_id)
+
+    def broken(step, input_ids, logits):
+        if step == 3:
+            broke.set()
+            raise ValueError("broken processor")
+        return logits
+
+    def steady(step, input_ids, logits):
+        started.set()
+        if broke.is_set():
+            after.append(step)
+        return cut(step, input_ids, logits)
+
+    reqs = requests(tok)
+    params = SamplingParams(n=2, max_tokens=60, seed=7, logits_processors=[steady])
+    with ThreadPoolExecutor(2) as pool:
+        ok = pool.submit(engine.generate, reqs[:1], params)
+        assert started.wait(60)
+        bad = pool.submit(engine.generate, reqs[1:], SamplingParams(max_tokens=20, logits_processors=[broken]))
+        with pytest.raises(ValueError, match="broken processor"):
+            bad.result(120)
+        beside = ok.result(120)
+    assert after and all(len(s.completion_ids) == 60 for s in beside)   # it ran on after the other call failed
+    assert [s.completion_ids for s in beside] == [s.completion_ids for s in engine.generate(reqs[:1], params)]
+
+
 def test_limits_fail_loudly(engine, tok, tiny_model_path):
     from rlpost.engines.vllm_engine import VLLMEngine, default_max_model_len
     with pytest.raises(ValueError, match="max_model_len"):

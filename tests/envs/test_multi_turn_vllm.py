@@ -69,6 +69,10 @@ def test_agent_workflow_trains_on_the_served_ids(engine, tok, tiny_model_path):
     wf = AgentWorkflow(engine, tok, rollout="rlpost.envs.agent_examples:calculator_agent")
     trajs = wf.rollout(prompts, SamplingParams(n=2, max_tokens=12, seed=0))
     assert len(trajs) == 4 and all(t.info["requests"] >= 1 and t.samples[0].completion_ids for t in trajs)
+    # both engines batch continuously: each request is its own call, seeded by (episode, request), not by timing
+    again = wf.rollout(prompts, SamplingParams(n=2, max_tokens=12, seed=0))
+    ids = lambda ts: [[s.completion_ids for s in t.samples] for t in ts]   # noqa: E731
+    assert ids(again) == ids(trajs)
     model = load_model(str(tiny_model_path), ModelConfig(), "cpu").eval()
     batch = collate(trajs, tok.pad_token_id)
     with torch.no_grad():
@@ -92,6 +96,7 @@ def test_per_episode_rollouts(engine, tok, tiny_model_path):
     with torch.no_grad():
         logp, _ = token_logprobs(model, batch, 1.0, False)
     assert ((logp - batch.sampler_logprobs).abs() * batch.response_mask).max().item() < 1e-4
+    assert engine.continuous_batching   # vllm: in process (EngineDriver); vllm_server: the workers' async engine
     if getattr(engine, "continuous_batching", False):
         again = wf.rollout(prompts, params)
         assert [t.samples[0].completion_ids for t in again] == [t.samples[0].completion_ids for t in trajs]

@@ -300,3 +300,37 @@ def test_bad_turn_rewards_name_the_function_episode_and_row(tiny, returns, messa
     with pytest.raises(AgentError, match=r"agent rollout agent_helpers:turn_agent \(episode 0, dataset row 5\): "
                                          + message):
         turn_rollout(tiny, True, [("a", returns)], prompt_id=5)
+
+
+def test_a_continuous_batching_engine_gets_each_request_as_its_own_call(tiny):
+    """engine.continuous_batching (vllm, vllm_server): each request is its own engine call, sent from a thread pool
+    the moment it is made, so several are in flight at once; the seed is the request's own (stable_seed)."""
+    import threading
+    tok, model = tiny
+
+    class Continuous(RecordingEngine):
+        continuous_batching = True
+
+        def __init__(self, engine):
+            super().__init__(engine)
+            self.lock, self.in_flight, self.most = threading.Lock(), 0, 0
+
+        def generate(self, requests, params):
+            with self.lock:
+                self.in_flight += 1
+                self.most = max(self.most, self.in_flight)
+            try:
+                with self.serial:   # the hf engine itself runs one call at a time
+                    return super().generate(requests, params)
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
+
+    engine = Continuous(HFEngine(model, tok))
+    engine.serial = threading.Lock()
+    trajs = AgentWorkflow(engine, tok, rollout="agent_helpers:tool_agent", max_requests=4).rollout(
+        prompts(2), SamplingParams(n=2, temperature=1.0, max_tokens=8, seed=3))
+    assert len(trajs) == 4 and len(engine.calls) == 12 and engine.most > 1
+    assert all(len(reqs) == 1 and reqs[0].seed is not None for reqs, _, _ in engine.calls)
+    seeds = {(r[0].info["episode"], r[0].info["request"]): r[0].seed for r, _, _ in engine.calls}
+    assert len(set(seeds.values())) == 12
