@@ -70,3 +70,20 @@ async def openai_tools_agent(client, row):
             args = json.loads(call.function.arguments)
             messages.append({"role": "tool", "tool_call_id": call.id, "content": calculator(**args)})
     return messages, 0.0
+
+
+IN_FLIGHT = {"now": 0, "most": 0, "done": 0}   # episodes of counting_agent running now / at most / finished
+
+
+async def counting_agent(client, row):
+    """One request, then a 50 ms wait; counts the episodes in flight."""
+    import asyncio
+    IN_FLIGHT["now"] += 1
+    IN_FLIGHT["most"] = max(IN_FLIGHT["most"], IN_FLIGHT["now"])
+    try:
+        await client.chat.completions.create(model="m", messages=row["messages"], max_tokens=2)
+        await asyncio.sleep(0.05)
+    finally:
+        IN_FLIGHT["now"] -= 1
+        IN_FLIGHT["done"] += 1
+    return 1.0
