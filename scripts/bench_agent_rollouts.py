@@ -5,13 +5,19 @@ takes a random 0-``--latency-ms`` ms (an ``async def step``, standing in for a t
     python scripts/bench_agent_rollouts.py --episodes 64 --latency-ms 500 --repeats 3
     python scripts/bench_agent_rollouts.py --engine vllm         # colocated vLLM engine in this process
     python scripts/bench_agent_rollouts.py --engine vllm_server  # starts one `rlpost serve` worker
+    python scripts/bench_agent_rollouts.py --engine vllm_server --episodes 128 --max-concurrent 32
+
+``--max-concurrent C`` (``rollout.workflow.max_concurrent_episodes``) caps the episodes in flight: lock-step then
+plays the episodes in chunks of C, each to its end; per-episode keeps C slots busy, starting the next episode the
+moment one ends. Without it every episode starts at once, and the batch ends with its slowest episode either way.
 
 The environment is the guess-the-number game (rlpost/envs/examples.py GuessNumberEnv); each answer's latency is
 drawn from a generator seeded by (prompt id, turn), so both schedules see the same latencies. Prints episodes
-per second of each schedule and "speedup X.XX" (per_episode / lockstep). Engines: hf on the learner's model
-object (per_episode batches the episodes waiting whenever the engine is free); vllm, the colocated engine in this
-process, or vllm_server, one `rlpost serve` worker this script starts: per_episode sends each episode's turn as its
-own call the moment it is ready, and the engine batches them continuously (vllm: rlpost's driver over the in-process
+per second of each schedule, the time the waits alone take on each schedule (a free engine's bound on the
+speedup) and "speedup X.XX" (per_episode / lockstep). Engines: hf on the learner's model object (per_episode
+batches the episodes waiting whenever the engine is free); vllm, the colocated engine in this process, or
+vllm_server, one `rlpost serve` worker this script starts: per_episode sends each episode's turn as its own call
+the moment it is ready, and the engine batches them continuously (vllm: rlpost's driver over the in-process
 engine core; vllm_server: the worker's async vLLM engine).
 """
 from __future__ import annotations
@@ -54,6 +60,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--engine", choices=["hf", "vllm", "vllm_server"], default="hf")
     ap.add_argument("--max-tokens", type=int, default=6, help="sampled tokens per turn")
+    ap.add_argument("--max-concurrent", type=int, default=0,
+                    help="episodes in flight at once (rollout.workflow.max_concurrent_episodes); 0: all")
     args = ap.parse_args()
 
     from rlpost.config import ModelConfig
@@ -80,14 +88,25 @@ def main() -> None:
             engine.close()
 
 
-def latency_bounds(delays: dict[tuple[int, int], float]) -> tuple[float, float]:
-    """Seconds the waits alone take (generation free): lock-step waits, every turn, for the slowest wait of that
-    turn (sum over turns of the max over episodes); per-episode, for the episode whose waits add up the most."""
-    turns, episodes = {}, {}
+def latency_bounds(delays: dict[tuple[int, int], float], cap: int) -> tuple[float, float]:
+    """Seconds the waits alone take (generation free), episodes in row order, at most ``cap`` in flight.
+    Lock-step: chunks of ``cap`` episodes one after another, each turn of a chunk as long as its slowest wait
+    (sum over chunks and turns of the max over the chunk's episodes). Per-episode: ``cap`` lanes, each episode
+    (the sum of its waits) on the lane free first, the last lane's end."""
+    waits: dict[int, dict[int, float]] = {}
     for (episode, turn), d in delays.items():
-        turns[turn] = max(turns.get(turn, 0.0), d)
-        episodes[episode] = episodes.get(episode, 0.0) + d
-    return sum(turns.values()), max(episodes.values(), default=0.0)
+        waits.setdefault(episode, {})[turn] = d
+    order = sorted(waits)
+    cap = cap or len(order) or 1
+    lockstep = 0.0
+    for first in range(0, len(order), cap):
+        chunk = [waits[e] for e in order[first:first + cap]]
+        lockstep += sum(max(w.get(t, 0.0) for w in chunk) for t in {t for w in chunk for t in w})
+    lanes = [0.0] * min(cap, len(order))
+    for e in order:
+        k = lanes.index(min(lanes))
+        lanes[k] += sum(waits[e].values())
+    return lockstep, max(lanes, default=0.0)
 
 
 def run(engine, tok, args) -> None:
@@ -102,7 +121,8 @@ def run(engine, tok, args) -> None:
     rates, bounds = {}, {}
     for schedule in ("lockstep", "per_episode"):
         wf = MultiTurnWorkflow(engine, tok, env="__main__:LatencyGuessEnv", env_kwargs={"max_latency_ms": args.latency_ms},
-                               max_turns=args.max_turns, max_total_tokens=256, schedule=schedule)
+                               max_turns=args.max_turns, max_total_tokens=256, schedule=schedule,
+                               max_concurrent_episodes=args.max_concurrent)
         wf.rollout(prompts[:4], params)   # warm-up
         best = float("inf")
         for _ in range(args.repeats):
@@ -110,7 +130,7 @@ def run(engine, tok, args) -> None:
             start = time.perf_counter()
             trajs = wf.rollout(prompts, params)
             best = min(best, time.perf_counter() - start)
-        lock_wait, episode_wait = latency_bounds(LatencyGuessEnv.DELAYS)
+        lock_wait, episode_wait = latency_bounds(LatencyGuessEnv.DELAYS, args.max_concurrent)
         bounds[schedule] = lock_wait if schedule == "lockstep" else episode_wait
         turns = sum(t.info["turns"] for t in trajs) / len(trajs)
         rates[schedule] = len(trajs) / best
@@ -118,7 +138,9 @@ def run(engine, tok, args) -> None:
               f"{turns:.2f} turns per episode)")
     print(f"waits alone: lockstep {bounds['lockstep']:.2f} s, per_episode {bounds['per_episode']:.2f} s "
           f"(the speedup of a free engine: {bounds['lockstep'] / bounds['per_episode']:.2f})")
-    print(f"speedup {rates['per_episode'] / rates['lockstep']:.2f} (engine {args.engine})")
+    cap = f"at most {args.max_concurrent} in flight" if args.max_concurrent else "all at once"
+    print(f"speedup {rates['per_episode'] / rates['lockstep']:.2f} (engine {args.engine}, {args.episodes} episodes, "
+          f"{cap}, up to {args.max_turns} turns, waits 0-{args.latency_ms:.0f} ms)")
 
 
 if __name__ == "__main__":

@@ -86,8 +86,11 @@ def default_max_model_len(model_path: str, max_completion_length: int, trust_rem
 
 
 def sampling_kwargs(params: SamplingParams) -> dict:
-    """Our SamplingParams -> vllm.SamplingParams keywords (one sampled sequence; n is expanded by the caller)."""
-    return dict(n=1, temperature=params.temperature, top_p=params.top_p,
+    """Our SamplingParams -> vllm.SamplingParams keywords (one sampled sequence; n is expanded by the caller).
+    Only the finished output is wanted (``FINAL_ONLY``: the async engine builds no output per step) and text is
+    decoded by rlpost from the token ids, so vLLM detokenizes only when stop strings need it."""
+    from vllm.sampling_params import RequestOutputKind
+    return dict(output_kind=RequestOutputKind.FINAL_ONLY, detokenize=bool(params.stop), n=1, temperature=params.temperature, top_p=params.top_p,
                 top_k=params.top_k if params.top_k > 0 else -1,      # vLLM: -1 (or 0 in new versions) = off
                 min_p=params.min_p, repetition_penalty=params.repetition_penalty,
                 max_tokens=params.max_tokens, stop=list(params.stop) or None, include_stop_str_in_output=True,

@@ -10,6 +10,7 @@ YAML::
         chat_template_kwargs: {}              # e.g. {enable_thinking: false}
         merge_prefix: true                    # a request that extends the previous one joins its row
         tool_parser: null                     # hermes | llama3_json | qwen3_xml | glm4 | harmony: OpenAI tool calling
+        max_concurrent_episodes: 0            # episodes in flight at once (0: all of the step's)
     rewards:
       - name: agent_reward                    # what the user's rollout returned
 
@@ -25,9 +26,10 @@ Mechanics:
 * Each episode (prompts x ``params.n``) gets its own ``openai.AsyncOpenAI`` whose HTTP client talks to an
   in-process ASGI app (:func:`agent_app`, ``httpx.ASGITransport``: no socket) serving ``/v1/chat/completions``,
   ``/v1/completions`` and ``/v1/models`` over the rollout engine (hf, vllm or vllm_server); a header names the
-  episode. Episodes run concurrently on one event loop; :class:`Batcher` sends each request as its own engine call
-  to an engine that batches continuously (``vllm``, ``vllm_server``) and, on ``hf``, gathers the requests waiting
-  at the same time into one ``engine.generate`` call (on one worker thread).
+  episode. Episodes run concurrently on one event loop (at most ``max_concurrent_episodes`` at once when > 0: the
+  next starts the moment one ends); :class:`Batcher` sends each request as its own engine call to an engine that
+  batches continuously (``vllm``, ``vllm_server``) and, on ``hf``, gathers the requests waiting at the same time
+  into one ``engine.generate`` call (on one worker thread).
 * Recorded per request, on the serving side: the prompt ids (the chat template's rendering of the request's
   messages, rlpost/serving/openai_api.py ``chat_prompt``), the sampled completion ids and the sampler's log-probs.
   Training uses those ids, never a re-tokenisation of the agent's messages (token-in/token-out).
@@ -96,11 +98,14 @@ class AgentParams:
     chat_template_kwargs: dict = field(default_factory=dict)   # extra template variables for every request
     merge_prefix: bool = True          # a request extending the previous row's prompt + completion joins the row
     tool_parser: str | None = None     # hermes | llama3_json | qwen3_xml | glm4 | harmony: OpenAI tool calling; None: off
+    max_concurrent_episodes: int = 0   # episodes in flight at once; 0: all of the step's
 
     def __post_init__(self):
         from rlpost.envs.parsers import TOOL_CALL_PARSERS
         if self.max_requests < 1:
             raise ValueError("max_requests must be >= 1")
+        if self.max_concurrent_episodes < 0:
+            raise ValueError(f"max_concurrent_episodes must be >= 0 (0: no cap), got {self.max_concurrent_episodes}")
         if self.tool_parser is not None and self.tool_parser not in TOOL_CALL_PARSERS:
             raise ValueError(f"tool_parser: {TOOL_CALL_PARSERS.unknown_message(self.tool_parser)}")
         import_rollout(self.rollout)
@@ -425,8 +430,11 @@ class AgentWorkflow:
     records_turns = True   # turn k = request k: algo.advantage turn_return | gigpo (rlpost/algos/turn_credit.py)
 
     def __init__(self, engine, tokenizer, rollout: str, max_requests: int = 8, chat_template_kwargs: dict | None = None,
-                 merge_prefix: bool = True, tool_parser: str | None = None):
+                 merge_prefix: bool = True, tool_parser: str | None = None, max_concurrent_episodes: int = 0):
+        if max_concurrent_episodes < 0:
+            raise ValueError(f"agent: max_concurrent_episodes must be >= 0 (0: no cap), got {max_concurrent_episodes}")
         self.engine, self.tokenizer = engine, tokenizer
+        self.max_concurrent = max_concurrent_episodes
         self.spec, self.fn = rollout, import_rollout(rollout)
         self.max_requests, self.merge_prefix = max_requests, merge_prefix
         self.template_kwargs = dict(chat_template_kwargs or {})
@@ -438,15 +446,21 @@ class AgentWorkflow:
         self.loop = EnvLoop()
 
     def rollout(self, prompts: list[Prompt], params: SamplingParams) -> list[Trajectory]:
-        """``params.n`` episodes per prompt (prompt-major), all running concurrently."""
+        """``params.n`` episodes per prompt (prompt-major), running concurrently (at most ``max_concurrent_episodes``
+        at once when > 0)."""
         episodes = [AgentEpisode(k, p) for k, p in enumerate(p for p in prompts for _ in range(params.n))]
         batcher = Batcher(self.engine, self.tokenizer)
         server = AgentServer(episodes, dataclasses.replace(params, n=1), batcher, self.tokenizer, self.max_requests,
                              self.template_kwargs, getattr(self.engine, "max_model_len", None), self.tool_parser,
                              self.keep_call_text)
         app = agent_app(server)
+        slots = asyncio.Semaphore(self.max_concurrent or len(episodes) or 1)
+
+        async def capped(ep: AgentEpisode) -> None:
+            async with slots:
+                await self.play(ep, app)
         try:
-            self.loop.run(self._all([self.play(ep, app) for ep in episodes]))
+            self.loop.run(self._all([capped(ep) for ep in episodes]))
         finally:
             batcher.close()
         return [self.trajectory(ep) for ep in episodes]

@@ -13,6 +13,7 @@ YAML (the environment is a workflow parameter, so it is checked like every other
         parser: hermes                            # hermes (<tool_call> JSON) | llama3_json | qwen3_xml | glm4 | harmony
         chat_template_kwargs: {}                  # e.g. {enable_thinking: false}
         schedule: lockstep                        # lockstep | per_episode
+        max_concurrent_episodes: 0                # episodes in flight at once (0: all of the step's)
     rewards:
       - name: env_reward                          # the environment's rewards (sum over turns) ...
       - name: arithmetic                          # ... and/or reward functions on the last assistant message
@@ -23,6 +24,9 @@ Mechanics (docs/environments.md):
   call per turn (each sample then cut to its episode's own token budget, which leaves earlier tokens' distribution
   as is); ``per_episode``: each episode advances on its own; :class:`Batcher` sends each turn as its own request
   to an engine that batches continuously (``vllm_server``) and batches the waiting episodes for any other.
+* ``max_concurrent_episodes`` C > 0 caps the episodes in flight (sandboxes, tool rate limits, KV memory):
+  ``lockstep`` plays the step's episodes in consecutive chunks of C, each to its end; ``per_episode`` keeps C
+  slots and starts the next episode (``reset`` included) the moment one ends. 0 (the default): all at once.
 * Token-in/token-out: an episode is one :class:`Sample`; its completion is every sampled token (loss mask 1,
   the engine's log-probs) and every observation token (mask 0, log-prob 0). Sampled ids are never re-tokenised.
   Observation ids are the chat template's rendering of the new messages alone (:class:`ChatDelta`): rendered
@@ -73,6 +77,7 @@ class MultiTurnParams:
     parser: str = "hermes"              # tool-call format: hermes | llama3_json | qwen3_xml | glm4 | harmony
     chat_template_kwargs: dict = field(default_factory=dict)   # extra template variables, e.g. {enable_thinking: false}
     schedule: str = "lockstep"          # lockstep: one engine call per turn over all episodes | per_episode
+    max_concurrent_episodes: int = 0    # episodes in flight at once; 0: all of the step's
 
     def __post_init__(self):
         if not self.env:
@@ -83,6 +88,8 @@ class MultiTurnParams:
             raise ValueError(f"parser: {TOOL_CALL_PARSERS.unknown_message(self.parser)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.max_concurrent_episodes < 0:
+            raise ValueError(f"max_concurrent_episodes must be >= 0 (0: no cap), got {self.max_concurrent_episodes}")
         check_env(self.env, self.env_kwargs)
 
 
@@ -313,7 +320,8 @@ class MultiTurnWorkflow:
 
     def __init__(self, engine, tokenizer, env: str, env_kwargs: dict | None = None, max_turns: int = 4,
                  max_total_tokens: int = 1024, tool_timeout_s: float = 5.0, max_tool_output_chars: int = 2000,
-                 parser: str = "hermes", chat_template_kwargs: dict | None = None, schedule: str = "lockstep"):
+                 parser: str = "hermes", chat_template_kwargs: dict | None = None, schedule: str = "lockstep",
+                 max_concurrent_episodes: int = 0):
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("multi_turn: the tokenizer has no chat template (observations are rendered with it)")
         self.engine, self.tokenizer = engine, tokenizer
@@ -325,33 +333,66 @@ class MultiTurnWorkflow:
         self.template_kwargs = dict(chat_template_kwargs or {})
         if schedule not in SCHEDULES:
             raise ValueError(f"multi_turn: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-        self.schedule = schedule
+        if max_concurrent_episodes < 0:
+            raise ValueError(f"multi_turn: max_concurrent_episodes must be >= 0 (0: no cap), got {max_concurrent_episodes}")
+        self.schedule, self.max_concurrent = schedule, max_concurrent_episodes
         self.loop = EnvLoop()
         self._deltas: dict[tuple, ChatDelta] = {}
 
     # ------------------------------------------------------------------ the loop
     def rollout(self, prompts: list[Prompt], params: SamplingParams) -> list[Trajectory]:
         """``params.n`` episodes per prompt (prompt-major). ``lockstep``: each turn is one engine call over the
-        running episodes; ``per_episode``: each episode advances on its own (:meth:`play`, :class:`Batcher`)."""
+        running episodes (:meth:`lockstep`); ``per_episode``: each episode advances on its own (:meth:`play`,
+        :class:`Batcher`). At most ``max_concurrent_episodes`` are in flight (module docstring)."""
         rows = [p for p in prompts for _ in range(params.n)]
-        episodes = self.loop.run(self._gather([self.start(k, p) for k, p in enumerate(rows)]))
         sampling = dataclasses.replace(params, n=1)
+        cap = self.max_concurrent or len(rows) or 1
         if self.schedule == "per_episode":
             batcher = Batcher(self, sampling)
             try:
-                self.loop.run(self._gather([self.play(ep, batcher) for ep in episodes if ep.ended_by is None]))
+                episodes = self.loop.run(self.play_all(rows, batcher, cap))
             finally:
                 batcher.close()
             return [self.trajectory(e) for e in episodes]
+        episodes = []
+        for chunk, first in enumerate(range(0, len(rows), cap)):
+            started = self.loop.run(self._gather([self.start(first + k, p)
+                                                  for k, p in enumerate(rows[first:first + cap])]))
+            self.lockstep(started, sampling, chunk)
+            episodes += started
+        return [self.trajectory(e) for e in episodes]
+
+    def lockstep(self, episodes: list[Episode], sampling: SamplingParams, chunk: int = 0) -> None:
+        """Play ``episodes`` to their ends, every running episode's turn in one engine call; the call of turn t
+        of chunk c offsets the seed by ``c * max_turns + t`` (no two calls of a rollout share seeds)."""
         turn = 0
         running = [e for e in episodes if e.ended_by is None]
         while running:
-            for ep, (sample, limit) in zip(running, self.generate(running, sampling, turn)):
+            key = chunk * self.max_turns + turn
+            for ep, (sample, limit) in zip(running, self.generate(running, sampling, key)):
                 self.take(ep, sample, limit)
             self.observe([e for e in running if e.ended_by is None], turn)
             running = [e for e in running if e.ended_by is None]
             turn += 1
-        return [self.trajectory(e) for e in episodes]
+
+    async def play_all(self, rows: list[Prompt], batcher: "Batcher", cap: int) -> list[Episode]:
+        """``per_episode``: every row's episode, at most ``cap`` in flight. The first ``cap`` are started
+        (``reset``) together; each then plays (:meth:`play`) in its own lane, which starts the next row's episode
+        the moment its episode ends. Returns the episodes in row order."""
+        first = await self._gather([self.start(k, p) for k, p in enumerate(rows[:cap])])
+        queue = iter(enumerate(rows[cap:], start=cap))
+
+        async def lane(ep: Episode | None) -> list[Episode]:
+            played = []
+            while ep is not None:
+                if ep.ended_by is None:
+                    await self.play(ep, batcher)
+                played.append(ep)
+                row = next(queue, None)
+                ep = await self.start(*row) if row is not None else None
+            return played
+        lanes = await self._gather([lane(ep) for ep in first])
+        return sorted((ep for played in lanes for ep in played), key=lambda ep: ep.index)
 
     @staticmethod
     async def _gather(coros):

@@ -20,11 +20,12 @@ class TimedEngine(ScriptedEngine):
 
     def __init__(self, tok, respond):
         super().__init__(tok, respond)
-        self.log, self.lock = [], threading.Lock()
+        self.log, self.seeds, self.lock = [], [], threading.Lock()
 
     def generate(self, requests, params):
         with self.lock:
             self.log.append((time.monotonic(), [(r.info["episode"], r.info["turn"]) for r in requests]))
+            self.seeds.append(params.seed)
         return super().generate(requests, params)
 
 
@@ -35,11 +36,11 @@ def respond(ctx, turn):
     return ["1" + EOT, "2" + EOT, "7" + EOT][min(turn, 2)]
 
 
-def play(schedule):
+def play(schedule, cap=0, engine=None):
     tok = build_char_tokenizer()
-    engine = TimedEngine(tok, respond)
+    engine = engine or TimedEngine(tok, respond)
     wf = MultiTurnWorkflow(engine, tok, env="helper_envs:SlowToolEnv", schedule=schedule, max_turns=4,
-                           tool_timeout_s=5.0)
+                           tool_timeout_s=5.0, max_concurrent_episodes=cap)
     prompts = [Prompt(0, "slow", [{"role": "user", "content": "slow"}])] + \
         [Prompt(i, f"q{i}", [{"role": "user", "content": f"q{i}"}]) for i in range(1, 4)]
     start = time.monotonic()
@@ -74,3 +75,45 @@ def test_unknown_schedule_is_refused():
     tok = build_char_tokenizer()
     with pytest.raises(ValueError, match="schedule must be one of lockstep, per_episode"):
         MultiTurnWorkflow(ScriptedEngine(tok, respond), tok, env="helper_envs:SlowToolEnv", schedule="eager")
+
+
+def in_flight(log) -> int:
+    """The most episodes between their first and last engine call at any call."""
+    spans = {}
+    for k, (_, reqs) in enumerate(log):
+        for e, _ in reqs:
+            first, _ = spans.get(e, (k, k))
+            spans[e] = (first, k)
+    return max(sum(a <= k <= b for a, b in spans.values()) for k in range(len(log)))
+
+
+def test_per_episode_cap_refills_a_slot_the_moment_an_episode_ends():
+    """Two slots: the slow episode holds one for its 1 s tool; the other slot plays episodes 1, 2, 3 one after
+    another meanwhile (a lane starts the next row when its episode ends)."""
+    trajs, log, _ = play("per_episode", cap=2)
+    assert [t.info["env_reward"] for t in trajs] == [1.0] * 4 and [t.info["turns"] for t in trajs] == [3] * 4
+    assert sorted(log[0][1]) == [(0, 0), (1, 0)]             # the first two rows start together
+    assert in_flight(log) == 2
+    first_call = {e: min(t for t, reqs in log if any(x == e for x, _ in reqs)) for e in range(4)}
+    last_call = {e: max(t for t, reqs in log if any(x == e for x, _ in reqs)) for e in range(4)}
+    assert last_call[1] <= first_call[2] and last_call[2] <= first_call[3]
+    assert last_call[3] < 0.5 <= 1.0 <= last_call[0]         # 1, 2, 3 done before the slow tool returned
+
+
+def test_lockstep_cap_plays_chunks_to_their_end_with_their_own_seeds():
+    tok = build_char_tokenizer()
+    engine = TimedEngine(tok, respond)
+    trajs, log, _ = play("lockstep", cap=2, engine=engine)
+    assert [sorted(e for e, _ in reqs) for _, reqs in log] == [[0, 1]] * 3 + [[2, 3]] * 3
+    assert log[3][0] >= 1.0                                  # chunk 2 starts once chunk 1 (the slow tool) ended
+    # seed of the call of turn t in chunk c: seed + 1_000_003 * (c * max_turns + t), max_turns 4
+    assert engine.seeds == [1_000_003 * k for k in (0, 1, 2, 4, 5, 6)]
+    uncapped, _, _ = play("lockstep")
+    for a, b in zip(trajs, uncapped):   # scripted turns: the same episodes, capped or not
+        assert a.samples[0].completion_ids == b.samples[0].completion_ids and a.turn_rewards == b.turn_rewards
+
+
+def test_negative_cap_is_refused():
+    tok = build_char_tokenizer()
+    with pytest.raises(ValueError, match="max_concurrent_episodes must be >= 0"):
+        MultiTurnWorkflow(ScriptedEngine(tok, respond), tok, env="helper_envs:SlowToolEnv", max_concurrent_episodes=-1)

@@ -82,3 +82,20 @@ async def turn_agent(client, row):
             messages += [{"role": "assistant", "content": reply.choices[0].message.content},
                          {"role": "user", "content": text}]
     return row["returns"]
+
+
+IN_FLIGHT = {"now": 0, "most": 0, "done": 0}   # episodes of counting_agent running now / at most / finished
+
+
+async def counting_agent(client, row):
+    """One request, then a 50 ms wait; counts the episodes in flight."""
+    import asyncio
+    IN_FLIGHT["now"] += 1
+    IN_FLIGHT["most"] = max(IN_FLIGHT["most"], IN_FLIGHT["now"])
+    try:
+        await client.chat.completions.create(model="m", messages=row["messages"], max_tokens=2)
+        await asyncio.sleep(0.05)
+    finally:
+        IN_FLIGHT["now"] -= 1
+        IN_FLIGHT["done"] += 1
+    return 1.0

@@ -125,6 +125,16 @@ def test_errors_in_the_users_rollout_name_the_function_episode_and_row(tiny):
         AgentWorkflow(engine, tok, rollout="agent_helpers:no_request_agent").rollout(rows, params)
 
 
+@pytest.mark.parametrize("cap, most", [(2, 2), (0, 5)])
+def test_max_concurrent_episodes_caps_the_episodes_in_flight(tiny, cap, most):
+    import agent_helpers
+    tok, model = tiny
+    agent_helpers.IN_FLIGHT.update(now=0, most=0, done=0)
+    wf = AgentWorkflow(HFEngine(model, tok), tok, rollout="agent_helpers:counting_agent", max_concurrent_episodes=cap)
+    trajs = wf.rollout(prompts(5), SamplingParams(n=1, max_tokens=2, seed=0))
+    assert len(trajs) == 5 and agent_helpers.IN_FLIGHT == {"now": 0, "most": most, "done": 5}
+
+
 def test_validate_names_the_rollout_key_and_the_agent_composes(capsys):
     from rlpost.cli import main
     config = "configs/tiny/arith_agent_calculator.yaml"
