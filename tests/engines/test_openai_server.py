@@ -232,6 +232,9 @@ def test_openai_routes_serve_the_active_adapter(worker, tiny_model_path, tmp_pat
     assert chat(str(tiny_model_path))[:2] == ("policy-v1", v1)               # the checkpoint path: the policy too
     comp = client.completions.create(model="tiny-arith", prompt=prompt, max_tokens=8, temperature=0)
     assert comp.model == "policy-v1" and comp.choices[0].token_ids == v1
+    for route, body in [("/v1/responses", {"input": "12+34=", "max_output_tokens": 8}),
+                        ("/v1/messages", {"messages": messages, "max_tokens": 8})]:   # vLLM's other two
+        assert post(route, {"model": "tiny-arith", "temperature": 0, **body})["model"] == "policy-v1", route
 
     load("policy-v2", seed=2)
     served, v2, _ = chat("tiny-arith")
