@@ -120,6 +120,28 @@ def test_openai_routes_refuse_what_they_cannot_do(fake_server):
                                        tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
 
 
+def test_requests_for_the_served_model_are_rewritten_to_the_active_adapter():
+    """rlpost serve's middleware on vLLM's routes (OpenAIDefaults): the served name, the checkpoint path or no model
+    -> the active adapter's name (the served name without one); other names as asked; token ids on by default on
+    completions and chat only, and a caller's ``return_token_ids: false`` kept."""
+    from types import SimpleNamespace
+
+    from rlpost.serving.server import OpenAIDefaults
+    engine = SimpleNamespace(active_lora=None)
+    defaults = OpenAIDefaults(None, SimpleNamespace(served_model_name="tiny", model="models/tiny", engine=engine))
+    chat = "/v1/chat/completions"
+    assert defaults.rewrite(chat, {"messages": []}) == {"messages": [], "model": "tiny", "return_token_ids": True}
+    assert defaults.rewrite(chat, {"model": "models/tiny"})["model"] == "tiny"
+    engine.active_lora = SimpleNamespace(lora_name="policy-v2")
+    for asked in ({}, {"model": None}, {"model": ""}, {"model": "tiny"}, {"model": "models/tiny"}):
+        assert defaults.rewrite(chat, asked)["model"] == "policy-v2", asked
+    assert defaults.rewrite(chat, {"model": "policy-v1"})["model"] == "policy-v1"
+    assert defaults.rewrite(chat, {"model": "gpt-4"})["model"] == "gpt-4"          # vLLM answers 404
+    assert defaults.rewrite("/v1/completions", {"return_token_ids": False}) == {"model": "policy-v2",
+                                                                                  "return_token_ids": False}
+    assert defaults.rewrite("/v1/responses", {"model": "tiny"}) == {"model": "policy-v2"}
+
+
 # ------------------------------------------------------------------------------------- one real rlpost serve worker
 @pytest.fixture(scope="module")
 def worker(tiny_model_path, tmp_path_factory):
