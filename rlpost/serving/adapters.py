@@ -12,9 +12,10 @@ The worker's engine must be started with LoRA (``rlpost serve --max-lora-rank R 
 ``max_lora_rank`` (null: LoRA off), ``max_loras``, ``live_adapters`` and the active ``adapter``. A loaded adapter counts as a
 weight update: ``weights_version`` + 1 and ``weights_fingerprint`` = the fingerprint of the adapter tensors
 (rlpost.serving.weights.weights_fingerprint), which the trainer compares with what it sent. /generate runs
-with the active adapter; so do the OpenAI routes of the sync :class:`~rlpost.serving.server.Worker`, while on
-``rlpost serve``'s async worker (vLLM's OpenAI server) a request runs the base weights unless its ``model`` names
-a live adapter (/v1/models lists them). The functions take the
+with the active adapter; so do the OpenAI routes, on the sync :class:`~rlpost.serving.server.Worker` (rlpost's
+routes) and on ``rlpost serve``'s async worker (vLLM's OpenAI server: a request for the served model is rewritten
+to the active adapter's name, :func:`openai_model`; a live adapter named as the request's ``model`` is served as
+named; /v1/models lists the served name and the live adapters). The functions take the
 :class:`~rlpost.serving.server.Worker` (run on its engine thread) or the
 :class:`~rlpost.serving.server.AsyncWorker` (``load_adapter_async``); the routes in server.py are one line each.
 """
@@ -96,6 +97,18 @@ async def load_adapter_async(worker, body: dict) -> dict:
         if worker.openai_models is not None:   # vLLM's OpenAI routes serve the live adapters by name
             worker.openai_models.lora_requests = worker.engine.adapters.requests()
         return loaded(worker, adapter, start)
+
+
+def openai_model(worker, requested):
+    """The ``model`` a request to vLLM's OpenAI routes of ``rlpost serve`` runs on. A request for the served model
+    (``worker.served_model_name``, the checkpoint path ``worker.model`` that /v1/models gives as its root, or no
+    model) gets the current policy, as /generate does: the active adapter's name (vLLM serves the live adapters by
+    name, :func:`load_adapter_async` keeps its list), else the served name (the engine's full weights). Anything
+    else (a live adapter's name, a model vLLM refuses) is left as asked."""
+    if requested not in (None, "", worker.served_model_name, worker.model):
+        return requested
+    active = getattr(worker.engine, "active_lora", None)
+    return active.lora_name if active is not None else worker.served_model_name
 
 
 def use_adapter(worker, body: dict) -> dict:

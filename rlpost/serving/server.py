@@ -28,14 +28,19 @@ Endpoints (JSON; with a token configured every request needs ``Authorization: Be
     GET  /log_tail?lines=N    the last N lines of this worker's log file
     GET  /v1/models, POST /v1/completions, POST /v1/chat/completions, /tokenize, ...
                               vLLM's OpenAI-compatible routes on the same engine (vllm.entrypoints.launchers
-                              build_app / init_app_state); ``return_token_ids`` defaults to true, so every
-                              choice carries its sampled ``token_ids`` and the prompt's ``prompt_token_ids``
+                              build_app / init_app_state), on the current policy: a request for the served model
+                              runs on the active LoRA adapter, as /generate does (the response's ``model`` is
+                              then the adapter's name), a live adapter named as ``model`` runs as named, and
+                              /v1/models lists the served name and the live adapters (:class:`OpenAIDefaults`);
+                              ``return_token_ids`` defaults to true, so every choice carries its sampled
+                              ``token_ids`` and the prompt's ``prompt_token_ids``
 
 Concurrency: every request (rlpost's /generate rows and the OpenAI routes alike) is its own vLLM request, and
 vLLM's scheduler batches whatever is running (continuous batching), so an agent's turn never waits for another
 caller's batch. Weight loads go to the engine core between scheduler steps (``collective_rpc``); LoRA adapters
 (``--max-lora-rank``) load with ``AsyncLLM.add_lora`` and each /generate call runs on the adapter active when it
-started (rlpost/serving/adapters.py, rlpost/engines/vllm_async.py).
+started (rlpost/serving/adapters.py, rlpost/engines/vllm_async.py); an OpenAI request on the adapter active when
+it arrived.
 A failing call answers 500 with ``{"error": ...}`` and writes the traceback to the log.
 
 :class:`Worker` serves any synchronous engine instead (one call at a time on one thread) with rlpost's own
@@ -226,15 +231,31 @@ class AsyncWorker:
         self.engine.close()
 
 
-class DefaultTokenIds:
-    """ASGI middleware: a POST to vLLM's /v1/completions or /v1/chat/completions without ``return_token_ids``
-    gets ``return_token_ids: true``, so the sampled ids (and the prompt's) come back unless the caller says no:
-    an agent harness that trains on the exact tokens needs them, and they cost nothing."""
+class OpenAIDefaults:
+    """ASGI middleware on vLLM's generation routes (POST /v1/completions, /v1/chat/completions, /v1/responses,
+    /v1/messages): rlpost's defaults, written into the JSON body before vLLM reads it.
 
-    PATHS = ("/v1/completions", "/v1/chat/completions")
+    - ``model``: a request for the served model (its name, the checkpoint path, or none) runs on the current policy,
+      as /generate does: it is rewritten to the active LoRA adapter's name (rlpost.serving.adapters.openai_model),
+      so vLLM serves that adapter and names it in the response's ``model``; with no adapter active it stays the
+      served name (the engine's weights, full-weight updates included). A live adapter named explicitly
+      (``policy-v3``) is served as named.
+    - ``return_token_ids`` (completions, chat) defaults to true, so the sampled ids (and the prompt's) come back
+      unless the caller says no: an agent harness that trains on the exact tokens needs them, and they cost
+      nothing."""
 
-    def __init__(self, app):
-        self.app = app
+    PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/messages")
+    TOKEN_ID_PATHS = ("/v1/completions", "/v1/chat/completions")
+
+    def __init__(self, app, worker):
+        self.app, self.worker = app, worker
+
+    def rewrite(self, path: str, data: dict) -> dict:
+        from rlpost.serving.adapters import openai_model
+        out = {**data, "model": openai_model(self.worker, data.get("model"))}
+        if path in self.TOKEN_ID_PATHS:
+            out.setdefault("return_token_ids", True)
+        return out
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.PATHS:
@@ -249,8 +270,8 @@ class DefaultTokenIds:
             data = json.loads(body)
         except ValueError:
             data = None
-        if isinstance(data, dict) and "return_token_ids" not in data:
-            body = json.dumps({**data, "return_token_ids": True}).encode()
+        if isinstance(data, dict):
+            body = json.dumps(self.rewrite(scope["path"], data)).encode()
         replayed = False
 
         async def replay():
@@ -416,7 +437,7 @@ def create_app(worker, app=None):
     if own_openai:
         add_openai_routes(app, worker)
     else:
-        app.add_middleware(DefaultTokenIds)
+        app.add_middleware(OpenAIDefaults, worker=worker)
     return app
 
 

@@ -1,5 +1,6 @@
 """The OpenAI-compatible routes of ``rlpost serve`` (rlpost/serving/openai_api.py), driven by the ``openai`` client:
-first over a fake engine (the routes' schema, fast), then against one real worker on the tiny model (module-scoped)."""
+first over a fake engine (the routes' schema, fast), then against one real worker on the tiny model (module-scoped,
+LoRA on): the base weights, then LoRA adapter versions and a full-weight update (which the OpenAI routes follow)."""
 import math
 import threading
 import time
@@ -119,13 +120,36 @@ def test_openai_routes_refuse_what_they_cannot_do(fake_server):
                                        tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
 
 
+def test_requests_for_the_served_model_are_rewritten_to_the_active_adapter():
+    """rlpost serve's middleware on vLLM's routes (OpenAIDefaults): the served name, the checkpoint path or no model
+    -> the active adapter's name (the served name without one); other names as asked; token ids on by default on
+    completions and chat only, and a caller's ``return_token_ids: false`` kept."""
+    from types import SimpleNamespace
+
+    from rlpost.serving.server import OpenAIDefaults
+    engine = SimpleNamespace(active_lora=None)
+    defaults = OpenAIDefaults(None, SimpleNamespace(served_model_name="tiny", model="models/tiny", engine=engine))
+    chat = "/v1/chat/completions"
+    assert defaults.rewrite(chat, {"messages": []}) == {"messages": [], "model": "tiny", "return_token_ids": True}
+    assert defaults.rewrite(chat, {"model": "models/tiny"})["model"] == "tiny"
+    engine.active_lora = SimpleNamespace(lora_name="policy-v2")
+    for asked in ({}, {"model": None}, {"model": ""}, {"model": "tiny"}, {"model": "models/tiny"}):
+        assert defaults.rewrite(chat, asked)["model"] == "policy-v2", asked
+    assert defaults.rewrite(chat, {"model": "policy-v1"})["model"] == "policy-v1"
+    assert defaults.rewrite(chat, {"model": "gpt-4"})["model"] == "gpt-4"          # vLLM answers 404
+    assert defaults.rewrite("/v1/completions", {"return_token_ids": False}) == {"model": "policy-v2",
+                                                                                  "return_token_ids": False}
+    assert defaults.rewrite("/v1/responses", {"model": "tiny"}) == {"model": "policy-v2"}
+
+
 # ------------------------------------------------------------------------------------- one real rlpost serve worker
 @pytest.fixture(scope="module")
 def worker(tiny_model_path, tmp_path_factory):
     pytest.importorskip("vllm")
     from rlpost.engines.vllm_server import start_workers, stop_workers
     handles = start_workers(str(tiny_model_path), 1, token=TOKEN, timeout_s=600,
-                            engine_args=[*ENGINE_ARGS, "--served-model-name", "tiny-arith"],
+                            engine_args=[*ENGINE_ARGS, "--served-model-name", "tiny-arith", "--max-lora-rank", "8",
+                                         "--max-loras", "2"],   # LoRA on for the adapter test (the last one)
                             log_dir=str(tmp_path_factory.mktemp("openai-worker-logs")))
     yield handles[0]
     stop_workers(handles, timeout_s=20)
@@ -173,3 +197,81 @@ def test_openai_client_against_a_real_worker(worker, tok, tiny_model_path):
     greedy = client.completions.create(model="tiny-arith", prompt=choice.prompt_token_ids, max_tokens=8,
                                        temperature=0)
     assert greedy.choices[0].token_ids == choice.token_ids and greedy.choices[0].text == choice.text
+
+
+def _lora_adapter(tiny_model_path, seed: int):
+    """A rank-8 adapter on the attention projections with random A and B (B != 0, so the greedy tokens move)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from rlpost.config import ModelConfig
+    from rlpost.models.loading import load_model
+    torch.manual_seed(seed)
+    return get_peft_model(load_model(str(tiny_model_path), ModelConfig(), "cpu"),
+                          LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                                     init_lora_weights=False))
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_openai_routes_serve_the_active_adapter(worker, tiny_model_path, tmp_path):
+    """With adapter sync the OpenAI routes follow the policy as /generate does: the served name runs on the active
+    adapter (the response names it), an older live version runs when named, /v1/models lists them, and a
+    full-weight update brings the served name back to the engine's weights."""
+    import requests as http
+
+    from rlpost.models.lora_sync import adapter_weights, write_adapter
+    from rlpost.serving.weights import save_weights_file
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    client = openai.OpenAI(base_url=f"{worker.url}/v1", api_key=TOKEN, max_retries=0, timeout=120)
+    messages = [{"role": "user", "content": "12+34="}]
+
+    def post(route, body):
+        r = http.post(f"{worker.url}{route}", json=body, headers=auth, timeout=120)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def chat(model):
+        """(the response's model, its greedy token ids, the prompt's ids) of a chat completion."""
+        r = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0)
+        return r.model, r.choices[0].token_ids, r.prompt_token_ids
+
+    def generate(prompt_ids):
+        body = {"requests": [{"prompt_ids": prompt_ids}], "params": {"temperature": 0, "max_tokens": 8}}
+        return post("/generate", body)["samples"][0]["completion_ids"]
+
+    def load(name, seed):
+        path = write_adapter(adapter_weights(_lora_adapter(tiny_model_path, seed), name), tmp_path / name)
+        assert post("/load_adapter", {"name": name, "transport": "file", "path": str(path)})["adapter"] == name
+
+    assert post("/use_adapter", {"name": "policy-v1"}) == {"ok": False}      # nothing live yet
+    served, base, prompt = chat("tiny-arith")
+    assert served == "tiny-arith" and base == generate(prompt)                # no adapter: the base, as before
+
+    load("policy-v1", seed=1)
+    served, v1, _ = chat("tiny-arith")
+    assert served == "policy-v1" and v1 == generate(prompt) and v1 != base   # the adapter's greedy tokens
+    assert chat(str(tiny_model_path))[:2] == ("policy-v1", v1)               # the checkpoint path: the policy too
+    comp = client.completions.create(model="tiny-arith", prompt=prompt, max_tokens=8, temperature=0)
+    assert comp.model == "policy-v1" and comp.choices[0].token_ids == v1
+    for route, body in [("/v1/responses", {"input": "12+34=", "max_output_tokens": 8}),
+                        ("/v1/messages", {"messages": messages, "max_tokens": 8})]:   # vLLM's other two
+        assert post(route, {"model": "tiny-arith", "temperature": 0, **body})["model"] == "policy-v1", route
+
+    load("policy-v2", seed=2)
+    served, v2, _ = chat("tiny-arith")
+    assert served == "policy-v2" and v2 == generate(prompt) and v2 not in (v1, base)
+    assert chat("policy-v1")[:2] == ("policy-v1", v1)                        # an older live version, by name
+    assert [m.id for m in client.models.list().data] == ["tiny-arith", "policy-v1", "policy-v2"]
+    assert post("/use_adapter", {"name": "policy-v1"}) == {"ok": True}
+    assert chat("tiny-arith")[:2] == ("policy-v1", v1) and generate(prompt) == v1
+    with pytest.raises(openai.NotFoundError):
+        chat("policy-v0")                                                    # never loaded
+
+    from rlpost.config import ModelConfig
+    from rlpost.models.loading import load_model
+    path = save_weights_file(load_model(str(tiny_model_path), ModelConfig(), "cpu").named_parameters(),
+                             str(tmp_path))
+    post("/update_weights", {"transport": "file", "path": path})             # full weights: no adapter on top
+    assert chat("tiny-arith")[:2] == ("tiny-arith", base) and generate(prompt) == base
+    assert http.get(f"{worker.url}/health", headers=auth, timeout=10).json()["adapter"] is None
