@@ -90,7 +90,8 @@ def sampling_kwargs(params: SamplingParams) -> dict:
     Only the finished output is wanted (``FINAL_ONLY``: the async engine builds no output per step) and text is
     decoded by rlpost from the token ids, so vLLM detokenizes only when stop strings need it."""
     from vllm.sampling_params import RequestOutputKind
-    return dict(output_kind=RequestOutputKind.FINAL_ONLY, detokenize=bool(params.stop), n=1, temperature=params.temperature, top_p=params.top_p,
+    return dict(output_kind=RequestOutputKind.FINAL_ONLY, detokenize=bool(params.stop),
+                n=1, temperature=params.temperature, top_p=params.top_p,
                 top_k=params.top_k if params.top_k > 0 else -1,      # vLLM: -1 (or 0 in new versions) = off
                 min_p=params.min_p, repetition_penalty=params.repetition_penalty,
                 max_tokens=params.max_tokens, stop=list(params.stop) or None, include_stop_str_in_output=True,
