@@ -1,7 +1,8 @@
 """The FSDP2 learner (``distributed.backend: fsdp2``, rlpost/distributed/fsdp2.py) on 2 ranks, torchrun + gloo on CPU.
 
 Against one process (``distributed.rollout=replicate``: both runs train on the same samples, as in test_zero.py):
-the same loss and grad norm at every step, plain, with LoRA, with CPU offload and packed (optim.padding_free); measured over the 3 steps of the
+the same loss and grad norm at every step, plain, with LoRA, and with CPU offload and packing (optim.padding_free)
+together (one run for both, to keep the suite short); measured over the 3 steps of the
 plain run |loss diff| <= 2.6e-9 and grad-norm relative diff <= 3.3e-7 (tolerance 1e-5 / 1e-4, float32 sums in another
 order). Split rollouts: a sharded checkpoint (torch.distributed.checkpoint) at step 2 resumes to the uninterrupted
 run's step 3 exactly. The gathers (weight sync, saving, generation, LoRA merge, mixed precision) are checked in
@@ -17,7 +18,7 @@ COMMON = ["trainer.max_steps=3", "trainer.eval_steps=0", "data.num_eval=16", "tr
           "trainer.report_to=[]", "algo.loss_agg=token-mean", "optim.micro_batch_size=24"]
 LOSS_ATOL, GRAD_RTOL = 1e-5, 1e-4
 VARIANTS = {"plain": [], "lora": ["model.lora.r=8", "optim.learning_rate=1e-3"],
-            "cpu_offload": ["distributed.offload_param=true"], "padding_free": ["optim.padding_free=true"]}
+            "cpu_offload_padding_free": ["distributed.offload_param=true", "optim.padding_free=true"]}
 FSDP2 = ["distributed.backend=fsdp2"]
 
 

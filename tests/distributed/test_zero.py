@@ -59,11 +59,13 @@ def test_two_ranks_match_the_single_process_loss_curve(reference, backend, tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["zero2", "zero3"])
+@pytest.mark.parametrize("backend", ["zero3"])
 def test_split_rollouts_zero_checkpoint_resumes_exactly(tmp_path, backend):
     """Default split rollouts: each rank generates its own 8 of the 16 prompts. A checkpoint at step 2 holds
     rank 0's model/state.pt, one rank-<r>.pt per rank and DeepSpeed's shards; resuming from it reproduces step 3.
-    (ZeRO-3: state.pt's optimizer is None, never asked of the partitioned optimizer.)"""
+    (state.pt's optimizer is None, never asked of DeepSpeed's partitioned optimizer.) ZeRO-3 only, to keep the
+    suite short: ZeRO-2 saves and loads through the same DeepSpeed engine calls (rlpost/distributed/sharding.py
+    save/load) with its unpartitioned parameters; add "zero2" to the parameters to run it when that path changes."""
     out = tmp_path / "split"
     opts = [*BACKENDS[backend], "trainer.save_steps=2"]
     full = train(out, *opts, nproc=2)
