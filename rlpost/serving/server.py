@@ -47,12 +47,14 @@ A failing call answers 500 with ``{"error": ...}`` and writes the traceback to t
 OpenAI routes (rlpost/serving/openai_api.py); the tests drive the app over fake engines that way.
 """
 import asyncio
+import contextlib
 import hmac
 import inspect
 import json
 import logging
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -502,6 +504,10 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, token: str |
     path = resolve_model_path(model_cfg)
     tokenizer = load_tokenizer(path, model_cfg)
     config = dict(host=host, port=port, log_level="info", access_log=False, timeout_graceful_shutdown=5)
+    # uvicorn shuts down on SIGTERM, then raises the signal again: with Python's default handler that would end
+    # the process before the engine processes are stopped (they would keep their memory); this handler turns it
+    # into SystemExit, so the cleanup below runs (SIGINT already raises KeyboardInterrupt)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     return asyncio.run(_serve_async(path, tokenizer, kwargs, config, model=model, token=token, log_file=log_file,
                                     served_model_name=served_model_name or model))
 
@@ -524,6 +530,30 @@ async def _serve_async(path: str, tokenizer, engine_kwargs: dict, config: dict, 
         log.info("rlpost serve: listening on http://%s:%d (pid %d)", config["host"], config["port"], os.getpid())
         await server.serve()
     finally:
-        worker.close()
+        try:
+            worker.close()
+        finally:
+            reap_children()
         log.info("rlpost serve: stopped")
     return 0 if server.started else 1
+
+
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def reap_children(grace_s: float = 5.0) -> None:
+    """End every process this one started (vLLM's engine cores and their model workers): AsyncLLM.shutdown asks
+    them to stop but does not wait, and a core left behind keeps its reserved memory and polls a CPU core. SIGTERM,
+    then SIGKILL after ``grace_s`` for those still alive."""
+    import psutil
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    if alive:
+        log.warning("rlpost serve: %d engine process(es) did not stop within %.0f s and were killed", len(alive), grace_s)
