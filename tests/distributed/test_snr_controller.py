@@ -11,8 +11,7 @@ import torch
 from tests.distributed.multirank import run_ranks
 
 HERE = Path(__file__).resolve().parent
-BACKENDS = {"ddp": ["distributed.backend=ddp"],
-            "zero2": ["distributed.backend=deepspeed", "distributed.zero_stage=2"],
+BACKENDS = {"ddp": ["distributed.backend=ddp"],   # ZeRO-2 (gradients partitioned as under ZeRO-3) left out for time
             "zero3": ["distributed.backend=deepspeed", "distributed.zero_stage=3"]}
 RTOL = 1e-4  # float32 sums in another order (see test_zero.py); measured differences are in the test output
 

@@ -275,3 +275,37 @@ def test_openai_routes_serve_the_active_adapter(worker, tiny_model_path, tmp_pat
     post("/update_weights", {"transport": "file", "path": path})             # full weights: no adapter on top
     assert chat("tiny-arith")[:2] == ("tiny-arith", base) and generate(prompt) == base
     assert http.get(f"{worker.url}/health", headers=auth, timeout=10).json()["adapter"] is None
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_sigterm_stops_the_worker_and_its_engine_processes(worker):
+    """Last in this module (it ends the worker): SIGTERM to the `rlpost serve` process alone (not its group) ends
+    vLLM's engine core and model worker too; uvicorn re-raises the signal after its shutdown, which used to end
+    the process before the engine was stopped, leaving both with their reserved memory."""
+    import os
+    import signal
+    import time
+    group = os.getpgid(worker.process.pid)
+    assert len(psutil_group(group)) >= 2                      # the server and at least the engine core
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=60) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 30
+    while psutil_group(group) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert psutil_group(group) == []
+
+
+def psutil_group(pgid: int) -> list:
+    """The live processes of a process group."""
+    import os
+
+    import psutil
+    alive = []
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                alive.append(p.pid)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return alive
